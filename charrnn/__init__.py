@@ -1,0 +1,1 @@
+"""charrnn: character-level RNN language models in pure NumPy."""
