@@ -1,0 +1,362 @@
+"""Tests for charrnn.data: vocabulary, text loading, corpora, split and batch streams."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charrnn import data
+from charrnn.data import BatchStream, Vocab, iter_eval_batches, load_corpus, load_text, split_train_val
+from charrnn.errors import CharRNNError, ConfigError, DataError
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
+
+
+# --------------------------------------------------------------------------- vocab
+
+
+def test_errors_hierarchy():
+    for cls in (DataError, ConfigError):
+        assert issubclass(cls, CharRNNError)
+
+
+def test_vocab_sorted_and_deterministic():
+    text = "hello world, hello numpy!\n"
+    v1, v2 = Vocab.from_text(text), Vocab.from_text(text[::-1])
+    assert v1.chars == sorted(set(text))
+    assert v1 == v2 and v1.size == len(set(text)) == len(v1)
+
+
+def test_encode_decode_roundtrip_unicode():
+    text = "Ünïcödé — ok? 🙂\n\tend"
+    v = Vocab.from_text(text)
+    ix = v.encode(text)
+    assert ix.dtype == np.int64 and ix.shape == (len(text),)
+    assert [v.chars[i] for i in ix] == list(text)  # same as the gist's char_to_ix lookup
+    assert v.decode(ix) == text
+    assert v.decode(ix.tolist()) == text
+    assert v.encode("").shape == (0,) and v.decode([]) == ""
+
+
+def test_vocab_keeps_given_order():
+    v = Vocab(["z", "a", "\n"])  # e.g. a gist vocabulary stored in a checkpoint
+    assert v.encode("a\nz").tolist() == [1, 2, 0]
+    assert v.decode([0, 1, 2]) == "za\n"
+
+
+def test_unknown_char_error_names_chars():
+    v = Vocab.from_text("abc")
+    with pytest.raises(DataError, match=r"'x'.*'\\n'|'\\n'.*'x'"):
+        v.encode("abx\n")
+
+
+def test_vocab_validation():
+    with pytest.raises(DataError, match="duplicate"):
+        Vocab(["a", "b", "a"])
+    with pytest.raises(DataError):
+        Vocab([])
+    with pytest.raises(DataError):
+        Vocab(["ab"])
+    with pytest.raises(DataError, match="outside the vocabulary"):
+        Vocab("ab").decode([0, 2])
+
+
+# --------------------------------------------------------------------------- load_text
+
+
+def test_load_text_exact(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_bytes("line1\r\nzwei ü\n".encode())
+    assert load_text(p) == "line1\r\nzwei ü\n"  # no newline translation
+
+
+def test_load_text_missing(tmp_path):
+    with pytest.raises(DataError, match="nope.txt"):
+        load_text(tmp_path / "nope.txt")
+
+
+def test_load_text_empty(tmp_path):
+    p = tmp_path / "empty.txt"
+    p.write_bytes(b"")
+    with pytest.raises(DataError, match="empty"):
+        load_text(p)
+
+
+def test_load_text_non_utf8_names_offset_and_fix(tmp_path):
+    p = tmp_path / "latin.txt"
+    p.write_bytes(b"caf\xe9 au lait")
+    with pytest.raises(DataError) as e:
+        load_text(p)
+    msg = str(e.value)
+    assert "offset 3" in msg and "0xe9" in msg and "data.encoding=latin-1" in msg
+    assert "\n" not in msg
+    assert load_text(p, encoding="latin-1") == "café au lait"
+
+
+def test_load_text_unknown_encoding(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_text("abc")
+    with pytest.raises(DataError, match="unknown text encoding"):
+        load_text(p, encoding="no-such-codec")
+
+
+# --------------------------------------------------------------------------- corpora
+
+
+def test_load_corpus_file(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_text("hello there\n", encoding="utf-8")
+    c = load_corpus("file", p)
+    assert c.text == "hello there\n" and c.source == str(p)
+    assert c.sha256 == hashlib.sha256(b"hello there\n").hexdigest()
+    with pytest.raises(DataError, match="path"):
+        load_corpus("file")
+
+
+def test_unknown_corpus_lists_names():
+    with pytest.raises(DataError) as e:
+        load_corpus("linux")
+    assert all(n in str(e.value) for n in ("pystdlib", "tinyshakespeare", "file"))
+
+
+def test_pystdlib_deterministic_and_sized():
+    a, b = load_corpus("pystdlib"), load_corpus("pystdlib")
+    assert a.sha256 == b.sha256 and a.text == b.text
+    assert 1_000_000 <= len(a.text.encode("utf-8")) <= 5_000_000
+    assert a.text.startswith("# file: ")
+    assert "# file: test/" not in a.text and "site-packages" not in a.text.split("\n", 1)[0]
+    Vocab.from_text(a.text).encode(a.text)  # whole text encodes
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("CHARRNN_DATA_DIR", str(d))
+    return d
+
+
+def test_data_dir_defaults(monkeypatch, tmp_path):
+    monkeypatch.delenv("CHARRNN_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert data.data_dir() == tmp_path / "charrnn"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert data.data_dir() == Path.home() / ".cache" / "charrnn"
+
+
+def _fake_shakespeare(monkeypatch, tmp_path) -> Path:
+    """A stand-in source file; the expected digest is patched to match it."""
+    src = tmp_path / "input.txt"
+    src.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n", encoding="utf-8")
+    monkeypatch.setattr(data, "TINYSHAKESPEARE_SHA256", hashlib.sha256(src.read_bytes()).hexdigest())
+    return src
+
+
+def test_tinyshakespeare_from_shared_data_dir(monkeypatch, tmp_path):
+    if SHAKESPEARE.is_file():
+        monkeypatch.setenv("CHARRNN_DATA_DIR", str(SHARED_DATA))
+        expected_len = 1115394
+    else:  # no shared copy: exercise the same code path on a fake cached file
+        src = _fake_shakespeare(monkeypatch, tmp_path)
+        d = tmp_path / "cache"
+        d.mkdir()
+        (d / "tinyshakespeare.txt").write_bytes(src.read_bytes())
+        monkeypatch.setenv("CHARRNN_DATA_DIR", str(d))
+        expected_len = len(src.read_text())
+    # Never downloads here: a network attempt would fail loudly.
+    monkeypatch.setattr(data, "TINYSHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
+    c = load_corpus("tinyshakespeare")
+    assert len(c.text) == expected_len
+    assert hashlib.sha256(Path(c.source).read_bytes()).hexdigest() == data.TINYSHAKESPEARE_SHA256
+    if SHAKESPEARE.is_file():
+        assert c.sha256 == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+def test_tinyshakespeare_download_file_url(monkeypatch, tmp_path, cache_dir):
+    src = _fake_shakespeare(monkeypatch, tmp_path)
+    monkeypatch.setattr(data, "TINYSHAKESPEARE_URL", src.as_uri())
+    c = load_corpus("tinyshakespeare")
+    cached = cache_dir / "tinyshakespeare.txt"
+    assert cached.read_bytes() == src.read_bytes() and c.text == src.read_text()
+    assert [p.name for p in cache_dir.iterdir()] == ["tinyshakespeare.txt"]  # no temp file left
+    # Second call uses the cache, not the URL.
+    monkeypatch.setattr(data, "TINYSHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
+    assert load_corpus("tinyshakespeare").sha256 == c.sha256
+
+
+def test_tinyshakespeare_download_bad_digest_not_cached(monkeypatch, tmp_path, cache_dir):
+    src = tmp_path / "input.txt"
+    src.write_text("not shakespeare\n")
+    monkeypatch.setattr(data, "TINYSHAKESPEARE_URL", src.as_uri())
+    with pytest.raises(DataError, match="sha256"):
+        load_corpus("tinyshakespeare")
+    assert not (cache_dir / "tinyshakespeare.txt").exists()
+
+
+def test_tinyshakespeare_corrupt_cache(cache_dir):
+    cache_dir.mkdir()
+    (cache_dir / "tinyshakespeare.txt").write_text("truncated")
+    with pytest.raises(DataError, match="delete it"):
+        load_corpus("tinyshakespeare")
+
+
+def test_tinyshakespeare_offline_error(monkeypatch, cache_dir):
+    url = "http://127.0.0.1:9/input.txt"  # discard port: nothing listens
+    monkeypatch.setattr(data, "TINYSHAKESPEARE_URL", url)
+    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 5.0)
+    with pytest.raises(DataError) as e:
+        load_corpus("tinyshakespeare")
+    msg = str(e.value)
+    assert url in msg and "CHARRNN_DATA_DIR" in msg and "\n" not in msg
+
+
+# --------------------------------------------------------------------------- split
+
+
+def test_split_sizes():
+    text = "".join(chr(97 + i % 26) for i in range(1000))
+    train, val = split_train_val(text, 0.1, 25)
+    assert train + val == text and len(val) == 100 and len(train) == 900
+    train, val = split_train_val(text, 0.0, 25)
+    assert train == text and val == ""
+
+
+def test_split_text_too_short_is_the_gists_index_error():
+    with pytest.raises(DataError) as e:
+        split_train_val("a" * 26, 0.0, 25)
+    assert "26" in str(e.value) and "27" in str(e.value) and "seq_length=25" in str(e.value)
+    assert split_train_val("a" * 27, 0.0, 25)[0] == "a" * 27
+
+
+def test_split_val_too_short_and_train_too_short():
+    with pytest.raises(DataError, match=r"gives 10 validation characters.*at least 26"):
+        split_train_val("a" * 100, 0.1, 25)
+    with pytest.raises(DataError, match=r"leaves 20 for training.*at least 27"):
+        split_train_val("a" * 100, 0.8, 25)
+
+
+def test_split_bad_config():
+    with pytest.raises(ConfigError):
+        split_train_val("a" * 100, 1.0, 5)
+    with pytest.raises(ConfigError):
+        split_train_val("a" * 100, 0.1, 0)
+
+
+# --------------------------------------------------------------------------- BatchStream
+
+
+def gist_cursor_reference(data: list[int], seq_length: int, n_iters: int):
+    """The gist's loop, verbatim in structure: yields (p, inputs, targets, reset_h)."""
+    n, p = 0, 0
+    while n < n_iters:
+        reset = False
+        if p + seq_length + 1 >= len(data) or n == 0:
+            reset = True  # hprev = np.zeros(...)
+            p = 0
+        inputs = data[p : p + seq_length]
+        targets = data[p + 1 : p + seq_length + 1]
+        yield p, inputs, targets, reset
+        p += seq_length
+        n += 1
+
+
+@pytest.mark.parametrize("n_chars,T", [(100, 25), (101, 7), (27, 25), (53, 5)])
+def test_batchstream_b1_matches_gist(n_chars, T):
+    rng = np.random.default_rng(0)
+    data_ix = rng.integers(0, 10, size=n_chars)
+    s = BatchStream(data_ix, 1, T)
+    n_resets = 0
+    for p, inp, tgt, reset in gist_cursor_reference(data_ix.tolist(), T, 100):
+        assert s.cursor == (p if not reset else s.cursor)  # cursor is the gist's p before the check
+        x, y, r = s.next_batch()
+        assert x.shape == (T, 1) and y.shape == (T, 1) and x.dtype == y.dtype == np.int64
+        assert x[:, 0].tolist() == inp and y[:, 0].tolist() == tgt and r == reset
+        assert s.cursor == p + T
+        n_resets += reset
+    assert n_resets >= 4  # wrapped several times
+
+
+def test_batchstream_streams_contiguous_across_calls():
+    data_ix = np.arange(1003)  # value == position, so continuity is visible
+    B, T = 4, 10
+    s = BatchStream(data_ix, B, T)
+    L = 1003 // B
+    assert s.segment_length == L
+    x0, y0, r0 = s.next_batch()
+    x1, y1, r1 = s.next_batch()
+    assert r0 and not r1
+    np.testing.assert_array_equal(x0[:, 0], np.arange(T))
+    np.testing.assert_array_equal(x0[0], np.arange(B) * L)  # one stream per segment
+    np.testing.assert_array_equal(y0, x0 + 1)
+    np.testing.assert_array_equal(x1[0], x0[-1] + 1)  # stream b continues where it stopped
+    # Run to the wrap: no window crosses a segment boundary, and reset comes exactly at the wrap.
+    seen_reset = False
+    for _ in range(60):
+        x, y, r = s.next_batch()
+        assert (y < (np.arange(B) + 1) * L).all()
+        if r:
+            seen_reset = True
+            np.testing.assert_array_equal(x[0], np.arange(B) * L)
+    assert seen_reset
+
+
+def test_batchstream_state_restore():
+    data_ix = np.random.default_rng(1).integers(0, 50, size=500)
+    a = BatchStream(data_ix, 3, 8)
+    for _ in range(13):
+        a.next_batch()
+    b = BatchStream(data_ix, 3, 8, **a.state())
+    c = BatchStream(data_ix, 3, 8)
+    c.load_state(a.state())
+    for _ in range(30):
+        xa, ya, ra = a.next_batch()
+        for s in (b, c):
+            xs, ys, rs = s.next_batch()
+            np.testing.assert_array_equal(xa, xs)
+            np.testing.assert_array_equal(ya, ys)
+            assert ra == rs
+    # A fresh (not started) stream resets on its first call even at cursor 0.
+    assert BatchStream(data_ix, 3, 8, cursor=0, started=False).next_batch()[2] is True
+    assert BatchStream(data_ix, 3, 8, cursor=0, started=True).next_batch()[2] is False
+
+
+def test_batchstream_errors():
+    with pytest.raises(DataError, match=r"100 characters in batch_size=8 streams gives 12 per stream.*at least 13"):
+        BatchStream(np.zeros(100, dtype=np.int64), 8, 11)
+    with pytest.raises(ConfigError):
+        BatchStream(np.zeros(100, dtype=np.int64), 0, 10)
+    with pytest.raises(DataError, match="cursor"):
+        BatchStream(np.zeros(100, dtype=np.int64), 1, 10, cursor=100)
+    with pytest.raises(DataError, match="1-D integer"):
+        BatchStream(np.zeros(100), 1, 10)
+
+
+# --------------------------------------------------------------------------- eval batches
+
+
+@pytest.mark.parametrize("n,B,T", [(1000, 4, 25), (103, 1, 10), (30, 8, 25), (26, 1, 25), (57, 3, 5)])
+def test_iter_eval_batches_covers_once(n, B, T):
+    data_ix = np.arange(n)
+    batches = list(iter_eval_batches(data_ix, B, T))
+    Bp = batches[0][0].shape[1]
+    assert 1 <= Bp <= B
+    L = n // Bp
+    assert [r for *_, r in batches] == [True] + [False] * (len(batches) - 1)
+    assert all(x.shape[0] <= T for x, _, _ in batches)
+    targets = np.concatenate([y for _, y, _ in batches])  # (sum t, B')
+    inputs = np.concatenate([x for x, _, _ in batches])
+    # Each stream is contiguous and predicts every character of its segment but the first.
+    for b in range(Bp):
+        np.testing.assert_array_equal(inputs[:, b], np.arange(b * L, (b + 1) * L - 1))
+        np.testing.assert_array_equal(targets[:, b], np.arange(b * L + 1, (b + 1) * L))
+
+
+def test_iter_eval_batches_max_chars():
+    batches = list(iter_eval_batches(np.arange(1000), 2, 10, max_chars=101))
+    ys = np.concatenate([y for _, y, _ in batches])
+    assert ys.max() < 101 and ys.size == 2 * 49
+    with pytest.raises(DataError):
+        list(iter_eval_batches(np.arange(1), 1, 10))
