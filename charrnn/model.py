@@ -1,0 +1,214 @@
+"""A stack of recurrent layers over characters with a softmax output: forward, loss and backward.
+
+Shapes: T time, B batch, V vocabulary, H hidden, G gates (see ``cells``).
+
+Parameters live in a flat dict named after the lecture's symbols. Layer 0 reads characters: ``Wxh`` (G*H,V),
+``Whh`` (G*H,H), ``bh`` (G*H,); layer l >= 1 reads the layer below: ``Wxh.l`` (G*H,H), ``Whh.l``, ``bh.l``;
+the GRU adds ``bhn`` / ``bhn.l`` (H,); the output is ``Why`` (V,H), ``by`` (V,). For the one-layer vanilla RNN
+these are exactly the arrays of the min-char-rnn gist (with 1-D biases).
+
+Only the recurrence loops over time. The character input projection is a row gather (never a one-hot
+matmul), and the output layer, the softmax and every weight gradient cover all T*B positions at once.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .cells import CELLS
+from .errors import ConfigError
+
+DTYPES = ("float64", "float32")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: str = "rnn"
+    vocab_size: int = 0
+    hidden_size: int = 100
+    num_layers: int = 1
+    dtype: str = "float64"
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ConfigError(f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
+        if self.hidden_size <= 0:
+            raise ConfigError(f"hidden_size must be a positive integer, got {self.hidden_size}")
+        if self.num_layers <= 0:
+            raise ConfigError(f"num_layers must be a positive integer, got {self.num_layers}")
+        if self.vocab_size <= 0:
+            raise ConfigError(f"vocab_size must be a positive integer, got {self.vocab_size}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls(**json.loads(text))
+
+
+def layer_key(name: str, layer: int) -> str:
+    return name if layer == 0 else f"{name}.{layer}"
+
+
+def init_params(config: ModelConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The vanilla RNN starts like the gist (N(0, 0.01^2) weights, zero biases); gated cells use PyTorch's
+    U(-1/sqrt(H), 1/sqrt(H)), which keeps their gates away from saturation at larger H."""
+    H, V, G = config.hidden_size, config.vocab_size, CELLS[config.cell].gates
+    dtype = np.dtype(config.dtype)
+
+    def weights(shape):
+        if config.cell == "rnn":
+            return rng.standard_normal(shape) * 0.01
+        bound = 1.0 / np.sqrt(H)
+        return rng.uniform(-bound, bound, shape)
+
+    params: dict[str, np.ndarray] = {}
+    for layer in range(config.num_layers):
+        params[layer_key("Wxh", layer)] = weights((G * H, V if layer == 0 else H))
+        params[layer_key("Whh", layer)] = weights((G * H, H))
+        bh = np.zeros(G * H)
+        if config.cell == "lstm":
+            bh[H : 2 * H] = 1.0  # forget gate bias 1: remember by default
+        params[layer_key("bh", layer)] = bh
+        if config.cell == "gru":
+            params[layer_key("bhn", layer)] = np.zeros(H)
+    params["Why"] = weights((V, H))
+    params["by"] = np.zeros(V)
+    return {name: value.astype(dtype) for name, value in params.items()}
+
+
+def param_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    H, V, G = config.hidden_size, config.vocab_size, CELLS[config.cell].gates
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in range(config.num_layers):
+        shapes[layer_key("Wxh", layer)] = (G * H, V if layer == 0 else H)
+        shapes[layer_key("Whh", layer)] = (G * H, H)
+        shapes[layer_key("bh", layer)] = (G * H,)
+        if config.cell == "gru":
+            shapes[layer_key("bhn", layer)] = (H,)
+    shapes["Why"] = (V, H)
+    shapes["by"] = (V,)
+    return shapes
+
+
+def count_params(config: ModelConfig) -> int:
+    return int(sum(np.prod(shape) for shape in param_shapes(config).values()))
+
+
+def init_state(config: ModelConfig, batch_size: int) -> list[tuple[np.ndarray, ...]]:
+    """Zero state: one tuple per layer, (h,) or (h, c) for the LSTM, each (B,H)."""
+    n = len(CELLS[config.cell].state_names)
+    shape = (batch_size, config.hidden_size)
+    return [tuple(np.zeros(shape, dtype=config.dtype) for _ in range(n)) for _ in range(config.num_layers)]
+
+
+def _layer_params(params, layer):
+    return {name: params.get(layer_key(name, layer)) for name in ("Wxh", "Whh", "bh", "bhn")}
+
+
+def forward(params, config: ModelConfig, inputs: np.ndarray, state, return_internals: bool = False):
+    """inputs (T,B) int -> logits (T,B,V), cache, new state [, internals].
+
+    internals maps a name (h; c i f o g for the LSTM; r z n for the GRU) to one (T,B,H) array per layer.
+    """
+    cell = CELLS[config.cell]
+    caches, new_state = [], []
+    x = inputs  # (T,B) characters for layer 0, then (T,B,H) the hidden sequence of the layer below
+    for layer in range(config.num_layers):
+        p = _layer_params(params, layer)
+        if layer == 0:
+            ax = p["Wxh"].T[x] + p["bh"]  # row gather: Wxh x for one-hot x, all T*B at once
+        else:
+            ax = x @ p["Wxh"].T + p["bh"]
+        hs, layer_state, cache = cell.forward(ax, state[layer], p)
+        cache["x"] = x
+        caches.append(cache)
+        new_state.append(layer_state)
+        x = hs
+    logits = x @ params["Why"].T + params["by"]
+    cache = {"config": config, "params": params, "layers": caches}
+    if return_internals:
+        per_layer = [cell.internals(c) for c in caches]
+        internals = {name: [d[name] for d in per_layer] for name in per_layer[0]}
+        return logits, cache, new_state, internals
+    return logits, cache, new_state
+
+
+def _log_softmax_parts(logits):
+    """Shifted logits, their exponentials and the row sums: the stable pieces of log-softmax."""
+    shifted = logits - logits.max(axis=2, keepdims=True)
+    exp = np.exp(shifted)
+    return shifted, exp, exp.sum(axis=2, keepdims=True)
+
+
+def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray):
+    """Stable softmax cross-entropy via log-sum-exp: no inf or NaN at large logits.
+
+    Returns (loss, dlogits) where loss is the sum over time of the mean over the batch, in nats -- the gist's
+    summed loss at B=1 -- and dlogits (T,B,V) its gradient. Divide loss by T for nats per character.
+    """
+    T, B, V = logits.shape
+    shifted, exp, sumexp = _log_softmax_parts(logits)
+    t_ix, b_ix = np.indices((T, B))
+    log_p_target = shifted[t_ix, b_ix, targets] - np.log(sumexp[..., 0])
+    loss = -log_p_target.sum() / B
+    dlogits = exp / sumexp
+    dlogits[t_ix, b_ix, targets] -= 1.0
+    dlogits /= B
+    return float(loss), dlogits
+
+
+def backward(dlogits: np.ndarray, cache) -> dict[str, np.ndarray]:
+    """Gradients of the loss on every parameter; weight gradients are single matmuls over all T*B."""
+    config, params, caches = cache["config"], cache["params"], cache["layers"]
+    cell = CELLS[config.cell]
+    V = dlogits.shape[2]
+    top = caches[-1]["hs"]
+    H = top.shape[2]
+    flat_dlogits = dlogits.reshape(-1, V)
+    grads = {
+        "Why": flat_dlogits.T @ top.reshape(-1, H),
+        "by": flat_dlogits.sum(axis=0),
+    }
+    dhs = dlogits @ params["Why"]  # (T,B,H)
+    for layer in reversed(range(config.num_layers)):
+        c = caches[layer]
+        dax, dah, extra = cell.backward(dhs, c)
+        GH = dax.shape[2]
+        flat_dax = dax.reshape(-1, GH)
+        grads[layer_key("Whh", layer)] = dah.reshape(-1, GH).T @ c["h_prev"].reshape(-1, H)
+        grads[layer_key("bh", layer)] = flat_dax.sum(axis=0)
+        for name, value in extra.items():
+            grads[layer_key(name, layer)] = value
+        Wxh = params[layer_key("Wxh", layer)]
+        if layer == 0:
+            # scatter-add: the transpose of the row gather in forward
+            dWxh_T = np.zeros((Wxh.shape[1], GH), dtype=dax.dtype)
+            np.add.at(dWxh_T, c["x"].reshape(-1), flat_dax)
+            grads["Wxh"] = dWxh_T.T.copy()
+        else:
+            grads[layer_key("Wxh", layer)] = flat_dax.T @ c["x"].reshape(-1, H)
+            dhs = dax @ Wxh
+    return grads
+
+
+def loss_and_grads(params, config: ModelConfig, inputs, targets, state):
+    """One truncated-BPTT window: (loss summed over time, mean over batch, in nats; grads; state after it)."""
+    logits, cache, new_state = forward(params, config, inputs, state)
+    loss, dlogits = softmax_cross_entropy(logits, targets)
+    return loss, backward(dlogits, cache), new_state
+
+
+def loss_only(params, config: ModelConfig, inputs, targets, state):
+    """Forward pass only, for evaluation: (summed loss as in ``loss_and_grads``, new state)."""
+    logits, _, new_state = forward(params, config, inputs, state)
+    T, B, _ = logits.shape
+    shifted, _, sumexp = _log_softmax_parts(logits)
+    t_ix, b_ix = np.indices((T, B))
+    loss = (np.log(sumexp[..., 0]) - shifted[t_ix, b_ix, targets]).sum() / B
+    return float(loss), new_state

@@ -1,0 +1,62 @@
+"""Sampling text from a model: temperature, top-k, a priming text, greedy (argmax) decoding."""
+from __future__ import annotations
+
+import numpy as np
+
+from .data import Vocab
+from .errors import ConfigError
+from .model import ModelConfig, forward, init_state
+
+
+def sample(
+    params: dict[str, np.ndarray],
+    config: ModelConfig,
+    vocab: Vocab,
+    length: int = 200,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    prime: str = "",
+    argmax: bool = False,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> str:
+    """Generate ``length`` characters after ``prime`` (the prime is not included in the result).
+
+    With an empty prime the first character is drawn from the model's prediction given a zero state.
+    Pass ``rng`` to continue a random stream (the trainer does, so sampling is part of exact resume),
+    else ``seed`` makes a fresh one.
+    """
+    if length < 0:
+        raise ConfigError(f"sample length must be >= 0, got {length}")
+    if not argmax and not temperature > 0:
+        raise ConfigError(f"temperature must be positive (or use argmax), got {temperature}")
+    if top_k is not None and top_k <= 0:
+        raise ConfigError(f"top_k must be a positive integer, got {top_k}")
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    state = init_state(config, 1)
+    if prime:
+        primed = vocab.encode(prime)  # DataError naming characters outside the vocabulary
+        logits, _, state = forward(params, config, primed[:, None], state)
+        last = logits[-1, 0]
+    else:
+        top_h = np.zeros(config.hidden_size, dtype=config.dtype)
+        last = params["Why"] @ top_h + params["by"]
+
+    out = np.empty(length, dtype=np.int64)
+    for t in range(length):
+        out[t] = ix = _pick(last.astype(np.float64), temperature, top_k, argmax, rng)
+        logits, _, state = forward(params, config, np.array([[ix]]), state)
+        last = logits[0, 0]
+    return vocab.decode(out)
+
+
+def _pick(logits: np.ndarray, temperature: float, top_k: int | None, argmax: bool, rng) -> int:
+    if argmax:
+        return int(np.argmax(logits))
+    scaled = logits / temperature
+    if top_k is not None and top_k < scaled.size:
+        kth = np.partition(scaled, -top_k)[-top_k]
+        scaled = np.where(scaled >= kth, scaled, -np.inf)
+    p = np.exp(scaled - scaled.max())
+    p /= p.sum()
+    return int(rng.choice(p.size, p=p))

@@ -1,0 +1,350 @@
+"""The training loop: truncated BPTT over parallel streams, evaluation, sampling, checkpoints, exact resume.
+
+The trainer reports through :class:`Callback` objects and never prints or tracks anything itself, so the
+same loop runs under a notebook, the Hydra app (which plugs MLflow in) or a test.
+
+Losses are reported per character in nats (``train/loss``) and in bits (``val/bpc`` = nats / ln 2). The gist
+prints its smoothed loss summed over seq_length characters: gist loss = ``train/smooth_loss`` * seq_length,
+so its "loss 42.9" at T=25 is 1.72 nats (2.48 bits) per character.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .data import BatchStream, Vocab, iter_eval_batches
+from .errors import ConfigError
+from .model import ModelConfig, init_params, init_state, loss_and_grads, loss_only
+from .optim import CLIP_MODES, clip_gradients, make_optimizer
+from .sample import sample
+
+
+@dataclass
+class TrainConfig:
+    """How long and how to train. ``None`` disables a stop condition; at least one must be set."""
+
+    seq_length: int = 25
+    batch_size: int = 1
+    max_iters: int | None = 10_000
+    max_seconds: float | None = None
+    target_val_loss: float | None = None  # nats per character
+    seed: int = 42
+    log_every: int = 100
+    eval_every: int = 1000
+    eval_batch_size: int = 32  # evaluation runs this many parallel streams over the validation text
+    eval_max_chars: int | None = 100_000  # evaluate on the head of the validation text only
+    sample_every: int = 1000  # 0 disables samples
+    sample_length: int = 200
+    sample_temperature: float = 1.0
+
+    def __post_init__(self):
+        for name in ("seq_length", "batch_size", "log_every", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.sample_every < 0 or self.sample_length < 0:
+            raise ConfigError("sample_every and sample_length must be >= 0")
+        if self.max_iters is not None and self.max_iters < 0:
+            raise ConfigError(f"max_iters must be >= 0, got {self.max_iters}")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ConfigError(f"max_seconds must be positive, got {self.max_seconds}")
+        if self.max_iters is None and self.max_seconds is None and self.target_val_loss is None:
+            raise ConfigError("no stop condition: set max_iters, max_seconds or target_val_loss")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adagrad"
+    lr: float = 0.1
+    clip: float | None = 5.0  # 0 or None: no clipping
+    clip_mode: str = "value"  # "value": elementwise to [-clip, clip] as in the gist; "norm": global norm
+    options: dict = field(default_factory=dict)  # extra optimizer arguments (betas, decay, eps)
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.clip_mode not in CLIP_MODES:
+            raise ConfigError(f"clip_mode must be one of {', '.join(CLIP_MODES)}, got {self.clip_mode!r}")
+        if self.clip is not None and self.clip < 0:
+            raise ConfigError(f"clip must be >= 0, got {self.clip}")
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished", "diverged" or "interrupted"
+    reason: str
+    iteration: int
+    smooth_loss: float
+    val_loss: float | None
+    best_val_loss: float | None
+    elapsed_seconds: float
+    last_checkpoint: str | None = None
+    best_checkpoint: str | None = None
+
+
+class Callback:
+    """Hooks the trainer calls; override what you need. Metric names: train/loss, train/smooth_loss (nats per
+    character), grad/norm (before clipping), throughput/chars_per_s, val/loss, val/bpc."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+
+    def on_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def on_sample(self, text: str, step: int) -> None: ...
+
+    def on_checkpoint(self, path: str, step: int, is_best: bool) -> None: ...
+
+    def on_train_end(self, result: TrainResult) -> None: ...
+
+
+class PrintCallback(Callback):
+    """Plain progress lines, for scripts and notebooks."""
+
+    def on_metrics(self, metrics, step):
+        print(f"iter {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), flush=True)
+
+    def on_sample(self, text, step):
+        print(f"----\n{text}\n----", flush=True)
+
+
+class Trainer:
+    """Owns everything that changes during training, and nothing else: parameters, optimizer state, data
+    cursor, hidden state, sampling RNG, counters. ``checkpoint()`` captures all of it."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        optim_config: OptimConfig,
+        vocab: Vocab,
+        train_text: str,
+        val_text: str = "",
+        checkpoint_dir: str | Path | None = None,
+        params: dict[str, np.ndarray] | None = None,
+    ):
+        if model_config.vocab_size != vocab.size:
+            raise ConfigError(f"model vocab_size={model_config.vocab_size} but the vocabulary has {vocab.size}")
+        self.model_config, self.train_config, self.optim_config = model_config, train_config, optim_config
+        self.vocab = vocab
+        self.train_ix = vocab.encode(train_text)
+        self.val_ix = vocab.encode(val_text) if val_text else None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        init_rng = np.random.default_rng(train_config.seed)
+        self.params = params if params is not None else init_params(model_config, init_rng)
+        self.optimizer = make_optimizer(optim_config.name, optim_config.lr, **optim_config.options)
+        self.stream = BatchStream(self.train_ix, train_config.batch_size, train_config.seq_length)
+        self.state = init_state(model_config, train_config.batch_size)
+        # sampling has its own stream so that sampling more or less often never changes training
+        self.sample_rng = np.random.default_rng([train_config.seed, 1])
+        self.iteration = 0
+        self.smooth_loss = math.log(vocab.size)  # the loss of a uniform guess, as in the gist
+        self.val_loss: float | None = None
+        self.best_val_loss: float | None = None
+        self.elapsed_seconds = 0.0
+        self._window = {"loss_sum": 0.0, "count": 0, "chars": 0, "seconds": 0.0}  # since the last log line
+        self._stop_reason: str | None = None
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def checkpoint(self) -> Checkpoint:
+        progress = {
+            "iteration": self.iteration,
+            "smooth_loss": self.smooth_loss,
+            "val_loss": self.val_loss,
+            "best_val_loss": self.best_val_loss,
+            "elapsed_seconds": self.elapsed_seconds,
+            "stream": self.stream.state(),
+            "sample_rng": self.sample_rng.bit_generator.state,
+            "window": self._window,
+        }
+        return Checkpoint(
+            params=self.params,
+            vocab=self.vocab,
+            model_config=self.model_config,
+            train_config=asdict(self.train_config),
+            optim_config=asdict(self.optim_config),
+            optim_state=self.optimizer.state_dict(),
+            hidden=self.state,
+            progress=progress,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        train_text: str,
+        val_text: str = "",
+        checkpoint_dir: str | Path | None = None,
+        train_config: TrainConfig | None = None,
+    ) -> "Trainer":
+        """Resume exactly where ``path`` left off, on the same text. ``train_config`` may extend the stop
+        conditions; the settings that shape the numbers (seq_length, batch_size) must stay the same."""
+        ckpt = load_checkpoint(path)
+        saved = TrainConfig(**ckpt.train_config)
+        train_config = train_config or saved
+        for name in ("seq_length", "batch_size"):
+            if getattr(train_config, name) != getattr(saved, name):
+                raise ConfigError(
+                    f"cannot resume with {name}={getattr(train_config, name)}: the checkpoint was trained with "
+                    f"{name}={getattr(saved, name)}"
+                )
+        optim_config = OptimConfig(**ckpt.optim_config)
+        trainer = cls(ckpt.model_config, train_config, optim_config, ckpt.vocab, train_text, val_text,
+                      checkpoint_dir, params=ckpt.params)
+        trainer.optimizer.load_state_dict(ckpt.optim_state)
+        trainer.state = ckpt.hidden
+        p = ckpt.progress
+        trainer.iteration = p["iteration"]
+        trainer.smooth_loss = p["smooth_loss"]
+        trainer.val_loss, trainer.best_val_loss = p["val_loss"], p["best_val_loss"]
+        trainer.elapsed_seconds = p["elapsed_seconds"]
+        trainer.stream.load_state(p["stream"])
+        trainer.sample_rng.bit_generator.state = p["sample_rng"]
+        trainer._window = dict(p["window"])
+        return trainer
+
+    def _save(self, name: str) -> str | None:
+        if self.checkpoint_dir is None:
+            return None
+        return str(save_checkpoint(self.checkpoint_dir / name, self.checkpoint()))
+
+    # -------------------------------------------------------------------------------------- pieces
+    def train_step(self) -> tuple[float, float]:
+        """One iteration: next batch, forward/backward, clip, update. Returns (loss per char, grad norm);
+        on a non-finite loss or gradient the parameters are left untouched."""
+        inputs, targets, reset = self.stream.next_batch()
+        if reset:
+            self.state = init_state(self.model_config, self.train_config.batch_size)
+        loss, grads, self.state = loss_and_grads(self.params, self.model_config, inputs, targets, self.state)
+        norm = clip_gradients(grads, self.optim_config.clip, self.optim_config.clip_mode)
+        loss_per_char = loss / inputs.shape[0]
+        if math.isfinite(loss_per_char) and math.isfinite(norm):
+            self.optimizer.step(self.params, grads)
+        return loss_per_char, norm
+
+    def evaluate(self, data_ix: np.ndarray | None = None) -> float:
+        """Mean loss per character (nats) over the validation text, streams carried as in training."""
+        data_ix = self.val_ix if data_ix is None else data_ix
+        total_nats, total_chars = 0.0, 0
+        state = None
+        for inputs, targets, reset in iter_eval_batches(
+            data_ix, self.train_config.eval_batch_size, self.train_config.seq_length,
+            self.train_config.eval_max_chars,
+        ):
+            if reset:
+                state = init_state(self.model_config, inputs.shape[1])
+            loss, state = loss_only(self.params, self.model_config, inputs, targets, state)
+            total_nats += loss * inputs.shape[1]
+            total_chars += inputs.size
+        return total_nats / total_chars
+
+    def sample(self, length: int | None = None, prime: str = "", temperature: float | None = None) -> str:
+        cfg = self.train_config
+        return sample(self.params, self.model_config, self.vocab,
+                      cfg.sample_length if length is None else length,
+                      temperature=cfg.sample_temperature if temperature is None else temperature,
+                      prime=prime, rng=self.sample_rng)
+
+    def request_stop(self, reason: str = "interrupted") -> None:
+        """Ask the loop to stop after the current iteration (safe to call from a signal handler)."""
+        self._stop_reason = reason
+
+    # ---------------------------------------------------------------------------------------- loop
+    def _limit_reached(self) -> str | None:
+        cfg = self.train_config
+        if cfg.max_iters is not None and self.iteration >= cfg.max_iters:
+            return f"reached max_iters={cfg.max_iters}"
+        if cfg.max_seconds is not None and self.elapsed_seconds >= cfg.max_seconds:
+            return f"used the time budget max_seconds={cfg.max_seconds:g}"
+        if (cfg.target_val_loss is not None and self.val_loss is not None
+                and self.val_loss <= cfg.target_val_loss):
+            return f"validation loss {self.val_loss:.4f} reached target_val_loss={cfg.target_val_loss}"
+        return None
+
+    def _params_finite(self) -> bool:
+        return all(np.isfinite(p).all() for p in self.params.values())
+
+    def run(self, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
+        cfg = self.train_config
+        chars_per_iter = cfg.seq_length * cfg.batch_size
+        last_ckpt = None
+        best_path = self.checkpoint_dir / "best.npz" if self.checkpoint_dir is not None else None
+        best_ckpt = str(best_path) if best_path is not None and best_path.exists() else None
+        for cb in callbacks:
+            cb.on_train_start(self)
+        started = time.perf_counter() - self.elapsed_seconds
+        status, reason = "finished", None
+        while True:
+            reason = self._limit_reached()
+            if reason is not None:
+                break
+            if self._stop_reason is not None:
+                status, reason = "interrupted", self._stop_reason
+                break
+            t0 = time.perf_counter()
+            loss, norm = self.train_step()
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
+                status = "diverged"
+                reason = (f"{what} at iteration {self.iteration + 1}; try a smaller lr "
+                          f"(now {self.optim_config.lr}) or clipping")
+                break
+            self.iteration += 1
+            self.smooth_loss = self.smooth_loss * 0.999 + loss * 0.001
+            w = self._window
+            w["loss_sum"] += loss
+            w["count"] += 1
+            w["chars"] += chars_per_iter
+            w["seconds"] += time.perf_counter() - t0
+            n = self.iteration
+
+            if n % cfg.log_every == 0:
+                if not self._params_finite():
+                    status, reason = "diverged", f"weights became non-finite by iteration {n}; try a smaller lr"
+                    break
+                metrics = {
+                    "train/loss": w["loss_sum"] / w["count"],
+                    "train/smooth_loss": self.smooth_loss,
+                    "grad/norm": norm,
+                    "throughput/chars_per_s": w["chars"] / max(w["seconds"], 1e-9),
+                }
+                self._window = {"loss_sum": 0.0, "count": 0, "chars": 0, "seconds": 0.0}
+                for cb in callbacks:
+                    cb.on_metrics(metrics, n)
+
+            if cfg.sample_every and n % cfg.sample_every == 0:
+                text = self.sample()
+                for cb in callbacks:
+                    cb.on_sample(text, n)
+
+            # evaluate and checkpoint last, so a checkpoint holds the state after everything iteration n did
+            if self.val_ix is not None and n % cfg.eval_every == 0:
+                self.val_loss = self.evaluate()
+                improved = self.best_val_loss is None or self.val_loss < self.best_val_loss
+                if improved:
+                    self.best_val_loss = self.val_loss
+                for cb in callbacks:
+                    cb.on_metrics({"val/loss": self.val_loss, "val/bpc": self.val_loss / math.log(2)}, n)
+                last_ckpt = self._save("latest.npz")
+                if improved and self.checkpoint_dir is not None:
+                    best_ckpt = self._save("best.npz")
+                for path, is_best in ((last_ckpt, False), (best_ckpt if improved else None, True)):
+                    if path is not None:
+                        for cb in callbacks:
+                            cb.on_checkpoint(path, n, is_best)
+
+            self.elapsed_seconds = time.perf_counter() - started
+
+        if status != "diverged":
+            last_ckpt = self._save("latest.npz") or last_ckpt
+            if last_ckpt is not None:
+                for cb in callbacks:
+                    cb.on_checkpoint(last_ckpt, self.iteration, False)
+        result = TrainResult(status, reason, self.iteration, self.smooth_loss, self.val_loss, self.best_val_loss,
+                             self.elapsed_seconds, last_ckpt, best_ckpt)
+        for cb in callbacks:
+            cb.on_train_end(result)
+        return result
