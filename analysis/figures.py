@@ -1,0 +1,167 @@
+"""PNG figures from recordings and models, drawn with matplotlib's object API on the Agg canvas.
+
+``Figure`` objects are created directly instead of through ``pyplot``, so nothing here touches a global backend
+or leaks open figures when called many times from a script or a test.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from charrnn.model import ModelConfig
+
+from .errors import AnalysisError
+from .gradients import hidden_gradient_norms, recurrent_spectra
+from .record import Recording
+
+ACTIVATION_CMAP = "RdBu"  # the paper's colours: -1 red, +1 blue, 0 white
+SATURATION_LOW, SATURATION_HIGH = 0.1, 0.9
+SIGMOID_GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z")}  # tanh outputs (g, n) have no 0/1 saturation
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def display_char(ch: str) -> str:
+    """How a character is drawn on a figure: layout characters as visible symbols, the rest as themselves."""
+    return {"\n": "\\n", "\t": "\\t", " ": "", "$": r"\$"}.get(ch, ch)
+
+
+def text_grid(text: str, values: np.ndarray, line_width: int, max_lines: int) -> tuple[np.ndarray, list]:
+    """Lay ``text`` out in lines as a reader sees it (wrapping at ``line_width``): a (rows, line_width) grid of
+    values (nan where no character) and the (row, col, char) of every character placed."""
+    grid = np.full((max_lines, line_width), np.nan)
+    placed = []
+    row = col = 0
+    for ch, value in zip(text, values):
+        if col == line_width:
+            row, col = row + 1, 0
+        if row == max_lines:
+            break
+        grid[row, col] = value
+        placed.append((row, col, ch))
+        if ch == "\n":
+            row, col = row + 1, 0
+        else:
+            col += 1
+    rows = row + 1 if col else row
+    return grid[: max(rows, 1)], placed
+
+
+def plot_text_activation(
+    text: str,
+    values: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    line_width: int = 80,
+    max_lines: int = 30,
+) -> Path:
+    """The paper's figure: each character's background coloured by one unit's activation in [-1, 1]."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (len(text),):
+        raise AnalysisError(f"{values.shape[0]} activations for a text of {len(text)} characters")
+    grid, placed = text_grid(text, values, line_width, max_lines)
+    rows = grid.shape[0]
+    fig = Figure(figsize=(0.11 * line_width + 0.4, 0.2 * rows + 0.6))
+    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.5 / (0.2 * rows + 0.6)))
+    ax.imshow(grid, cmap=ACTIVATION_CMAP, norm=Normalize(-1, 1), aspect="auto", interpolation="nearest")
+    for row, col, ch in placed:
+        label = display_char(ch)
+        if label and ch != "\n":
+            ax.text(col, row, label, ha="center", va="center", family="monospace", fontsize=8)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9, loc="left")
+    return _save(fig, path)
+
+
+def plot_heatmap(
+    values: np.ndarray,
+    text: str,
+    path: str | Path,
+    title: str = "",
+    vmin: float = -1.0,
+    vmax: float = 1.0,
+) -> Path:
+    """Units x time heatmap of a (T, H) window; the characters label the time axis when there are few enough."""
+    values = np.asarray(values, dtype=np.float64)
+    T, H = values.shape
+    fig = Figure(figsize=(min(max(T * 0.12, 6), 24), min(max(H * 0.12, 3), 16)))
+    ax = fig.add_subplot()
+    image = ax.imshow(values.T, cmap=ACTIVATION_CMAP, norm=Normalize(vmin, vmax), aspect="auto",
+                      interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    if T <= 160:
+        ax.set_xticks(np.arange(T), [display_char(c) or "\u2423" for c in text[:T]], family="monospace", fontsize=6)
+    else:
+        ax.set_xlabel("character")
+    ax.set_ylabel("unit")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def gate_saturation(recording: Recording) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
+    """{(layer, gate): (fraction of steps < 0.1, fraction > 0.9)}, each (H,), for every sigmoid gate."""
+    gates = SIGMOID_GATES.get(recording.cell)
+    if not gates:
+        raise AnalysisError(f"a {recording.cell!r} model has no gates to measure saturation on (lstm or gru only)")
+    out = {}
+    for layer in range(recording.num_layers):
+        for gate in gates:
+            values = recording.layer(gate, layer)
+            out[layer, gate] = (values < SATURATION_LOW).mean(axis=0), (values > SATURATION_HIGH).mean(axis=0)
+    return out
+
+
+def plot_gate_saturation(recording: Recording, path: str | Path) -> Path:
+    """The paper's saturation plot: per unit, fraction of time left- against right-saturated, one panel per layer."""
+    saturation = gate_saturation(recording)
+    layers = recording.num_layers
+    fig = Figure(figsize=(3.6 * layers, 3.8))
+    for layer in range(layers):
+        ax = fig.add_subplot(1, layers, layer + 1)
+        ax.plot([0, 1], [1, 0], color="0.8", lw=0.8)  # x + y = 1: always saturated one way or the other
+        for gate in SIGMOID_GATES[recording.cell]:
+            left, right = saturation[layer, gate]
+            ax.scatter(left, right, s=12, alpha=0.7, label=gate)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"fraction left-saturated (< {SATURATION_LOW})",
+               ylabel=f"fraction right-saturated (> {SATURATION_HIGH})", title=f"layer {layer}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_gradient_flow(
+    params: dict[str, np.ndarray],
+    config: ModelConfig,
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    path: str | Path,
+) -> Path:
+    """Left: largest |eigenvalue| of each recurrent matrix (1 is the explode/vanish boundary). Right: the norm of
+    dL/dh_t of the batch's final-step loss against t, per layer, on a log scale."""
+    spectra = recurrent_spectra(params, config)
+    norms = hidden_gradient_norms(params, config, inputs, targets, last_step_only=True)
+    fig = Figure(figsize=(11, 4))
+    ax = fig.add_subplot(1, 2, 1)
+    radii = [np.abs(eig).max() for eig in spectra.values()]
+    ax.barh(np.arange(len(radii)), radii, color="tab:blue")
+    ax.set_yticks(np.arange(len(radii)), list(spectra), fontsize=7)
+    ax.axvline(1.0, color="tab:red", lw=1)
+    ax.invert_yaxis()
+    ax.set(xlabel="largest |eigenvalue| of Whh block", title=f"recurrent spectra ({config.cell})")
+    ax = fig.add_subplot(1, 2, 2)
+    for layer, curve in enumerate(norms):
+        ax.semilogy(np.arange(len(curve)), np.maximum(curve, 1e-300), label=f"layer {layer}")
+    ax.set(xlabel="t (loss at the last step)", ylabel="||dL/dh_t||", title="gradient flow back through time")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
