@@ -23,7 +23,7 @@ SATURATION_LOW, SATURATION_HIGH = 0.1, 0.9
 SIGMOID_GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z")}  # tanh outputs (g, n) have no 0/1 saturation
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -79,7 +79,7 @@ def plot_text_activation(
             ax.text(col, row, label, ha="center", va="center", family="monospace", fontsize=8)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9, loc="left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_heatmap(
@@ -105,7 +105,7 @@ def plot_heatmap(
     ax.set_ylabel("unit")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def gate_saturation(recording: Recording) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
@@ -136,7 +136,7 @@ def plot_gate_saturation(recording: Recording, path: str | Path) -> Path:
                ylabel=f"fraction right-saturated (> {SATURATION_HIGH})", title=f"layer {layer}")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gradient_flow(
@@ -164,4 +164,4 @@ def plot_gradient_flow(
     ax.set(xlabel="t (loss at the last step)", ylabel="||dL/dh_t||", title="gradient flow back through time")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

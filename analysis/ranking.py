@@ -143,16 +143,3 @@ def select_units(
     table["score"] = table["mean_inside"] - table["mean_around"]
     keep = (table["on_inside"] >= min_fraction) & (table["off_around"] >= min_fraction)
     return table[keep].sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-
-
-def markdown_table(table: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A GitHub markdown table (pandas' ``to_markdown`` needs the optional ``tabulate``)."""
-
-    def cell(v) -> str:
-        if isinstance(v, float | np.floating):
-            return "" if np.isnan(v) else format(v, floatfmt)
-        return str(v).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"

@@ -7,7 +7,8 @@ import pytest
 
 from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.features import FEATURES, compute_features, get_feature, register_feature
-from charrnn_analysis.ranking import average_ranks, markdown_table, pearson_r, rank_units, roc_auc, select_units
+from charrnn_analysis.ranking import average_ranks, pearson_r, rank_units, roc_auc, select_units
+from charrnn_analysis.tables import markdown_table
 
 
 def bits(values: np.ndarray) -> str:
