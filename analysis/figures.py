@@ -18,6 +18,8 @@ from .errors import AnalysisError
 from .gradients import hidden_gradient_norms, recurrent_spectra
 from .record import Recording
 
+CELL_INCHES, ROW_INCHES = 0.1, 0.2  # one character's cell in the text figure
+MONO_ADVANCE_EM = 0.602  # DejaVu Sans Mono's advance width, in em: fits a font size to the cells
 ACTIVATION_CMAP = "RdBu"  # the paper's colours: -1 red, +1 blue, 0 white
 SATURATION_LOW, SATURATION_HIGH = 0.1, 0.9
 SIGMOID_GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z")}  # tanh outputs (g, n) have no 0/1 saturation
@@ -30,9 +32,9 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def display_char(ch: str) -> str:
-    """How a character is drawn on a figure: layout characters as visible symbols, the rest as themselves."""
-    return {"\n": "\\n", "\t": "\\t", " ": "", "$": r"\$"}.get(ch, ch)
+def tick_label(ch: str) -> str:
+    """A character as a heatmap tick label: layout characters spelled out so they can be seen."""
+    return {"\n": "\\n", "\t": "\\t", " ": "\u2423"}.get(ch, ch)
 
 
 def text_grid(text: str, values: np.ndarray, line_width: int, max_lines: int) -> tuple[np.ndarray, list]:
@@ -70,13 +72,19 @@ def plot_text_activation(
         raise AnalysisError(f"{values.shape[0]} activations for a text of {len(text)} characters")
     grid, placed = text_grid(text, values, line_width, max_lines)
     rows = grid.shape[0]
-    fig = Figure(figsize=(0.11 * line_width + 0.4, 0.2 * rows + 0.6))
-    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.5 / (0.2 * rows + 0.6)))
+    width, height = CELL_INCHES * line_width + 0.4, ROW_INCHES * rows + 0.6
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((0.2 / width, 0.1 / height, 1 - 0.4 / width, 1 - 0.6 / height))  # cells of CELL_INCHES
     ax.imshow(grid, cmap=ACTIVATION_CMAP, norm=Normalize(-1, 1), aspect="auto", interpolation="nearest")
+    # One monospace string per line, sized so one character advance is one cell: thousands of per-character
+    # artists would make each figure take a second to draw.
+    lines = [[" "] * line_width for _ in range(rows)]
     for row, col, ch in placed:
-        label = display_char(ch)
-        if label and ch != "\n":
-            ax.text(col, row, label, ha="center", va="center", family="monospace", fontsize=8)
+        lines[row][col] = "\u2192" if ch == "\t" else (" " if ch == "\n" else ch)
+    fontsize = CELL_INCHES * 72 / MONO_ADVANCE_EM
+    for row, line in enumerate(lines):
+        ax.text(-0.5, row, "".join(line).rstrip(), ha="left", va="center", family="DejaVu Sans Mono",
+                fontsize=fontsize, parse_math=False)
     ax.set_axis_off()
     ax.set_title(title, fontsize=9, loc="left")
     return save_figure(fig, path)
@@ -99,7 +107,8 @@ def plot_heatmap(
                       interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.03)
     if T <= 160:
-        ax.set_xticks(np.arange(T), [display_char(c) or "\u2423" for c in text[:T]], family="monospace", fontsize=6)
+        ax.set_xticks(np.arange(T), [tick_label(c) for c in text[:T]], family="monospace", fontsize=6,
+                      parse_math=False)
     else:
         ax.set_xlabel("character")
     ax.set_ylabel("unit")
