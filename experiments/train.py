@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from charrnn.checkpoint import load_initial_weights
 from charrnn.data import Vocab, load_corpus, split_train_val
@@ -48,6 +48,7 @@ class Job:
     multirun: bool
     sweep_dir: Path | None
     job_num: int | None
+    name: str | None  # in a sweep, the job's overrides: "model.hidden_size=8,optim.lr=0.1"
 
     @classmethod
     def from_hydra(cls) -> Job:
@@ -56,7 +57,8 @@ class Job:
         multirun = hc.mode == RunMode.MULTIRUN
         return cls(base, Path(hc.runtime.output_dir), multirun,
                    (base / hc.sweep.dir).resolve() if multirun else None,
-                   hc.job.num if multirun else None)
+                   hc.job.num if multirun else None,
+                   hc.job.override_dirname or None if multirun else None)
 
 
 class JobFailed(Exception):
@@ -166,7 +168,8 @@ def open_run(cfg: DictConfig, job: Job, store: tracking.Store):
     else:
         experiment_id, parent_run_id = store.ensure_experiment(str(cfg.tracking.experiment)), None
     tags = {tracking.TAG_SWEEP: str(job.sweep_dir), tracking.TAG_JOB: str(job.job_num)} if job.multirun else {}
-    tracker = tracking.MlflowTracker.start(store, experiment_id, parent_run_id=parent_run_id, tags=tags)
+    tracker = tracking.MlflowTracker.start(store, experiment_id, run_name=job.name,
+                                           parent_run_id=parent_run_id, tags=tags)
     tracker.log_config(_resolved(cfg), OmegaConf.to_yaml(cfg, resolve=True))
     return cfg, tracker, None
 
@@ -215,6 +218,14 @@ def train_job(cfg: DictConfig, job: Job) -> tuple[str, float]:
     return tracker.run_id, result.val_loss
 
 
+def one_line(err: Exception) -> str:
+    if isinstance(err, MissingMandatoryValue):
+        return f"{err.full_key} must be set, e.g. {err.full_key}=..."
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    key = getattr(err, "full_key", None)
+    return f"{key}: {text}" if key else text
+
+
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
 
@@ -226,7 +237,7 @@ def app(cfg: DictConfig) -> float:
     try:
         return train_job(cfg, job)[1]
     except (JobFailed, CharRNNError, MlflowException, OmegaConfBaseException) as err:
-        fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        fail(one_line(err))
         if job.multirun:
             return FAILED_OBJECTIVE  # one failed job must not stop the sweep
         sys.exit(2)

@@ -1,0 +1,141 @@
+"""charrnn-train end to end as a user runs it: single runs, bad input, the run lifecycle, resume."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from charrnn.data import Vocab
+from conftest import BIN
+
+TINY = ["model.hidden_size=8", "train.seq_length=8", "train.max_seconds=null", "train.max_iters=60",
+        "train.log_every=10", "train.eval_every=30", "train.sample_every=30", "train.sample_length=20"]
+
+
+def tiny(text: Path, *more: str) -> list[str]:
+    return [*TINY, "data=file", f"data.path={text}", *more]
+
+
+def store_client(cwd: Path) -> MlflowClient:
+    assert (cwd / "mlflow.db").exists(), "the store must be in the launch directory"
+    return MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+
+
+def only_run(client: MlflowClient):
+    runs = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_single_run_prints_results_and_tracks_everything(cli, small_text, tmp_path):
+    out = cli("charrnn-train", *tiny(small_text))
+    assert out.returncode == 0, out.stderr
+    run_id = re.search(r"run id:\s+([0-9a-f]{32})", out.stdout).group(1)
+    val = float(re.search(r"val loss:\s+([0-9.]+) nats/char", out.stdout).group(1))
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db" in out.stdout
+    assert not list(tmp_path.glob("outputs/**/mlflow.db")), "store must not be in Hydra's output dir"
+    client = store_client(tmp_path)
+    run = only_run(client)
+    assert (run.info.run_id, run.info.status) == (run_id, "FINISHED")
+    assert run.data.metrics["val/loss"] == pytest.approx(val, abs=1e-4)
+    assert run.data.params["model.hidden_size"] == "8" and run.data.params["data.name"] == "file"
+    assert {"mlflow.source.git.commit", "host", "charrnn.dataset.sha256"} <= set(run.data.tags)
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert steps == list(range(10, 61, 10))
+    for key in ("train/smooth_loss", "grad/norm", "throughput/chars_per_s", "val/bpc"):
+        assert key in run.data.metrics
+    artifacts = {a.path for d in ("", "samples", "checkpoints") for a in client.list_artifacts(run_id, d)}
+    assert {"config.yaml", "samples/iter_00000030.txt", "samples/iter_00000060.txt",
+            "samples/final.txt", "checkpoints/latest.npz", "checkpoints/best.npz"} <= artifacts
+    assert run.inputs.dataset_inputs[0].dataset.name == "file"
+
+
+def test_runs_are_deterministic(cli, small_text, tmp_path):
+    for _ in range(2):
+        assert cli("charrnn-train", *tiny(small_text)).returncode == 0
+    client = store_client(tmp_path)
+    a, b = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
+    hist = [[m.value for m in client.get_metric_history(r.info.run_id, "train/loss")] for r in (a, b)]
+    assert hist[0] == hist[1] and len(hist[0]) == 6
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.hidden_size=0", "hidden_size must be a positive integer, got 0"),
+    ("optim.lr=0", "lr must be positive, got 0"),
+    ("model.cell=transformer", "unknown cell 'transformer'"),
+    ("train.seq_length=100000", "seq_length=100000 needs at least"),
+    ("data.path=/nonexistent/input.txt", "/nonexistent/input.txt"),
+])
+def test_bad_input_fails_before_training_with_one_line(cli, small_text, tmp_path, override, words):
+    out = cli("charrnn-train", *tiny(small_text, override))
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and words in errors[0], out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    run = only_run(store_client(tmp_path))
+    assert run.info.status == "FAILED" and words in run.data.tags["charrnn.reason"]
+    assert "train/loss" not in run.data.metrics
+
+
+def test_missing_data_path_is_one_clear_line(cli, tmp_path):
+    out = cli("charrnn-train", *TINY, "data=file")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "data.path" in out.stderr
+
+
+def test_divergence_ends_the_run_failed_with_its_reason(cli, small_text, tmp_path):
+    vocab = Vocab.from_text(small_text.read_text())
+    H, V = 8, vocab.size
+    weights = {"Wxh": np.full((H, V), np.inf), "Whh": np.zeros((H, H)), "Why": np.ones((V, H)),
+               "bh": np.zeros(H), "by": np.zeros(V)}
+    np.savez(tmp_path / "bad_init.npz", **weights)
+    out = cli("charrnn-train", *tiny(small_text, f"train.init_from={tmp_path / 'bad_init.npz'}"))
+    assert out.returncode == 2 and "diverged" in out.stderr
+    run = only_run(store_client(tmp_path))
+    assert run.info.status == "FAILED"
+    assert run.data.tags["charrnn.status"] == "diverged" and "lr" in run.data.tags["charrnn.reason"]
+
+
+def _losses(client, run_id, key):
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def test_sigterm_kills_with_checkpoint_and_resume_logs_the_uninterrupted_numbers(
+        cli, small_text, tmp_path):
+    args = [*tiny(small_text), "train.max_iters=6000", "train.log_every=100",
+            "train.eval_every=500", "train.sample_every=0"]
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert cli("charrnn-train", *args, cwd=reference).returncode == 0
+    ref_client = store_client(reference)
+    ref = only_run(ref_client)
+
+    proc = subprocess.Popen([str(BIN / "charrnn-train"), *args], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    for line in proc.stdout:  # the first progress line: training is under way
+        if "| train/loss" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, rest
+    client = store_client(tmp_path)
+    killed = only_run(client)
+    assert killed.info.status == "KILLED" and "SIGTERM" in killed.data.tags["charrnn.reason"]
+    assert "checkpoints/latest.npz" in {a.path for a in client.list_artifacts(killed.info.run_id,
+                                                                              "checkpoints")}
+    stopped_at = max(s for s, _ in _losses(client, killed.info.run_id, "train/loss"))
+    assert stopped_at < 6000, "the signal must arrive before the run ends"
+
+    out = cli("charrnn-train", f"train.resume={killed.info.run_id}")
+    assert out.returncode == 0, out.stderr
+    resumed = only_run(client)
+    assert resumed.info.status == "FINISHED"
+    for key in ("train/loss", "train/smooth_loss", "grad/norm", "val/loss"):
+        assert _losses(client, resumed.info.run_id, key) == _losses(ref_client, ref.info.run_id, key), key

@@ -1,0 +1,90 @@
+"""The Hydra config tree and the tracking helpers, in-process (no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from charrnn.errors import ConfigError
+from charrnn_experiments.train import engine_configs
+from charrnn_experiments.tracking import Store, flatten
+
+PUBLIC_KEYS = [
+    "model.hidden_size", "model.num_layers", "train.seq_length", "train.batch_size",
+    "train.max_iters", "train.max_seconds", "train.seed", "train.dtype", "train.init_from",
+    "train.log_every", "train.sample_every", "train.eval_every", "optim.lr", "optim.clip",
+    "optim.clip_mode", "data.path", "tracking.uri", "tracking.experiment",
+]
+
+
+def compose_cfg(*overrides: str, hydra: bool = False):
+    with initialize_config_module("charrnn_conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def test_every_public_key_exists_in_the_default_config():
+    flat = flatten(dict(__import__("omegaconf").OmegaConf.to_container(compose_cfg())))
+    missing = [k for k in PUBLIC_KEYS if k not in flat]
+    assert missing == []
+
+
+def test_default_is_the_bounded_minchar_job_on_pystdlib():
+    cfg = compose_cfg()
+    assert (cfg.model.cell, cfg.data.name, cfg.train.max_seconds) == ("rnn", "pystdlib", 120.0)
+    assert cfg.tracking.uri is None
+
+
+def test_minchar_preset_is_the_gist():
+    cfg = compose_cfg("experiment=minchar")
+    model, train, optim = engine_configs(cfg, vocab_size=65)
+    assert (model.cell, model.hidden_size, model.num_layers, model.dtype) == ("rnn", 100, 1, "float64")
+    assert (train.seq_length, train.batch_size) == (25, 1)
+    assert (optim.name, optim.lr, optim.clip, optim.clip_mode) == ("adagrad", 0.1, 5.0, "value")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("optim", ["adagrad", "rmsprop", "adam"])
+def test_every_model_and_optimizer_group_maps_onto_the_engine(cell, optim):
+    model, _, opt = engine_configs(compose_cfg(f"model={cell}", f"optim={optim}"), vocab_size=10)
+    assert (model.cell, opt.name) == (cell, optim)
+
+
+def test_grid_preset_sweeps_the_four_card_parameters():
+    cfg = compose_cfg("experiment=grid", hydra=True)
+    assert set(cfg.hydra.sweeper.params) == {"model.hidden_size", "train.seq_length", "optim.lr",
+                                             "optim.clip"}
+
+
+def test_optuna_preset_uses_an_in_memory_study():
+    cfg = compose_cfg("experiment=optuna", hydra=True)
+    assert cfg.hydra.sweeper.storage is None
+    assert cfg.hydra.sweeper.direction == "minimize"
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.hidden_size=0", "hidden_size"),
+    ("model.hidden_size=abc", "model.hidden_size must be a number"),
+    ("model.num_layers=1.5", "model.num_layers must be an integer"),
+    ("optim.lr=0", "lr must be positive"),
+    ("optim.clip_mode=sideways", "clip_mode"),
+    ("model.cell=transformer", "unknown cell"),
+])
+def test_bad_values_raise_one_line_config_errors(override, words):
+    with pytest.raises(ConfigError, match=words) as err:
+        engine_configs(compose_cfg(override), vocab_size=10)
+    assert "\n" not in str(err.value)
+
+
+def test_embedded_store_lives_in_the_launch_directory(tmp_path):
+    store = Store.resolve(None, tmp_path)
+    assert store.uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert store.artifact_root == tmp_path.resolve() / "mlartifacts"
+    assert Store.resolve("sqlite:///sub/x.db", tmp_path).uri == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
+    assert Store.resolve("http://127.0.0.1:5000", tmp_path).artifact_root is None
+    assert store.ui_command() == f"mlflow ui --backend-store-uri {store.uri}"
+
+
+def test_flatten_joins_nested_keys():
+    assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": "x"}) == {"a.b": 1, "a.c.d": None, "e": "x"}
