@@ -139,6 +139,20 @@ def forward(params, config: ModelConfig, inputs: np.ndarray, state, return_inter
     return logits, cache, new_state
 
 
+def _scatter_rows(ix, values, num_rows):
+    """out[v] = sum of values[n] over the n with ix[n] == v: the transpose of the row gather ``W[ix]``.
+
+    Same sums, in the same order, as ``np.add.at(out, ix, values)``, which is an order of magnitude slower
+    for wide rows: sort the rows by character, then add each character's block in one reduction."""
+    out = np.zeros((num_rows, values.shape[1]), dtype=values.dtype)
+    order = np.argsort(ix, kind="stable")
+    chars, starts, counts = np.unique(ix[order], return_index=True, return_counts=True)
+    sorted_values = values[order]
+    for v, start, count in zip(chars.tolist(), starts.tolist(), counts.tolist()):
+        np.sum(sorted_values[start : start + count], axis=0, out=out[v])
+    return out
+
+
 def _log_softmax_parts(logits):
     """Shifted logits, their exponentials and the row sums: the stable pieces of log-softmax."""
     shifted = logits - logits.max(axis=2, keepdims=True)
@@ -152,13 +166,14 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray):
     Returns (loss, dlogits) where loss is the sum over time of the mean over the batch, in nats -- the gist's
     summed loss at B=1 -- and dlogits (T,B,V) its gradient. Divide loss by T for nats per character.
     """
-    T, B, V = logits.shape
+    B = logits.shape[1]
     shifted, exp, sumexp = _log_softmax_parts(logits)
-    t_ix, b_ix = np.indices((T, B))
-    log_p_target = shifted[t_ix, b_ix, targets] - np.log(sumexp[..., 0])
+    target_ix = targets[..., None]  # (T,B,1)
+    log_p_target = np.take_along_axis(shifted, target_ix, axis=2) - np.log(sumexp)
     loss = -log_p_target.sum() / B
     dlogits = exp / sumexp
-    dlogits[t_ix, b_ix, targets] -= 1.0
+    p_target = np.take_along_axis(dlogits, target_ix, axis=2)
+    np.put_along_axis(dlogits, target_ix, p_target - 1.0, axis=2)
     dlogits /= B
     return float(loss), dlogits
 
@@ -188,9 +203,7 @@ def backward(dlogits: np.ndarray, cache) -> dict[str, np.ndarray]:
         Wxh = params[layer_key("Wxh", layer)]
         if layer == 0:
             # scatter-add: the transpose of the row gather in forward
-            dWxh_T = np.zeros((Wxh.shape[1], GH), dtype=dax.dtype)
-            np.add.at(dWxh_T, c["x"].reshape(-1), flat_dax)
-            grads["Wxh"] = dWxh_T.T.copy()
+            grads["Wxh"] = _scatter_rows(c["x"].reshape(-1), flat_dax, Wxh.shape[1]).T.copy()
         else:
             grads[layer_key("Wxh", layer)] = flat_dax.T @ c["x"].reshape(-1, H)
             dhs = dax @ Wxh
@@ -207,8 +220,7 @@ def loss_and_grads(params, config: ModelConfig, inputs, targets, state):
 def loss_only(params, config: ModelConfig, inputs, targets, state):
     """Forward pass only, for evaluation: (summed loss as in ``loss_and_grads``, new state)."""
     logits, _, new_state = forward(params, config, inputs, state)
-    T, B, _ = logits.shape
+    B = logits.shape[1]
     shifted, _, sumexp = _log_softmax_parts(logits)
-    t_ix, b_ix = np.indices((T, B))
-    loss = (np.log(sumexp[..., 0]) - shifted[t_ix, b_ix, targets]).sum() / B
+    loss = (np.log(sumexp) - np.take_along_axis(shifted, targets[..., None], axis=2)).sum() / B
     return float(loss), new_state
