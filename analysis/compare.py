@@ -1,7 +1,7 @@
 """Compare the runs of an experiment or a sweep: one table row per run, a leaderboard, and figures.
 
-Runs come from ``mlflow.search_runs``; the "best" columns need each run's metric history, which
-``search_runs`` (latest values only) does not carry, so those come from one history call per run and metric.
+Runs come from the client's ``search_runs`` into a pandas table; the "best" columns need each run's metric
+history, which a search (latest values only) does not carry, so those come from one history call per run.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
-import mlflow
 import numpy as np
 import pandas as pd
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from .errors import AnalysisError
 from .figures import save_figure
@@ -45,29 +45,31 @@ def load_runs(client: MlflowClient, experiment: str, parent: str | None = None) 
     if parent is not None:
         try:
             parent_run = client.get_run(parent)
-        except mlflow.exceptions.MlflowException:
+        except MlflowException:
             raise AnalysisError(f"no MLflow run with id {parent!r}") from None
         if parent_run.info.experiment_id != exp.experiment_id:
             raise AnalysisError(f"run {parent} is not in experiment {experiment!r}")
-    mlflow.set_tracking_uri(client.tracking_uri)  # search_runs reads the global store
     filter_string = f"tags.`{PARENT_TAG}` = '{parent}'" if parent else ""
-    runs = mlflow.search_runs(experiment_ids=[exp.experiment_id], filter_string=filter_string,
-                              output_format="pandas", order_by=["attributes.start_time ASC"])
-    if runs.empty:
+    runs = []
+    page = None
+    while True:  # the client pages through the runs; MLflow's fluent search_runs would need a global store URI
+        batch = client.search_runs([exp.experiment_id], filter_string, max_results=1000, page_token=page,
+                                   order_by=["attributes.start_time ASC"])
+        runs += batch
+        page = batch.token
+        if not page:
+            break
+    if not runs:
         what = f"child runs of {parent}" if parent else "runs"
         raise AnalysisError(f"experiment {experiment!r} has no {what}")
-    parent_column = f"tags.{PARENT_TAG}"
-    parents = set(runs[parent_column].dropna()) if parent_column in runs else set()
-    runs = runs[~runs["run_id"].isin(parents)]
+    parents = {r.data.tags.get(PARENT_TAG) for r in runs}
+    runs = [r for r in runs if r.info.run_id not in parents]
 
-    table = pd.DataFrame({
-        "run_id": runs["run_id"],
-        "run_name": runs.get("tags.mlflow.runName", pd.Series(index=runs.index, dtype=object)),
-        "status": runs["status"],
-    })
-    param_columns = sorted(c for c in runs.columns if c.startswith("params."))
-    for column in param_columns:
-        table[column[len("params."):]] = runs[column]
+    param_names = sorted({name for r in runs for name in r.data.params})
+    table = pd.DataFrame(
+        [{"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+          **{name: r.data.params.get(name) for name in param_names}} for r in runs]
+    )
     histories: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for run_id in table["run_id"]:
         histories[run_id] = {}
@@ -98,6 +100,11 @@ def _as_numbers(column: pd.Series) -> pd.Series | None:
     return numbers if numbers.notna().all() else None
 
 
+def _labels(values: pd.Series) -> list[str]:
+    """Param values as category labels; a run that lacks the param gets "n/a"."""
+    return [str(v) if pd.notna(v) else "n/a" for v in values]
+
+
 def _colours(values: pd.Series):
     """One colour per run from a param: a viridis scale for numbers, tab10 categories otherwise;
     returns (colours, legend entries or None, scalar mappable or None)."""
@@ -107,10 +114,10 @@ def _colours(values: pd.Series):
         cmap = matplotlib.colormaps["viridis"]
         mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
         return [cmap(norm(v)) for v in numbers], None, mappable
-    categories = sorted(values.astype(str).unique())
+    labels = _labels(values)
     palette = matplotlib.colormaps["tab10"]
-    lookup = {c: palette(i % 10) for i, c in enumerate(categories)}
-    return [lookup[str(v)] for v in values], lookup, None
+    lookup = {c: palette(i % 10) for i, c in enumerate(sorted(set(labels)))}
+    return [lookup[label] for label in labels], lookup, None
 
 
 def plot_curves(table: pd.DataFrame, histories: dict, color_by: str, path: str | Path) -> Path:
@@ -147,8 +154,9 @@ def plot_metric_vs_params(table: pd.DataFrame, params: list[str], path: str | Pa
             if numbers.min() > 0 and numbers.max() / numbers.min() >= 10:
                 ax.set_xscale("log")
         else:
-            categories = sorted(table[param].astype(str).unique())
-            ax.scatter([categories.index(str(v)) for v in table[param]], table[metric])
+            labels = _labels(table[param])
+            categories = sorted(set(labels))
+            ax.scatter([categories.index(label) for label in labels], table[metric])
             ax.set_xticks(range(len(categories)), categories)
         ax.set(xlabel=param, ylabel=metric if i == 0 else "")
     fig.tight_layout()

@@ -111,8 +111,8 @@ def write_explorer(
         "initial": int(initial),
         "values": base64.b64encode(np.ascontiguousarray(quantised.T).tobytes()).decode("ascii"),
     }
-    # "</" inside the JSON would end the script element early; "<\/" is the same string to JSON.
-    payload = json.dumps(data, ensure_ascii=True).replace("</", "<\\/")
+    # A "<" in the text could end the data's script element early ("</script>"); \u003c is the same to JSON.
+    payload = json.dumps(data, ensure_ascii=True).replace("<", "\\u003c")
     options = "".join(f'<option value="{u}">{html.escape(label)}</option>' for u, label in enumerate(labels))
     page = (
         _PAGE.replace("__TITLE__", html.escape(title))
