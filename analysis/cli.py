@@ -7,6 +7,7 @@ on stderr and exit status 2, like ``charrnn-train``.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,7 @@ def usage(command: str, spec: dict[str, Arg]) -> str:
 
 def _main(command: str, spec: dict[str, Arg], body: Callable[[dict], None], argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the terminal output readable
     if any(a in ("help", "-h", "--help") for a in argv):
         print(usage(command, spec))
         return 0
