@@ -30,7 +30,7 @@ def average_ranks(A: np.ndarray) -> np.ndarray:
     n = A.shape[0]
     order = np.argsort(A, axis=0, kind="stable")
     sorted_A = np.take_along_axis(A, order, axis=0)
-    idx = np.arange(n)[:, None]
+    idx = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)[:, None]  # small ints: (N, U) temporaries
     new_group = np.ones_like(sorted_A, dtype=bool)
     new_group[1:] = sorted_A[1:] != sorted_A[:-1]
     ends_group = np.ones_like(new_group)
