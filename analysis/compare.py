@@ -90,7 +90,7 @@ def swept_params(table: pd.DataFrame) -> list[str]:
 
 
 def leaderboard(table: pd.DataFrame, top: int = 10) -> pd.DataFrame:
-    columns = ["run_name", *swept_params(table), "final val/loss", RANK_BY]
+    columns = ["run_name", "status", *swept_params(table), "final val/loss", RANK_BY]
     return table[columns].head(top)
 
 
