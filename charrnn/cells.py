@@ -21,23 +21,31 @@ from __future__ import annotations
 import numpy as np
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """0.5 * tanh(0.5 * x) + 0.5, into ``out`` when given (which may be x itself)."""
     # tanh form: no overflow warnings for large |x|, unlike 1 / (1 + exp(-x))
-    return 0.5 * np.tanh(0.5 * x) + 0.5
+    out = np.multiply(x, 0.5, out=out)
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+    return out
 
 
-def _shifted(hs: np.ndarray, h0: np.ndarray) -> np.ndarray:
-    """h_{t-1} for every t: (T,B,H) from the sequence of hs and the initial h0."""
-    prev = np.empty_like(hs)
-    prev[0] = h0
-    prev[1:] = hs[:-1]
-    return prev
+def _sequence_buffer(h0: np.ndarray, T: int) -> np.ndarray:
+    """(T+1,B,H) with h0 at index 0: ``buf[1:]`` receives h_1..h_T and ``buf[:-1]`` is then h_{t-1} for every
+    t, without a copy."""
+    buf = np.empty((T + 1, *h0.shape), dtype=h0.dtype)
+    buf[0] = h0
+    return buf
 
 
 # --------------------------------------------------------------------------------------------- vanilla RNN
-def rnn_step_forward(ax_t, h_prev, Whh):
-    """h_t = tanh(Wxh x_t + Whh h_{t-1} + bh), with the input term ax_t = Wxh x_t + bh precomputed."""
-    return np.tanh(ax_t + h_prev @ Whh.T)
+def rnn_step_forward(ax_t, h_prev, Whh, out=None):
+    """h_t = tanh(Wxh x_t + Whh h_{t-1} + bh), with the input term ax_t = Wxh x_t + bh precomputed.
+    Written into ``out`` (B,H) when given."""
+    a = np.matmul(h_prev, Whh.T, out=out)
+    a += ax_t
+    return np.tanh(a, out=a)
 
 
 def rnn_step_backward(dh, h):
@@ -51,21 +59,24 @@ class RNNCell:
 
     @staticmethod
     def forward(ax, state, p):
-        (h_prev,) = state
-        hs = np.empty(ax.shape, dtype=ax.dtype)  # (T,B,H)
-        for t in range(ax.shape[0]):
-            h_prev = hs[t] = rnn_step_forward(ax[t], h_prev, p["Whh"])
-        cache = {"hs": hs, "h_prev": _shifted(hs, state[0]), "Whh": p["Whh"]}
+        T = ax.shape[0]
+        h = _sequence_buffer(state[0], T)  # (T+1,B,H): h[t] is h_{t-1} of step t
+        for t in range(T):
+            rnn_step_forward(ax[t], h[t], p["Whh"], out=h[t + 1])
+        hs = h[1:]
+        cache = {"hs": hs, "h_prev": h[:-1], "Whh": p["Whh"]}
         return hs, (hs[-1].copy(),), cache
 
     @staticmethod
     def backward(dhs, cache):
         hs, Whh = cache["hs"], cache["Whh"]
         da = np.empty_like(dhs)
+        dh = np.empty_like(dhs[0])
         dh_next = np.zeros_like(dhs[0])
         for t in reversed(range(dhs.shape[0])):
-            da[t] = rnn_step_backward(dhs[t] + dh_next, hs[t])
-            dh_next = da[t] @ Whh
+            np.add(dhs[t], dh_next, out=dh)  # from the output at t and from step t+1
+            da[t] = rnn_step_backward(dh, hs[t])
+            np.matmul(da[t], Whh, out=dh_next)
         return da, da, {}
 
     @staticmethod
@@ -74,34 +85,57 @@ class RNNCell:
 
 
 # -------------------------------------------------------------------------------------------------- LSTM
-def lstm_step_forward(ax_t, h_prev, c_prev, Whh):
-    """Gates in the order i, f, o, g: c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t)."""
+def _gates(x, n):
+    """Split the last axis of x (..., n*H) into n views of (..., H)."""
+    H = x.shape[-1] // n
+    return tuple(x[..., k * H : (k + 1) * H] for k in range(n))
+
+
+def lstm_step_forward(ax_t, h_prev, c_prev, Whh, out):
+    """Gates in the order i, f, o, g: c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t).
+
+    Writes into ``out`` = (h_t (B,H), c_t (B,H), tanh(c_t) (B,H), ifog (B,4H)) and returns it."""
+    h, c, tanh_c, ifog = out
     H = h_prev.shape[1]
-    a = ax_t + h_prev @ Whh.T  # (B,4H)
-    ifog = np.empty_like(a)
-    ifog[:, : 3 * H] = sigmoid(a[:, : 3 * H])
-    ifog[:, 3 * H :] = np.tanh(a[:, 3 * H :])
-    i, f, o, g = ifog[:, :H], ifog[:, H : 2 * H], ifog[:, 2 * H : 3 * H], ifog[:, 3 * H :]
-    c = f * c_prev + i * g
-    tanh_c = np.tanh(c)
-    return o * tanh_c, c, tanh_c, ifog
+    a = np.matmul(h_prev, Whh.T, out=ifog)  # (B,4H) pre-activations, replaced by the gates below
+    a += ax_t
+    sigmoid(a[:, : 3 * H], out=ifog[:, : 3 * H])
+    np.tanh(a[:, 3 * H :], out=ifog[:, 3 * H :])
+    i, f, o, g = _gates(ifog, 4)
+    np.multiply(f, c_prev, out=c)
+    c += i * g
+    np.tanh(c, out=tanh_c)
+    np.multiply(o, tanh_c, out=h)
+    return out
 
 
-def lstm_step_backward(dh, dc_next, c_prev, tanh_c, ifog):
-    """Returns the gradient on the gate pre-activations (B,4H) and on c_{t-1}."""
-    H = dh.shape[1]
-    i, f, o, g = ifog[:, :H], ifog[:, H : 2 * H], ifog[:, 2 * H : 3 * H], ifog[:, 3 * H :]
-    dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
-    dgates = np.empty_like(ifog)
-    dgates[:, :H] = dc * g  # di
-    dgates[:, H : 2 * H] = dc * c_prev  # df
-    dgates[:, 2 * H : 3 * H] = dh * tanh_c  # do
-    dgates[:, 3 * H :] = dc * i  # dg
-    # through the nonlinearities: sigmoid' = s(1-s) for i,f,o and tanh' = 1-g^2 for g
-    sig = ifog[:, : 3 * H]
-    dgates[:, : 3 * H] *= sig * (1.0 - sig)
-    dgates[:, 3 * H :] *= 1.0 - g * g
-    return dgates, dc * f
+def lstm_local_derivatives(c_prev, tanh_c, ifog):
+    """What the step backward multiplies by, for all t at once (it does not depend on the recurrence).
+
+    Returns J (T,B,4H) and o * tanh'(c_t) (T,B,H), so that with dc = dc_{t+1} + dh * o * tanh'(c_t):
+    da_i = dc * g * s'(i), da_f = dc * c_{t-1} * s'(f), da_o = dh * tanh(c_t) * s'(o), da_g = dc * i * tanh'(g),
+    where s' = s(1-s) and tanh' = 1 - tanh^2 are written in terms of the outputs the forward kept."""
+    i, f, o, g = _gates(ifog, 4)
+    J = np.empty_like(ifog)
+    J_i, J_f, J_o, J_g = _gates(J, 4)
+    np.multiply(g, i * (1.0 - i), out=J_i)
+    np.multiply(c_prev, f * (1.0 - f), out=J_f)
+    np.multiply(tanh_c, o * (1.0 - o), out=J_o)
+    np.multiply(i, 1.0 - g * g, out=J_g)
+    return J, o * (1.0 - tanh_c * tanh_c)
+
+
+def lstm_step_backward(dh, dc_next, f, J, o_dtanh_c, out):
+    """Gradient on the gate pre-activations (B,4H), written into ``out``, and on c_{t-1}."""
+    dc = dh * o_dtanh_c
+    dc += dc_next
+    di, df, do, dg = _gates(out, 4)
+    J_i, J_f, J_o, J_g = _gates(J, 4)
+    np.multiply(dc, J_i, out=di)
+    np.multiply(dc, J_f, out=df)
+    np.multiply(dh, J_o, out=do)
+    np.multiply(dc, J_g, out=dg)
+    return out, dc * f
 
 
 class LSTMCell:
@@ -110,70 +144,80 @@ class LSTMCell:
 
     @staticmethod
     def forward(ax, state, p):
-        h_prev, c_prev = state
         T, B, G = ax.shape
-        H = G // 4
-        hs = np.empty((T, B, H), dtype=ax.dtype)
-        cs = np.empty_like(hs)
-        tanh_cs = np.empty_like(hs)
+        h = _sequence_buffer(state[0], T)  # (T+1,B,H): h[t] and c[t] are h_{t-1} and c_{t-1} of step t
+        c = _sequence_buffer(state[1], T)
+        tanh_cs = np.empty_like(h[1:])
         ifogs = np.empty_like(ax)
         for t in range(T):
-            h_prev, c_prev, tanh_cs[t], ifogs[t] = lstm_step_forward(ax[t], h_prev, c_prev, p["Whh"])
-            hs[t], cs[t] = h_prev, c_prev
-        cache = {
-            "hs": hs, "cs": cs, "tanh_cs": tanh_cs, "ifogs": ifogs,
-            "h_prev": _shifted(hs, state[0]), "c_prev": _shifted(cs, state[1]), "Whh": p["Whh"],
-        }
+            lstm_step_forward(ax[t], h[t], c[t], p["Whh"], out=(h[t + 1], c[t + 1], tanh_cs[t], ifogs[t]))
+        hs, cs = h[1:], c[1:]
+        cache = {"hs": hs, "cs": cs, "tanh_cs": tanh_cs, "ifogs": ifogs, "h_prev": h[:-1], "c_prev": c[:-1],
+                 "Whh": p["Whh"]}
         return hs, (hs[-1].copy(), cs[-1].copy()), cache
 
     @staticmethod
     def backward(dhs, cache):
-        Whh, c_prev, tanh_cs, ifogs = cache["Whh"], cache["c_prev"], cache["tanh_cs"], cache["ifogs"]
+        Whh, ifogs = cache["Whh"], cache["ifogs"]
+        J, o_dtanh_cs = lstm_local_derivatives(cache["c_prev"], cache["tanh_cs"], ifogs)
+        fs = _gates(ifogs, 4)[1]
         da = np.empty_like(ifogs)
+        dh = np.empty_like(dhs[0])
         dh_next = np.zeros_like(dhs[0])
         dc_next = np.zeros_like(dhs[0])
         for t in reversed(range(dhs.shape[0])):
-            da[t], dc_next = lstm_step_backward(dhs[t] + dh_next, dc_next, c_prev[t], tanh_cs[t], ifogs[t])
-            dh_next = da[t] @ Whh
+            np.add(dhs[t], dh_next, out=dh)
+            _, dc_next = lstm_step_backward(dh, dc_next, fs[t], J[t], o_dtanh_cs[t], out=da[t])
+            np.matmul(da[t], Whh, out=dh_next)
         return da, da, {}
 
     @staticmethod
     def internals(cache):
-        H = cache["hs"].shape[2]
-        ifogs = cache["ifogs"]
-        return {
-            "h": cache["hs"], "c": cache["cs"],
-            "i": ifogs[..., :H], "f": ifogs[..., H : 2 * H], "o": ifogs[..., 2 * H : 3 * H], "g": ifogs[..., 3 * H :],
-        }
+        i, f, o, g = _gates(cache["ifogs"], 4)
+        return {"h": cache["hs"], "c": cache["cs"], "i": i, "f": f, "o": o, "g": g}
 
 
 # --------------------------------------------------------------------------------------------------- GRU
-def gru_step_forward(ax_t, h_prev, Whh, bhn):
+def gru_step_forward(ax_t, h_prev, Whh, bhn, out):
     """Gates r, z and candidate n (the cuDNN/PyTorch form, so Whh h_{t-1} is one matmul for all three):
-    r = s(ax_r + Whr h), z = s(ax_z + Whz h), n = tanh(ax_n + r*(Whn h + bhn)), h_t = (1-z)*n + z*h_{t-1}."""
+    r = s(ax_r + Whr h), z = s(ax_z + Whz h), n = tanh(ax_n + r*(Whn h + bhn)), h_t = (1-z)*n + z*h_{t-1}.
+
+    Writes into ``out`` = (h_t (B,H), rzn (B,3H), hn = Whn h_{t-1} + bhn (B,H)) and returns it."""
+    h, rzn, hn = out
     H = h_prev.shape[1]
     ah = h_prev @ Whh.T  # (B,3H)
-    ah[:, 2 * H :] += bhn
-    rzn = np.empty_like(ah)
-    rzn[:, : 2 * H] = sigmoid(ax_t[:, : 2 * H] + ah[:, : 2 * H])
-    r, z = rzn[:, :H], rzn[:, H : 2 * H]
-    hn = ah[:, 2 * H :]  # Whn h_{t-1} + bhn, needed by backward
-    rzn[:, 2 * H :] = np.tanh(ax_t[:, 2 * H :] + r * hn)
-    n = rzn[:, 2 * H :]
-    return (1.0 - z) * n + z * h_prev, rzn, hn.copy()
+    np.add(ax_t[:, : 2 * H], ah[:, : 2 * H], out=rzn[:, : 2 * H])
+    sigmoid(rzn[:, : 2 * H], out=rzn[:, : 2 * H])
+    r, z, n = _gates(rzn, 3)
+    np.add(ah[:, 2 * H :], bhn, out=hn)  # needed by backward
+    np.multiply(r, hn, out=n)
+    n += ax_t[:, 2 * H :]
+    np.tanh(n, out=n)
+    # h_t = (1-z)*n + z*h_{t-1}, computed as n + z*(h_{t-1} - n)
+    np.subtract(h_prev, n, out=h)
+    h *= z
+    h += n
+    return out
 
 
-def gru_step_backward(dh, h_prev, rzn, hn):
-    """Returns (dax_t, dah_t, dh_{t-1} direct term): gradients on the input and recurrent pre-activations."""
+def gru_local_derivatives(h_prev, rzn, hn):
+    """What the step backward multiplies by, for all t at once: with dan = dh * (1-z) * tanh'(n),
+    dax_r = dan * hn * s'(r), dax_z = dh * (h_{t-1} - n) * s'(z), dax_n = dan, dah_n = dan * r.
+    Returns (1-z)*tanh'(n), hn*s'(r), (h_{t-1}-n)*s'(z), each (T,B,H)."""
+    r, z, n = _gates(rzn, 3)
+    return (1.0 - z) * (1.0 - n * n), hn * r * (1.0 - r), (h_prev - n) * z * (1.0 - z)
+
+
+def gru_step_backward(dh, r, z, J_n, J_r, J_z, dax, dah):
+    """Gradients on the input and recurrent pre-activations (B,3H), written into ``dax`` and ``dah``, and the
+    direct term dh * z of dh_{t-1}."""
     H = dh.shape[1]
-    r, z, n = rzn[:, :H], rzn[:, H : 2 * H], rzn[:, 2 * H :]
-    dan = dh * (1.0 - z) * (1.0 - n * n)
-    dax = np.empty_like(rzn)
-    dax[:, :H] = dan * hn * r * (1.0 - r)  # dr through the sigmoid
-    dax[:, H : 2 * H] = dh * (h_prev - n) * z * (1.0 - z)  # dz through the sigmoid
-    dax[:, 2 * H :] = dan
-    dah = dax.copy()
-    dah[:, 2 * H :] *= r  # the reset gate scales the recurrent candidate term
+    dax_r, dax_z, dan = _gates(dax, 3)
+    np.multiply(dh, J_n, out=dan)
+    np.multiply(dan, J_r, out=dax_r)  # dr through the sigmoid
+    np.multiply(dh, J_z, out=dax_z)  # dz through the sigmoid
+    dah[:, : 2 * H] = dax[:, : 2 * H]
+    np.multiply(dan, r, out=dah[:, 2 * H :])  # the reset gate scales the recurrent candidate term
     return dax, dah, dh * z
 
 
@@ -183,35 +227,37 @@ class GRUCell:
 
     @staticmethod
     def forward(ax, state, p):
-        (h_prev,) = state
         T, B, G = ax.shape
-        H = G // 3
-        hs = np.empty((T, B, H), dtype=ax.dtype)
+        h = _sequence_buffer(state[0], T)  # (T+1,B,H): h[t] is h_{t-1} of step t
         rzns = np.empty_like(ax)
-        hns = np.empty_like(hs)
+        hns = np.empty_like(h[1:])
         for t in range(T):
-            h_prev, rzns[t], hns[t] = gru_step_forward(ax[t], h_prev, p["Whh"], p["bhn"])
-            hs[t] = h_prev
-        cache = {"hs": hs, "rzns": rzns, "hns": hns, "h_prev": _shifted(hs, state[0]), "Whh": p["Whh"]}
+            gru_step_forward(ax[t], h[t], p["Whh"], p["bhn"], out=(h[t + 1], rzns[t], hns[t]))
+        hs = h[1:]
+        cache = {"hs": hs, "rzns": rzns, "hns": hns, "h_prev": h[:-1], "Whh": p["Whh"]}
         return hs, (hs[-1].copy(),), cache
 
     @staticmethod
     def backward(dhs, cache):
-        Whh, h_prev, rzns, hns = cache["Whh"], cache["h_prev"], cache["rzns"], cache["hns"]
+        Whh, rzns = cache["Whh"], cache["rzns"]
+        J_n, J_r, J_z = gru_local_derivatives(cache["h_prev"], rzns, cache["hns"])
+        rs, zs, _ = _gates(rzns, 3)
         H = dhs.shape[2]
         dax = np.empty_like(rzns)
         dah = np.empty_like(rzns)
+        dh = np.empty_like(dhs[0])
         dh_next = np.zeros_like(dhs[0])
         for t in reversed(range(dhs.shape[0])):
-            dax[t], dah[t], dh_direct = gru_step_backward(dhs[t] + dh_next, h_prev[t], rzns[t], hns[t])
-            dh_next = dh_direct + dah[t] @ Whh
+            np.add(dhs[t], dh_next, out=dh)
+            _, _, dh_direct = gru_step_backward(dh, rs[t], zs[t], J_n[t], J_r[t], J_z[t], dax[t], dah[t])
+            np.matmul(dah[t], Whh, out=dh_next)
+            dh_next += dh_direct
         return dax, dah, {"bhn": dah[..., 2 * H :].sum(axis=(0, 1))}
 
     @staticmethod
     def internals(cache):
-        H = cache["hs"].shape[2]
-        rzns = cache["rzns"]
-        return {"h": cache["hs"], "r": rzns[..., :H], "z": rzns[..., H : 2 * H], "n": rzns[..., 2 * H :]}
+        r, z, n = _gates(cache["rzns"], 3)
+        return {"h": cache["hs"], "r": r, "z": z, "n": n}
 
 
 CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
