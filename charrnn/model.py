@@ -122,7 +122,9 @@ def forward(params, config: ModelConfig, inputs: np.ndarray, state, return_inter
     for layer in range(config.num_layers):
         p = _layer_params(params, layer)
         if layer == 0:
-            ax = p["Wxh"].T[x] + p["bh"]  # row gather: Wxh x for one-hot x, all T*B at once
+            # row gather: Wxh x + bh for one-hot x, all T*B at once; the bias goes onto the V rows first, which
+            # also makes the gathered rows contiguous
+            ax = (p["Wxh"].T + p["bh"])[x]
         else:
             ax = x @ p["Wxh"].T + p["bh"]
         hs, layer_state, cache = cell.forward(ax, state[layer], p)
