@@ -165,7 +165,8 @@ def test_compare_bad_input_is_one_error_line(workspace, tmp_path, monkeypatch, c
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
-def test_console_scripts_report_a_missing_store_in_one_line(cli, tmp_path):
+def test_console_scripts_report_a_missing_store_in_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # another test in this worker may have set it
     result = cli("charrnn-compare", "experiment=x")
     assert result.returncode == 2 and result.stderr.startswith("error: no MLflow store at")
     assert not (tmp_path / "mlflow.db").exists()  # reading never creates an empty store
