@@ -169,14 +169,13 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray):
     Returns (loss, dlogits) where loss is the sum over time of the mean over the batch, in nats -- the gist's
     summed loss at B=1 -- and dlogits (T,B,V) its gradient. Divide loss by T for nats per character.
     """
-    B = logits.shape[1]
+    T, B, V = logits.shape
     shifted, exp, sumexp = _log_softmax_parts(logits)
-    target_ix = targets[..., None]  # (T,B,1)
-    log_p_target = np.take_along_axis(shifted, target_ix, axis=2) - np.log(sumexp)
+    at_target = (np.arange(T * B), targets.reshape(-1))  # (row, target) of each of the T*B positions
+    log_p_target = shifted.reshape(-1, V)[at_target] - np.log(sumexp.reshape(-1))
     loss = -log_p_target.sum() / B
     dlogits = exp / sumexp
-    p_target = np.take_along_axis(dlogits, target_ix, axis=2)
-    np.put_along_axis(dlogits, target_ix, p_target - 1.0, axis=2)
+    dlogits.reshape(-1, V)[at_target] -= 1.0
     dlogits /= B
     return float(loss), dlogits
 
@@ -223,7 +222,8 @@ def loss_and_grads(params, config: ModelConfig, inputs, targets, state):
 def loss_only(params, config: ModelConfig, inputs, targets, state):
     """Forward pass only, for evaluation: (summed loss as in ``loss_and_grads``, new state)."""
     logits, _, new_state = forward(params, config, inputs, state)
-    B = logits.shape[1]
+    T, B, V = logits.shape
     shifted, _, sumexp = _log_softmax_parts(logits)
-    loss = (np.log(sumexp) - np.take_along_axis(shifted, targets[..., None], axis=2)).sum() / B
+    at_target = (np.arange(T * B), targets.reshape(-1))
+    loss = (np.log(sumexp.reshape(-1)) - shifted.reshape(-1, V)[at_target]).sum() / B
     return float(loss), new_state
