@@ -8,6 +8,7 @@ At the end the parent gets the sweep's summary: the best child and its parameter
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 from pathlib import Path
@@ -27,6 +28,8 @@ class MlflowSweepCallback(Callback):
         parent = tracking.MlflowTracker.start(store, experiment_id, run_name=sweep_dir.name,
                                               tags={tracking.TAG_SWEEP: str(sweep_dir)})
         tracking.write_parent(sweep_dir, store, experiment_id, parent.run_id)
+        # A sweep stopped before on_multirun_end (Ctrl-C, a crash) must not leave the parent RUNNING.
+        atexit.register(_kill_if_running, store, parent.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
@@ -35,6 +38,12 @@ class MlflowSweepCallback(Callback):
             return
         summarize_sweep(tracking.Store(record["tracking_uri"], None).client(),
                         record["experiment_id"], record["run_id"])
+
+
+def _kill_if_running(store: tracking.Store, run_id: str) -> None:
+    client = store.client()
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status="KILLED")
 
 
 def summarize_sweep(client, experiment_id: str, parent_run_id: str) -> None:
@@ -49,8 +58,7 @@ def summarize_sweep(client, experiment_id: str, parent_run_id: str) -> None:
         best_loss, best = min(scored, key=lambda vc: vc[0])
         client.set_tag(parent_run_id, tracking.TAG_BEST_CHILD, best.info.run_id)
         client.log_metric(parent_run_id, "best/val/loss", best_loss)
-        client.log_batch(parent_run_id, params=[
-            tracking.Param(f"best.{k}", v) for k, v in sorted(best.data.params.items())
-        ][:100])
+        tracking.log_params(client, parent_run_id,
+                            {f"best.{k}": v for k, v in best.data.params.items()})
     status = "FINISHED" if scored else "FAILED"
     client.set_terminated(parent_run_id, status=status)

@@ -102,6 +102,12 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def log_params(client: MlflowClient, run_id: str, params: dict[str, object]) -> None:
+    items = [Param(k, str(v)) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
 def git_commit() -> str | None:
     """Commit of the source tree the harness runs from, when it is a git checkout."""
     try:
@@ -147,9 +153,7 @@ class MlflowTracker(Callback):
     # --- what is known before training -------------------------------------------------
 
     def log_config(self, config: dict, yaml_text: str) -> None:
-        params = [Param(k, str(v)) for k, v in sorted(flatten(config).items())]
-        for i in range(0, len(params), 100):  # MLflow accepts at most 100 params per batch
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
+        log_params(self.client, self.run_id, flatten(config))
         self.client.log_text(self.run_id, yaml_text, CONFIG_ARTIFACT)
 
     def log_dataset(self, name: str, source: str, sha256: str, n_chars: int) -> None:
