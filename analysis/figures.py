@@ -75,7 +75,8 @@ def plot_text_activation(
     width, height = CELL_INCHES * line_width + 0.4, ROW_INCHES * rows + 0.6
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((0.2 / width, 0.1 / height, 1 - 0.4 / width, 1 - 0.6 / height))  # cells of CELL_INCHES
-    ax.imshow(grid, cmap=ACTIVATION_CMAP, norm=Normalize(-1, 1), aspect="auto", interpolation="nearest")
+    # Softened colours so black text stays readable on saturated cells.
+    ax.imshow(grid, cmap=ACTIVATION_CMAP, norm=Normalize(-1, 1), aspect="auto", interpolation="nearest", alpha=0.8)
     # One monospace string per line, sized so one character advance is one cell: thousands of per-character
     # artists would make each figure take a second to draw.
     lines = [[" "] * line_width for _ in range(rows)]

@@ -100,6 +100,9 @@ class Recording:
                 meta=np.array(json.dumps(meta, sort_keys=True)),
                 **{f"act/{key}": value for key, value in self.arrays.items()},
             )
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a recording is an ordinary file
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
