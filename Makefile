@@ -13,8 +13,10 @@ TEST   := $(VENV)/.installed-test
 train: $(CORE)
 	$(BIN)/charrnn-train
 
+# One BLAS thread per xdist worker: two workers already fill two cores, and oversubscribed BLAS
+# threads make the engine's small matmuls about ten times slower.
 test: $(TEST)
-	$(BIN)/python -m pytest -n 2
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
 
 sweep: $(CORE)
 	$(BIN)/charrnn-train experiment=grid hydra/launcher=joblib
