@@ -1,0 +1,378 @@
+"""Training throughput of the NumPy engine against its yardsticks, side by side in one process.
+
+    .venv/bin/python benchmarks/bench_engine.py            # full run, a few minutes on 2 cores
+    .venv/bin/python benchmarks/bench_engine.py --quick    # under a minute
+    .venv/bin/python benchmarks/bench_engine.py --json out.json
+
+What it measures, all on tinyshakespeare ($CHARRNN_DATA_DIR, else ../shared/data beside the repo):
+
+1. The gist's settings (rnn, H=100, T=25, B=1, Adagrad lr 0.1, clip 5, float64): ``Trainer.train_step`` against
+   ``charrnn.reference.GistRNN``, the gist's per-character algorithm. Target >= 4x.
+2. PyTorch CPU (optional extra ``bench``): nn.RNN(tanh)/nn.LSTM/nn.GRU between an nn.Embedding and an nn.Linear
+   head, float32, same H, T, B, Adagrad lr 0.1, elementwise clipping at 5, truncated BPTT with the hidden state
+   carried and detached, torch.set_num_threads = the BLAS thread count NumPy uses. The embedding has V
+   dimensions, so embedding + input weights form a V-row table like the engine's ``Wxh`` (the engine gathers
+   rows where torch multiplies). Targets (engine/torch): B=32,H=100,T=25: rnn >= 3, lstm/gru >= 1.5;
+   B=32,H=512,T=64: rnn >= 1.5, lstm/gru >= 1.
+3. At H=512 the engine's matmul FLOP/s as a fraction of this machine's float32 GEMM rate (2048x2048 sgemm calls
+   raced in the same alternating rounds as the engine, so both see the same load). Target >= 70%. Matmul FLOPs
+   per iteration, G gates (1 rnn, 4 lstm, 3 gru), L layers:
+       forward   recurrence     T * 2*B*H*GH          per layer (h_{t-1} Whh^T)
+                 input proj.    0 for layer 0 (a row gather); 2*T*B*H*GH for each layer above
+                 output         2*T*B*H*V             (h Why^T)
+       backward  twice each forward term: the gradient on the input of the matmul and on its weights
+                 (recurrence: dh_{t-1} = da Whh and dWhh = da^T h_{t-1}; output: dh and dWhy)
+       total     3 * (L*T*2*B*H*GH + (L-1)*T*2*B*H*GH + T*2*B*H*V)
+   Elementwise work (tanh, gates, softmax, Adagrad) is not counted: the fraction says how close the engine
+   comes to spending all its time in GEMM.
+4. Memory: the peak of NumPy's allocations traced by tracemalloc during one training step (caches, gradients,
+   temporaries), plus the persistent arrays (parameters, optimizer state, hidden state) by nbytes. Torch's
+   allocations are invisible to tracemalloc and are not reported; the process's ru_maxrss closes the table.
+
+Each pair of contenders is warmed up, then timed in alternating rounds (engine, peer, engine, peer, ...) so
+that noise from other processes hits both; the rate reported is the median over rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if "CHARRNN_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
+    os.environ["CHARRNN_DATA_DIR"] = str(REPO.parent / "shared" / "data")
+
+import numpy as np  # noqa: E402
+
+from charrnn.cells import CELLS  # noqa: E402
+from charrnn.data import BatchStream, Vocab, load_corpus  # noqa: E402
+from charrnn.model import ModelConfig, init_params  # noqa: E402
+from charrnn.reference import GistRNN  # noqa: E402
+from charrnn.train import OptimConfig, Trainer, TrainConfig  # noqa: E402
+
+try:
+    import torch
+except ImportError:  # the optional extra `bench` is not installed
+    torch = None
+
+TORCH_TARGETS = {  # (B, H, T) -> cell -> minimum engine/torch ratio
+    (32, 100, 25): {"rnn": 3.0, "lstm": 1.5, "gru": 1.5},
+    (32, 512, 64): {"rnn": 1.5, "lstm": 1.0, "gru": 1.0},
+}
+GIST_TARGET = 4.0
+FLOP_TARGET = 0.70
+
+
+# ------------------------------------------------------------------------------------------------ machine
+def blas_info() -> dict:
+    """BLAS library, kernel and thread count NumPy runs with (threadpoolctl when available)."""
+    info = {"threads": os.cpu_count() or 1, "library": "unknown", "kernel": "unknown"}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return info
+    for pool in threadpool_info():
+        if pool.get("user_api") == "blas" and "numpy" in pool.get("filepath", ""):
+            info = {"threads": pool["num_threads"], "library": f"{pool['internal_api']} {pool.get('version')}",
+                    "kernel": pool.get("architecture", "unknown")}
+    return info
+
+
+class GemmRunner:
+    """The machine's own float32 GEMM rate: one call = one n x n x n matmul into a preallocated output. It races
+    alongside the engine at H=512, so that the FLOP fraction compares rates taken under the same load."""
+
+    name = "gemm"
+
+    def __init__(self, n: int = 2048):
+        rng = np.random.default_rng(0)
+        self.a, self.b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+        self.out = np.empty((n, n), dtype=np.float32)
+        self.work_per_step = 2.0 * n**3  # FLOPs
+
+    def step(self):
+        np.matmul(self.a, self.b, out=self.out)
+
+
+def gemm_rate(seconds: float, n: int = 2048) -> float:
+    """float32 FLOP/s of the GEMM loop on its own: the best of a few short runs (noise only slows it down)."""
+    runner, best = GemmRunner(n), 0.0
+    runner.step()  # warm-up
+    t_end = time.perf_counter() + seconds
+    while True:
+        t0 = time.perf_counter()
+        runner.step()
+        best = max(best, runner.work_per_step / (time.perf_counter() - t0))
+        if time.perf_counter() >= t_end:
+            return best
+
+
+def matmul_flops(cell: str, hidden: int, seq: int, batch: int, vocab: int, layers: int = 1) -> float:
+    """Forward + backward matmul FLOPs of one training iteration (see the module docstring)."""
+    GH = CELLS[cell].gates * hidden
+    recurrence = layers * seq * 2 * batch * hidden * GH
+    input_proj = (layers - 1) * seq * 2 * batch * hidden * GH  # layer 0 gathers rows: no FLOPs
+    output = seq * 2 * batch * hidden * vocab
+    return 3.0 * (recurrence + input_proj + output)
+
+
+# ---------------------------------------------------------------------------------------------- contenders
+class EngineRunner:
+    """charrnn's Trainer; one call = one ``train_step`` (batch, forward, backward, clip, Adagrad)."""
+
+    def __init__(self, cell, hidden, seq, batch, dtype, vocab, text):
+        self.name = "engine"
+        config = ModelConfig(cell, vocab.size, hidden, 1, dtype)
+        train = TrainConfig(seq_length=seq, batch_size=batch, max_iters=None, max_seconds=1e9,
+                            sample_every=0, log_every=10**9, eval_every=10**9)
+        self.trainer = Trainer(config, train, OptimConfig("adagrad", lr=0.1, clip=5.0), vocab, text)
+        self.work_per_step = seq * batch  # characters
+
+    def step(self):
+        self.trainer.train_step()
+
+    def persistent_bytes(self) -> int:
+        t = self.trainer
+        arrays = [*t.params.values(), *t.optimizer.state.values(), *(a for layer in t.state for a in layer)]
+        return sum(a.nbytes for a in arrays)
+
+
+class GistRunner:
+    """The gist's algorithm, per character, from the same initial weights as the engine at H=100."""
+
+    def __init__(self, hidden, seq, vocab, data_ix):
+        self.name = "gist"
+        weights = init_params(ModelConfig("rnn", vocab.size, hidden, 1, "float64"), np.random.default_rng(42))
+        self.gist = GistRNN(data_ix, vocab.size, weights, seq_length=seq, learning_rate=0.1)
+        self.work_per_step = seq
+
+    def step(self):
+        self.gist.step()
+
+    def persistent_bytes(self) -> int:
+        g = self.gist
+        return sum(a.nbytes for a in (g.Wxh, g.Whh, g.Why, g.bh, g.by, *g.mem, g.hprev))
+
+
+class TorchRunner:
+    """Embedding(V, V) -> nn.RNN/LSTM/GRU(V, H) -> Linear(H, V), float32, Adagrad, clip_grad_value_."""
+
+    def __init__(self, cell, hidden, seq, batch, vocab, data_ix):
+        self.name = "torch"
+        nn = torch.nn
+        V = vocab.size
+        torch.manual_seed(0)
+        rnn_class = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        kwargs = {"nonlinearity": "tanh"} if cell == "rnn" else {}
+        self.embed = nn.Embedding(V, V)
+        self.rnn = rnn_class(V, hidden, num_layers=1, **kwargs)  # input (T, B, V)
+        self.head = nn.Linear(hidden, V)
+        self.params = [*self.embed.parameters(), *self.rnn.parameters(), *self.head.parameters()]
+        self.optimizer = torch.optim.Adagrad(self.params, lr=0.1)
+        self.stream = BatchStream(data_ix, batch, seq)
+        self.cell, self.hidden, self.batch = cell, hidden, batch
+        self.state = None
+        self.work_per_step = seq * batch
+
+    def _zero_state(self):
+        h = torch.zeros(1, self.batch, self.hidden)
+        return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
+
+    def step(self):
+        inputs, targets, reset = self.stream.next_batch()
+        if reset or self.state is None:
+            self.state = self._zero_state()
+        x = torch.from_numpy(inputs)  # (T,B)
+        y = torch.from_numpy(targets)
+        hs, state = self.rnn(self.embed(x), self.state)
+        logits = self.head(hs)  # (T,B,V)
+        # the engine's loss: summed over time, mean over the batch
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                                 reduction="sum") / self.batch
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(self.params, 5.0)
+        self.optimizer.step()
+        # truncated BPTT: carry the state, cut the graph
+        self.state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+    def persistent_bytes(self) -> int:
+        return 0  # not measured
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def _time(runner, iters: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        runner.step()
+    return time.perf_counter() - t0
+
+
+def race(runners, seconds: float, rounds: int, warmup: float) -> dict[str, dict]:
+    """Warm up each runner, size its rounds to ~seconds/rounds, then alternate timed rounds between them.
+    Returns {name: {"rate": median over rounds of work per second (characters, or FLOPs for the GEMM),
+    "spread": (min, max), "iters": total}}."""
+    iters_per_round = {}
+    for r in runners:
+        r.step()
+        t0, n = time.perf_counter(), 0
+        while n < 2 or time.perf_counter() - t0 < warmup:
+            r.step()
+            n += 1
+        per_iter = (time.perf_counter() - t0) / n
+        iters_per_round[r.name] = max(1, math.ceil(seconds / rounds / per_iter))
+    rates = {r.name: [] for r in runners}
+    for _ in range(rounds):
+        for r in runners:
+            n = iters_per_round[r.name]
+            rates[r.name].append(n * r.work_per_step / _time(r, n))
+    return {
+        name: {"rate": statistics.median(v), "spread": (min(v), max(v)),
+               "iters": iters_per_round[name] * rounds}
+        for name, v in rates.items()
+    }
+
+
+def step_peak_bytes(runner) -> int:
+    """Peak of the allocations tracemalloc sees during one training step (NumPy registers its buffers)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        runner.step()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter timings (under a minute)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    args = parser.parse_args(argv)
+    seconds, rounds, warmup, gemm_seconds = (0.8, 4, 0.2, 0.5) if args.quick else (4.0, 10, 1.0, 2.0)
+
+    blas = blas_info()
+    have_torch = torch is not None and not args.no_torch
+    if have_torch:
+        torch.set_num_threads(blas["threads"])
+    corpus = load_corpus("tinyshakespeare")
+    vocab = Vocab.from_text(corpus.text)
+    data_ix = vocab.encode(corpus.text)
+    load = os.getloadavg()
+
+    print(f"charrnn engine benchmark on tinyshakespeare ({len(corpus.text):,} chars, V={vocab.size})")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, BLAS {blas['library']} "
+          f"kernel {blas['kernel']} threads {blas['threads']}"
+          + (f", OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}" if "OPENBLAS_CORETYPE" in os.environ else ""))
+    if have_torch:
+        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    else:
+        why = "--no-torch given" if args.no_torch else "torch is not installed (pip install -e '.[bench]')"
+        print(f"PyTorch comparison skipped: {why}")
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          f"{'quick' if args.quick else 'full'} run: {rounds} alternating rounds, ~{seconds:g} s per contender")
+
+    gemm_best = gemm_rate(gemm_seconds)
+    print(f"float32 GEMM 2048^3 on this machine, best of {gemm_seconds:g} s: {gemm_best / 1e9:.1f} GFLOP/s "
+          "(the FLOP fractions below use the median GEMM rate raced alongside each H=512 engine)\n")
+
+    rows = []
+
+    def record(config, cell, dtype, result, engine, peer, target=None, flops=None):
+        eng, oth = result["engine"]["rate"], result[peer.name]["rate"] if peer else None
+        row = {
+            "config": config, "cell": cell, "dtype": dtype,
+            "engine_chars_per_s": eng, "engine_spread": result["engine"]["spread"],
+            "peer": peer.name if peer else None,
+            "peer_chars_per_s": oth, "peer_spread": result[peer.name]["spread"] if peer else None,
+            "ratio": eng / oth if oth else None, "target": target,
+            # the fastest round of each: what a quiet machine gives, when other processes got in the way
+            "ratio_best_rounds": result["engine"]["spread"][1] / result[peer.name]["spread"][1] if peer else None,
+            "met": (eng / oth >= target) if (oth and target) else None,
+            "engine_step_peak_bytes": step_peak_bytes(engine),
+            "engine_persistent_bytes": engine.persistent_bytes(),
+            "peer_step_peak_bytes": step_peak_bytes(peer) if peer is not None and peer.name == "gist" else None,
+        }
+        if flops is not None:
+            iters_per_s = eng / engine.work_per_step
+            gemm = result["gemm"]["rate"]
+            row.update(flops_per_iter=flops, flop_rate=flops * iters_per_s, gemm_rate=gemm,
+                       gemm_fraction=flops * iters_per_s / gemm, gemm_target=FLOP_TARGET,
+                       gemm_met=flops * iters_per_s / gemm >= FLOP_TARGET)
+        rows.append(row)
+        line = f"  {config:<22} {cell:<5} engine {eng:>10,.0f}/s"
+        if peer:
+            line += f"  {peer.name} {oth:>10,.0f}/s  ratio {eng / oth:5.2f}x (best rounds {row['ratio_best_rounds']:.2f}x)"
+            if target:
+                line += f" (target {target:g}x: {'met' if eng / oth >= target else 'NOT met'})"
+        if flops is not None:
+            line += f"  GEMM fraction {row['gemm_fraction']:.0%} of {row['gemm_rate'] / 1e9:.0f} GF/s"
+        print(line, flush=True)
+
+    # 1. the gist's settings against its per-character algorithm
+    engine = EngineRunner("rnn", 100, 25, 1, "float64", vocab, corpus.text)
+    gist = GistRunner(100, 25, vocab, data_ix)
+    record("gist B=1 H=100 T=25", "rnn", "float64", race([engine, gist], seconds, rounds, warmup),
+           engine, gist, GIST_TARGET)
+
+    # 2. and 3. PyTorch, and the GEMM fraction at H=512
+    for (B, H, T), targets in TORCH_TARGETS.items():
+        for cell, target in targets.items():
+            engine = EngineRunner(cell, H, T, B, "float32", vocab, corpus.text)
+            peer = TorchRunner(cell, H, T, B, vocab, data_ix) if have_torch else None
+            flops = matmul_flops(cell, H, T, B, vocab.size) if H == 512 else None
+            gemm = [GemmRunner()] if flops is not None else []
+            result = race([engine] + ([peer] if peer else []) + gemm, seconds, rounds, warmup)
+            record(f"B={B} H={H} T={T}", cell, "float32", result, engine, peer, target if peer else None, flops)
+            del engine, peer
+            gc.collect()
+
+    # the table
+    print("\n| config | cell | dtype | engine chars/s | peer | peer chars/s | engine/peer | target | met |"
+          " GEMM fraction (>=70%) | engine step peak MiB | engine params+state MiB |")
+    print("|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|")
+    for r in rows:
+        frac = (f"{r['gemm_fraction']:.0%} ({r['flop_rate'] / 1e9:.1f} GF/s, "
+                f"{'met' if r['gemm_met'] else 'NOT met'})") if "gemm_fraction" in r else ""
+        ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
+        peer_rate = f"{r['peer_chars_per_s']:,.0f}" if r["peer_chars_per_s"] else "-"
+        print(f"| {r['config']} | {r['cell']} | {r['dtype']} | {r['engine_chars_per_s']:,.0f} | {r['peer'] or '-'} |"
+              f" {peer_rate} | {ratio} | {r['target'] or '-'} | "
+              f"{'-' if r['met'] is None else ('yes' if r['met'] else 'NO')} | {frac} |"
+              f" {mib(r['engine_step_peak_bytes'])} | {mib(r['engine_persistent_bytes'])} |")
+    gist_row = rows[0]
+    print(f"\ngist baseline step peak (tracemalloc): {mib(gist_row['peer_step_peak_bytes'])} MiB; "
+          f"torch memory not measured (its allocations bypass tracemalloc)")
+    maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    load = os.getloadavg()
+    print(f"process ru_maxrss {maxrss_mib:.0f} MiB; load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print("FLOPs per iteration = 3 * (T*2*B*H*G*H + T*2*B*H*V) for one layer (G = 1 rnn, 4 lstm, 3 gru)")
+
+    if args.json:
+        out = {"machine": {"blas": blas, "gemm_flops_best": gemm_best, "torch": torch.__version__ if have_torch else None,
+                           "numpy": np.__version__, "load_after": load,
+                           "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")},
+               "quick": args.quick, "rows": rows, "ru_maxrss_mib": maxrss_mib}
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
