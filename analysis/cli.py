@@ -155,6 +155,9 @@ def _analyze(args: dict) -> None:
         if args["select"] and not 0 <= args["select"][0] < args["select"][1] <= len(piece):
             raise AnalysisError(f"select={args['select'][0]}:{args['select'][1]} is out of bounds for the "
                                 f"{len(piece)} recorded characters")
+        probe = record(model.params, model.config, model.vocab, piece[:1])  # one character: names every unit
+        for label in args["units"]:
+            probe.unit(label)
         print(f"recording {len(piece)} characters of {description} ...")
         recording = record(model.params, model.config, model.vocab, piece, args["chunk"], args["dtype"],
                            offset + start, dict(model.source, text_source=description))
