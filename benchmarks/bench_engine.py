@@ -264,9 +264,15 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter timings (under a minute)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="limit NumPy's BLAS (threadpoolctl) and torch to N threads; default: as NumPy starts")
     args = parser.parse_args(argv)
     seconds, rounds, warmup, gemm_seconds = (0.8, 4, 0.2, 0.5) if args.quick else (4.0, 10, 1.0, 2.0)
 
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(args.threads, user_api="blas")  # noqa: F841 (held for the whole run)
     blas = blas_info()
     have_torch = torch is not None and not args.no_torch
     if have_torch:
