@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from charrnn.atomic import atomic_write
 from charrnn.data import Vocab
 from charrnn.model import ModelConfig, forward, init_state
 
@@ -87,26 +87,16 @@ class Recording:
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename), so a crash never leaves a half-written recording."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self.meta, format_version=FORMAT_VERSION)
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_write(path) as f:
             np.savez_compressed(
-                tmp,
+                f,
                 text=np.array(self.text),
                 offsets=self.offsets,
                 loss=self.loss,
                 meta=np.array(json.dumps(meta, sort_keys=True)),
                 **{f"act/{key}": value for key, value in self.arrays.items()},
             )
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a recording is an ordinary file
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
     @classmethod

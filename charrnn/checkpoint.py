@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .data import Vocab
 from .errors import CheckpointError
 from .model import ModelConfig, param_shapes
@@ -50,9 +50,8 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
-    """Write atomically (temporary file + rename), so an interrupted save never leaves a torn checkpoint."""
+    """Write atomically, so an interrupted save never leaves a torn checkpoint."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = dict(ckpt.params)
     arrays["chars"] = np.array(ckpt.vocab.chars, dtype=str)
     arrays["format"] = np.array(FORMAT)
@@ -64,14 +63,8 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     for layer, layer_state in enumerate(ckpt.hidden):
         for name, value in zip(("h", "c"), layer_state):
             arrays[f"hidden/{layer}/{name}"] = value
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
     return path
 
 

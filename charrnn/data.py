@@ -18,7 +18,6 @@ import os
 import socket
 import sys
 import sysconfig
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charrnn.atomic import atomic_write
 from charrnn.errors import ConfigError, DataError
 
 __all__ = [
@@ -321,16 +321,8 @@ def _tinyshakespeare_file() -> Path:
             f"nothing was cached; place a correct {TINYSHAKESPEARE_FILE} in CHARRNN_DATA_DIR"
         )
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        # Write to a temp file in the same directory and rename: a crash never leaves a half file.
-        fd, tmp = tempfile.mkstemp(prefix=TINYSHAKESPEARE_FILE + ".", suffix=".part", dir=cache)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(raw)
-            os.replace(tmp, file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(file) as f:
+            f.write(raw)
     except OSError as e:
         raise DataError(
             f"cannot write {str(file)!r} ({e.strerror or e}); set CHARRNN_DATA_DIR to a writable directory"

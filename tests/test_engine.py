@@ -351,6 +351,9 @@ def test_checkpoint_round_trip_preserves_everything(tmp_path):
     trainer = small_trainer("lstm", 2, checkpoint_dir=tmp_path, optim="adam", max_iters=12)
     trainer.run()
     path = save_checkpoint(tmp_path / "copy.npz", trainer.checkpoint())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not a private temp file
     ckpt = load_checkpoint(path)
     assert ckpt.model_config == trainer.model_config and ckpt.vocab == trainer.vocab
     assert ckpt.iteration == 12 and ckpt.optim_state["t"] == 12
