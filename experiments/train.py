@@ -99,6 +99,7 @@ def engine_configs(cfg: DictConfig, vocab_size: int) -> tuple[ModelConfig, Train
         max_iters=_int(cfg, "train.max_iters", True), max_seconds=_float(cfg, "train.max_seconds", True),
         target_val_loss=_float(cfg, "train.target_val_loss", True), seed=_int(cfg, "train.seed"),
         log_every=_int(cfg, "train.log_every"), eval_every=_int(cfg, "train.eval_every"),
+        eval_max_chars=_int(cfg, "train.eval_max_chars", True),
         sample_every=_int(cfg, "train.sample_every"), sample_length=_int(cfg, "train.sample_length"),
     )
     optim = OptimConfig(name=str(cfg.optim.name), lr=_float(cfg, "optim.lr"),

@@ -49,6 +49,14 @@ def test_every_model_and_optimizer_group_maps_onto_the_engine(cell, optim):
     assert (model.cell, opt.name) == (cell, optim)
 
 
+def test_train_keys_reach_the_engine():
+    _, train, _ = engine_configs(compose_cfg("train.eval_max_chars=5000", "train.eval_every=7", "train.seed=3"),
+                                 vocab_size=10)
+    assert (train.eval_max_chars, train.eval_every, train.seed) == (5000, 7, 3)
+    _, train, _ = engine_configs(compose_cfg("train.eval_max_chars=null"), vocab_size=10)
+    assert train.eval_max_chars is None
+
+
 def test_grid_preset_sweeps_the_four_card_parameters():
     cfg = compose_cfg("experiment=grid", hydra=True)
     assert set(cfg.hydra.sweeper.params) == {"model.hidden_size", "train.seq_length", "optim.lr",
