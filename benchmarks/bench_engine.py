@@ -13,7 +13,8 @@ What it measures, all on tinyshakespeare ($CHARRNN_DATA_DIR, else ../shared/data
    carried and detached, torch.set_num_threads = the BLAS thread count NumPy uses. The embedding has V
    dimensions, so embedding + input weights form a V-row table like the engine's ``Wxh`` (the engine gathers
    rows where torch multiplies). Targets (engine/torch): B=32,H=100,T=25: rnn >= 3, lstm/gru >= 1.5;
-   B=32,H=512,T=64: rnn >= 1.5, lstm/gru >= 1.
+   B=32,H=512,T=64: rnn >= 1.5, lstm/gru >= 1. torch runs nn.LSTM (not RNN or GRU) through oneDNN's fused
+   LSTM kernel; an extra row per configuration, without a target, shows its LSTM with oneDNN switched off.
 3. At H=512 the engine's matmul FLOP/s as a fraction of this machine's float32 GEMM rate (2048x2048 sgemm calls
    raced in the same alternating rounds as the engine, so both see the same load). Target >= 70%. Matmul FLOPs
    per iteration, G gates (1 rnn, 4 lstm, 3 gru), L layers:
@@ -166,8 +167,10 @@ class GistRunner:
 class TorchRunner:
     """Embedding(V, V) -> nn.RNN/LSTM/GRU(V, H) -> Linear(H, V), float32, Adagrad, clip_grad_value_."""
 
-    def __init__(self, cell, hidden, seq, batch, vocab, data_ix):
-        self.name = "torch"
+    def __init__(self, cell, hidden, seq, batch, vocab, data_ix, onednn: bool = True):
+        # torch runs nn.LSTM through oneDNN's fused RNN kernel when it can; onednn=False measures its generic path
+        self.name = "torch" if onednn else "torch-no-onednn"
+        self.onednn = onednn
         nn = torch.nn
         V = vocab.size
         torch.manual_seed(0)
@@ -188,6 +191,13 @@ class TorchRunner:
         return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
 
     def step(self):
+        if self.onednn:
+            self._step()
+        else:
+            with torch.backends.mkldnn.flags(enabled=False):
+                self._step()
+
+    def _step(self):
         inputs, targets, reset = self.stream.next_batch()
         if reset or self.state is None:
             self.state = self._zero_state()
@@ -267,7 +277,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="limit NumPy's BLAS (threadpoolctl) and torch to N threads; default: as NumPy starts")
     args = parser.parse_args(argv)
-    seconds, rounds, warmup, gemm_seconds = (0.8, 4, 0.2, 0.5) if args.quick else (4.0, 10, 1.0, 2.0)
+    seconds, rounds, warmup, gemm_seconds = (0.6, 4, 0.2, 0.5) if args.quick else (4.0, 10, 1.0, 2.0)
 
     if args.threads:
         from threadpoolctl import threadpool_limits
@@ -346,6 +356,13 @@ def main(argv=None) -> int:
             gemm = [GemmRunner()] if flops is not None else []
             result = race([engine] + ([peer] if peer else []) + gemm, seconds, rounds, warmup)
             record(f"B={B} H={H} T={T}", cell, "float32", result, engine, peer, target if peer else None, flops)
+            del engine, peer
+            gc.collect()
+        if have_torch:  # for the record: torch's LSTM without its fused oneDNN kernel (no target)
+            engine = EngineRunner("lstm", H, T, B, "float32", vocab, corpus.text)
+            peer = TorchRunner("lstm", H, T, B, vocab, data_ix, onednn=False)
+            record(f"B={B} H={H} T={T}", "lstm", "float32", race([engine, peer], seconds / 2, rounds, warmup),
+                   engine, peer)
             del engine, peer
             gc.collect()
 
