@@ -12,7 +12,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from charrnn.checkpoint import load_model
+from charrnn.checkpoint import load_checkpoint, load_model
 from charrnn.data import Vocab, load_corpus, load_text, split_train_val
 from charrnn.model import ModelConfig
 from charrnn_experiments.tracking import Store
@@ -74,8 +74,11 @@ def model_from_run(client: MlflowClient, run_id: str) -> Model:
 
 
 def model_from_checkpoint(path: str) -> Model:
-    params, config, vocab = load_model(path)  # CheckpointError for missing, foreign or pickled files
-    return Model(params, config, vocab, {"checkpoint": str(Path(path).resolve())})
+    ckpt = load_checkpoint(path)  # CheckpointError for missing, foreign or pickled files
+    # charrnn-train records data.* and the split in the checkpoint's metadata; other checkpoints fall back
+    # to pystdlib's default split in validation_text
+    return Model(ckpt.params, ckpt.model_config, ckpt.vocab, {"checkpoint": str(Path(path).resolve())},
+                 {k: v for k, v in ckpt.metadata.items() if v is not None})
 
 
 def validation_text(model: Model, data: str | None = None, data_path: str | None = None) -> tuple[str, int, str]:

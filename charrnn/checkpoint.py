@@ -6,7 +6,8 @@ Layout (keys):
     chars                        the vocabulary in index order, one character per element
     format                       "charrnn-checkpoint-1"
     model_config, train_config,  JSON strings
-    optim_config, progress
+    optim_config, progress,
+    metadata                     (the last is free-form: the harness records the corpus and split there)
     optim/<slot>.<param>         optimizer state (Adagrad's memory, Adam's moments...), optim/t
     hidden/<layer>/<h|c>         the hidden state carried into the next iteration
 
@@ -30,7 +31,6 @@ from .errors import CheckpointError
 from .model import ModelConfig, param_shapes
 
 FORMAT = "charrnn-checkpoint-1"
-_JSON_KEYS = ("model_config", "train_config", "optim_config", "progress")
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Checkpoint:
     optim_state: dict[str, np.ndarray] = field(default_factory=dict)
     hidden: list[tuple[np.ndarray, ...]] = field(default_factory=list)
     progress: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)  # the caller's own notes, e.g. which corpus and split
 
     @property
     def iteration(self) -> int:
@@ -56,7 +57,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     arrays["chars"] = np.array(ckpt.vocab.chars, dtype=str)
     arrays["format"] = np.array(FORMAT)
     arrays["model_config"] = np.array(ckpt.model_config.to_json())
-    for key in ("train_config", "optim_config", "progress"):
+    for key in ("train_config", "optim_config", "progress", "metadata"):
         arrays[key] = np.array(json.dumps(getattr(ckpt, key), sort_keys=True))
     for key, value in ckpt.optim_state.items():
         arrays[f"optim/{key}"] = np.asarray(value)
@@ -121,6 +122,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         optim_state=optim_state,
         hidden=hidden if all(hidden) else [],
         progress=_json(arrays, "progress", path),
+        metadata=_json(arrays, "metadata", path) if "metadata" in arrays else {},
     )
 
 

@@ -125,7 +125,10 @@ class Trainer:
         val_text: str = "",
         checkpoint_dir: str | Path | None = None,
         params: dict[str, np.ndarray] | None = None,
+        metadata: dict | None = None,
     ):
+        """``metadata`` is stored in every checkpoint as it is (JSON-serialisable), e.g. the corpus and split
+        the text came from, so tools reading the checkpoint later can find the same text."""
         if model_config.vocab_size != vocab.size:
             raise ConfigError(f"model vocab_size={model_config.vocab_size} but the vocabulary has {vocab.size}")
         self.model_config, self.train_config, self.optim_config = model_config, train_config, optim_config
@@ -133,6 +136,7 @@ class Trainer:
         self.train_ix = vocab.encode(train_text)
         self.val_ix = vocab.encode(val_text) if val_text else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.metadata = dict(metadata or {})
         init_rng = np.random.default_rng(train_config.seed)
         self.params = params if params is not None else init_params(model_config, init_rng)
         self.optimizer = make_optimizer(optim_config.name, optim_config.lr, **optim_config.options)
@@ -169,6 +173,7 @@ class Trainer:
             optim_state=self.optimizer.state_dict(),
             hidden=self.state,
             progress=progress,
+            metadata=self.metadata,
         )
 
     @classmethod
@@ -193,7 +198,7 @@ class Trainer:
                 )
         optim_config = OptimConfig(**ckpt.optim_config)
         trainer = cls(ckpt.model_config, train_config, optim_config, ckpt.vocab, train_text, val_text,
-                      checkpoint_dir, params=ckpt.params)
+                      checkpoint_dir, params=ckpt.params, metadata=ckpt.metadata)
         trainer.optimizer.load_state_dict(ckpt.optim_state)
         trainer.state = ckpt.hidden
         p = ckpt.progress

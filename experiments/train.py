@@ -37,6 +37,7 @@ log = logging.getLogger("charrnn")
 # The engine's stop status -> the MLflow run status.
 RUN_STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED"}
 FAILED_OBJECTIVE = math.inf  # what a failed sweep job reports to the sweeper
+DATA_KEYS = ("data.name", "data.path", "train.val_fraction", "train.seq_length")
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,11 @@ def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | Non
     if resume_from is not None:
         return corpus, Trainer.from_checkpoint(resume_from, train_text, val_text, checkpoint_dir, train)
     params = load_initial_weights(cfg.train.init_from, model, vocab) if cfg.train.init_from else None
-    return corpus, Trainer(model, train, optim, vocab, train_text, val_text, checkpoint_dir, params)
+    # checkpoints name their text, so charrnn-analyze checkpoint=... finds the same validation split
+    source = {key: OmegaConf.select(cfg, key) for key in DATA_KEYS}
+    if source["data.path"] is not None:
+        source["data.path"] = str(Path(source["data.path"]).resolve())
+    return corpus, Trainer(model, train, optim, vocab, train_text, val_text, checkpoint_dir, params, source)
 
 
 @contextmanager

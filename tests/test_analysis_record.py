@@ -157,3 +157,19 @@ def test_explorer_is_self_contained_and_lists_units(tmp_path):
     assert "http://" not in page and "https://" not in page and "<script src" not in page
     assert page.count("</script>") == 2 and "<b>" not in page.split('<script id="data"')[1]
     assert len(page) > len(text) * 24 // 2  # the activations are embedded
+
+
+def test_a_checkpoint_leads_back_to_its_own_validation_split(tmp_path):
+    from charrnn.checkpoint import Checkpoint, save_checkpoint
+    from charrnn_analysis.sources import model_from_checkpoint, validation_text
+
+    text = "".join(f"line {i}: x = [{i}, {i * i}]\n" for i in range(200))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text)
+    vocab = Vocab.from_text(text)
+    config = ModelConfig("rnn", vocab.size, 4)
+    meta = {"data.name": "file", "data.path": str(corpus), "train.val_fraction": 0.25, "train.seq_length": 10}
+    path = save_checkpoint(tmp_path / "m.npz", Checkpoint(init_params(config, np.random.default_rng(0)), vocab,
+                                                          config, metadata=meta))
+    val, offset, _ = validation_text(model_from_checkpoint(str(path)))
+    assert offset == len(text) - len(text) // 4 and val == text[offset:]

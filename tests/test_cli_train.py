@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from charrnn.checkpoint import load_checkpoint
 from charrnn.data import Vocab
 from conftest import BIN
 
@@ -54,6 +55,10 @@ def test_single_run_prints_results_and_tracks_everything(cli, small_text, tmp_pa
     assert {"config.yaml", "samples/iter_00000030.txt", "samples/iter_00000060.txt",
             "samples/final.txt", "checkpoints/latest.npz", "checkpoints/best.npz"} <= artifacts
     assert run.inputs.dataset_inputs[0].dataset.name == "file"
+    # the checkpoint names its text, so analysis of the bare file finds the same validation split
+    ckpt = load_checkpoint(client.download_artifacts(run_id, "checkpoints/latest.npz", str(tmp_path)))
+    assert ckpt.metadata["data.name"] == "file" and ckpt.metadata["data.path"] == str(small_text.resolve())
+    assert ckpt.metadata["train.val_fraction"] == 0.1 and ckpt.metadata["train.seq_length"] == 8
 
 
 def test_runs_are_deterministic(cli, small_text, tmp_path):

@@ -350,6 +350,7 @@ def test_bad_checkpoint_files_get_clear_errors(tmp_path):
 def test_checkpoint_round_trip_preserves_everything(tmp_path):
     trainer = small_trainer("lstm", 2, checkpoint_dir=tmp_path, optim="adam", max_iters=12)
     trainer.run()
+    trainer.metadata = {"data.name": "file", "data.path": "/some/text.txt"}
     path = save_checkpoint(tmp_path / "copy.npz", trainer.checkpoint())
     umask = os.umask(0)
     os.umask(umask)
@@ -357,6 +358,7 @@ def test_checkpoint_round_trip_preserves_everything(tmp_path):
     ckpt = load_checkpoint(path)
     assert ckpt.model_config == trainer.model_config and ckpt.vocab == trainer.vocab
     assert ckpt.iteration == 12 and ckpt.optim_state["t"] == 12
+    assert ckpt.metadata == {"data.name": "file", "data.path": "/some/text.txt"}
     for name, value in trainer.params.items():
         np.testing.assert_array_equal(ckpt.params[name], value)
     for layer, saved in zip(trainer.state, ckpt.hidden):
