@@ -48,9 +48,10 @@ def rnn_step_forward(ax_t, h_prev, Whh, out=None):
     return np.tanh(a, out=a)
 
 
-def rnn_step_backward(dh, h):
-    """Backprop through tanh; returns the gradient on the pre-activation of step t."""
-    return dh * (1.0 - h * h)
+def rnn_step_backward(dh, dtanh_t, out=None):
+    """Backprop through tanh: the gradient on the pre-activation of step t, dh * tanh'(a_t), where
+    tanh'(a_t) = 1 - h_t^2 comes precomputed for all t (it does not depend on the recurrence)."""
+    return np.multiply(dh, dtanh_t, out=out)
 
 
 class RNNCell:
@@ -70,12 +71,13 @@ class RNNCell:
     @staticmethod
     def backward(dhs, cache):
         hs, Whh = cache["hs"], cache["Whh"]
+        dtanh = 1.0 - hs * hs  # (T,B,H)
         da = np.empty_like(dhs)
         dh = np.empty_like(dhs[0])
         dh_next = np.zeros_like(dhs[0])
         for t in reversed(range(dhs.shape[0])):
             np.add(dhs[t], dh_next, out=dh)  # from the output at t and from step t+1
-            da[t] = rnn_step_backward(dh, hs[t])
+            rnn_step_backward(dh, dtanh[t], out=da[t])
             np.matmul(da[t], Whh, out=dh_next)
         return da, da, {}
 
