@@ -223,8 +223,10 @@ class Trainer:
         inputs, targets, reset = self.stream.next_batch()
         if reset:
             self.state = init_state(self.model_config, self.train_config.batch_size)
-        loss, grads, self.state = loss_and_grads(self.params, self.model_config, inputs, targets, self.state)
-        norm = clip_gradients(grads, self.optim_config.clip, self.optim_config.clip_mode)
+        # overflow shows up as a non-finite loss or norm, which run() reports as divergence with a reason
+        with np.errstate(over="ignore", invalid="ignore"):
+            loss, grads, self.state = loss_and_grads(self.params, self.model_config, inputs, targets, self.state)
+            norm = clip_gradients(grads, self.optim_config.clip, self.optim_config.clip_mode)
         loss_per_char = loss / inputs.shape[0]
         if math.isfinite(loss_per_char) and math.isfinite(norm):
             self.optimizer.step(self.params, grads)
