@@ -8,7 +8,8 @@ Layout (keys):
     model_config, train_config,  JSON strings
     optim_config, progress,
     metadata                     (the last is free-form: the harness records the corpus and split there)
-    optim/<slot>.<param>         optimizer state (Adagrad's memory, Adam's moments...), optim/t
+    optim/<slot>                 optimizer state (Adagrad's mem, Adam's m and v...) as one vector over the
+                                 parameters in the order above, and optim/t
     hidden/<layer>/<h|c>         the hidden state carried into the next iteration
 
 ``progress`` holds the iteration, smoothed loss, best validation loss, data cursor, sampling RNG state,

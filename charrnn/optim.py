@@ -1,4 +1,10 @@
-"""Optimizers (Adagrad as in the gist, RMSprop, Adam) and gradient clipping. All update parameters in place."""
+"""Optimizers (Adagrad as in the gist, RMSprop, Adam) and gradient clipping.
+
+They work on one flat vector holding every parameter (the trainer keeps the named parameter arrays as views
+of it), so an update is a handful of NumPy calls whatever the number of layers: at the gist's sizes the
+per-call overhead, not the arithmetic, is what an update costs. Elementwise, the arithmetic is exactly the
+per-array one.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +12,18 @@ import numpy as np
 from .errors import ConfigError
 
 
+def flat_views(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Copy ``arrays`` into one contiguous 1-D buffer; return it and views of it under the same names."""
+    flat = np.concatenate([a.ravel() for a in arrays.values()])
+    views, start = {}, 0
+    for name, a in arrays.items():
+        views[name] = flat[start : start + a.size].reshape(a.shape)
+        start += a.size
+    return flat, views
+
+
 class Optimizer:
-    """Holds per-parameter state arrays named ``{slot}.{param}``, so checkpoints can store them as plain arrays."""
+    """Updates a flat parameter vector in place; state arrays (``slots``) have the same layout."""
 
     slots: tuple[str, ...] = ()
 
@@ -18,19 +34,19 @@ class Optimizer:
         self.eps = eps
         self.state: dict[str, np.ndarray] = {}
         self.t = 0  # number of updates taken
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
 
-    def _slot(self, slot: str, name: str, like: np.ndarray) -> np.ndarray:
-        key = f"{slot}.{name}"
-        if key not in self.state:
-            self.state[key] = np.zeros_like(like)
-        return self.state[key]
-
-    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+    def step(self, param: np.ndarray, grad: np.ndarray) -> None:
+        if not self.state:
+            self.state = {slot: np.zeros_like(param) for slot in self.slots}
+        if self._scratch is None or self._scratch[0].shape != param.shape:
+            # temporaries reused across steps: fresh ones of this size cost a page fault per page each time
+            self._scratch = (np.empty_like(param), np.empty_like(param))
         self.t += 1
-        for name, param in params.items():
-            self.update(name, param, grads[name])
+        self.update(param, grad, *self._scratch, **self.state)
 
-    def update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
+    def update(self, param: np.ndarray, grad: np.ndarray, tmp: np.ndarray, tmp2: np.ndarray,
+               **slots: np.ndarray) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -42,14 +58,15 @@ class Optimizer:
 
 
 class Adagrad(Optimizer):
-    """The gist's update: mem += g*g; p -= lr * g / sqrt(mem + 1e-8)."""
+    """The gist's update: mem += g*g; p += -lr * g / sqrt(mem + 1e-8)."""
 
     slots = ("mem",)
 
-    def update(self, name, param, grad):
-        mem = self._slot("mem", name, param)
-        mem += grad * grad
-        param += -self.lr * grad / np.sqrt(mem + self.eps)
+    def update(self, param, grad, tmp, tmp2, mem):
+        # mem += g*g; param += -lr*g / sqrt(mem + eps), the same operations in the same order, into buffers
+        mem += np.multiply(grad, grad, out=tmp)
+        denom = np.sqrt(np.add(mem, self.eps, out=tmp), out=tmp)
+        param += np.divide(np.multiply(grad, -self.lr, out=tmp2), denom, out=tmp2)
 
 
 class RMSprop(Optimizer):
@@ -59,11 +76,12 @@ class RMSprop(Optimizer):
         super().__init__(lr, eps)
         self.decay = decay
 
-    def update(self, name, param, grad):
-        cache = self._slot("cache", name, param)
+    def update(self, param, grad, tmp, tmp2, cache):
+        # cache = decay*cache + (1-decay)*g^2; param -= lr*g / (sqrt(cache) + eps)
         cache *= self.decay
-        cache += (1.0 - self.decay) * grad * grad
-        param -= self.lr * grad / (np.sqrt(cache) + self.eps)
+        cache += np.multiply(np.multiply(grad, grad, out=tmp), 1.0 - self.decay, out=tmp)
+        denom = np.add(np.sqrt(cache, out=tmp), self.eps, out=tmp)
+        param -= np.divide(np.multiply(grad, self.lr, out=tmp2), denom, out=tmp2)
 
 
 class Adam(Optimizer):
@@ -73,15 +91,16 @@ class Adam(Optimizer):
         super().__init__(lr, eps)
         self.beta1, self.beta2 = beta1, beta2
 
-    def update(self, name, param, grad):
-        m, v = self._slot("m", name, param), self._slot("v", name, param)
+    def update(self, param, grad, tmp, tmp2, m, v):
+        # m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2; param -= step * m / (sqrt(v) + eps)
         m *= self.beta1
-        m += (1.0 - self.beta1) * grad
+        m += np.multiply(grad, 1.0 - self.beta1, out=tmp)
         v *= self.beta2
-        v += (1.0 - self.beta2) * grad * grad
+        v += np.multiply(np.multiply(grad, grad, out=tmp), 1.0 - self.beta2, out=tmp)
         # bias correction folded into the step size
         step = self.lr * np.sqrt(1.0 - self.beta2**self.t) / (1.0 - self.beta1**self.t)
-        param -= step * m / (np.sqrt(v) + self.eps)
+        denom = np.add(np.sqrt(v, out=tmp), self.eps, out=tmp)
+        param -= np.divide(np.multiply(m, step, out=tmp2), denom, out=tmp2)
 
 
 OPTIMIZERS = {"adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam}
@@ -94,19 +113,18 @@ def make_optimizer(name: str, lr: float, **options) -> Optimizer:
     return OPTIMIZERS[name](lr, **options)
 
 
-def clip_gradients(grads: dict[str, np.ndarray], clip: float | None, mode: str = "value") -> float:
-    """Clip in place, elementwise to [-clip, clip] (the gist's ±5) or by global norm. Returns the global norm
-    before clipping (NaN/inf when the gradients are not finite, which the trainer treats as divergence)."""
-    norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+def clip_gradients(grad: np.ndarray, clip: float | None, mode: str = "value") -> float:
+    """Clip the flat gradient in place, elementwise to [-clip, clip] (the gist's ±5) or by its norm. Returns
+    the norm before clipping (NaN/inf when the gradient is not finite, which the trainer treats as
+    divergence)."""
+    norm = float(np.sqrt(np.vdot(grad, grad)))
     if clip is None or clip <= 0:
         return norm
     if mode == "value":
-        for g in grads.values():
-            np.clip(g, -clip, clip, out=g)
+        np.clip(grad, -clip, clip, out=grad)
     elif mode == "norm":
         if norm > clip:
-            for g in grads.values():
-                g *= clip / norm
+            grad *= clip / norm
     else:
         raise ConfigError(f"unknown clip_mode {mode!r}: choose one of {', '.join(CLIP_MODES)}")
     return norm

@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import BatchStream, Vocab, iter_eval_batches
 from .errors import ConfigError
 from .model import ModelConfig, init_params, init_state, loss_and_grads, loss_only
-from .optim import CLIP_MODES, clip_gradients, make_optimizer
+from .optim import CLIP_MODES, clip_gradients, flat_views, make_optimizer
 from .sample import sample
 
 
@@ -138,7 +138,10 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.metadata = dict(metadata or {})
         init_rng = np.random.default_rng(train_config.seed)
-        self.params = params if params is not None else init_params(model_config, init_rng)
+        # the named arrays are views of one vector, which the optimizer updates in a few calls: change them
+        # in place (trainer.params["Why"][...] = ...), never rebind them
+        params = params if params is not None else init_params(model_config, init_rng)
+        self.flat_params, self.params = flat_views(params)
         self.optimizer = make_optimizer(optim_config.name, optim_config.lr, **optim_config.options)
         self.stream = BatchStream(self.train_ix, train_config.batch_size, train_config.seq_length)
         self.state = init_state(model_config, train_config.batch_size)
@@ -226,10 +229,11 @@ class Trainer:
         # overflow shows up as a non-finite loss or norm, which run() reports as divergence with a reason
         with np.errstate(over="ignore", invalid="ignore"):
             loss, grads, self.state = loss_and_grads(self.params, self.model_config, inputs, targets, self.state)
-            norm = clip_gradients(grads, self.optim_config.clip, self.optim_config.clip_mode)
+            flat_grad = np.concatenate([grads[name].ravel() for name in self.params])  # same layout as flat_params
+            norm = clip_gradients(flat_grad, self.optim_config.clip, self.optim_config.clip_mode)
         loss_per_char = loss / inputs.shape[0]
         if math.isfinite(loss_per_char) and math.isfinite(norm):
-            self.optimizer.step(self.params, grads)
+            self.optimizer.step(self.flat_params, flat_grad)
         return loss_per_char, norm
 
     def evaluate(self, data_ix: np.ndarray | None = None) -> float:

@@ -147,9 +147,11 @@ def test_gist_parity_step_by_step_through_a_wrap():
     names = ("Wxh", "Whh", "Why", "bh", "by")
     wraps = 0
     for _ in range(50):
-        for name, array, mem in zip(names, (gist.Wxh, gist.Whh, gist.Why, gist.bh, gist.by), gist.mem):
+        for name, array in zip(names, (gist.Wxh, gist.Whh, gist.Why, gist.bh, gist.by)):
             trainer.params[name][...] = array.reshape(trainer.params[name].shape)
-            trainer.optimizer.state[f"mem.{name}"] = mem.reshape(trainer.params[name].shape).copy()
+        # the optimizer's memory is one vector over the parameters in the trainer's order
+        mems = dict(zip(names, gist.mem))
+        trainer.optimizer.state = {"mem": np.concatenate([mems[name].ravel() for name in trainer.params])}
         trainer.state = [(gist.hprev.T.copy(),)]
         trainer.stream.cursor, trainer.stream.started = gist.p, gist.n > 0
         wraps += gist.n > 0 and gist.p + 25 + 1 >= len(PARITY_TEXT)
