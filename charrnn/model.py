@@ -46,10 +46,6 @@ class ModelConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
-    @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
-        return cls(**json.loads(text))
-
 
 def layer_key(name: str, layer: int) -> str:
     return name if layer == 0 else f"{name}.{layer}"
