@@ -111,10 +111,9 @@ def engine_configs(cfg: DictConfig, vocab_size: int) -> tuple[ModelConfig, Train
 def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | None = None):
     """Load the data and build the trainer; every bad input raises a CharRNNError here."""
     corpus = load_corpus(str(cfg.data.name), cfg.data.path)
-    seq_length = _int(cfg, "train.seq_length")
-    if seq_length is not None and seq_length < 1:
-        raise ConfigError(f"train.seq_length must be a positive integer, got {seq_length}")
-    train_text, val_text = split_train_val(corpus.text, _float(cfg, "train.val_fraction"), seq_length)
+    # split_train_val rejects a seq_length below 1 or longer than the text, with the numbers involved
+    train_text, val_text = split_train_val(corpus.text, _float(cfg, "train.val_fraction"),
+                                           _int(cfg, "train.seq_length"))
     vocab = Vocab.from_text(corpus.text)
     model, train, optim = engine_configs(cfg, vocab.size)
     if resume_from is not None:
