@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 
 from charrnn.train import Callback
 
@@ -165,7 +166,17 @@ class MlflowTracker(Callback):
                               name=name, digest=sha256[:16])
         entity = DatasetInput(dataset._to_mlflow_entity(),
                               tags=[InputTag("mlflow.data.context", "training")])
-        self.client.log_inputs(self.run_id, datasets=[entity])
+        # Parallel jobs of a sweep log the same dataset: the store inserts its row only when it is missing,
+        # so one job can lose that race on the unique (experiment, name, digest) key. The row exists then,
+        # and linking it again succeeds.
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(self.run_id, datasets=[entity])
+                break
+            except MlflowException as err:
+                if "UNIQUE constraint" not in str(err) or attempt == 2:
+                    raise
+                time.sleep(0.1)
         self.client.set_tag(self.run_id, TAG_DATASET_SHA, sha256)
 
     # --- engine Callback ----------------------------------------------------------------

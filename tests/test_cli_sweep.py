@@ -25,7 +25,8 @@ def sweep_runs(cwd: Path, experiment: str = "charrnn"):
 
 def check_children(client, children, n):
     assert len(children) == n
-    assert all(c.info.status == "FINISHED" for c in children)
+    assert all(c.info.status == "FINISHED" for c in children), \
+        [(c.info.status, c.data.tags.get("charrnn.reason")) for c in children]
     assert sorted(int(c.data.tags["charrnn.job"]) for c in children) == list(range(n))
     for c in children:
         # every metric point of every job made it into the shared store
@@ -85,3 +86,39 @@ def test_optuna_preset_searches_and_reports_the_best_trial(cli, small_text, tmp_
     assert math.isclose(parent.data.metrics["best/val/loss"], best)
     optimization = next(tmp_path.glob("multirun/*/*/optimization_results.yaml")).read_text()
     assert f"best_value: {best}" in optimization
+
+
+def _log_same_dataset(store_dir: str, experiment_id: str, go: str) -> str:
+    """One sweep job's start: open a run, wait for the others, log the shared dataset."""
+    import time
+
+    from charrnn_experiments.tracking import MlflowTracker, Store
+
+    tracker = MlflowTracker.start(Store.resolve(None, store_dir), experiment_id)
+    (Path(store_dir) / f"ready-{tracker.run_id}").touch()
+    while not Path(go).exists():
+        time.sleep(0.001)
+    tracker.log_dataset("file", "corpus.txt", "ab" * 32, 100)
+    return tracker.run_id
+
+
+def test_parallel_jobs_log_the_same_dataset_without_losing_a_run(tmp_path):
+    # Jobs racing to insert the same dataset row hit the store's unique key; each must still link it.
+    import multiprocessing
+    import time
+
+    from charrnn_experiments.tracking import Store
+
+    for trial in range(3):
+        store_dir = tmp_path / str(trial)
+        experiment_id = Store.resolve(None, store_dir).ensure_experiment("race")
+        go = store_dir / "go"
+        with multiprocessing.get_context("spawn").Pool(4) as pool:
+            pending = pool.starmap_async(_log_same_dataset, [(str(store_dir), experiment_id, str(go))] * 4)
+            while len(list(store_dir.glob("ready-*"))) < 4 and not pending.ready():
+                time.sleep(0.01)  # until every job has opened its run
+            go.touch()
+            run_ids = pending.get(timeout=120)
+        client = MlflowClient(f"sqlite:///{store_dir}/mlflow.db")
+        for run_id in run_ids:
+            assert [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs] == ["file"]
