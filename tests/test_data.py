@@ -11,9 +11,7 @@ import pytest
 from charrnn import data
 from charrnn.data import BatchStream, Vocab, iter_eval_batches, load_corpus, load_text, split_train_val
 from charrnn.errors import CharRNNError, ConfigError, DataError
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
+from conftest import SHAKESPEARE, SHARED_DATA
 
 
 # --------------------------------------------------------------------------- vocab

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,7 @@ from charrnn.model import (ModelConfig, forward, init_params, init_state, loss_a
 from charrnn.reference import GistRNN
 from charrnn.sample import sample
 from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHAKESPEARE
 
 # 668 characters: at seq_length 25 the gist's cursor wraps after 26 iterations.
 PARITY_TEXT = (
@@ -181,8 +179,7 @@ def test_gist_parity_free_running_50_iterations():
 
 
 def test_gist_parity_smoothed_loss_after_1000_iterations():
-    if (SHARED_DATA / "tinyshakespeare.txt").is_file():
-        os.environ.setdefault("CHARRNN_DATA_DIR", str(SHARED_DATA))
+    if SHAKESPEARE.is_file():  # the session fixture charrnn_data_dir points CHARRNN_DATA_DIR at it
         text = load_corpus("tinyshakespeare").text
     else:  # a user's checkout without the shared data: the same comparison on the offline corpus
         text = load_corpus("pystdlib").text[:1_000_000]
