@@ -88,7 +88,8 @@ class TrainResult:
 
 class Callback:
     """Hooks the trainer calls; override what you need. Metric names: train/loss, train/smooth_loss (nats per
-    character), grad/norm (before clipping), throughput/chars_per_s, val/loss, val/bpc."""
+    character), grad/norm (before clipping), throughput/chars_per_s, val/loss, val/bpc and val/best_loss (the
+    lowest val/loss so far: a run's best validation loss is its last val/best_loss)."""
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
 
@@ -151,6 +152,7 @@ class Trainer:
         self.smooth_loss = math.log(vocab.size)  # the loss of a uniform guess, as in the gist
         self.val_loss: float | None = None
         self.best_val_loss: float | None = None
+        self.evaluated_at: int | None = None  # the iteration val_loss was measured at
         self.elapsed_seconds = 0.0
         self._window = {"loss_sum": 0.0, "count": 0, "chars": 0, "seconds": 0.0}  # since the last log line
         self._stop_reason: str | None = None
@@ -162,6 +164,7 @@ class Trainer:
             "smooth_loss": self.smooth_loss,
             "val_loss": self.val_loss,
             "best_val_loss": self.best_val_loss,
+            "evaluated_at": self.evaluated_at,
             "elapsed_seconds": self.elapsed_seconds,
             "stream": self.stream.state(),
             "sample_rng": self.sample_rng.bit_generator.state,
@@ -208,6 +211,7 @@ class Trainer:
         trainer.iteration = p["iteration"]
         trainer.smooth_loss = p["smooth_loss"]
         trainer.val_loss, trainer.best_val_loss = p["val_loss"], p["best_val_loss"]
+        trainer.evaluated_at = p.get("evaluated_at")  # absent from checkpoints written before it was kept
         trainer.elapsed_seconds = p["elapsed_seconds"]
         trainer.stream.load_state(p["stream"])
         trainer.sample_rng.bit_generator.state = p["sample_rng"]
@@ -278,6 +282,27 @@ class Trainer:
     def _params_finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.params.values())
 
+    def _evaluate_and_save(self, callbacks, best_ckpt: str | None) -> tuple[str | None, str | None]:
+        """Evaluate the model as it is now, report val/loss, val/bpc and val/best_loss, save latest.npz (and
+        best.npz when the loss improved). Returns (latest path, best path), None without a checkpoint_dir."""
+        n = self.iteration
+        self.val_loss = self.evaluate()
+        self.evaluated_at = n
+        improved = self.best_val_loss is None or self.val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss = self.val_loss
+        for cb in callbacks:
+            cb.on_metrics({"val/loss": self.val_loss, "val/bpc": self.val_loss / math.log(2),
+                           "val/best_loss": self.best_val_loss}, n)
+        last_ckpt = self._save("latest.npz")
+        if improved and self.checkpoint_dir is not None:
+            best_ckpt = self._save("best.npz")
+        for path, is_best in ((last_ckpt, False), (best_ckpt if improved else None, True)):
+            if path is not None:
+                for cb in callbacks:
+                    cb.on_checkpoint(path, n, is_best)
+        return last_ckpt, best_ckpt
+
     def run(self, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
         cfg = self.train_config
         chars_per_iter = cfg.seq_length * cfg.batch_size
@@ -333,22 +358,13 @@ class Trainer:
 
             # evaluate and checkpoint last, so a checkpoint holds the state after everything iteration n did
             if self.val_ix is not None and n % cfg.eval_every == 0:
-                self.val_loss = self.evaluate()
-                improved = self.best_val_loss is None or self.val_loss < self.best_val_loss
-                if improved:
-                    self.best_val_loss = self.val_loss
-                for cb in callbacks:
-                    cb.on_metrics({"val/loss": self.val_loss, "val/bpc": self.val_loss / math.log(2)}, n)
-                last_ckpt = self._save("latest.npz")
-                if improved and self.checkpoint_dir is not None:
-                    best_ckpt = self._save("best.npz")
-                for path, is_best in ((last_ckpt, False), (best_ckpt if improved else None, True)):
-                    if path is not None:
-                        for cb in callbacks:
-                            cb.on_checkpoint(path, n, is_best)
+                last_ckpt, best_ckpt = self._evaluate_and_save(callbacks, best_ckpt)
 
             self.elapsed_seconds = time.perf_counter() - started
 
+        if status == "finished" and self.val_ix is not None and self.evaluated_at != self.iteration:
+            # the budget ended between evaluations: the final model is measured too
+            last_ckpt, best_ckpt = self._evaluate_and_save(callbacks, best_ckpt)
         if status != "diverged":
             last_ckpt = self._save("latest.npz") or last_ckpt
             if last_ckpt is not None:
