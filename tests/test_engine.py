@@ -4,6 +4,9 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +21,6 @@ from charrnn.model import (ModelConfig, forward, init_params, init_state, loss_a
 from charrnn.reference import GistRNN
 from charrnn.sample import sample
 from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer
-from charrnn_experiments.train import engine_configs
 from conftest import SHAKESPEARE, compose_cfg
 
 # 668 characters: at seq_length 25 the gist's cursor wraps after 26 iterations.
@@ -227,6 +229,8 @@ def test_gist_parity_smoothed_loss_after_1000_iterations():
 def test_minchar_preset_is_the_gist_on_the_whole_file():
     """The preset holds nothing out: on 1,000 characters the gist's cursor wraps at iteration 40 (975 + 26 >=
     1000); a 10% holdout made the engine's wrap at iteration 36 and the losses part from there."""
+    from charrnn_experiments.train import engine_configs  # here: it imports MLflow, which the other tests skip
+
     text = (PARITY_TEXT * 2)[:1000]
     cfg = compose_cfg("experiment=minchar")
     train_text, val_text = split_train_val(text, float(cfg.train.val_fraction), int(cfg.train.seq_length))
@@ -240,6 +244,30 @@ def test_minchar_preset_is_the_gist_on_the_whole_file():
     bound = 10 * np.maximum.accumulate(sensitivity) + 1e-14  # as in the free-running parity test
     error = np.abs(ours - gist_losses) / gist_losses
     assert val_text == "" and (error <= bound).all(), f"losses part at iteration {np.argmax(error > bound) + 1}"
+
+
+# OpenBLAS kernels a CI machine may pick (each sums in its own order), and the CPU flags each one needs
+OPENBLAS_KERNELS = {"Haswell": {"avx2", "fma"}, "SkylakeX": {"avx512f", "avx512bw", "avx512dq", "avx512vl"},
+                    "Zen": {"avx2", "fma"}, "Sandybridge": {"avx"}}
+
+
+@pytest.mark.parametrize("kernel", OPENBLAS_KERNELS)
+def test_gist_parity_verdicts_hold_under_each_openblas_kernel(kernel):
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    if "openblas" not in blas:
+        pytest.skip(f"NumPy uses {blas}, not OpenBLAS: OPENBLAS_CORETYPE picks nothing")
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to tell which OpenBLAS kernels this CPU can run")
+    missing = OPENBLAS_KERNELS[kernel] - set(cpuinfo.read_text().split())
+    if missing:
+        pytest.skip(f"this CPU lacks {', '.join(sorted(missing))}, which OpenBLAS's {kernel} kernel needs")
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", __file__, "-k",
+         "gist_parity_step_by_step or gist_parity_free_running"],
+        env={**os.environ, "OPENBLAS_CORETYPE": kernel, "OPENBLAS_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0 and "2 passed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
 
 
 def test_gist_weights_round_trip(tmp_path):
