@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.atomic import atomic_write
-from charrnn.errors import ConfigError, DataError
+from charrnn.checks import check_int, check_number
+from charrnn.errors import DataError
 
 __all__ = [
     "CORPORA",
@@ -339,10 +340,8 @@ def split_train_val(text: str, val_fraction: float, seq_length: int) -> tuple[st
     Train needs >= T + 2 characters (the gist reads data[p+1 : p+T+1] and wraps when
     p + T + 1 >= len); val, when requested, needs >= T + 1 (one evaluation window).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if seq_length < 1:
-        raise ConfigError(f"seq_length must be >= 1, got {seq_length}")
+    check_number("val_fraction", val_fraction, minimum=0.0, below=1.0)
+    check_int("seq_length", seq_length, 1)
     n = len(text)
     if n < seq_length + 2:
         # This is the gist's "IndexError: list index out of range" on small files.
@@ -380,10 +379,8 @@ def _as_index_array(data_ix: np.ndarray) -> np.ndarray:
 
 
 def _check_sizes(batch_size: int, seq_length: int) -> None:
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if seq_length < 1:
-        raise ConfigError(f"seq_length must be >= 1, got {seq_length}")
+    check_int("batch_size", batch_size, 1)
+    check_int("seq_length", seq_length, 1)
 
 
 class BatchStream:
@@ -475,9 +472,8 @@ def iter_eval_batches(
     """
     _check_sizes(batch_size, seq_length)
     data = _as_index_array(data_ix)
+    check_int("max_chars", max_chars, 2, allow_none=True)
     if max_chars is not None:
-        if max_chars < 2:
-            raise ConfigError(f"max_chars must be >= 2 (or None for all), got {max_chars}")
         data = data[:max_chars]
     n, T = len(data), seq_length
     if n < 2:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checks import check_int, check_number
 from .data import BatchStream, Vocab, iter_eval_batches
 from .errors import ConfigError
 from .model import ModelConfig, init_params, init_state, loss_and_grads, loss_only
@@ -44,14 +45,14 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("seq_length", "batch_size", "log_every", "eval_every", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.sample_every < 0 or self.sample_length < 0:
-            raise ConfigError("sample_every and sample_length must be >= 0")
-        if self.max_iters is not None and self.max_iters < 0:
-            raise ConfigError(f"max_iters must be >= 0, got {self.max_iters}")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise ConfigError(f"max_seconds must be positive, got {self.max_seconds}")
+            check_int(name, getattr(self, name), 1)
+        for name in ("seed", "sample_every", "sample_length"):
+            check_int(name, getattr(self, name), 0)
+        check_int("max_iters", self.max_iters, 0, allow_none=True)
+        check_int("eval_max_chars", self.eval_max_chars, 2, allow_none=True)  # one input and its target
+        check_number("max_seconds", self.max_seconds, positive=True, allow_none=True)
+        check_number("target_val_loss", self.target_val_loss, minimum=0.0, allow_none=True)  # nats: >= 0
+        check_number("sample_temperature", self.sample_temperature, positive=True)
         if self.max_iters is None and self.max_seconds is None and self.target_val_loss is None:
             raise ConfigError("no stop condition: set max_iters, max_seconds or target_val_loss")
 
@@ -65,12 +66,10 @@ class OptimConfig:
     options: dict = field(default_factory=dict)  # extra optimizer arguments (betas, decay, eps)
 
     def __post_init__(self):
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        make_optimizer(self.name, self.lr, **self.options)  # checks the name, lr and options in one place
         if self.clip_mode not in CLIP_MODES:
             raise ConfigError(f"clip_mode must be one of {', '.join(CLIP_MODES)}, got {self.clip_mode!r}")
-        if self.clip is not None and self.clip < 0:
-            raise ConfigError(f"clip must be >= 0, got {self.clip}")
+        check_number("clip", self.clip, minimum=0.0, allow_none=True)
 
 
 @dataclass

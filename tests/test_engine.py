@@ -391,14 +391,56 @@ def test_stop_conditions():
         TrainConfig(max_iters=None)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: ModelConfig("transformer", 5, 4), "unknown cell"),
-    (lambda: ModelConfig("rnn", 5, 0), "hidden_size must be a positive"),
-    (lambda: OptimConfig("adagrad", 0.0), "lr must be positive"),
+    (lambda: ModelConfig("rnn", 5, 0), "hidden_size must be a positive integer, got 0"),
+    (lambda: ModelConfig("rnn", 5, 2.5), "hidden_size must be a positive integer, got 2.5"),
+    (lambda: ModelConfig("rnn", 5, NAN), "hidden_size must be a positive integer, got nan"),
+    (lambda: ModelConfig("rnn", 5, 4, True), "num_layers must be a positive integer, got True"),
+    (lambda: ModelConfig("rnn", 0, 4), "vocab_size must be a positive integer"),
+    (lambda: OptimConfig("adagrad", 0.0), "lr must be positive, got 0"),
+    (lambda: OptimConfig("adagrad", NAN), "lr must be a finite number, got nan"),
+    (lambda: OptimConfig("adagrad", INF), "lr must be a finite number, got inf"),
+    (lambda: OptimConfig("adagrad", "0.1"), "lr must be a number, got '0.1'"),
+    (lambda: OptimConfig("sgd"), "unknown optimizer 'sgd'"),
+    (lambda: OptimConfig("adagrad", 0.1, NAN), "clip must be a finite number, got nan"),
+    (lambda: OptimConfig("adagrad", 0.1, INF), "clip must be a finite number, got inf"),
+    (lambda: OptimConfig("adagrad", 0.1, -1.0), "clip must be >= 0, got -1"),
     (lambda: OptimConfig("adagrad", 0.1, 5.0, "sideways"), "clip_mode"),
-    (lambda: TrainConfig(seq_length=0), "seq_length must be a positive"),
+    (lambda: OptimConfig("adam", 1e-3, options={"beta1": 1.0}), r"beta1 must be in \[0, 1\), got 1"),
+    (lambda: OptimConfig("adam", 1e-3, options={"beta2": NAN}), "beta2 must be a finite number"),
+    (lambda: OptimConfig("rmsprop", 1e-3, options={"decay": -0.5}), r"decay must be in \[0, 1\)"),
+    (lambda: OptimConfig("rmsprop", 1e-3, options={"eps": 0.0}), "eps must be positive"),
+    (lambda: OptimConfig("adagrad", 0.1, options={"momentum": 0.9}), "adagrad has no option 'momentum'"),
+    (lambda: TrainConfig(seq_length=0), "seq_length must be a positive integer, got 0"),
+    (lambda: TrainConfig(batch_size=1.5), "batch_size must be a positive integer, got 1.5"),
+    (lambda: TrainConfig(log_every=True), "log_every must be a positive integer, got True"),
+    (lambda: TrainConfig(max_iters=-1), "max_iters must be an integer >= 0"),
+    (lambda: TrainConfig(max_iters=INF), r"max_iters must be an integer >= 0 \(or None\), got inf"),
+    (lambda: TrainConfig(max_seconds=0.0), "max_seconds must be positive, got 0"),
+    (lambda: TrainConfig(max_seconds=NAN), "max_seconds must be a finite number, got nan"),
+    (lambda: TrainConfig(max_seconds=INF), "max_seconds must be a finite number, got inf"),
+    (lambda: TrainConfig(target_val_loss=NAN), "target_val_loss must be a finite number, got nan"),
+    (lambda: TrainConfig(target_val_loss=-INF), "target_val_loss must be a finite number, got -inf"),
+    (lambda: TrainConfig(target_val_loss=-1.0), "target_val_loss must be >= 0, got -1"),
+    (lambda: TrainConfig(seed=-1), "seed must be an integer >= 0, got -1"),
+    (lambda: TrainConfig(eval_max_chars=1), "eval_max_chars must be an integer >= 2"),
+    (lambda: TrainConfig(sample_every=-1), "sample_every must be an integer >= 0"),
+    (lambda: TrainConfig(sample_temperature=NAN), "sample_temperature must be a finite number"),
+    (lambda: split_train_val(TEXT, NAN, 25), "val_fraction must be a finite number, got nan"),
+    (lambda: split_train_val(TEXT, INF, 25), "val_fraction must be a finite number, got inf"),
+    (lambda: split_train_val(TEXT, 1.0, 25), r"val_fraction must be in \[0, 1\), got 1.0"),
+    (lambda: split_train_val(TEXT, True, 25), "val_fraction must be a number, got True"),
+    (lambda: split_train_val(TEXT, 0.1, NAN), "seq_length must be a positive integer, got nan"),
+    (lambda: sample({}, ModelConfig("rnn", 5, 4), Vocab("abcde"), 10, top_k=0), "top_k must be a positive integer"),
+    (lambda: sample({}, ModelConfig("rnn", 5, 4), Vocab("abcde"), 10, temperature=NAN), "temperature must be a finite"),
+    (lambda: sample({}, ModelConfig("rnn", 5, 4), Vocab("abcde"), -1), "length must be an integer >= 0"),
+    (lambda: sample({}, ModelConfig("rnn", 5, 4), Vocab("abcde"), 10, seed=-3), "seed must be an integer >= 0"),
 ])
-def test_invalid_configs_fail_with_one_line(make, match):
+def test_invalid_settings_fail_with_one_line_naming_the_key(make, match):
     with pytest.raises(ConfigError, match=match) as err:
         make()
     assert "\n" not in str(err.value)
