@@ -190,7 +190,8 @@ def load_text(path: str | os.PathLike[str], encoding: str = "utf-8") -> str:
         bad = raw[e.start : e.start + 1].hex()
         raise DataError(
             f"{str(p)!r} is not valid {encoding}: byte 0x{bad} at offset {e.start} ({e.reason}); "
-            f"pass encoding=... (data.encoding=latin-1 on the command line)"
+            f"convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8 {p.name} > {p.stem}.utf8{p.suffix}), "
+            "or from Python pass its encoding to load_text or load_corpus (encoding='latin-1')"
         ) from None
     if not text:
         raise DataError(f"text file {str(p)!r} is empty after decoding as {encoding}; training needs some text")

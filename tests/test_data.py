@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from charrnn import data
 from charrnn.data import BatchStream, Vocab, iter_eval_batches, load_corpus, load_text, split_train_val
 from charrnn.errors import CharRNNError, ConfigError, DataError
-from conftest import SHAKESPEARE, SHARED_DATA
+from conftest import SHAKESPEARE, SHARED_DATA, compose_cfg
 
 
 # --------------------------------------------------------------------------- vocab
@@ -90,8 +91,11 @@ def test_load_text_non_utf8_names_offset_and_fix(tmp_path):
     with pytest.raises(DataError) as e:
         load_text(p)
     msg = str(e.value)
-    assert "offset 3" in msg and "0xe9" in msg and "data.encoding=latin-1" in msg
-    assert "\n" not in msg
+    assert "offset 3" in msg and "0xe9" in msg and "\n" not in msg
+    # it suggests only what exists: the encoding argument, and no data.encoding key (the config has none)
+    assert "encoding='latin-1'" in msg and "load_text" in msg and "data.encoding" not in msg
+    assert "encoding" not in compose_cfg().data
+    assert all("encoding" in inspect.signature(f).parameters for f in (load_text, load_corpus))
     assert load_text(p, encoding="latin-1") == "café au lait"
 
 

@@ -487,10 +487,17 @@ def test_bad_checkpoint_files_get_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="pickled"):
         load_checkpoint(pickled)
 
+    # files that are no .npz at all are called that, not "pickled objects"
     raw_pickle = tmp_path / "model.pkl"
     raw_pickle.write_bytes(pickle.dumps({"Wxh": [1, 2]}))
-    with pytest.raises(CheckpointError):
-        load_checkpoint(raw_pickle)
+    text = tmp_path / "notes.npz"
+    text.write_text("these are not weights\n")
+    single_array = tmp_path / "weights.npy"
+    np.save(single_array, np.zeros(3))
+    for path in (raw_pickle, text, single_array):
+        with pytest.raises(CheckpointError, match="is not an .npz file") as err:
+            load_checkpoint(path)
+        assert "pickle" not in str(err.value)
 
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, weights=np.zeros(3))
