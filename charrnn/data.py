@@ -60,6 +60,9 @@ _PYSTDLIB_SKIP_DIRS = frozenset(
 )
 
 _MAX_NAMED = 5  # how many offending characters an error message lists
+# Long texts are encoded and hashed this many characters at a time, so the temporaries (UTF-32 code points,
+# lookup slots) stay a few megabytes whatever the text's length.
+_CHUNK_CHARS = 1 << 18
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -73,7 +76,7 @@ class Vocab:
     order, so a vocabulary stored in a checkpoint round-trips unchanged.
     """
 
-    __slots__ = ("_chars", "_codes_sorted", "_order")
+    __slots__ = ("_chars", "_codes_sorted", "_order", "index_dtype")
 
     def __init__(self, chars: Iterable[str]) -> None:
         chars = list(chars)
@@ -90,7 +93,9 @@ class Vocab:
         self._chars = chars
         codes = _codepoints("".join(chars))
         # searchsorted needs sorted keys; _order maps a sorted slot back to the vocab index.
-        self._order = np.argsort(codes, kind="stable").astype(np.int64)
+        # the smallest type that holds every index: a byte per character for up to 256 characters
+        self.index_dtype = np.min_scalar_type(len(chars) - 1)
+        self._order = np.argsort(codes, kind="stable").astype(self.index_dtype)
         self._codes_sorted = codes[self._order]
 
     @classmethod
@@ -123,23 +128,29 @@ class Vocab:
         return f"Vocab(size={self.size}, chars={''.join(self._chars)!r})"
 
     def encode(self, text: str) -> np.ndarray:
-        """Indices of the characters of ``text``: (len(text),) int64.
+        """Indices of the characters of ``text``: (len(text),) of type ``index_dtype`` (uint8 up to 256
+        characters), so an encoded text takes about a byte per character.
 
-        Vectorised (UTF-32 code points + searchsorted), so a megabyte encodes in milliseconds.
+        Vectorised (UTF-32 code points + searchsorted) a chunk at a time: a megabyte encodes in milliseconds.
         """
-        cps = _codepoints(text)
-        slot = np.searchsorted(self._codes_sorted, cps)
-        slot_c = np.minimum(slot, self.size - 1)  # keep the lookup in bounds; mismatches caught below
-        known = self._codes_sorted[slot_c] == cps
-        if not known.all():
-            unknown = np.unique(cps[~known])
-            shown = ", ".join(repr(chr(int(c))) for c in unknown[:_MAX_NAMED])
-            more = f" (and {len(unknown) - _MAX_NAMED} more)" if len(unknown) > _MAX_NAMED else ""
-            raise DataError(
-                f"text contains {len(unknown)} character(s) not in the vocabulary: {shown}{more}; "
-                f"use only characters of the training text ({self.size} in the vocabulary)"
-            )
-        return self._order[slot_c]
+        ix = np.empty(len(text), dtype=self.index_dtype)
+        for start in range(0, len(text), _CHUNK_CHARS):
+            cps = _codepoints(text[start : start + _CHUNK_CHARS])
+            slot = np.searchsorted(self._codes_sorted, cps)
+            np.minimum(slot, self.size - 1, out=slot)  # keep the lookup in bounds; mismatches caught below
+            if not (self._codes_sorted[slot] == cps).all():
+                self._raise_unknown(text)
+            ix[start : start + len(cps)] = self._order[slot]
+        return ix
+
+    def _raise_unknown(self, text: str) -> None:
+        unknown = sorted(set(text) - set(self._chars))
+        shown = ", ".join(repr(c) for c in unknown[:_MAX_NAMED])
+        more = f" (and {len(unknown) - _MAX_NAMED} more)" if len(unknown) > _MAX_NAMED else ""
+        raise DataError(
+            f"text contains {len(unknown)} character(s) not in the vocabulary: {shown}{more}; "
+            f"use only characters of the training text ({self.size} in the vocabulary)"
+        )
 
     def decode(self, ixs: Iterable[int] | np.ndarray) -> str:
         """The string for a sequence of indices (any shape is flattened in C order)."""
@@ -218,7 +229,10 @@ class Corpus:
 
 
 def _sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+    digest = hashlib.sha256()
+    for start in range(0, len(text), _CHUNK_CHARS):  # never a second whole copy of the text
+        digest.update(text[start : start + _CHUNK_CHARS].encode("utf-8", errors="surrogatepass"))
+    return digest.hexdigest()
 
 
 def load_corpus(name: str, path: str | os.PathLike[str] | None = None, encoding: str = "utf-8") -> Corpus:
@@ -371,12 +385,14 @@ def split_train_val(text: str, val_fraction: float, seq_length: int) -> tuple[st
 
 
 def _as_index_array(data_ix: np.ndarray) -> np.ndarray:
+    """The indices as they are (uint8 from Vocab.encode: no 8-byte copy of a long text); windows cut from them
+    are int64."""
     data = np.asarray(data_ix)
     if data.ndim != 1 or not np.issubdtype(data.dtype, np.integer):
         raise DataError(
             f"data must be a 1-D integer array of character indices, got shape {data.shape} {data.dtype}"
         )
-    return data.astype(np.int64, copy=False)
+    return data
 
 
 def _check_sizes(batch_size: int, seq_length: int) -> None:
@@ -433,7 +449,7 @@ class BatchStream:
             self.cursor = 0
             self.started = True
         idx = self._offsets[None, :] + (self.cursor + self._steps)[:, None]  # (T+1, B)
-        window = self._data[idx]
+        window = self._data[idx].astype(np.int64)
         self.cursor += T
         return window[:-1], window[1:], reset
 
@@ -485,5 +501,5 @@ def iter_eval_batches(
     for p in range(0, L - 1, T):
         t = min(T, L - 1 - p)
         idx = offsets[None, :] + np.arange(p, p + t + 1, dtype=np.int64)[:, None]  # (t+1, B)
-        window = data[idx]
+        window = data[idx].astype(np.int64)
         yield window[:-1], window[1:], p == 0
