@@ -13,11 +13,12 @@ import pytest
 
 from charrnn import cells
 from charrnn.checkpoint import load_checkpoint, load_initial_weights, load_model, save_checkpoint
-from charrnn.data import DataError, Vocab, load_corpus, split_train_val
+from charrnn.data import BatchStream, DataError, Vocab, load_corpus, split_train_val
 from charrnn.errors import CheckpointError, ConfigError
 from charrnn.gradcheck import check_gradients
 from charrnn.model import (ModelConfig, forward, init_params, init_state, loss_and_grads, param_shapes,
                            softmax_cross_entropy)
+from charrnn.optim import clip_gradients, make_optimizer
 from charrnn.reference import GistRNN
 from charrnn.sample import sample
 from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer
@@ -128,6 +129,93 @@ def test_forward_returns_internals_per_layer(cell, names):
     np.testing.assert_array_equal(internals["h"][1][-1], state[1][0])
     for gate in names & {"i", "f", "o", "r", "z"}:
         assert all(((a > 0) & (a < 1)).all() for a in internals[gate])
+
+
+# ----------------------------------------------------------------------------------- optimizers, clipping
+P0, G1, G2 = [1.0, -2.0], [0.5, -1.0], [-0.25, 2.0]  # start, then two gradients (the second flips signs)
+EPS = 1e-8
+
+
+def hand_adagrad(lr=0.1):
+    """mem += g^2; p -= lr g / sqrt(mem + eps), per element, written out."""
+    p1 = [P0[i] - lr * G1[i] / math.sqrt(G1[i] ** 2 + EPS) for i in range(2)]
+    return p1, [p1[i] - lr * G2[i] / math.sqrt(G1[i] ** 2 + G2[i] ** 2 + EPS) for i in range(2)]
+
+
+def hand_rmsprop(lr=0.1, decay=0.9):
+    """cache = decay cache + (1 - decay) g^2; p -= lr g / (sqrt(cache) + eps)."""
+    c1 = [(1 - decay) * G1[i] ** 2 for i in range(2)]
+    c2 = [decay * c1[i] + (1 - decay) * G2[i] ** 2 for i in range(2)]
+    p1 = [P0[i] - lr * G1[i] / (math.sqrt(c1[i]) + EPS) for i in range(2)]
+    return p1, [p1[i] - lr * G2[i] / (math.sqrt(c2[i]) + EPS) for i in range(2)]
+
+
+def hand_adam(lr=0.1, b1=0.9, b2=0.999):
+    """Kingma & Ba, in the form of their section 2's last paragraph: m, v moving averages; the bias
+    corrections in the step size a_t = lr sqrt(1 - b2^t) / (1 - b1^t); p -= a_t m / (sqrt(v) + eps)."""
+    m1 = [(1 - b1) * G1[i] for i in range(2)]
+    v1 = [(1 - b2) * G1[i] ** 2 for i in range(2)]
+    m2 = [b1 * m1[i] + (1 - b1) * G2[i] for i in range(2)]
+    v2 = [b2 * v1[i] + (1 - b2) * G2[i] ** 2 for i in range(2)]
+    a1, a2 = lr * math.sqrt(1 - b2) / (1 - b1), lr * math.sqrt(1 - b2**2) / (1 - b1**2)
+    p1 = [P0[i] - a1 * m1[i] / (math.sqrt(v1[i]) + EPS) for i in range(2)]
+    return p1, [p1[i] - a2 * m2[i] / (math.sqrt(v2[i]) + EPS) for i in range(2)]
+
+
+def two_steps(optimizer):
+    param = np.array(P0)
+    after = []
+    for grad in (G1, G2):
+        optimizer.step(param, np.array(grad))
+        after.append(param.tolist())
+    return after
+
+
+@pytest.mark.parametrize("name,options,by_hand", [("adagrad", {}, hand_adagrad),
+                                                  ("rmsprop", {"decay": 0.9}, hand_rmsprop),
+                                                  ("adam", {}, hand_adam)])
+def test_optimizer_steps_match_values_worked_out_by_hand(name, options, by_hand):
+    # the same arithmetic, maybe grouped otherwise: a few ulps of values near 1
+    np.testing.assert_allclose(two_steps(make_optimizer(name, 0.1, **options)), by_hand(), rtol=0, atol=1e-15)
+    # a sign-flipped update (the gradient's sign lost on the way in) misses the hand values by far
+    flipped = make_optimizer(name, 0.1, **options)
+    update = flipped.update
+    flipped.update = lambda param, grad, *scratch, **slots: update(param, -grad, *scratch, **slots)
+    assert np.abs(np.subtract(two_steps(flipped), by_hand())).max() > 0.1
+
+
+def test_clip_modes_on_small_arrays():
+    grad = np.array([3.0, -7.0, 0.5])
+    assert clip_gradients(grad, 5.0, "value") == math.sqrt(9 + 49 + 0.25)  # the norm before clipping
+    assert grad.tolist() == [3.0, -5.0, 0.5]
+    grad = np.array([3.0, -4.0])
+    assert clip_gradients(grad, 1.0, "norm") == 5.0
+    np.testing.assert_allclose(grad, [0.6, -0.8], rtol=1e-15)
+    grad = np.array([0.3, -0.4])  # norm 0.5 <= clip: unchanged
+    assert clip_gradients(grad, 1.0, "norm") == pytest.approx(0.5, rel=1e-15) and grad.tolist() == [0.3, -0.4]
+    for clip in (None, 0.0):  # no clipping
+        grad = np.array([30.0, -40.0])
+        assert clip_gradients(grad, clip, "value") == 50.0 and grad.tolist() == [30.0, -40.0]
+
+
+@pytest.mark.parametrize("clip,clip_mode", [(0.05, "norm"), (0.01, "value"), (None, "value"), (0.0, "norm")])
+def test_the_trainer_updates_with_the_clipped_gradient(clip, clip_mode):
+    """After one Adagrad step the memory holds the square of the gradient the optimizer was given: the
+    gradient of the batch, computed here apart from the trainer, clipped as the mode says."""
+    vocab = Vocab.from_text(TEXT)
+    cfg = ModelConfig("rnn", vocab.size, 16)
+    trainer = Trainer(cfg, TrainConfig(seq_length=10, batch_size=2), OptimConfig("adagrad", 0.1, clip, clip_mode),
+                      vocab, TEXT)
+    before = {k: v.copy() for k, v in trainer.params.items()}
+    inputs, targets, _ = BatchStream(vocab.encode(TEXT), 2, 10).next_batch()
+    _, grads, _ = loss_and_grads(before, cfg, inputs, targets, init_state(cfg, 2))
+    g = np.concatenate([grads[name].ravel() for name in trainer.params])
+    norm = np.linalg.norm(g)
+    expected = {"norm": g * min(1.0, (clip or norm) / norm), "value": np.clip(g, -clip, clip) if clip else g}
+    _, reported_norm = trainer.train_step()
+    assert reported_norm == pytest.approx(norm, rel=1e-12)
+    assert clip is None or clip == 0 or np.abs(g).max() > clip  # the clip does bite in this case
+    np.testing.assert_allclose(trainer.optimizer.state["mem"], expected[clip_mode] ** 2, rtol=1e-12, atol=1e-30)
 
 
 # ------------------------------------------------------------------------------------------ gist parity
