@@ -19,7 +19,7 @@ import numpy as np
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .checks import check_int, check_number
 from .data import BatchStream, Vocab, iter_eval_batches
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .model import ModelConfig, init_params, init_state, loss_and_grads, loss_only
 from .optim import CLIP_MODES, clip_gradients, flat_views, make_optimizer
 from .sample import sample
@@ -242,6 +242,9 @@ class Trainer:
     def evaluate(self, data_ix: np.ndarray | None = None) -> float:
         """Mean loss per character (nats) over the validation text, streams carried as in training."""
         data_ix = self.val_ix if data_ix is None else data_ix
+        if data_ix is None:
+            raise DataError("this trainer has no validation text to evaluate on; pass val_text (from "
+                            "split_train_val with val_fraction > 0) or the indices to evaluate")
         total_nats, total_chars = 0.0, 0
         state = None
         for inputs, targets, reset in iter_eval_batches(

@@ -445,6 +445,8 @@ def test_training_without_validation_text_finishes_with_a_checkpoint(tmp_path):
     assert (result.status, result.val_loss, result.best_val_loss, result.best_checkpoint) == ("finished", None, None, None)
     assert not any(k.startswith("val/") for _, m in rec.metrics for k in m)
     assert load_checkpoint(tmp_path / "latest.npz").iteration == 23 and not (tmp_path / "best.npz").exists()
+    with pytest.raises(DataError, match="no validation text"):
+        trainer.evaluate()
 
 
 def test_request_stop_saves_a_checkpoint_and_reports_interrupted(tmp_path):
