@@ -191,12 +191,6 @@ def train_job(cfg: DictConfig, job: Job) -> tuple[str, float]:
         progress = ProgressCallback(trainer.train_config.max_iters)
         with stop_on_signals(trainer):
             result = trainer.run([tracker, progress])
-        if result.status == "finished" and (result.val_loss is None
-                                            or result.iteration % trainer.train_config.eval_every):
-            # The budget ended between evaluations: measure the final model once more.
-            val = trainer.evaluate()
-            tracker.on_metrics({"val/loss": val, "val/bpc": val / math.log(2)}, result.iteration)
-            result.val_loss = val
         tracker.upload_checkpoints()
     except CharRNNError as err:
         tracker.finish("FAILED", str(err))
@@ -215,9 +209,10 @@ def train_job(cfg: DictConfig, job: Job) -> tuple[str, float]:
     sample = trainer.sample()
     tracker.client.log_text(tracker.run_id, sample, "samples/final.txt")
     if not job.multirun:
+        val = ("none (no validation text)" if result.val_loss is None else
+               f"{result.val_loss:.4f} nats/char ({result.val_loss / math.log(2):.4f} bits/char)")
         print(f"\nrun id:    {tracker.run_id}\n"
-              f"val loss:  {result.val_loss:.4f} nats/char ({result.val_loss / math.log(2):.4f} bits/char)"
-              f" after {result.iteration} iterations ({result.reason})\n"
+              f"val loss:  {val} after {result.iteration} iterations ({result.reason})\n"
               f"sample:\n----\n{sample}\n----\n"
               f"see it:    {store.ui_command()}", flush=True)
     return tracker.run_id, result.val_loss

@@ -41,7 +41,10 @@ def test_recording_is_deterministic_chunk_invariant_and_complete(cell):
     for key, values in first.arrays.items():
         assert values.shape == (len(TEXT), 12)
         np.testing.assert_array_equal(values, again.arrays[key])
-        np.testing.assert_array_equal(values, whole.arrays[key])  # carried state == one pass
+        # carried state == one pass, up to the stored float32's last bit: a GEMM over 97 rows and one over
+        # 3260 may sum in another order, and a float64 difference of an ulp can round to the other float32
+        one_ulp = np.spacing(np.maximum(np.abs(values), np.abs(whole.arrays[key])))
+        assert (np.abs(values - whole.arrays[key]) <= one_ulp).all(), key
     np.testing.assert_array_equal(first.loss, again.loss)
     # The recorded top-layer h is exactly what the engine's forward produces, and the loss matches its logits.
     logits, _, _, internals = forward(params, config, vocab.encode(TEXT)[:, None], init_state(config, 1), True)

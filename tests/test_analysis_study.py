@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from charrnn.model import ModelConfig, count_params
+from conftest import compose_cfg
 
 PYSTDLIB_VOCAB = 96  # the preset's sizes are matched for this vocabulary
 
 
 def study_config(cell: str, hydra: bool = False):
-    with initialize_config_module(config_module="charrnn_conf", version_base="1.3"):
-        return compose("config", overrides=["experiment=study_cells", f"model={cell}"], return_hydra_config=hydra)
+    return compose_cfg("experiment=study_cells", f"model={cell}", hydra=hydra)
 
 
 def test_study_cells_matches_parameter_counts_within_one_percent():

@@ -11,8 +11,7 @@ import urllib.request
 
 import pytest
 
-from conftest import BIN
-from test_cli_train import tiny
+from conftest import BIN, tiny
 
 
 def test_sample_from_a_run_id_and_from_a_checkpoint(cli, small_text, tmp_path):

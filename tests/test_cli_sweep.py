@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from test_cli_train import tiny
+from conftest import tiny
 
 GRID = ["model.hidden_size=8,16", "train.seq_length=8,16"]
 

@@ -13,15 +13,7 @@ from mlflow import MlflowClient
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.data import Vocab
-from conftest import BIN
-
-TINY = ["model.hidden_size=8", "train.seq_length=8", "train.max_seconds=null", "train.max_iters=60",
-        "train.log_every=10", "train.eval_every=30", "train.sample_every=30", "train.sample_length=20"]
-
-
-def tiny(text: Path, *more: str) -> list[str]:
-    return [*TINY, "data=file", f"data.path={text}", *more]
-
+from conftest import BIN, TINY, tiny
 
 def store_client(cwd: Path) -> MlflowClient:
     assert (cwd / "mlflow.db").exists(), "the store must be in the launch directory"

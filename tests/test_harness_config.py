@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_module
 
 from charrnn.errors import ConfigError
 from charrnn_experiments.train import engine_configs
 from charrnn_experiments.tracking import Store, flatten
+from conftest import compose_cfg
 
 PUBLIC_KEYS = [
     "model.hidden_size", "model.num_layers", "train.seq_length", "train.batch_size",
@@ -15,11 +15,6 @@ PUBLIC_KEYS = [
     "train.log_every", "train.sample_every", "train.eval_every", "optim.lr", "optim.clip",
     "optim.clip_mode", "data.path", "tracking.uri", "tracking.experiment",
 ]
-
-
-def compose_cfg(*overrides: str, hydra: bool = False):
-    with initialize_config_module("charrnn_conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def test_every_public_key_exists_in_the_default_config():
