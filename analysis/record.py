@@ -79,10 +79,14 @@ class Recording:
         try:
             key, index = label.split(":")
             state, layer = key.split(".")
-            layer_values = self.layer(state, int(layer))
-            return layer_values[:, int(index)]
-        except (ValueError, IndexError):
+            layer, index = int(layer), int(index)
+        except ValueError:
             raise AnalysisError(f"unknown unit {label!r}: expected state.layer:index, e.g. h.0:3") from None
+        layer_values = self.layer(state, layer)
+        if not 0 <= index < layer_values.shape[1]:
+            raise AnalysisError(f"unit {label!r} is out of range: layer {layer} of {state!r} has units "
+                                f"0..{layer_values.shape[1] - 1}")
+        return layer_values[:, index]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename), so a crash never leaves a half-written recording."""
