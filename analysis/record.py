@@ -3,7 +3,8 @@
 A :class:`Recording` holds the text, each character's offset in its source, the model's loss on the next
 character, and for every layer the hidden state h (LSTM: also the cell c and gates i f o g; GRU: gates r z and
 candidate n), each (N, H). It is saved as one ``.npz`` (float16 activations by default, metadata as a JSON string;
-uncompressed: activations barely compress and zlib made saving the slowest step) and loaded with ``allow_pickle=False``, so every analysis reuses it without re-running the model.
+uncompressed: activations barely compress and zlib made saving the slowest step) and loaded with
+``allow_pickle=False``, so every analysis reuses it without re-running the model.
 """
 
 from __future__ import annotations

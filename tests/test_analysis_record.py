@@ -73,7 +73,7 @@ def test_recording_bad_inputs_fail_clearly(tmp_path):
     rec = record(params, config, vocab, TEXT[:50])
     with pytest.raises(AnalysisError, match="unknown unit"):
         rec.unit("h0:1")
-    with pytest.raises(AnalysisError, match="unknown unit"):
+    with pytest.raises(AnalysisError, match="unit 'h.0:99' is out of range: layer 0 of 'h' has units 0..11"):
         rec.unit("h.0:99")
     with pytest.raises(AnalysisError, match="no 'c' in layer 0"):
         rec.unit("c.0:1")
