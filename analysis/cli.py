@@ -21,10 +21,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from charrnn.errors import CharRNNError
 
-from .compare import (feature_score_columns, leaderboard, load_runs, plot_curves, plot_feature_scores,
-                      plot_metric_vs_params, plot_param_heatmap, swept_params)
+from .compare import (curves_figure, feature_score_columns, feature_scores_figure, leaderboard, load_runs,
+                      metric_vs_params_figure, param_heatmap_figure, swept_params)
 from .errors import AnalysisError
 from .features import get_feature
+from .figures import save_figure
 from .record import Recording, record
 from .report import ReportOptions, write_report
 from .sources import BEST_CHECKPOINT, choose_text, model_from_checkpoint, model_from_run, open_client
@@ -140,17 +141,17 @@ def compare(cfg: DictConfig) -> Path:
     print(markdown_table(board), end="")
     color_by = str(cfg.color_by) if cfg.color_by is not None else (swept[0] if swept else None)
     if swept:
-        files.append(plot_curves(table, histories, color_by, out / "curves.png"))
-        files.append(plot_metric_vs_params(table, swept, out / "val_loss_vs_params.png"))
+        files.append(save_figure(curves_figure(table, histories, color_by), out / "curves.png"))
+        files.append(save_figure(metric_vs_params_figure(table, swept), out / "val_loss_vs_params.png"))
         if feature_score_columns(table):
-            files.append(plot_feature_scores(table, color_by, out / "unit_scores_vs_param.png"))
+            files.append(save_figure(feature_scores_figure(table, color_by), out / "unit_scores_vs_param.png"))
     else:
         print("(the runs share every param: no swept-param figures)")
     heatmap = _names(cfg.heatmap) or (swept[:2] if len(swept) >= 2 else None)
     if heatmap:
         if len(heatmap) != 2:
             raise AnalysisError(f"heatmap needs two params [X,Y], got {','.join(heatmap)}")
-        files.append(plot_param_heatmap(table, heatmap[0], heatmap[1], out / "heatmap.png"))
+        files.append(save_figure(param_heatmap_figure(table, heatmap[0], heatmap[1]), out / "heatmap.png"))
     print(f"wrote {len(files)} files to {out}/ ({len(table)} runs)")
     if parent is not None:
         for path in files:
@@ -180,9 +181,10 @@ def run_reporting_errors(body: Callable[[DictConfig], object], cfg: DictConfig) 
 def renamed_key_error(argv: list[str], renamed: dict[str, str]) -> str | None:
     """The error line for an argument spelled the old way (``tracking_uri=...``), else None."""
     for arg in argv:
-        key = arg.split("=", 1)[0].lstrip("+~")
-        if "=" in arg and key in renamed:
-            return f"{key}= is now {renamed[key]}= (the same key as charrnn-train), e.g. {renamed[key]}={arg.split('=', 1)[1]}"
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if sep and key in renamed:
+            return f"{key}= is now {renamed[key]}= (the same key as charrnn-train), e.g. {renamed[key]}={value}"
     return None
 
 

@@ -7,8 +7,6 @@ history, which a search (latest values only) does not carry, so those come from 
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
-
 import matplotlib
 import numpy as np
 import pandas as pd
@@ -18,7 +16,6 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from .errors import AnalysisError
-from .figures import save_figure
 from .trained_run import ARTIFACT_DIR, TOP_UNITS_STEM
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -172,7 +169,7 @@ def _check_param(table: pd.DataFrame, param: str, what: str) -> None:
         raise AnalysisError(f"unknown param {param!r} {what} (params: {', '.join(swept_params(table))})")
 
 
-def plot_curves(table: pd.DataFrame, histories: dict, color_by: str, path: str | Path) -> Path:
+def curves_figure(table: pd.DataFrame, histories: dict, color_by: str) -> Figure:
     """Training and validation loss of every run overlaid, coloured by the param ``color_by`` (legend)."""
     _check_param(table, color_by, "to colour by")
     colours, legend, mappable = _colours(table[color_by])
@@ -189,7 +186,7 @@ def plot_curves(table: pd.DataFrame, histories: dict, color_by: str, path: str |
     else:
         fig.colorbar(mappable, ax=fig.axes, label=color_by)
     fig.suptitle(f"learning curves of {len(table)} runs, coloured by {color_by}")
-    return save_figure(fig, path)
+    return fig
 
 
 def _x_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
@@ -207,7 +204,7 @@ def _log_x_if_wide(ax, x: np.ndarray, categories) -> None:
         ax.set_xscale("log")
 
 
-def plot_metric_vs_params(table: pd.DataFrame, params: list[str], path: str | Path, metric: str = RANK_BY) -> Path:
+def metric_vs_params_figure(table: pd.DataFrame, params: list[str], metric: str = RANK_BY) -> Figure:
     """``metric`` against each swept param, one panel per param, each point labelled with its run's name."""
     if not params:
         raise AnalysisError("no swept params: every run has the same params")
@@ -224,10 +221,10 @@ def plot_metric_vs_params(table: pd.DataFrame, params: list[str], path: str | Pa
         _log_x_if_wide(ax, x, categories)
         ax.set(xlabel=param, ylabel=f"{metric} (nats/char)", title=f"{metric} vs {param}")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def plot_feature_scores(table: pd.DataFrame, param: str, path: str | Path) -> Path:
+def feature_scores_figure(table: pd.DataFrame, param: str) -> Figure:
     """Per feature, each run's best unit score against ``param`` (points) and its mean per value (line): does a
     unit tracking the feature appear as the param grows?"""
     _check_param(table, param, "for the unit-score figure")
@@ -250,10 +247,10 @@ def plot_feature_scores(table: pd.DataFrame, param: str, path: str | Path) -> Pa
            title=f"best unit score per feature vs {param} ({len(table)} runs; lines: mean)")
     ax.legend(title="feature", fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def plot_param_heatmap(table: pd.DataFrame, x: str, y: str, path: str | Path, metric: str = RANK_BY) -> Path:
+def param_heatmap_figure(table: pd.DataFrame, x: str, y: str, metric: str = RANK_BY) -> Figure:
     """Mean ``metric`` over the runs in each (x, y) cell of two params, annotated with its value."""
     for param in (x, y):
         _check_param(table, param, "for the heatmap")
@@ -272,4 +269,4 @@ def plot_param_heatmap(table: pd.DataFrame, x: str, y: str, path: str | Path, me
     ax.set(xlabel=x, ylabel=y, title=f"{metric}, mean over runs per cell")
     fig.colorbar(image, ax=ax, label=f"{metric} (nats/char, lower is better)")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
