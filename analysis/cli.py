@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import hydra
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, ListConfig
@@ -64,6 +65,23 @@ def _optional_list(value) -> list[str] | None:
     return _names(value) or None
 
 
+def _optional_str(value) -> str | None:
+    return None if value is None else str(value)  # Hydra reads string=123 as an int
+
+
+def _number(cfg: DictConfig, key: str, kind: type, minimum: float | None = None):
+    """``cfg[key]`` as ``kind`` (None stays None), or one error line naming the key."""
+    value = cfg[key]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
+            or not np.isfinite(value) or (minimum is not None and value < minimum):
+        what = "an integer" if kind is int else "a number"
+        raise AnalysisError(f"{key} must be {what}" + (f" >= {minimum}" if minimum is not None else "")
+                            + f", got {value!r}")
+    return kind(value)
+
+
 def analyze(cfg: DictConfig) -> Path:
     sources = [name for name in ("run", "checkpoint", "recording") if cfg[name] is not None]
     if len(sources) != 1:
@@ -71,6 +89,9 @@ def analyze(cfg: DictConfig) -> Path:
     features, units, select = _optional_list(cfg.features), _names(cfg.units), _range(cfg.select)
     for name in features or []:
         get_feature(name)  # fail on a typo before minutes of recording, not after
+    options = ReportOptions(features=features, top_k=_number(cfg, "top_k", int, 1),
+                            states=_optional_list(cfg.states), units=units, select=select,
+                            margin=_number(cfg, "margin", int, 0), threshold=_number(cfg, "threshold", float))
     client = open_client(cfg.tracking.uri) if cfg.run is not None else None
     model = None
     if cfg.run is not None:
@@ -87,7 +108,8 @@ def analyze(cfg: DictConfig) -> Path:
         recording = Recording.load(str(cfg.recording))
     else:
         settings = RecordSettings.from_config(cfg.record)
-        text, offset, description = choose_text(model, cfg.text, cfg.string, cfg.data.name, cfg.data.path)
+        text, offset, description = choose_text(model, _optional_str(cfg.text), _optional_str(cfg.string),
+                                                _optional_str(cfg.data.name), _optional_str(cfg.data.path))
         probe = record(model.params, model.config, model.vocab, text[:1])  # one character names every unit
         for label in units:
             probe.unit(label)
@@ -101,8 +123,6 @@ def analyze(cfg: DictConfig) -> Path:
                                  dict(model.source, text_source=description))
         recording.save(out / "recording.npz")
 
-    options = ReportOptions(features=features, top_k=int(cfg.top_k), states=_optional_list(cfg.states),
-                            units=units, select=select, margin=cfg.margin, threshold=float(cfg.threshold))
     report = write_report(recording, out, options, model)
     print(markdown_table(summary(report.top_units)), end="")
     if report.selection is not None:
@@ -135,7 +155,7 @@ def compare(cfg: DictConfig) -> Path:
     out = Path(str(cfg.out)) if cfg.out is not None else Path("outputs") / "compare" / experiment
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "runs.csv", index=False)
-    board = leaderboard(table, int(cfg.top))
+    board = leaderboard(table, _number(cfg, "top", int, 1))
     (out / "leaderboard.md").write_text(markdown_table(board), encoding="utf-8")
     files = [out / "runs.csv", out / "leaderboard.md"]
     print(markdown_table(board), end="")

@@ -157,6 +157,8 @@ def test_analyze_run_without_best_checkpoint_uses_its_latest_and_says_so(workspa
         (["record.length=many"], "record.length must be a positive integer, got 'many'"),
         (["select=5:2"], "out of bounds"),
         (["select=5"], "select must be START:END"),
+        (["top_k=many"], "top_k must be an integer >= 1, got 'many'"),
+        (["threshold=nan"], "threshold must be a number, got nan"),
         (["units=[c.7:1]"], "no 'c' in layer 7"),
         (["units=[h.1:10]"], "unit 'h.1:10' is out of range: layer 1 of 'h' has units 0..9"),
         (["units=[h1:3]"], "unknown unit 'h1:3': expected state.layer:index"),
@@ -216,6 +218,7 @@ def test_compare_sweep_has_one_row_per_child_and_logs_figures_to_parent(workspac
         (["parent=ffff"], "no MLflow run with id 'ffff'"),
         (["tracking.experiment=study", "color_by=optim.nope"], "unknown param 'optim.nope'"),
         (["tracking.experiment=study", "heatmap=[optim.lr]"], "heatmap needs two params"),
+        (["tracking.experiment=study", "top=0"], "top must be an integer >= 1, got 0"),
         ([], "give tracking.experiment=<name> or parent=<sweep parent run id>"),
     ],
 )
