@@ -7,6 +7,7 @@ history, which a search (latest values only) does not carry, so those come from 
 from __future__ import annotations
 
 import tempfile
+
 import matplotlib
 import numpy as np
 import pandas as pd

@@ -4,8 +4,6 @@ Hydra from the installed charrnn_conf; the console scripts themselves run as pro
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,8 +14,7 @@ from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.data import Vocab
 from charrnn.model import ModelConfig, init_params
 from charrnn_analysis.cli import analyze, compare, run_reporting_errors
-from charrnn_analysis.ranking import rank_units
-from charrnn_analysis.record import Recording, record
+from charrnn_analysis.record import Recording
 from charrnn_analysis.tables import write_table
 
 TEXT = "".join(f'def f{i}(x):\n    # note {i % 7}\n    return [x, "s{i}", (\'t\' + {i})]\n' for i in range(150))
@@ -252,14 +249,12 @@ def test_old_spellings_fail_with_one_line_naming_the_new_key(cli, tmp_path, comm
     assert list(tmp_path.iterdir()) == []
 
 
-def test_console_scripts_honour_mlflow_tracking_uri_and_leave_only_their_output(cli, workspace, tmp_path):
+def test_console_scripts_honour_mlflow_tracking_uri_and_leave_only_their_output(cli, workspace, tmp_path,
+                                                                                  monkeypatch):
     """MLFLOW_TRACKING_URI stands in for tracking.uri; out=null is the default folder, not one named "null"; no
     Hydra output folder, .hydra/ or log file appears."""
-    os.environ["MLFLOW_TRACKING_URI"] = workspace["uri"]
-    try:
-        result = cli("charrnn-compare", f"parent={workspace['parent']}", "out=null")
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])
+    result = cli("charrnn-compare", f"parent={workspace['parent']}", "out=null")
     assert result.returncode == 0, result.stderr
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_dir()) == \
         ["outputs", "outputs/compare", "outputs/compare/study"]
