@@ -25,11 +25,11 @@ _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>
 body { font-family: sans-serif; margin: 1em; display: flex; gap: 1.5em; }
-#left { flex: 3; min-width: 0; } #right { flex: 1; font-size: 12px; }
+#left { flex: 3; min-width: 0; } #right { flex: 1; min-width: 28em; font-size: 12px; }
 #text { font-family: monospace; white-space: pre-wrap; word-break: break-all; line-height: 1.5; font-size: 13px;
         border: 1px solid #ccc; padding: .5em; }
 #units { width: 100%; font-family: monospace; }
-table { border-collapse: collapse; } td, th { padding: 1px 6px; text-align: left; }
+table { border-collapse: collapse; } td, th { padding: 1px 6px; text-align: left; white-space: nowrap; }
 tr.unit-row { cursor: pointer; } tr.unit-row:hover { background: #eef; }
 #bar, #extent { margin: .4em 0; font-size: 12px; } #help { color: #444; }
 </style></head><body>
@@ -113,7 +113,7 @@ def write_explorer(
     extent = (f"All {len(text)} recorded characters" if shown == len(text) else
               f"The first {shown} of the {len(text)} recorded characters (the rest would make this file too large)")
     extent += (f": characters {offset}-{offset + len(text) - 1} of {source}. Hovering shows a character's position "
-               f"in {source} and in the recording.")
+               "in that text and in the recording.")
     quantised = np.round(np.clip(A[:shown], -1.0, 1.0) * 127).astype(np.int8)
     index = {label: u for u, label in enumerate(labels)}
     rows = []
