@@ -29,6 +29,7 @@ from charrnn.data import Vocab, load_corpus, split_train_val
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
+from charrnn_analysis.trained_run import ARTIFACT_DIR, record_finished_run
 from charrnn_experiments import tracking
 from charrnn_experiments.progress import ProgressCallback
 
@@ -192,6 +193,11 @@ def train_job(cfg: DictConfig, job: Job) -> tuple[str, float]:
         with stop_on_signals(trainer):
             result = trainer.run([tracker, progress])
         tracker.upload_checkpoints()
+        if result.status == "finished":  # analysis hook: record the hidden state on the validation slice
+            record_finished_run(trainer.params, trainer.model_config, trainer.vocab, trainer.val_ix,
+                                len(trainer.train_ix), cfg.get("record"), job.output_dir / ARTIFACT_DIR,
+                                lambda folder: tracker.client.log_artifacts(tracker.run_id, str(folder), ARTIFACT_DIR),
+                                trainer.elapsed_seconds)
     except CharRNNError as err:
         tracker.finish("FAILED", str(err))
         raise JobFailed(str(err)) from None
