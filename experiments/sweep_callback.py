@@ -194,7 +194,7 @@ class MlflowSweepCallback(Callback):
         if jobs is not None:
             tags[TAG_JOBS] = str(jobs)
         parent = tracking.MlflowTracker.start(
-            store, experiment_id, run_name=f"{preset} {datetime.now():%Y-%m-%d %H:%M:%S}", tags=tags)
+            store, experiment_id, run_name=f"{preset} {datetime.now():%m-%d %H:%M}", tags=tags)
         tracking.log_params(parent.client, parent.run_id, {f"sweep.{k}": v for k, v in space.items()})
         tracking.write_parent(sweep_dir, store, experiment_id, parent.run_id)
         self._pid = os.getpid()
@@ -211,8 +211,7 @@ class MlflowSweepCallback(Callback):
             STOP.in_job = True
             return
         threads = read_sweep(Path(config.hydra.sweep.dir).resolve()).get("blas_threads")
-        if threads is not None:
-            os.environ[_THREADS_ENV] = str(limit_blas_threads(threads))
+        self._blas_threads = limit_blas_threads(threads) if threads is not None else None
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
@@ -223,8 +222,8 @@ class MlflowSweepCallback(Callback):
             if STOP.signum is not None:
                 raise SystemExit(STOP.exit_code())
             return
-        if _THREADS_ENV in os.environ:
-            _tag_job_run(sweep_dir, config.hydra.job.num, TAG_BLAS_THREADS, os.environ[_THREADS_ENV])
+        if getattr(self, "_blas_threads", None) is not None:
+            _tag_job_run(sweep_dir, config.hydra.job.num, TAG_BLAS_THREADS, str(self._blas_threads))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failed = end_sweep(Path(config.hydra.sweep.dir).resolve())
@@ -232,9 +231,6 @@ class MlflowSweepCallback(Callback):
             raise SystemExit(STOP.exit_code())
         if failed:
             raise SystemExit(1)
-
-
-_THREADS_ENV = "CHARRNN_BLAS_THREADS"  # a job process's BLAS threads, set in on_job_start
 
 
 def _job_run(client, record: dict, job_num: int):
@@ -307,12 +303,13 @@ def end_sweep(sweep_dir: Path) -> int:
     for child in children:
         status = child.info.status
         reason = child.data.tags.get(tracking.TAG_REASON, "")
-        if status == "RUNNING":  # its job is gone: the process died or the sweep stopped it
-            job = int(child.data.tags.get(tracking.TAG_JOB, -1))
-            died = STOP.deaths.get(job)
-            status = "KILLED" if STOP.signum is not None and died is None else "FAILED"
-            reason = (f"its job process died ({died}) before ending the run" if died else
-                      "the sweep stopped before this job ended its run")
+        if status == "RUNNING":  # its job is gone: the sweep stopped it or its process died
+            died = STOP.deaths.get(int(child.data.tags.get(tracking.TAG_JOB, -1)), "for no known reason")
+            if STOP.signum is not None:
+                status = "KILLED"
+                reason = f"the sweep was stopped ({signal.Signals(STOP.signum).name}) before this job ended its run"
+            else:
+                status, reason = "FAILED", f"its job process died ({died}) before ending the run"
             client.set_tag(child.info.run_id, tracking.TAG_REASON, reason)
             client.set_terminated(child.info.run_id, status=status)
         best, iters = best_val_loss(client, child)

@@ -69,9 +69,15 @@ class LabelledStream(io.TextIOBase):
 def _job_process(payload: bytes, conn, label: str) -> None:
     """One job, in its own process: run it and send its JobReturn back."""
     os.setpgrp()
+    # SIGTERM before the trainer installs its own handler interrupts like Ctrl-C: the run still ends KILLED
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.stdout = LabelledStream(sys.stdout, label)
     sys.stderr = LabelledStream(sys.stderr, label)
-    ret = execute_job(*cloudpickle.loads(payload))
+    job = cloudpickle.loads(payload)
+    try:
+        ret = execute_job(*job)
+    except KeyboardInterrupt:  # stopped outside the task's own handling; the sweep ends its run KILLED
+        ret = _died(job[1])
     sys.stdout.flush()
     sys.stderr.flush()
     conn.send_bytes(cloudpickle.dumps(ret))
@@ -84,6 +90,7 @@ def _context():
 
 
 def _died(overrides: Sequence[str]) -> JobReturn:
+    """What a job that ended without its own JobReturn reports to the sweeper."""
     ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
     ret.return_value = FAILED_OBJECTIVE
     return ret
