@@ -167,8 +167,9 @@ def use_process_launcher(config: DictConfig) -> None:
     if str(config.hydra.launcher._target_) != JOBLIB_LAUNCHER:
         return
     from hydra.core.plugins import Plugins
-    from hydra_plugins.charrnn_launcher.process_launcher import JobProcessLauncher
+    from hydra_plugins.charrnn_launcher.process_launcher import JobProcessLauncher, start_fork_server
 
+    start_fork_server()
     Plugins.instance().register(JobProcessLauncher)
     with read_write(config.hydra.launcher):
         config.hydra.launcher._target_ = PROCESS_LAUNCHER

@@ -17,6 +17,7 @@ import io
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -83,9 +84,12 @@ def _job_process(payload: bytes, conn, label: str) -> None:
     conn.send_bytes(cloudpickle.dumps(ret))
 
 
-def _context():
+def start_fork_server():
+    """Start the server jobs are forked from, which imports PRELOAD: called as the sweep starts, so that
+    those imports overlap with the store's creation; the first job waits for them to finish."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
+    multiprocessing.forkserver.ensure_running()
     return ctx
 
 
@@ -115,7 +119,7 @@ class JobProcessLauncher(JoblibLauncher):
         for idx, overrides in enumerate(job_overrides):
             labels.append(job_label(sweep_dir.resolve(), list(overrides)) or f"#{initial_job_idx + idx}")
             log.info(f"\t#{initial_job_idx + idx} {labels[-1]} : {' '.join(filter_overrides(overrides))}")
-        ctx = _context()
+        ctx = start_fork_server()  # already running when the sweep callback started it
         state = Singleton.get_state()
         waiting = deque(range(len(job_overrides)))
         running: dict[int, tuple] = {}  # index -> (process, receiving end of its pipe)
