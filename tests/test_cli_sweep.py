@@ -103,7 +103,8 @@ def test_a_failing_job_does_not_stop_the_sweep_but_fails_the_command(cli, small_
 
 @pytest.mark.parametrize("launcher", [
     ["hydra/launcher=submitit_local"],
-    ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2"],
+    # a new local Ray instance, never a cluster another process left running on this machine
+    ["hydra/launcher=ray", "+hydra.launcher.ray.init.address=local", "+hydra.launcher.ray.init.num_cpus=2"],
 ])
 def test_the_same_sweep_runs_through_cluster_launchers(cli, small_text, tmp_path, launcher, monkeypatch):
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -33,10 +33,10 @@ from joblib import effective_n_jobs
 from joblib.externals import cloudpickle
 
 from charrnn_experiments.sweep_callback import STOP, job_label
+from charrnn_experiments.train import FAILED_OBJECTIVE
 
 log = logging.getLogger(__name__)
 
-FAILED_OBJECTIVE = float("inf")  # what a job that died reports to the sweeper, as the app does for a failed one
 # Imported once by the fork server, so that jobs start with them loaded.
 PRELOAD = ["charrnn_experiments.train", "mlflow.store.tracking.sqlalchemy_store"]
 
@@ -94,7 +94,7 @@ def start_fork_server():
 
 
 def _died(overrides: Sequence[str]) -> JobReturn:
-    """What a job that ended without its own JobReturn reports to the sweeper."""
+    """What a job that ended without its own JobReturn reports to the sweeper: what a failed job reports."""
     ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
     ret.return_value = FAILED_OBJECTIVE
     return ret
