@@ -32,6 +32,7 @@ from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_analysis.trained_run import ARTIFACT_DIR, record_finished_run
 from charrnn_experiments import tracking
 from charrnn_experiments.progress import ProgressCallback
+from charrnn_experiments.sweep_callback import job_label
 
 log = logging.getLogger("charrnn")
 
@@ -50,17 +51,17 @@ class Job:
     multirun: bool
     sweep_dir: Path | None
     job_num: int | None
-    name: str | None  # in a sweep, the job's overrides: "model.hidden_size=8,optim.lr=0.1"
+    name: str | None  # in a sweep, the job's swept values: "h=8 lr=0.1"
 
     @classmethod
     def from_hydra(cls) -> Job:
         hc = HydraConfig.get()
         base = Path(hc.runtime.cwd)
         multirun = hc.mode == RunMode.MULTIRUN
-        return cls(base, Path(hc.runtime.output_dir), multirun,
-                   (base / hc.sweep.dir).resolve() if multirun else None,
+        sweep_dir = (base / hc.sweep.dir).resolve() if multirun else None
+        return cls(base, Path(hc.runtime.output_dir), multirun, sweep_dir,
                    hc.job.num if multirun else None,
-                   hc.job.override_dirname or None if multirun else None)
+                   job_label(sweep_dir, list(hc.overrides.task)) if multirun else None)
 
 
 class JobFailed(Exception):
