@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh machine (Python 3.11+, make):
 #   make train   create .venv, install charrnn, run the main job
 #   make test    create .venv, install charrnn with its test extras, run the test suite
-#   make server  the team's MLflow server on PostgreSQL in ./team-server (PORT=5000); make server-stop
+#   make server  the team's MLflow server on PostgreSQL in ./team-server (PORT=5000 HOST=127.0.0.1);
+#                make server-stop stops it
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,6 +11,7 @@ CORE   := $(VENV)/.installed-core
 TEST   := $(VENV)/.installed-test
 SERVER := $(VENV)/.installed-server
 PORT   ?= 5000
+HOST   ?= 127.0.0.1
 
 .PHONY: train test sweep ui server server-stop clean
 
@@ -28,7 +30,7 @@ ui: $(CORE)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 server: $(SERVER)
-	@$(BIN)/python -m charrnn_experiments.team_server start --dir team-server --port $(PORT)
+	@$(BIN)/python -m charrnn_experiments.team_server start --dir team-server --port $(PORT) --host $(HOST)
 
 server-stop: $(CORE)
 	@$(BIN)/python -m charrnn_experiments.team_server stop --dir team-server

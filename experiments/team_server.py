@@ -52,7 +52,19 @@ def port_in_use(port: int) -> bool:
 
 
 def postgres_bindir() -> Path:
-    """The folder of PostgreSQL's server binaries: pg_config's, Debian's versioned one, or PATH's."""
+    """The folder of PostgreSQL's server binaries: $CHARRNN_PG_BINDIR, else pg_config's, Debian's
+    versioned one (the newest) or PATH's."""
+    if os.environ.get("CHARRNN_PG_BINDIR"):  # a PostgreSQL outside the usual places
+        candidates = [os.environ["CHARRNN_PG_BINDIR"]]
+    else:
+        candidates = debian_bindirs()
+    for folder in candidates:
+        if folder and all((Path(folder) / name).is_file() for name in ("initdb", "pg_ctl")):
+            return Path(folder)
+    raise ServerError(f"PostgreSQL's server binaries (initdb, pg_ctl) were not found: {INSTALL_HINT}")
+
+
+def debian_bindirs() -> list[str]:
     candidates = []
     if shutil.which("pg_config"):
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
@@ -62,10 +74,7 @@ def postgres_bindir() -> Path:
                          reverse=True)
     if shutil.which("initdb"):
         candidates.append(str(Path(shutil.which("initdb")).parent))
-    for folder in candidates:
-        if folder and all((Path(folder) / name).is_file() for name in ("initdb", "pg_ctl")):
-            return Path(folder)
-    raise ServerError(f"PostgreSQL's server binaries (initdb, pg_ctl) were not found: {INSTALL_HINT}")
+    return candidates
 
 
 def health(url: str) -> bool:
@@ -79,9 +88,11 @@ def health(url: str) -> bool:
 class TeamServer:
     """PostgreSQL plus `mlflow server` under one folder."""
 
-    def __init__(self, folder: str | os.PathLike[str], port: int = 5000, workers: int = 4) -> None:
+    def __init__(self, folder: str | os.PathLike[str], port: int = 5000, workers: int = 4,
+                 host: str = "127.0.0.1") -> None:
         self.folder = Path(folder).resolve()
         self.port = port
+        self.host = host  # the tracking server's; PostgreSQL listens on 127.0.0.1 only
         self.workers = workers
         self.pgdata = self.folder / "pgdata"
         self.artifacts = self.folder / "artifacts"
@@ -225,14 +236,14 @@ class TeamServer:
         return record["pid"], record["url"]
 
     def start_mlflow(self) -> str:
-        url = f"http://127.0.0.1:{self.port}"
+        url = f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '::') else self.host}:{self.port}"
         if port_in_use(self.port):
             raise ServerError(f"port {self.port} on 127.0.0.1 is in use: choose another, e.g. PORT={self.port + 1}")
         self.artifacts.mkdir(exist_ok=True)
         env = {**os.environ, "PGPASSFILE": str(self.pgpass)}
         with open(self.mlflow_log, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.port),
                  "--workers", str(self.workers), "--backend-store-uri", self.backend_uri,
                  "--artifacts-destination", str(self.artifacts)],
                 cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -309,10 +320,12 @@ def main(argv: list[str] | None = None) -> None:
                                      description="The team's MLflow tracking server on PostgreSQL.")
     parser.add_argument("command", choices=["start", "stop"])
     parser.add_argument("--dir", default="team-server", help="folder of the database, artifacts and logs")
-    parser.add_argument("--port", type=int, default=5000, help="the tracking server's port on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000, help="the tracking server's port")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="the tracking server's address (it has no authentication: keep it private)")
     parser.add_argument("--workers", type=int, default=4, help="the tracking server's worker processes")
     args = parser.parse_args(argv)
-    server = TeamServer(args.dir, args.port, args.workers)
+    server = TeamServer(args.dir, args.port, args.workers, args.host)
     try:
         if args.command == "start":
             url, already = server.start()
