@@ -199,16 +199,20 @@ class TeamServer:
             import psycopg2
         except ImportError:
             raise ServerError("the PostgreSQL driver is missing: pip install -e '.[server]'") from None
-        conn = psycopg2.connect(host="127.0.0.1", port=self.pg_port, user=DB_USER,
-                                password=self.password(), dbname="postgres")
         try:
-            conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,))
-                if cur.fetchone() is None:
-                    cur.execute(f"CREATE DATABASE {DB_NAME}")
-        finally:
-            conn.close()
+            conn = psycopg2.connect(host="127.0.0.1", port=self.pg_port, user=DB_USER,
+                                    password=self.password(), dbname="postgres")
+            try:
+                conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,))
+                    if cur.fetchone() is None:
+                        cur.execute(f"CREATE DATABASE {DB_NAME}")
+            finally:
+                conn.close()
+        except psycopg2.Error as err:
+            raise ServerError(f"cannot use PostgreSQL on 127.0.0.1:{self.pg_port}: "
+                              f"{last_line(str(err))} (see {self.postgres_log})") from None
 
     def stop_postgres(self) -> bool:
         if not self.postgres_running():
@@ -264,7 +268,7 @@ class TeamServer:
         if running is None:
             return False
         pid = running[0]
-        for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):  # uvicorn may wait on idle clients
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:
