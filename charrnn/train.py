@@ -35,18 +35,25 @@ class TrainConfig:
     target_val_loss: float | None = None  # nats per character
     seed: int = 42
     log_every: int = 100
-    eval_every: int = 1000
+    # None: automatic -- evaluate (and sample and checkpoint) at a logging step whenever the time spent outside
+    # training steps stays within eval_max_fraction of the run's wall time; an integer: every that many iterations
+    eval_every: int | None = None
+    eval_max_fraction: float = 0.05
     eval_batch_size: int = 32  # evaluation runs this many parallel streams over the validation text
     eval_max_chars: int | None = 100_000  # evaluate on the head of the validation text only
-    sample_every: int = 1000  # 0 disables samples
+    sample_every: int | None = None  # None: with each evaluation; 0 disables samples
     sample_length: int = 200
     sample_temperature: float = 1.0
 
     def __post_init__(self):
-        for name in ("seq_length", "batch_size", "log_every", "eval_every", "eval_batch_size"):
+        for name in ("seq_length", "batch_size", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.sample_every < 0 or self.sample_length < 0:
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ConfigError(f"eval_every must be a positive integer or None (automatic), got {self.eval_every}")
+        if not 0 < self.eval_max_fraction < 1:
+            raise ConfigError(f"eval_max_fraction must be between 0 and 1, got {self.eval_max_fraction}")
+        if (self.sample_every is not None and self.sample_every < 0) or self.sample_length < 0:
             raise ConfigError("sample_every and sample_length must be >= 0")
         if self.max_iters is not None and self.max_iters < 0:
             raise ConfigError(f"max_iters must be >= 0, got {self.max_iters}")
@@ -82,13 +89,16 @@ class TrainResult:
     val_loss: float | None
     best_val_loss: float | None
     elapsed_seconds: float
+    train_seconds: float = 0.0  # the part of elapsed_seconds spent in training steps
     last_checkpoint: str | None = None
     best_checkpoint: str | None = None
 
 
 class Callback:
     """Hooks the trainer calls; override what you need. Metric names: train/loss, train/smooth_loss (nats per
-    character), grad/norm (before clipping), throughput/chars_per_s, val/loss, val/bpc."""
+    character), grad/norm (before clipping), throughput/chars_per_s, val/loss, val/bpc, and
+    throughput/train_fraction and throughput/eval_fraction: the shares of the run's wall time so far spent in
+    training steps and in evaluation, sampling and checkpoints (wall-clock figures, like chars_per_s)."""
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
 
@@ -152,6 +162,9 @@ class Trainer:
         self.val_loss: float | None = None
         self.best_val_loss: float | None = None
         self.elapsed_seconds = 0.0
+        self.train_seconds = 0.0  # within elapsed_seconds: in train_step
+        self.eval_seconds = 0.0  # within elapsed_seconds: evaluating, sampling, checkpointing
+        self.val_iteration: int | None = None  # the iteration val_loss was measured at, in this process
         self._window = {"loss_sum": 0.0, "count": 0, "chars": 0, "seconds": 0.0}  # since the last log line
         self._stop_reason: str | None = None
 
@@ -163,6 +176,8 @@ class Trainer:
             "val_loss": self.val_loss,
             "best_val_loss": self.best_val_loss,
             "elapsed_seconds": self.elapsed_seconds,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
             "stream": self.stream.state(),
             "sample_rng": self.sample_rng.bit_generator.state,
             "window": self._window,
@@ -209,6 +224,9 @@ class Trainer:
         trainer.smooth_loss = p["smooth_loss"]
         trainer.val_loss, trainer.best_val_loss = p["val_loss"], p["best_val_loss"]
         trainer.elapsed_seconds = p["elapsed_seconds"]
+        # checkpoints written before these were kept count their time as training
+        trainer.train_seconds = p.get("train_seconds", p["elapsed_seconds"])
+        trainer.eval_seconds = p.get("eval_seconds", 0.0)
         trainer.stream.load_state(p["stream"])
         trainer.sample_rng.bit_generator.state = p["sample_rng"]
         trainer._window = dict(p["window"])
@@ -275,6 +293,22 @@ class Trainer:
             return f"validation loss {self.val_loss:.4f} reached target_val_loss={cfg.target_val_loss}"
         return None
 
+    def _evaluation_due(self, n: int, elapsed: float, last_round_seconds: float) -> bool:
+        """Every eval_every iterations when set. Otherwise at a logging step, when a round as costly as the last
+        one keeps the time spent outside training steps within eval_max_fraction of the wall time so far: the
+        first round is timed, later ones are spaced by what they cost."""
+        cfg = self.train_config
+        if cfg.eval_every is not None:
+            return n % cfg.eval_every == 0
+        if n % cfg.log_every:
+            return False
+        outside = elapsed - self.train_seconds
+        return outside + last_round_seconds <= cfg.eval_max_fraction * (elapsed + last_round_seconds)
+
+    def _time_shares(self, elapsed: float) -> dict[str, float]:
+        return {"throughput/train_fraction": self.train_seconds / max(elapsed, 1e-9),
+                "throughput/eval_fraction": self.eval_seconds / max(elapsed, 1e-9)}
+
     def _params_finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.params.values())
 
@@ -287,6 +321,7 @@ class Trainer:
         for cb in callbacks:
             cb.on_train_start(self)
         started = time.perf_counter() - self.elapsed_seconds
+        last_round_seconds = 0.0  # the cost of the latest evaluation round, which spaces the automatic ones
         status, reason = "finished", None
         while True:
             reason = self._limit_reached()
@@ -305,11 +340,13 @@ class Trainer:
                 break
             self.iteration += 1
             self.smooth_loss = self.smooth_loss * 0.999 + loss * 0.001
+            step_seconds = time.perf_counter() - t0
+            self.train_seconds += step_seconds
             w = self._window
             w["loss_sum"] += loss
             w["count"] += 1
             w["chars"] += chars_per_iter
-            w["seconds"] += time.perf_counter() - t0
+            w["seconds"] += step_seconds
             n = self.iteration
 
             if n % cfg.log_every == 0:
@@ -321,19 +358,25 @@ class Trainer:
                     "train/smooth_loss": self.smooth_loss,
                     "grad/norm": norm,
                     "throughput/chars_per_s": w["chars"] / max(w["seconds"], 1e-9),
+                    **self._time_shares(time.perf_counter() - started),
                 }
                 self._window = {"loss_sum": 0.0, "count": 0, "chars": 0, "seconds": 0.0}
                 for cb in callbacks:
                     cb.on_metrics(metrics, n)
 
-            if cfg.sample_every and n % cfg.sample_every == 0:
+            round_start = time.perf_counter()
+            round_due = self._evaluation_due(n, round_start - started, last_round_seconds)
+            sample_due = (round_due if cfg.sample_every is None
+                          else cfg.sample_every > 0 and n % cfg.sample_every == 0)
+            if sample_due:
                 text = self.sample()
                 for cb in callbacks:
                     cb.on_sample(text, n)
 
             # evaluate and checkpoint last, so a checkpoint holds the state after everything iteration n did
-            if self.val_ix is not None and n % cfg.eval_every == 0:
+            if round_due and self.val_ix is not None:
                 self.val_loss = self.evaluate()
+                self.val_iteration = n
                 improved = self.best_val_loss is None or self.val_loss < self.best_val_loss
                 if improved:
                     self.best_val_loss = self.val_loss
@@ -346,16 +389,24 @@ class Trainer:
                     if path is not None:
                         for cb in callbacks:
                             cb.on_checkpoint(path, n, is_best)
+            if round_due or sample_due:
+                round_end = time.perf_counter()
+                self.eval_seconds += round_end - round_start
+                if round_due:
+                    last_round_seconds = round_end - round_start
 
             self.elapsed_seconds = time.perf_counter() - started
 
         if status != "diverged":
+            save_start = time.perf_counter()
             last_ckpt = self._save("latest.npz") or last_ckpt
             if last_ckpt is not None:
                 for cb in callbacks:
                     cb.on_checkpoint(last_ckpt, self.iteration, False)
+            self.eval_seconds += time.perf_counter() - save_start
+        self.elapsed_seconds = time.perf_counter() - started
         result = TrainResult(status, reason, self.iteration, self.smooth_loss, self.val_loss, self.best_val_loss,
-                             self.elapsed_seconds, last_ckpt, best_ckpt)
+                             self.elapsed_seconds, self.train_seconds, last_ckpt, best_ckpt)
         for cb in callbacks:
             cb.on_train_end(result)
         return result
