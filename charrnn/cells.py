@@ -71,7 +71,8 @@ class RNNCell:
     @staticmethod
     def backward(dhs, cache):
         hs, Whh = cache["hs"], cache["Whh"]
-        dtanh = 1.0 - hs * hs  # (T,B,H)
+        dtanh = np.multiply(hs, hs)  # (T,B,H), in place into one array
+        np.subtract(1.0, dtanh, out=dtanh)
         da = np.empty_like(dhs)
         dh = np.empty_like(dhs[0])
         dh_next = np.zeros_like(dhs[0])
