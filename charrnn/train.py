@@ -15,13 +15,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from .cells import CELLS
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import BatchStream, Vocab, iter_eval_batches
 from .errors import ConfigError
 from .model import ModelConfig, init_params, init_state, loss_and_grads, loss_only
 from .optim import CLIP_MODES, clip_gradients, flat_views, make_optimizer
 from .sample import sample
+
+
+# Below this many FLOPs in one time step's recurrent matmul (2*B*H*G*H) a BLAS call lasts microseconds, the
+# order of what waking and joining a second thread costs, and on a shared machine a threaded call also waits for
+# a descheduled thread: with five other processes on two cores the gist's model trained 6x slower on two BLAS
+# threads than on one. Such models train on one thread.
+SINGLE_THREAD_MAX_STEP_FLOPS = 1e6
+
+
+def blas_threads(model_config: ModelConfig, batch_size: int) -> int | None:
+    """1 when the model's per-step matmuls are too small to split across threads, else None (BLAS decides)."""
+    H = model_config.hidden_size
+    step_flops = 2 * batch_size * H * CELLS[model_config.cell].gates * H
+    return 1 if step_flops < SINGLE_THREAD_MAX_STEP_FLOPS else None
 
 
 @dataclass
@@ -313,6 +329,11 @@ class Trainer:
         return all(np.isfinite(p).all() for p in self.params.values())
 
     def run(self, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
+        """Train until a stop condition; small models run on one BLAS thread (see ``blas_threads``)."""
+        with threadpool_limits(blas_threads(self.model_config, self.train_config.batch_size), user_api="blas"):
+            return self._run(callbacks)
+
+    def _run(self, callbacks) -> TrainResult:
         cfg = self.train_config
         chars_per_iter = cfg.seq_length * cfg.batch_size
         last_ckpt = None
