@@ -71,7 +71,8 @@ class RNNCell:
     @staticmethod
     def backward(dhs, cache):
         hs, Whh = cache["hs"], cache["Whh"]
-        dtanh = 1.0 - hs * hs  # (T,B,H)
+        dtanh = np.multiply(hs, hs)  # (T,B,H), in place into one array
+        np.subtract(1.0, dtanh, out=dtanh)
         da = np.empty_like(dhs)
         dh = np.empty_like(dhs[0])
         dh_next = np.zeros_like(dhs[0])
@@ -93,19 +94,34 @@ def _gates(x, n):
     return tuple(x[..., k * H : (k + 1) * H] for k in range(n))
 
 
-def lstm_step_forward(ax_t, h_prev, c_prev, Whh, out):
-    """Gates in the order i, f, o, g: c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t).
+def lstm_gate_affine(H: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) (4H,) such that gates = tanh(a * scale) * scale + shift: the sigmoid of ``sigmoid`` for
+    i, f, o (scale and shift 0.5) and tanh for g (1 and 0). One tanh over the contiguous (B,4H) block then
+    activates all four gates, instead of four passes over the strided i,f,o columns and one over g."""
+    scale = np.ones(4 * H, dtype=dtype)
+    scale[: 3 * H] = 0.5
+    shift = np.zeros(4 * H, dtype=dtype)
+    shift[: 3 * H] = 0.5
+    return scale, shift
+
+
+def lstm_step_forward(ax_t, h_prev, c_prev, Whh, gate_affine, out):
+    """Gates in the order i, f, o, g: c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t); ``gate_affine`` from
+    ``lstm_gate_affine``.
 
     Writes into ``out`` = (h_t (B,H), c_t (B,H), tanh(c_t) (B,H), ifog (B,4H)) and returns it."""
     h, c, tanh_c, ifog = out
-    H = h_prev.shape[1]
+    scale, shift = gate_affine
     a = np.matmul(h_prev, Whh.T, out=ifog)  # (B,4H) pre-activations, replaced by the gates below
     a += ax_t
-    sigmoid(a[:, : 3 * H], out=ifog[:, : 3 * H])
-    np.tanh(a[:, 3 * H :], out=ifog[:, 3 * H :])
+    a *= scale
+    np.tanh(a, out=a)
+    a *= scale
+    a += shift
     i, f, o, g = _gates(ifog, 4)
     np.multiply(f, c_prev, out=c)
-    c += i * g
+    np.multiply(i, g, out=tanh_c)  # tanh_c holds i*g until it receives tanh(c_t)
+    c += tanh_c
     np.tanh(c, out=tanh_c)
     np.multiply(o, tanh_c, out=h)
     return out
@@ -117,19 +133,27 @@ def lstm_local_derivatives(c_prev, tanh_c, ifog):
     Returns J (T,B,4H) and o * tanh'(c_t) (T,B,H), so that with dc = dc_{t+1} + dh * o * tanh'(c_t):
     da_i = dc * g * s'(i), da_f = dc * c_{t-1} * s'(f), da_o = dh * tanh(c_t) * s'(o), da_g = dc * i * tanh'(g),
     where s' = s(1-s) and tanh' = 1 - tanh^2 are written in terms of the outputs the forward kept."""
+    # in place, without (T,B,H) temporaries: at large T*B*H each fresh one costs a page fault per page
     i, f, o, g = _gates(ifog, 4)
-    J = np.empty_like(ifog)
+    J = np.subtract(1.0, ifog)
+    J *= ifog  # s(1-s) in the i, f, o blocks; the g block is overwritten below
     J_i, J_f, J_o, J_g = _gates(J, 4)
-    np.multiply(g, i * (1.0 - i), out=J_i)
-    np.multiply(c_prev, f * (1.0 - f), out=J_f)
-    np.multiply(tanh_c, o * (1.0 - o), out=J_o)
-    np.multiply(i, 1.0 - g * g, out=J_g)
-    return J, o * (1.0 - tanh_c * tanh_c)
+    J_i *= g
+    J_f *= c_prev
+    J_o *= tanh_c
+    np.multiply(g, g, out=J_g)
+    np.subtract(1.0, J_g, out=J_g)
+    J_g *= i
+    o_dtanh_c = np.multiply(tanh_c, tanh_c)
+    np.subtract(1.0, o_dtanh_c, out=o_dtanh_c)
+    o_dtanh_c *= o
+    return J, o_dtanh_c
 
 
-def lstm_step_backward(dh, dc_next, f, J, o_dtanh_c, out):
-    """Gradient on the gate pre-activations (B,4H), written into ``out``, and on c_{t-1}."""
-    dc = dh * o_dtanh_c
+def lstm_step_backward(dh, dc_next, f, J, o_dtanh_c, out, dc):
+    """Gradient on the gate pre-activations (B,4H), written into ``out``; ``dc`` (B,H) receives the gradient
+    on c_t, and ``dc_next`` (B,H), which holds the one on c_t from step t+1, receives the one on c_{t-1}."""
+    np.multiply(dh, o_dtanh_c, out=dc)
     dc += dc_next
     di, df, do, dg = _gates(out, 4)
     J_i, J_f, J_o, J_g = _gates(J, 4)
@@ -137,7 +161,8 @@ def lstm_step_backward(dh, dc_next, f, J, o_dtanh_c, out):
     np.multiply(dc, J_f, out=df)
     np.multiply(dh, J_o, out=do)
     np.multiply(dc, J_g, out=dg)
-    return out, dc * f
+    np.multiply(dc, f, out=dc_next)
+    return out
 
 
 class LSTMCell:
@@ -151,8 +176,10 @@ class LSTMCell:
         c = _sequence_buffer(state[1], T)
         tanh_cs = np.empty_like(h[1:])
         ifogs = np.empty_like(ax)
+        gate_affine = lstm_gate_affine(G // 4, ax.dtype)
         for t in range(T):
-            lstm_step_forward(ax[t], h[t], c[t], p["Whh"], out=(h[t + 1], c[t + 1], tanh_cs[t], ifogs[t]))
+            lstm_step_forward(ax[t], h[t], c[t], p["Whh"], gate_affine,
+                              out=(h[t + 1], c[t + 1], tanh_cs[t], ifogs[t]))
         hs, cs = h[1:], c[1:]
         cache = {"hs": hs, "cs": cs, "tanh_cs": tanh_cs, "ifogs": ifogs, "h_prev": h[:-1], "c_prev": c[:-1],
                  "Whh": p["Whh"]}
@@ -164,12 +191,12 @@ class LSTMCell:
         J, o_dtanh_cs = lstm_local_derivatives(cache["c_prev"], cache["tanh_cs"], ifogs)
         fs = _gates(ifogs, 4)[1]
         da = np.empty_like(ifogs)
-        dh = np.empty_like(dhs[0])
+        dh, dc = np.empty_like(dhs[0]), np.empty_like(dhs[0])
         dh_next = np.zeros_like(dhs[0])
         dc_next = np.zeros_like(dhs[0])
         for t in reversed(range(dhs.shape[0])):
             np.add(dhs[t], dh_next, out=dh)
-            _, dc_next = lstm_step_backward(dh, dc_next, fs[t], J[t], o_dtanh_cs[t], out=da[t])
+            lstm_step_backward(dh, dc_next, fs[t], J[t], o_dtanh_cs[t], out=da[t], dc=dc)
             np.matmul(da[t], Whh, out=dh_next)
         return da, da, {}
 
@@ -184,10 +211,11 @@ def gru_step_forward(ax_t, h_prev, Whh, bhn, out):
     """Gates r, z and candidate n (the cuDNN/PyTorch form, so Whh h_{t-1} is one matmul for all three):
     r = s(ax_r + Whr h), z = s(ax_z + Whz h), n = tanh(ax_n + r*(Whn h + bhn)), h_t = (1-z)*n + z*h_{t-1}.
 
-    Writes into ``out`` = (h_t (B,H), rzn (B,3H), hn = Whn h_{t-1} + bhn (B,H)) and returns it."""
-    h, rzn, hn = out
+    Writes into ``out`` = (h_t (B,H), rzn (B,3H), hn = Whn h_{t-1} + bhn (B,H), scratch (B,3H)) and returns
+    it."""
+    h, rzn, hn, ah = out
     H = h_prev.shape[1]
-    ah = h_prev @ Whh.T  # (B,3H)
+    np.matmul(h_prev, Whh.T, out=ah)
     np.add(ax_t[:, : 2 * H], ah[:, : 2 * H], out=rzn[:, : 2 * H])
     sigmoid(rzn[:, : 2 * H], out=rzn[:, : 2 * H])
     r, z, n = _gates(rzn, 3)
@@ -206,13 +234,23 @@ def gru_local_derivatives(h_prev, rzn, hn):
     """What the step backward multiplies by, for all t at once: with dan = dh * (1-z) * tanh'(n),
     dax_r = dan * hn * s'(r), dax_z = dh * (h_{t-1} - n) * s'(z), dax_n = dan, dah_n = dan * r.
     Returns (1-z)*tanh'(n), hn*s'(r), (h_{t-1}-n)*s'(z), each (T,B,H)."""
+    # in place, with one (T,B,H) temporary instead of eleven
     r, z, n = _gates(rzn, 3)
-    return (1.0 - z) * (1.0 - n * n), hn * r * (1.0 - r), (h_prev - n) * z * (1.0 - z)
+    one_minus = np.subtract(1.0, z)
+    J_n = np.multiply(n, n)
+    np.subtract(1.0, J_n, out=J_n)
+    J_n *= one_minus
+    J_z = np.subtract(h_prev, n)
+    J_z *= z
+    J_z *= one_minus
+    J_r = np.multiply(hn, r)
+    J_r *= np.subtract(1.0, r, out=one_minus)
+    return J_n, J_r, J_z
 
 
-def gru_step_backward(dh, r, z, J_n, J_r, J_z, dax, dah):
+def gru_step_backward(dh, r, z, J_n, J_r, J_z, dax, dah, dh_direct):
     """Gradients on the input and recurrent pre-activations (B,3H), written into ``dax`` and ``dah``, and the
-    direct term dh * z of dh_{t-1}."""
+    direct term dh * z of dh_{t-1}, written into ``dh_direct`` (B,H)."""
     H = dh.shape[1]
     dax_r, dax_z, dan = _gates(dax, 3)
     np.multiply(dh, J_n, out=dan)
@@ -220,7 +258,8 @@ def gru_step_backward(dh, r, z, J_n, J_r, J_z, dax, dah):
     np.multiply(dh, J_z, out=dax_z)  # dz through the sigmoid
     dah[:, : 2 * H] = dax[:, : 2 * H]
     np.multiply(dan, r, out=dah[:, 2 * H :])  # the reset gate scales the recurrent candidate term
-    return dax, dah, dh * z
+    np.multiply(dh, z, out=dh_direct)
+    return dax, dah, dh_direct
 
 
 class GRUCell:
@@ -233,8 +272,9 @@ class GRUCell:
         h = _sequence_buffer(state[0], T)  # (T+1,B,H): h[t] is h_{t-1} of step t
         rzns = np.empty_like(ax)
         hns = np.empty_like(h[1:])
+        ah = np.empty_like(ax[0])
         for t in range(T):
-            gru_step_forward(ax[t], h[t], p["Whh"], p["bhn"], out=(h[t + 1], rzns[t], hns[t]))
+            gru_step_forward(ax[t], h[t], p["Whh"], p["bhn"], out=(h[t + 1], rzns[t], hns[t], ah))
         hs = h[1:]
         cache = {"hs": hs, "rzns": rzns, "hns": hns, "h_prev": h[:-1], "Whh": p["Whh"]}
         return hs, (hs[-1].copy(),), cache
@@ -247,11 +287,11 @@ class GRUCell:
         H = dhs.shape[2]
         dax = np.empty_like(rzns)
         dah = np.empty_like(rzns)
-        dh = np.empty_like(dhs[0])
+        dh, dh_direct = np.empty_like(dhs[0]), np.empty_like(dhs[0])
         dh_next = np.zeros_like(dhs[0])
         for t in reversed(range(dhs.shape[0])):
             np.add(dhs[t], dh_next, out=dh)
-            _, _, dh_direct = gru_step_backward(dh, rs[t], zs[t], J_n[t], J_r[t], J_z[t], dax[t], dah[t])
+            gru_step_backward(dh, rs[t], zs[t], J_n[t], J_r[t], J_z[t], dax[t], dah[t], dh_direct)
             np.matmul(dah[t], Whh, out=dh_next)
             dh_next += dh_direct
         return dax, dah, {"bhn": dah[..., 2 * H :].sum(axis=(0, 1))}

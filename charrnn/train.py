@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from .cells import CELLS
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .checks import check_int, check_number
 from .data import BatchStream, Vocab, iter_eval_batches
@@ -23,6 +25,20 @@ from .errors import ConfigError, DataError
 from .model import ModelConfig, init_params, init_state, loss_and_grads, loss_only
 from .optim import CLIP_MODES, clip_gradients, flat_views, make_optimizer
 from .sample import sample
+
+
+# Below this many FLOPs in one time step's recurrent matmul (2*B*H*G*H) a BLAS call lasts microseconds, the
+# order of what waking and joining a second thread costs, and on a shared machine a threaded call also waits for
+# a descheduled thread: with five other processes on two cores the gist's model trained 6x slower on two BLAS
+# threads than on one. Such models train on one thread.
+SINGLE_THREAD_MAX_STEP_FLOPS = 1e6
+
+
+def blas_threads(model_config: ModelConfig, batch_size: int) -> int | None:
+    """1 when the model's per-step matmuls are too small to split across threads, else None (BLAS decides)."""
+    H = model_config.hidden_size
+    step_flops = 2 * batch_size * H * CELLS[model_config.cell].gates * H
+    return 1 if step_flops < SINGLE_THREAD_MAX_STEP_FLOPS else None
 
 
 @dataclass
@@ -36,18 +52,24 @@ class TrainConfig:
     target_val_loss: float | None = None  # nats per character
     seed: int = 42
     log_every: int = 100
-    eval_every: int = 1000
+    # None: automatic -- evaluate (and sample and checkpoint) at a logging step whenever the time spent outside
+    # training steps stays within eval_max_fraction of the run's wall time; an integer: every that many iterations
+    eval_every: int | None = None
+    eval_max_fraction: float = 0.05
     eval_batch_size: int = 32  # evaluation runs this many parallel streams over the validation text
     eval_max_chars: int | None = 100_000  # evaluate on the head of the validation text only
-    sample_every: int = 1000  # 0 disables samples
+    sample_every: int | None = None  # None: with each evaluation; 0 disables samples
     sample_length: int = 200
     sample_temperature: float = 1.0
 
     def __post_init__(self):
-        for name in ("seq_length", "batch_size", "log_every", "eval_every", "eval_batch_size"):
+        for name in ("seq_length", "batch_size", "log_every", "eval_batch_size"):
             check_int(name, getattr(self, name), 1)
-        for name in ("seed", "sample_every", "sample_length"):
+        check_int("eval_every", self.eval_every, 1, allow_none=True)  # None: the automatic cadence
+        check_number("eval_max_fraction", self.eval_max_fraction, minimum=0.0, below=1.0, positive=True)
+        for name in ("seed", "sample_length"):
             check_int(name, getattr(self, name), 0)
+        check_int("sample_every", self.sample_every, 0, allow_none=True)  # None: with each evaluation
         check_int("max_iters", self.max_iters, 0, allow_none=True)
         check_int("eval_max_chars", self.eval_max_chars, 2, allow_none=True)  # one input and its target
         check_number("max_seconds", self.max_seconds, positive=True, allow_none=True)
@@ -81,14 +103,17 @@ class TrainResult:
     val_loss: float | None
     best_val_loss: float | None
     elapsed_seconds: float
+    train_seconds: float = 0.0  # the part of elapsed_seconds spent in training steps
     last_checkpoint: str | None = None
     best_checkpoint: str | None = None
 
 
 class Callback:
     """Hooks the trainer calls; override what you need. Metric names: train/loss, train/smooth_loss (nats per
-    character), grad/norm (before clipping), throughput/chars_per_s, val/loss, val/bpc and val/best_loss (the
-    lowest val/loss so far: a run's best validation loss is its last val/best_loss)."""
+    character), grad/norm (before clipping), throughput/chars_per_s, val/loss, val/bpc, val/best_loss (the
+    lowest val/loss so far: a run's best validation loss is its last val/best_loss), and
+    throughput/train_fraction and throughput/eval_fraction: the shares of the run's wall time so far spent in
+    training steps and in evaluation, sampling and checkpoints (wall-clock figures, like chars_per_s)."""
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
 
@@ -153,6 +178,8 @@ class Trainer:
         self.best_val_loss: float | None = None
         self.evaluated_at: int | None = None  # the iteration val_loss was measured at
         self.elapsed_seconds = 0.0
+        self.train_seconds = 0.0  # within elapsed_seconds: in train_step
+        self.eval_seconds = 0.0  # within elapsed_seconds: evaluating, sampling, checkpointing
         self._window = {"loss_sum": 0.0, "count": 0, "chars": 0, "seconds": 0.0}  # since the last log line
         self._stop_reason: str | None = None
 
@@ -165,6 +192,8 @@ class Trainer:
             "best_val_loss": self.best_val_loss,
             "evaluated_at": self.evaluated_at,
             "elapsed_seconds": self.elapsed_seconds,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
             "stream": self.stream.state(),
             "sample_rng": self.sample_rng.bit_generator.state,
             "window": self._window,
@@ -212,6 +241,9 @@ class Trainer:
         trainer.val_loss, trainer.best_val_loss = p["val_loss"], p["best_val_loss"]
         trainer.evaluated_at = p.get("evaluated_at")  # absent from checkpoints written before it was kept
         trainer.elapsed_seconds = p["elapsed_seconds"]
+        # checkpoints written before these were kept count their time as training
+        trainer.train_seconds = p.get("train_seconds", p["elapsed_seconds"])
+        trainer.eval_seconds = p.get("eval_seconds", 0.0)
         trainer.stream.load_state(p["stream"])
         trainer.sample_rng.bit_generator.state = p["sample_rng"]
         trainer._window = dict(p["window"])
@@ -281,6 +313,22 @@ class Trainer:
             return f"validation loss {self.val_loss:.4f} reached target_val_loss={cfg.target_val_loss}"
         return None
 
+    def _evaluation_due(self, n: int, elapsed: float, last_round_seconds: float) -> bool:
+        """Every eval_every iterations when set. Otherwise at a logging step, when a round as costly as the last
+        one keeps the time spent outside training steps within eval_max_fraction of the wall time so far: the
+        first round is timed, later ones are spaced by what they cost."""
+        cfg = self.train_config
+        if cfg.eval_every is not None:
+            return n % cfg.eval_every == 0
+        if n % cfg.log_every:
+            return False
+        outside = elapsed - self.train_seconds
+        return outside + last_round_seconds <= cfg.eval_max_fraction * (elapsed + last_round_seconds)
+
+    def _time_shares(self, elapsed: float) -> dict[str, float]:
+        return {"throughput/train_fraction": self.train_seconds / max(elapsed, 1e-9),
+                "throughput/eval_fraction": self.eval_seconds / max(elapsed, 1e-9)}
+
     def _params_finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.params.values())
 
@@ -306,6 +354,11 @@ class Trainer:
         return last_ckpt, best_ckpt
 
     def run(self, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
+        """Train until a stop condition; small models run on one BLAS thread (see ``blas_threads``)."""
+        with threadpool_limits(blas_threads(self.model_config, self.train_config.batch_size), user_api="blas"):
+            return self._run(callbacks)
+
+    def _run(self, callbacks) -> TrainResult:
         cfg = self.train_config
         chars_per_iter = cfg.seq_length * cfg.batch_size
         last_ckpt = None
@@ -314,6 +367,7 @@ class Trainer:
         for cb in callbacks:
             cb.on_train_start(self)
         started = time.perf_counter() - self.elapsed_seconds
+        last_round_seconds = 0.0  # the cost of the latest evaluation round, which spaces the automatic ones
         status, reason = "finished", None
         while True:
             reason = self._limit_reached()
@@ -332,11 +386,13 @@ class Trainer:
                 break
             self.iteration += 1
             self.smooth_loss = self.smooth_loss * 0.999 + loss * 0.001
+            step_seconds = time.perf_counter() - t0
+            self.train_seconds += step_seconds
             w = self._window
             w["loss_sum"] += loss
             w["count"] += 1
             w["chars"] += chars_per_iter
-            w["seconds"] += time.perf_counter() - t0
+            w["seconds"] += step_seconds
             n = self.iteration
 
             if n % cfg.log_every == 0:
@@ -348,22 +404,33 @@ class Trainer:
                     "train/smooth_loss": self.smooth_loss,
                     "grad/norm": norm,
                     "throughput/chars_per_s": w["chars"] / max(w["seconds"], 1e-9),
+                    **self._time_shares(time.perf_counter() - started),
                 }
                 self._window = {"loss_sum": 0.0, "count": 0, "chars": 0, "seconds": 0.0}
                 for cb in callbacks:
                     cb.on_metrics(metrics, n)
 
-            if cfg.sample_every and n % cfg.sample_every == 0:
+            round_start = time.perf_counter()
+            round_due = self._evaluation_due(n, round_start - started, last_round_seconds)
+            sample_due = (round_due if cfg.sample_every is None
+                          else cfg.sample_every > 0 and n % cfg.sample_every == 0)
+            if sample_due:
                 text = self.sample()
                 for cb in callbacks:
                     cb.on_sample(text, n)
 
             # evaluate and checkpoint last, so a checkpoint holds the state after everything iteration n did
-            if self.val_ix is not None and n % cfg.eval_every == 0:
+            if round_due and self.val_ix is not None:
                 last_ckpt, best_ckpt = self._evaluate_and_save(callbacks, best_ckpt)
+            if round_due or sample_due:
+                round_end = time.perf_counter()
+                self.eval_seconds += round_end - round_start
+                if round_due:
+                    last_round_seconds = round_end - round_start
 
             self.elapsed_seconds = time.perf_counter() - started
 
+        end_start = time.perf_counter()
         if status == "finished" and self.val_ix is not None and self.evaluated_at != self.iteration:
             # the budget ended between evaluations: the final model is measured too
             last_ckpt, best_ckpt = self._evaluate_and_save(callbacks, best_ckpt)
@@ -372,8 +439,10 @@ class Trainer:
             if last_ckpt is not None:
                 for cb in callbacks:
                     cb.on_checkpoint(last_ckpt, self.iteration, False)
+        self.eval_seconds += time.perf_counter() - end_start
+        self.elapsed_seconds = time.perf_counter() - started
         result = TrainResult(status, reason, self.iteration, self.smooth_loss, self.val_loss, self.best_val_loss,
-                             self.elapsed_seconds, last_ckpt, best_ckpt)
+                             self.elapsed_seconds, self.train_seconds, last_ckpt, best_ckpt)
         for cb in callbacks:
             cb.on_train_end(result)
         return result

@@ -101,9 +101,10 @@ def engine_configs(cfg: DictConfig, vocab_size: int) -> tuple[ModelConfig, Train
         seq_length=_int(cfg, "train.seq_length"), batch_size=_int(cfg, "train.batch_size"),
         max_iters=_int(cfg, "train.max_iters", True), max_seconds=_float(cfg, "train.max_seconds", True),
         target_val_loss=_float(cfg, "train.target_val_loss", True), seed=_int(cfg, "train.seed"),
-        log_every=_int(cfg, "train.log_every"), eval_every=_int(cfg, "train.eval_every"),
+        log_every=_int(cfg, "train.log_every"), eval_every=_int(cfg, "train.eval_every", True),
+        eval_max_fraction=_float(cfg, "train.eval_max_fraction"),
         eval_max_chars=_int(cfg, "train.eval_max_chars", True),
-        sample_every=_int(cfg, "train.sample_every"), sample_length=_int(cfg, "train.sample_length"),
+        sample_every=_int(cfg, "train.sample_every", True), sample_length=_int(cfg, "train.sample_length"),
     )
     optim = OptimConfig(name=str(cfg.optim.name), lr=_float(cfg, "optim.lr"),
                         clip=_float(cfg, "optim.clip", True), clip_mode=str(cfg.optim.clip_mode))
@@ -220,6 +221,7 @@ def train_job(cfg: DictConfig, job: Job) -> tuple[str, float]:
                f"{result.val_loss:.4f} nats/char ({result.val_loss / math.log(2):.4f} bits/char)")
         print(f"\nrun id:    {tracker.run_id}\n"
               f"val loss:  {val} after {result.iteration} iterations ({result.reason})\n"
+              f"training:  {result.train_seconds / result.elapsed_seconds:.1%} of the run's {result.elapsed_seconds:.1f} s in training steps\n"
               f"sample:\n----\n{sample}\n----\n"
               f"see it:    {store.ui_command()}", flush=True)
     return tracker.run_id, result.val_loss

@@ -1,0 +1,72 @@
+"""The automatic evaluation cadence and the trainer's BLAS thread choice (no timings asserted)."""
+from __future__ import annotations
+
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from charrnn.errors import ConfigError
+from charrnn.model import ModelConfig
+from charrnn.train import Callback, TrainConfig, blas_threads
+from test_engine import Recorder, small_trainer
+
+
+def train_numbers(recorder):
+    return [(s, {k: v for k, v in m.items() if k.startswith(("train/", "grad/"))}) for s, m in recorder.metrics
+            if any(k.startswith("train/") for k in m)]
+
+
+def test_automatic_cadence_evaluates_at_logging_steps_and_leaves_training_unchanged():
+    fixed, auto = Recorder(), Recorder()
+    small_trainer("lstm", max_iters=40, eval_every=10, sample_every=10).run([fixed])
+    small_trainer("lstm", max_iters=40, eval_every=None, sample_every=None).run([auto])
+    assert train_numbers(auto) == train_numbers(fixed)
+    val_steps = [s for s, m in auto.metrics if "val/loss" in m]
+    assert val_steps[0] == 5, "the first round is timed at the first logging step"
+    assert all(s % 5 == 0 for s in val_steps)
+    assert val_steps[-1] == 40, "the final model is measured when the budget ends"
+    before_end = [s for s, _ in auto.samples if s < 40]
+    assert before_end == [s for s in val_steps if s < 40], "samples come with each periodic evaluation"
+    shares = [m for _, m in auto.metrics if "throughput/train_fraction" in m]
+    assert len(shares) == 8
+    assert all(0 < m["throughput/train_fraction"] and m["throughput/eval_fraction"] >= 0
+               and m["throughput/train_fraction"] + m["throughput/eval_fraction"] <= 1 for m in shares)
+    assert auto.result.train_seconds <= auto.result.elapsed_seconds
+
+
+@pytest.mark.parametrize("train_seconds,last_round,due", [
+    (10.0, 0.0, True),    # nothing spent outside training yet
+    (9.6, 0.1, True),     # 0.4 + 0.1 <= 0.05 * 10.1
+    (9.6, 0.2, False),    # 0.4 + 0.2 >  0.05 * 10.2
+    (9.0, 0.0, False),    # already 10% outside training
+])
+def test_a_round_is_due_only_while_the_time_outside_training_stays_within_the_fraction(train_seconds, last_round,
+                                                                                      due):
+    trainer = small_trainer(eval_every=None, eval_max_fraction=0.05, log_every=5)
+    trainer.train_seconds = train_seconds
+    assert trainer._evaluation_due(10, 10.0, last_round) is due
+    assert trainer._evaluation_due(11, 10.0, last_round) is False, "only at logging steps"
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, float("nan")])
+def test_eval_max_fraction_outside_zero_one_is_rejected(fraction):
+    with pytest.raises(ConfigError, match="^eval_max_fraction must be (positive|in \\[0, 1\\)|a finite number), got"):
+        TrainConfig(eval_max_fraction=fraction)
+
+
+def test_small_models_train_on_one_blas_thread_and_the_limit_is_restored():
+    assert blas_threads(ModelConfig("rnn", 65, 100), batch_size=1) == 1
+    assert blas_threads(ModelConfig("lstm", 65, 512), batch_size=32) is None
+
+    def blas_counts():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    class Seen(Callback):
+        def on_train_start(self, trainer):
+            self.inside = blas_counts()
+
+    seen = Seen()
+    with threadpool_limits(2, user_api="blas"):  # the test suite itself runs with one BLAS thread
+        small_trainer(max_iters=2).run([seen])
+        after = blas_counts()
+    assert seen.inside and set(seen.inside) == {1}
+    assert after and set(after) == {2}
