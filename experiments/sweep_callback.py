@@ -288,7 +288,8 @@ def ui_address(store_uri: str, experiment_id: str) -> tuple[str | None, str]:
 def end_sweep(sweep_dir: Path) -> int:
     """End every run of the sweep truthfully, summarise it on the parent and print the leaderboard.
 
-    Returns the number of jobs that did not finish.
+    Returns the number of jobs that did not finish: a job a launcher retried (Ray does, after its worker
+    died) counts as finished when one of its runs finished.
     """
     record = tracking.read_parent(sweep_dir)
     if record is None:
@@ -333,11 +334,17 @@ def end_sweep(sweep_dir: Path) -> int:
     else:
         status = "FINISHED" if finished else "FAILED"
     client.set_terminated(parent_id, status=status)
-    _print_leaderboard(parent, rows, finished, capped, record, parent_id, status)
-    return len(rows) - len(finished)
+    unfinished = int(parent.data.tags.get(TAG_JOBS, len(rows))) - _jobs_in(finished)
+    _print_leaderboard(parent, rows, finished, capped, record, parent_id, status, unfinished)
+    return unfinished
 
 
-def _print_leaderboard(parent, rows, finished, capped, record, parent_id, status) -> None:
+def _jobs_in(rows) -> int:
+    """How many distinct jobs these runs belong to (a retried job has several runs)."""
+    return len({row[3].data.tags.get(tracking.TAG_JOB, row[3].info.run_id) for row in rows})
+
+
+def _print_leaderboard(parent, rows, finished, capped, record, parent_id, status, unfinished) -> None:
     planned = int(parent.data.tags.get(TAG_JOBS, len(rows)))
     counts = {state: sum(r[0] == state for r in rows) for state in ("FINISHED", "FAILED", "KILLED")}
     counts["not started"] = max(0, planned - len(rows))
@@ -356,8 +363,8 @@ def _print_leaderboard(parent, rows, finished, capped, record, parent_id, status
     if finished:
         best = min(finished, key=lambda r: r[1])
         lines.append(f"best (lowest val/loss during the run): {best[3].info.run_name}  {best[1]:.4f} nats/char")
-    if len(finished) < planned:
-        lines.append(f"{planned - len(finished)} of {planned} jobs did not finish")
+    if unfinished:
+        lines.append(f"{unfinished} of {planned} jobs did not finish")
     command, url = ui_address(record["tracking_uri"], record["experiment_id"])
     lines.append(f"parent run id: {parent_id}")
     lines.append(f"see it: {command}, then open {url}" if command else f"see it: open {url}")

@@ -146,8 +146,6 @@ def test_2x2_joblib_sweep_lands_in_postgres(cli, small_text, tmp_path, team_serv
     assert len(list(stored.glob("*/artifacts/checkpoints/latest.npz"))) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="a sweep job's run name (its overrides) longer than 250 characters "
-                                       "is refused by PostgreSQL (varchar(250)); the name is not shortened")
 def test_a_long_job_name_still_makes_a_run(cli, small_text, tmp_path, url):
     long_path = tmp_path / ("d" * 120) / "text.txt"
     long_path.parent.mkdir()
@@ -395,8 +393,6 @@ def test_sweep_on_a_two_node_ray_cluster_lands_in_postgres(small_text, tmp_path,
     assert sorted(int(c.data.tags["charrnn.job"]) for c in children) == [0, 1, 2, 3]
 
 
-@pytest.mark.xfail(strict=True, reason="a run whose process was killed with SIGKILL stays RUNNING: "
-                                       "nothing ends a dead job's run (the sweep callback or a heartbeat)")
 def test_a_job_killed_on_a_ray_worker_ends_its_run_and_the_sweep_goes_on(small_text, tmp_path, url,
                                                                          ray_cluster):
     sweep = subprocess.Popen(
