@@ -1,6 +1,8 @@
 """Sampling text from a model: temperature, top-k, a priming text, greedy (argmax) decoding."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from .data import Vocab
@@ -26,6 +28,22 @@ def sample(
     Pass ``rng`` to continue a random stream (the trainer does, so sampling is part of exact resume),
     else ``seed`` makes a fresh one.
     """
+    return "".join(generate(params, config, vocab, length, temperature, top_k, prime, argmax, seed, rng))
+
+
+def generate(
+    params: dict[str, np.ndarray],
+    config: ModelConfig,
+    vocab: Vocab,
+    length: int = 200,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    prime: str = "",
+    argmax: bool = False,
+    seed: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> Iterator[str]:
+    """:func:`sample` one character at a time, so a caller can show progress and keep what it has."""
     if length < 0:
         raise ConfigError(f"sample length must be >= 0, got {length}")
     if not argmax and not temperature > 0:
@@ -42,12 +60,12 @@ def sample(
         top_h = np.zeros(config.hidden_size, dtype=config.dtype)
         last = params["Why"] @ top_h + params["by"]
 
-    out = np.empty(length, dtype=np.int64)
-    for t in range(length):
-        out[t] = ix = _pick(last.astype(np.float64), temperature, top_k, argmax, rng)
+    chars = vocab.chars
+    for _ in range(length):
+        ix = _pick(last.astype(np.float64), temperature, top_k, argmax, rng)
+        yield chars[ix]
         logits, _, state = forward(params, config, np.array([[ix]]), state)
         last = logits[0, 0]
-    return vocab.decode(out)
 
 
 def _pick(logits: np.ndarray, temperature: float, top_k: int | None, argmax: bool, rng) -> int:

@@ -39,7 +39,7 @@ TAG_REASON = "charrnn.reason"            # why the run stopped or failed, one li
 TAG_DATASET_SHA = "charrnn.dataset.sha256"
 TAG_BEST_CHILD = "charrnn.best_child_run_id"
 TAG_PARENT = "mlflow.parentRunId"
-TAG_OWNER = "charrnn.owner"              # "<host> <pid> <token>" of the process writing the run
+TAG_OWNER = "charrnn.owner"              # "<host> <pid> <token> <unix time>" of the process writing the run
 TAG_HEARTBEAT = "charrnn.heartbeat"      # unix time the owner last reached the store
 CLAIM_PARAM = "charrnn.resumed_from."    # + the previous owner's token: one resume per ending
 PARENT_FILE = "mlflow_parent.json"       # in the sweep dir: the parent run every job nests under
@@ -94,25 +94,30 @@ class Store:
     def sqlite_path(self) -> Path | None:
         return Path(self.uri[len("sqlite:///"):]) if self.uri.startswith("sqlite:///") else None
 
-    def client(self) -> MlflowClient:
+    def client(self, create: bool = True) -> MlflowClient:
         """A client of a store that exists and answers, or a one-line :class:`TrackingError` within seconds.
 
         Commands started together on a fresh SQLite store would race on its schema migration: the first
-        to open it creates it while holding a lock file beside it (``mlflow.db.lock``).
+        to open it creates it (unless ``create`` is false) while holding a lock file beside it
+        (``mlflow.db.lock``).
         """
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
         self._check_server_reachable()
-        client = MlflowClient(tracking_uri=self.uri)
         db = self.sqlite_path
         try:
-            if db is not None:
-                if not db.parent.is_dir():
-                    raise TrackingError(f"tracking store {self.uri}: folder {db.parent} does not exist")
-                with FileLock(f"{db}.lock"):
-                    client.search_experiments(max_results=1)  # creates or upgrades the schema
-            else:
+            if db is None:
+                client = MlflowClient(tracking_uri=self.uri)
                 client.search_experiments(max_results=1)
+                return client
+            if not db.parent.is_dir():
+                raise TrackingError(f"tracking store {self.uri}: folder {db.parent} does not exist")
+            if not create and not db.exists():
+                raise TrackingError(f"no tracking store at {db}; give tracking.uri (or MLFLOW_TRACKING_URI) "
+                                    "of the store the run was tracked in")
+            with FileLock(f"{db}.lock"):
+                client = MlflowClient(tracking_uri=self.uri)
+                client.search_experiments(max_results=1)  # opening the store creates or upgrades its schema
         except MlflowException as err:
             raise TrackingError(f"tracking store {self.uri} does not answer: {first_line(err)}") from None
         return client
@@ -202,30 +207,38 @@ def refused(err: MlflowException) -> bool:
 
 
 def new_owner() -> str:
-    return f"{socket.gethostname()} {os.getpid()} {uuid.uuid4().hex}"
+    return f"{socket.gethostname()} {os.getpid()} {uuid.uuid4().hex} {time.time():.0f}"
 
 
 def owner_alive(run) -> str | None:
-    """Why a RUNNING run's writer looks alive (one phrase), or None when it is gone.
-
-    On this machine the writer's process id answers; elsewhere its heartbeat must be fresh.
-    """
+    """Why a RUNNING run's writer looks alive (one phrase), or None when it is gone."""
     if run.info.status != "RUNNING":
         return None
-    owner = run.data.tags.get(TAG_OWNER, "").split()
-    if len(owner) == 3 and owner[0] == socket.gethostname():
+    seen = float(run.data.tags.get(TAG_HEARTBEAT, run.info.start_time / 1000))
+    return process_alive(run.data.tags.get(TAG_OWNER, ""), seen)
+
+
+def token(owner: str) -> str:
+    """The unique part of an owner tag ("first" for a run that has none)."""
+    fields = owner.split()
+    return fields[2] if len(fields) == 4 else "first"
+
+
+def process_alive(owner: str, last_seen: float) -> str | None:
+    """On this machine the writer's process id answers; elsewhere its last sign of life must be recent."""
+    fields = owner.split()
+    if len(fields) == 4 and fields[0] == socket.gethostname():
         try:
-            os.kill(int(owner[1]), 0)
+            os.kill(int(fields[1]), 0)
         except ProcessLookupError:
             return None
         except PermissionError:
             pass
-        return f"process {owner[1]} on this machine is writing it"
-    seen = float(run.data.tags.get(TAG_HEARTBEAT, run.info.start_time / 1000))
-    age = time.time() - seen
+        return f"process {fields[1]} on this machine is writing it"
+    age = time.time() - last_seen
     if age > STALE_SECONDS:
         return None
-    where = f"process {owner[1]} on {owner[0]}" if len(owner) == 3 else "its writer"
+    where = f"process {fields[1]} on {fields[0]}" if len(fields) == 4 else "its writer"
     return f"{where} reported {age:.0f} s ago"
 
 
@@ -287,16 +300,28 @@ class MlflowTracker(Callback):
         Params can be written once only, so logging one named after the previous owner is a claim that
         cannot race: of two resumes of the same ending, the store accepts exactly one.
         """
-        previous = run.data.tags.get(TAG_OWNER, "- - first").split()[-1]
+        alive = owner_alive(run)
+        if alive:
+            raise TrackingError(f"run {run.info.run_id} is RUNNING ({alive}); stop that first")
+        previous = token(run.data.tags.get(TAG_OWNER, ""))
+        # a resume killed between its claim and taking ownership left a claim naming it: continue from it
+        while (claimer := run.data.params.get(f"{CLAIM_PARAM}{previous}")) is not None:
+            if process_alive(claimer, float(claimer.split()[-1])):
+                raise TrackingError(f"run {run.info.run_id} is being resumed by another command right now "
+                                    f"(process {claimer.split()[1]} claimed it)")
+            previous = token(claimer)
         owner = new_owner()
         try:
             client.log_param(run.info.run_id, f"{CLAIM_PARAM}{previous}", owner)
-        except MlflowException:
+        except MlflowException as err:
+            if err.error_code != "INVALID_PARAMETER_VALUE":  # not a lost race: the store failed
+                raise
             raise TrackingError(f"run {run.info.run_id} is being resumed by another command right now "
                                 "(it claimed the run first)") from None
+        # RUNNING before the owner tag moves: whoever reads the new owner also reads RUNNING and checks it
+        client.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         client.log_batch(run.info.run_id, tags=[RunTag(TAG_OWNER, owner),
                                                 RunTag(TAG_HEARTBEAT, f"{time.time():.0f}")])
-        client.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
 
     # --- what is known before training -------------------------------------------------
 
