@@ -518,6 +518,8 @@ class MlflowTracker(Callback):
                give_up: threading.Event | None = None) -> None:
         """Deliver everything queued, then end the run: FINISHED, FAILED or KILLED."""
         self.drain(give_up)
+        if self.outbox is not None:
+            shutil.rmtree(self.outbox, ignore_errors=True)  # every queued copy is in the store now
         tags = [RunTag(TAG_REASON, reason[:5000])] if reason else []
         if engine_status:
             tags.append(RunTag(TAG_STATUS, engine_status))
