@@ -10,27 +10,6 @@ from .errors import ConfigError
 from .model import ModelConfig, forward, init_state
 
 
-def sample(
-    params: dict[str, np.ndarray],
-    config: ModelConfig,
-    vocab: Vocab,
-    length: int = 200,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    prime: str = "",
-    argmax: bool = False,
-    seed: int | None = None,
-    rng: np.random.Generator | None = None,
-) -> str:
-    """Generate ``length`` characters after ``prime`` (the prime is not included in the result).
-
-    With an empty prime the first character is drawn from the model's prediction given a zero state.
-    Pass ``rng`` to continue a random stream (the trainer does, so sampling is part of exact resume),
-    else ``seed`` makes a fresh one.
-    """
-    return "".join(generate(params, config, vocab, length, temperature, top_k, prime, argmax, seed, rng))
-
-
 def generate(
     params: dict[str, np.ndarray],
     config: ModelConfig,
@@ -43,7 +22,13 @@ def generate(
     seed: int | None = None,
     rng: np.random.Generator | None = None,
 ) -> Iterator[str]:
-    """:func:`sample` one character at a time, so a caller can show progress and keep what it has."""
+    """Generate ``length`` characters after ``prime`` (the prime is not included), one at a time, so a
+    caller can show progress and keep what it has.
+
+    With an empty prime the first character is drawn from the model's prediction given a zero state.
+    Pass ``rng`` to continue a random stream (the trainer does, so sampling is part of exact resume),
+    else ``seed`` makes a fresh one.
+    """
     if length < 0:
         raise ConfigError(f"sample length must be >= 0, got {length}")
     if not argmax and not temperature > 0:
@@ -66,6 +51,11 @@ def generate(
         yield chars[ix]
         logits, _, state = forward(params, config, np.array([[ix]]), state)
         last = logits[0, 0]
+
+
+def sample(*args, **kwargs) -> str:
+    """:func:`generate`'s characters (same arguments) as one string."""
+    return "".join(generate(*args, **kwargs))
 
 
 def _pick(logits: np.ndarray, temperature: float, top_k: int | None, argmax: bool, rng) -> int:
