@@ -177,6 +177,10 @@ class Stopper:
         finally:
             self._shielded -= 1
 
+    def settle(self) -> None:
+        """From now on a signal is only noted."""
+        self._shielded += 1
+
     def raise_if_stopped(self) -> None:
         if self.reason is not None and self.trainer is None:
             raise KeyboardInterrupt(self.reason)
@@ -281,8 +285,9 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         cfg, resume = prepare_resume(cfg, job, client, job.output_dir / run_id)
         with stopper.shielded():
             tracking.MlflowTracker.claim(client, client.get_run(run_id))
-        tracker = tracking.MlflowTracker(client, run_id, store_uri=store.uri,
-                                         logged_through=resume.logged_through)
+            tracker = tracking.MlflowTracker(client, run_id, store_uri=store.uri,
+                                             logged_through=resume.logged_through)
+            tracker.outbox = job.output_dir / run_id / "outbox"
     else:
         resume = None
         config, config_yaml = _resolved(cfg), OmegaConf.to_yaml(cfg, resolve=True)
@@ -296,9 +301,9 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         with stopper.shielded():
             tracker = tracking.MlflowTracker.start(store, experiment_id, run_name=job.name,
                                                    parent_run_id=parent_run_id, tags=tags, client=client)
+            tracker.outbox = job.output_dir / tracker.run_id / "outbox"
     # every run has its own folder, even when two start in the same second in Hydra's output folder
-    run_dir = job.output_dir / tracker.run_id
-    tracker.outbox = run_dir / "outbox"
+    run_dir = tracker.outbox.parent
     try:
         stopper.raise_if_stopped()
         if resume is None:
@@ -379,21 +384,27 @@ def app(cfg: DictConfig) -> float:
 def run_app(cfg: DictConfig, job: Job, stopper: Stopper) -> float:
     try:
         return train_job(cfg, job, stopper)[1]
-    except (JobFailed, CharRNNError, MlflowException, OmegaConfBaseException) as err:
+    except BaseException as err:
+        stopper.settle()  # the run has ended: a signal now must not interrupt the report
+        return report(err, job)
+
+
+def report(err: BaseException, job: Job) -> float:
+    """One line for what stopped the job, then its exit status (or, in a sweep, its objective)."""
+    if isinstance(err, (JobFailed, CharRNNError, MlflowException, OmegaConfBaseException)):
         fail(one_line(err))
-        if job.multirun:
-            return FAILED_OBJECTIVE  # one failed job must not stop the sweep
-        sys.exit(2)
-    except (JobKilled, KeyboardInterrupt) as err:
+        code = 2
+    elif isinstance(err, (JobKilled, KeyboardInterrupt)):
         print(f"stopped: {tracking.first_line(err) if str(err) else 'interrupted'}", file=sys.stderr, flush=True)
-        if job.multirun:
-            return FAILED_OBJECTIVE
-        sys.exit(130)
-    except Exception:
-        if not job.multirun:
-            raise
-        log.error("job %s failed:\n%s", job.job_num, traceback.format_exc())
+        code = 130
+    elif isinstance(err, Exception) and job.multirun:
+        log.error("job %s failed:\n%s", job.job_num, "".join(traceback.format_exception(err)))
         return FAILED_OBJECTIVE
+    else:
+        raise err
+    if job.multirun:
+        return FAILED_OBJECTIVE  # one failed job must not stop the sweep
+    sys.exit(code)
 
 
 def main() -> None:
