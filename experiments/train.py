@@ -24,9 +24,9 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from charrnn.checkpoint import load_initial_weights
+from charrnn.checkpoint import load_checkpoint, load_initial_weights
 from charrnn.data import Corpus, Vocab, load_corpus, split_train_val
-from charrnn.errors import CharRNNError, ConfigError
+from charrnn.errors import CharRNNError, CheckpointError, ConfigError
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_experiments import tracking
@@ -252,6 +252,16 @@ def prepare_resume(cfg: DictConfig, job: Job, client, run_dir: Path) -> tuple[Di
         raise refuse(run_id, f"its data changed: {corpus.source} has sha256 {corpus.sha256[:12]}..., the run "
                              f"was trained on {trained_on[:12]}...; restore that text or start a new run")
     checkpoint = Path(client.download_artifacts(run_id, tracking.LATEST_CHECKPOINT, str(into)))
+    try:
+        load_checkpoint(checkpoint)
+    except CheckpointError as err:
+        # a process killed while uploading leaves a truncated file; best.npz, an earlier evaluation's full
+        # state, continues exactly as well (the steps the store has already are not logged again)
+        if tracking.BEST_CHECKPOINT not in stored:
+            raise refuse(run_id, f"its stored latest checkpoint is unreadable ({err})") from None
+        print(f"note: run {run_id}'s stored latest.npz is unreadable; resuming from its best.npz",
+              file=sys.stderr, flush=True)
+        checkpoint = Path(client.download_artifacts(run_id, tracking.BEST_CHECKPOINT, str(into)))
     logged_through = {key: max(m.step for m in client.get_metric_history(run_id, key))
                       for key in run.data.metrics}
     return saved, Resume(run_id, checkpoint, corpus, changes, logged_through)
