@@ -35,8 +35,12 @@ class Output:
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.lines: list[str] = []
-        self._thread = threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True)
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
         self._thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            self.lines.append(line)
 
     def wait_for(self, words: str, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
