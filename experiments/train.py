@@ -161,8 +161,9 @@ class Stopper:
         reason = f"received {signal.Signals(signum).name}"
         self.reason = self.reason or reason
         if self._ending:
+            if not self.give_up.is_set():
+                print(f"{reason}: ending the run's record in the store first", file=sys.stderr, flush=True)
             self.give_up.set()
-            print(f"{reason}: ending the run's record in the store first", file=sys.stderr, flush=True)
         elif self.trainer is not None:
             self.trainer.request_stop(self.reason)
         elif not self._shielded:
