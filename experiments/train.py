@@ -138,7 +138,10 @@ class Stopper:
     record is being ended it never interrupts: it only gives up waiting for a store that is away.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, exits_after: bool) -> None:
+        """``exits_after``: the process ends with this job (not a sweep's worker), so once the job has
+        ended, signals are ignored until the exit status is out."""
+        self.exits_after = exits_after
         self.reason: str | None = None
         self.trainer: Trainer | None = None
         self.give_up = threading.Event()
@@ -154,8 +157,9 @@ class Stopper:
         try:
             yield
         finally:
+            settled = self._shielded > 0 and self.exits_after
             for sig, old in previous.items():
-                signal.signal(sig, old)
+                signal.signal(sig, signal.SIG_IGN if settled else old)
 
     def _handle(self, signum, frame) -> None:
         reason = f"received {signal.Signals(signum).name}"
@@ -387,7 +391,7 @@ def fail(message: str) -> None:
 def app(cfg: DictConfig) -> float:
     """The Hydra task: returns the validation loss, the objective a sweeper minimises."""
     job = Job.from_hydra()
-    stopper = Stopper()
+    stopper = Stopper(exits_after=not job.multirun)
     with stopper.installed():
         return run_app(cfg, job, stopper)
 
