@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from charrnn.checkpoint import load_checkpoint
@@ -25,9 +26,22 @@ from test_cli_train import only_run, store_client, tiny
 HISTORY_KEYS = ("train/loss", "train/smooth_loss", "grad/norm", "val/loss", "val/bpc")
 
 
-def start(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "charrnn-train"), *args], cwd=cwd, text=True, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+@pytest.fixture
+def start():
+    """start(*overrides, cwd=...) launches charrnn-train with its output piped; whatever still runs when the
+    test ends (a failed test's training) is killed."""
+    procs = []
+
+    def launch(*args: str, cwd: Path) -> subprocess.Popen:
+        procs.append(subprocess.Popen([str(BIN / "charrnn-train"), *args], cwd=cwd, text=True,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        return procs[-1]
+
+    yield launch
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 class Output:
@@ -68,7 +82,7 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
-def test_sigterm_from_the_moment_the_run_exists_ends_it_killed(cli, tmp_path):
+def test_sigterm_from_the_moment_the_run_exists_ends_it_killed(start, tmp_path):
     # a text large enough that loading it takes a while: the signal lands in the loading or soon after
     big = tmp_path / "big.txt"
     big.write_text("".join(f"line {i}: {'abcdefghij' * (i % 7)}\n" for i in range(120_000)))
@@ -84,7 +98,7 @@ def test_sigterm_from_the_moment_the_run_exists_ends_it_killed(cli, tmp_path):
     assert run.info.status == "KILLED" and "received SIGTERM" in run.data.tags["charrnn.reason"]
 
 
-def test_ctrl_c_again_and_again_while_the_run_ends_still_ends_it_killed(cli, small_text, tmp_path):
+def test_ctrl_c_again_and_again_while_the_run_ends_still_ends_it_killed(start, small_text, tmp_path):
     proc = start(*tiny(small_text, "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100"),
                  cwd=tmp_path)
     output = Output(proc)
@@ -134,7 +148,8 @@ def test_of_simultaneous_resumes_of_one_run_exactly_one_claims_it(tmp_path):
         tracker.client.set_terminated(tracker.run_id, "KILLED")  # the winner's run ends; the next trial
 
 
-def test_kill_9_at_random_points_then_resume_continues_with_the_uninterrupted_history(cli, small_text, tmp_path):
+def test_kill_9_at_random_points_then_resume_continues_with_the_uninterrupted_history(
+        cli, start, small_text, tmp_path):
     args = tiny(small_text, "train.max_iters=3000", "train.log_every=50", "train.eval_every=200",
                 "train.sample_every=0")
     reference = tmp_path / "reference"
@@ -172,7 +187,7 @@ def test_kill_9_at_random_points_then_resume_continues_with_the_uninterrupted_hi
     assert steps == list(range(50, 3001, 50)), (seed, kills)
 
 
-def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(small_text, tmp_path):
+def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, small_text, tmp_path):
     server = MlflowServer(tmp_path)
     server.start()
     try:
@@ -215,7 +230,7 @@ def test_an_unreachable_tracking_server_fails_at_once_with_one_line(cli, small_t
 
 
 def test_six_runs_started_together_in_a_fresh_directory_all_succeed_each_in_its_own_folder(
-        small_text, tmp_path):
+        start, small_text, tmp_path):
     procs = [start(*tiny(small_text, f"train.seed={seed}", "train.max_iters=30"), cwd=tmp_path)
              for seed in range(6)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
