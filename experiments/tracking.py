@@ -430,13 +430,16 @@ class MlflowTracker(Callback):
             except Exception as err:  # the store is away: keep everything and try again
                 self._away(err)
                 continue
-            if self._away_since is not None:
-                self._say(f"tracking store {self.store_uri} is back after "
-                          f"{time.monotonic() - self._away_since:.0f} s; the waiting points were delivered")
-                self._away_since = None
+            self._back()
             with self._lock:
                 if self._closing and not self._queue:
                     return
+
+    def _back(self) -> None:
+        if self._away_since is not None:
+            self._say(f"tracking store {self.store_uri} is back after "
+                      f"{time.monotonic() - self._away_since:.0f} s; delivering the waiting points")
+            self._away_since = None
 
     def _away(self, err: Exception) -> None:
         if self._away_since is None:
@@ -446,8 +449,12 @@ class MlflowTracker(Callback):
         time.sleep(FLUSH_SECONDS)
 
     def _deliver(self) -> None:
-        """Send the queue in order; an item leaves the queue only once the store has it."""
-        while True:
+        """Send what is queued now, in order; an item leaves the queue only once the store has it. (What
+        training adds meanwhile waits for the next round, so a store slower than training still gets a
+        heartbeat and a word when it is back.)"""
+        with self._lock:
+            budget = len(self._queue)
+        while budget > 0:
             with self._lock:
                 if not self._queue:
                     break
@@ -455,7 +462,7 @@ class MlflowTracker(Callback):
                 self._sending = head if isinstance(head, _Artifact) else None
                 if isinstance(head, Metric):
                     batch = []
-                    for item in self._queue[:MAX_METRICS_PER_REQUEST]:
+                    for item in self._queue[:min(budget, MAX_METRICS_PER_REQUEST)]:
                         if not isinstance(item, Metric):
                             break
                         batch.append(item)
@@ -463,12 +470,15 @@ class MlflowTracker(Callback):
                 self.client.log_batch(self.run_id, metrics=batch)
                 with self._lock:
                     del self._queue[:len(batch)]
+                budget -= len(batch)
             else:
                 self.client.log_artifact(self.run_id, str(head.local), head.folder)
                 with self._lock:
                     self._queue.remove(head)
                     self._sending = None
                 shutil.rmtree(head.local.parent, ignore_errors=True)
+                budget -= 1
+            self._back()
         if time.monotonic() - self._last_heartbeat > HEARTBEAT_SECONDS:
             self.client.set_tag(self.run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
             self._last_heartbeat = time.monotonic()
