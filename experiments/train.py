@@ -220,7 +220,7 @@ def refuse(run_id: str, why: str) -> JobFailed:
     return JobFailed(f"cannot resume run {run_id}: {why}")
 
 
-def prepare_resume(cfg: DictConfig, job: Job, client, run_dir: Path) -> tuple[DictConfig, Resume]:
+def prepare_resume(cfg: DictConfig, client, run_dir: Path) -> tuple[DictConfig, Resume]:
     """Check that train.resume names a run that can continue, without changing it in the store.
 
     Returns the run's own config (with any new stop limits) and what the resume needs.
@@ -297,7 +297,7 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
     client = store.client()
     if cfg.train.resume:
         run_id = str(cfg.train.resume)
-        cfg, resume = prepare_resume(cfg, job, client, job.output_dir / run_id)
+        cfg, resume = prepare_resume(cfg, client, job.output_dir / run_id)
         with stopper.shielded():
             tracking.MlflowTracker.claim(client, client.get_run(run_id))
             tracker = tracking.MlflowTracker(client, run_id, store_uri=store.uri,
