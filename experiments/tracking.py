@@ -110,11 +110,10 @@ class Store:
                 client = MlflowClient(tracking_uri=self.uri)
                 client.search_experiments(max_results=1)
                 return client
-            if not db.parent.is_dir():
-                raise TrackingError(f"tracking store {self.uri}: folder {db.parent} does not exist")
             if not create and not db.exists():
                 raise TrackingError(f"no tracking store at {db}; give tracking.uri (or MLFLOW_TRACKING_URI) "
                                     "of the store the run was tracked in")
+            db.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(f"{db}.lock"):
                 client = MlflowClient(tracking_uri=self.uri)
                 client.search_experiments(max_results=1)  # opening the store creates or upgrades its schema
