@@ -1,180 +1,138 @@
-"""Console scripts ``charrnn-analyze`` and ``charrnn-compare``, with Hydra-style ``key=value`` arguments.
+"""Console scripts ``charrnn-analyze`` and ``charrnn-compare``: Hydra apps over ``charrnn_conf/analyze.yaml`` and
+``compare.yaml``, with charrnn-train's key names (``tracking.uri``, ``tracking.experiment``, ``data.name``,
+``data.path``, ``record.*``).
 
-Plain ``key=value`` parsing rather than a Hydra app: these commands read runs, they do not compose configs, and
-Hydra's per-invocation output folders would only be in the way. Every bad input ends as one ``error: ...`` line
-on stderr and exit status 2, like ``charrnn-train``.
+They read runs and write only to their ``out`` folder: no Hydra output folder or log file (``hydra.run.dir=.``,
+``hydra.output_subdir=null``). Every bad input ends as one ``error: ...`` line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+import hydra
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, ListConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from charrnn.errors import CharRNNError
 
-from .compare import leaderboard, load_runs, plot_curves, plot_metric_vs_params, plot_param_heatmap, swept_params
+from .compare import (curves_figure, feature_score_columns, feature_scores_figure, leaderboard, load_runs,
+                      metric_vs_params_figure, param_heatmap_figure, swept_params)
 from .errors import AnalysisError
 from .features import get_feature
+from .figures import save_figure
 from .record import Recording, record
 from .report import ReportOptions, write_report
-from .sources import choose_text, model_from_checkpoint, model_from_run, open_client
-from .tables import markdown_table, write_table
+from .sources import BEST_CHECKPOINT, choose_text, model_from_checkpoint, model_from_run, open_client
+from .tables import markdown_table
+from .trained_run import RecordSettings, record_slice, slice_bounds
 
 EXIT_BAD_INPUT = 2
+# Spellings of the hand-parsed CLIs these commands had before they became Hydra apps -> today's keys.
+ANALYZE_RENAMED = {"tracking_uri": "tracking.uri", "data_path": "data.path", "start": "record.start",
+                   "length": "record.length", "chunk": "record.chunk", "dtype": "record.dtype"}
+COMPARE_RENAMED = {"tracking_uri": "tracking.uri", "experiment": "tracking.experiment"}
 
 
-@dataclass(frozen=True)
-class Arg:
-    type: Callable[[str], Any]
-    default: Any
-    help: str
+def _names(value) -> list[str]:
+    """A list key given as [a,b] (Hydra's list) or as one 'a,b' string."""
+    if value is None:
+        return []
+    if isinstance(value, (list, ListConfig)):
+        return [str(v) for v in value]
+    return [item for item in str(value).split(",") if item]
 
 
-def _bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise ValueError(value)
-
-
-def _list(value: str) -> list[str]:
-    return [item for item in value.split(",") if item]
-
-
-def _range(value: str) -> tuple[int, int]:
-    start, end = value.split(":")
-    return int(start), int(end)
-
-
-ANALYZE_ARGS = {
-    "run": Arg(str, None, "MLflow run id: analyse its best checkpoint, log the results to it"),
-    "checkpoint": Arg(str, None, "a checkpoint .npz instead of a run"),
-    "recording": Arg(str, None, "reuse a recording .npz instead of running the model again"),
-    "text": Arg(str, None, "analyse this text file (default: the run's validation split)"),
-    "string": Arg(str, None, "analyse this literal text (\\n and \\t understood)"),
-    "data": Arg(str, None, "analyse the validation split of this corpus: pystdlib | tinyshakespeare | file"),
-    "data_path": Arg(str, None, "the file for data=file"),
-    "start": Arg(int, 0, "first character of the text to record"),
-    "length": Arg(int, 20000, "how many characters to record"),
-    "chunk": Arg(int, 1024, "characters per forward pass while recording (bounds memory)"),
-    "dtype": Arg(str, "float16", "stored activations: float16 | float32"),
-    "features": Arg(_list, None, "comma-separated feature names (default: all)"),
-    "states": Arg(_list, None, "comma-separated states to rank, e.g. h,c (default: c for LSTM, else h)"),
-    "top_k": Arg(int, 5, "units listed per feature"),
-    "units": Arg(_list, [], "extra units to draw, e.g. c.0:17,h.1:3"),
-    "select": Arg(_range, None, "LSTMVis selection: START:END of the recorded text"),
-    "margin": Arg(int, None, "characters around the selection that must be off (default: its length)"),
-    "threshold": Arg(float, 0.3, "'on' threshold for the selection"),
-    "out": Arg(str, None, "output folder (default: outputs/analysis/<run id or checkpoint name>)"),
-    "tracking_uri": Arg(str, None, "MLflow store (default: as charrnn-train, sqlite:///mlflow.db here)"),
-    "log": Arg(_bool, True, "log the results as artifacts of the run (run= only)"),
-}
-
-COMPARE_ARGS = {
-    "experiment": Arg(str, None, "MLflow experiment name (required)"),
-    "parent": Arg(str, None, "a sweep's parent run id: compare its children only, log figures to it"),
-    "color_by": Arg(str, None, "param that colours the curves (default: the first swept param)"),
-    "heatmap": Arg(_list, None, "two params X,Y for the heatmap (default: the first two swept params)"),
-    "top": Arg(int, 10, "rows in the printed leaderboard"),
-    "out": Arg(str, None, "output folder (default: outputs/compare/<experiment>)"),
-    "tracking_uri": Arg(str, None, "MLflow store (default: as charrnn-train, sqlite:///mlflow.db here)"),
-}
-
-
-def parse_args(argv: list[str], spec: dict[str, Arg]) -> dict[str, Any]:
-    values = {name: arg.default for name, arg in spec.items()}
-    for item in argv:
-        key, sep, raw = item.partition("=")
-        key = key.lstrip("+")  # accept Hydra's "+key=value" spelling too
-        if not sep:
-            raise AnalysisError(f"expected key=value, got {item!r} (try help)")
-        if key not in spec:
-            raise AnalysisError(f"unknown argument {key!r} (known: {', '.join(spec)})")
-        try:
-            values[key] = spec[key].type(raw)
-        except ValueError:
-            raise AnalysisError(f"bad value for {key}: {raw!r} ({spec[key].help})") from None
-    return values
-
-
-def usage(command: str, spec: dict[str, Arg]) -> str:
-    lines = [f"usage: {command} key=value ..."]
-    lines += [f"  {name:<13} {arg.help}" + (f" [{arg.default}]" if arg.default not in (None, []) else "")
-              for name, arg in spec.items()]
-    return "\n".join(lines)
-
-
-def _main(command: str, spec: dict[str, Arg], body: Callable[[dict], None], argv: list[str] | None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the terminal output readable
-    if any(a in ("help", "-h", "--help") for a in argv):
-        print(usage(command, spec))
-        return 0
+def _range(value) -> tuple[int, int] | None:
+    """select=START:END (or [START,END]) as two ints."""
+    if value is None:
+        return None
+    parts = _names(value) if isinstance(value, (list, ListConfig)) else str(value).split(":")
     try:
-        body(parse_args(argv, spec))
-    except CharRNNError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except MlflowException as err:
-        print(f"error: MLflow: {str(err).splitlines()[0]}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+        start, end = (int(p) for p in parts)
+    except ValueError:
+        raise AnalysisError(f"select must be START:END, e.g. select=120:160, got {value!r}") from None
+    return start, end
 
 
-def _analyze(args: dict) -> None:
-    sources = [name for name in ("run", "checkpoint", "recording") if args[name]]
+def _optional_list(value) -> list[str] | None:
+    return _names(value) or None
+
+
+def _optional_str(value) -> str | None:
+    return None if value is None else str(value)  # Hydra reads string=123 as an int
+
+
+def _number(cfg: DictConfig, key: str, kind: type, minimum: float | None = None):
+    """``cfg[key]`` as ``kind`` (None stays None), or one error line naming the key."""
+    value = cfg[key]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
+            or not np.isfinite(value) or (minimum is not None and value < minimum):
+        what = "an integer" if kind is int else "a number"
+        raise AnalysisError(f"{key} must be {what}" + (f" >= {minimum}" if minimum is not None else "")
+                            + f", got {value!r}")
+    return kind(value)
+
+
+def analyze(cfg: DictConfig) -> Path:
+    sources = [name for name in ("run", "checkpoint", "recording") if cfg[name] is not None]
     if len(sources) != 1:
         raise AnalysisError("give exactly one of run=<run id>, checkpoint=<file>, recording=<file>")
-    for name in args["features"] or []:
+    features, units, select = _optional_list(cfg.features), _names(cfg.units), _range(cfg.select)
+    for name in features or []:
         get_feature(name)  # fail on a typo before minutes of recording, not after
-    client = open_client(args["tracking_uri"]) if args["run"] else None
+    options = ReportOptions(features=features, top_k=_number(cfg, "top_k", int, 1),
+                            states=_optional_list(cfg.states), units=units, select=select,
+                            margin=_number(cfg, "margin", int, 0), threshold=_number(cfg, "threshold", float))
+    client = open_client(cfg.tracking.uri) if cfg.run is not None else None
     model = None
-    if args["run"]:
-        model = model_from_run(client, args["run"])
-    elif args["checkpoint"]:
-        model = model_from_checkpoint(args["checkpoint"])
-    name = args["run"] or Path(args["checkpoint"] or args["recording"]).stem
-    out = Path(args["out"] or Path("outputs") / "analysis" / name)
+    if cfg.run is not None:
+        model = model_from_run(client, str(cfg.run))
+        if Path(model.source["checkpoint"]).name != BEST_CHECKPOINT:
+            print(f"run {cfg.run} has no {BEST_CHECKPOINT} (it never evaluated on validation text): "
+                  f"analysing its {model.source['checkpoint']}")
+    elif cfg.checkpoint is not None:
+        model = model_from_checkpoint(str(cfg.checkpoint))
+    name = str(cfg.run) if cfg.run is not None else Path(str(cfg.checkpoint or cfg.recording)).stem
+    out = Path(str(cfg.out)) if cfg.out is not None else Path("outputs") / "analysis" / name
 
     if model is None:
-        recording = Recording.load(args["recording"])
+        recording = Recording.load(str(cfg.recording))
     else:
-        text, offset, description = choose_text(model, args["text"], args["string"], args["data"],
-                                                args["data_path"])
-        start, length = args["start"], args["length"]
-        if not 0 <= start < len(text) or length < 1:
-            raise AnalysisError(f"start={start} length={length} is out of bounds for a text of {len(text)} characters")
-        piece = text[start : start + length]
-        if args["select"] and not 0 <= args["select"][0] < args["select"][1] <= len(piece):
-            raise AnalysisError(f"select={args['select'][0]}:{args['select'][1]} is out of bounds for the "
-                                f"{len(piece)} recorded characters")
-        probe = record(model.params, model.config, model.vocab, piece[:1])  # one character: names every unit
-        for label in args["units"]:
+        settings = RecordSettings.from_config(cfg.record)
+        text, offset, description = choose_text(model, _optional_str(cfg.text), _optional_str(cfg.string),
+                                                _optional_str(cfg.data.name), _optional_str(cfg.data.path))
+        probe = record(model.params, model.config, model.vocab, text[:1])  # one character names every unit
+        for label in units:
             probe.unit(label)
-        print(f"recording {len(piece)} characters of {description} ...")
-        recording = record(model.params, model.config, model.vocab, piece, args["chunk"], args["dtype"],
-                           offset + start, dict(model.source, text_source=description))
+        start, end = slice_bounds(len(text), settings)
+        recorded = end - start
+        if select and not 0 <= select[0] < select[1] <= recorded:
+            raise AnalysisError(f"select={select[0]}:{select[1]} is out of bounds for the {recorded} recorded "
+                                f"characters")
+        print(f"recording {recorded} characters of {description} ...")
+        recording = record_slice(model.params, model.config, model.vocab, text, offset, settings,
+                                 dict(model.source, text_source=description))
         recording.save(out / "recording.npz")
 
-    options = ReportOptions(features=args["features"], top_k=args["top_k"], states=args["states"],
-                            units=args["units"], select=args["select"], margin=args["margin"],
-                            threshold=args["threshold"])
     report = write_report(recording, out, options, model)
     print(markdown_table(summary(report.top_units)), end="")
     if report.selection is not None:
-        print(f"\nunits on inside {options.select[0]}:{options.select[1]} and off around it:")
+        print(f"\nunits on inside {select[0]}:{select[1]} and off around it:")
         print(markdown_table(report.selection) if len(report.selection) else "(none)\n", end="")
     print(f"wrote {out}/ (recording.npz, top_units.csv/.md, figures/, explorer.html)")
-    if args["run"] and args["log"]:
-        client.log_artifacts(args["run"], str(out), "analysis")
-        print(f"logged to run {args['run']} under artifacts/analysis/")
+    if cfg.run is not None and cfg.log:
+        client.log_artifacts(str(cfg.run), str(out), "analysis")
+        print(f"logged to run {cfg.run} under artifacts/analysis/")
+    return out
 
 
 def summary(top_units: pd.DataFrame) -> pd.DataFrame:
@@ -186,35 +144,93 @@ def summary(top_units: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def analyze_main(argv: list[str] | None = None) -> int:
-    return _main("charrnn-analyze", ANALYZE_ARGS, _analyze, argv)
-
-
-def _compare(args: dict) -> None:
-    if not args["experiment"]:
-        raise AnalysisError("experiment=<name> is required")
-    client = open_client(args["tracking_uri"])
-    table, histories = load_runs(client, args["experiment"], args["parent"])
+def compare(cfg: DictConfig) -> Path:
+    parent = str(cfg.parent) if cfg.parent is not None else None
+    experiment = str(cfg.tracking.experiment) if cfg.tracking.experiment is not None else None
+    if parent is None and experiment is None:
+        raise AnalysisError("give tracking.experiment=<name> or parent=<sweep parent run id>")
+    client = open_client(cfg.tracking.uri)
+    table, histories, experiment = load_runs(client, experiment, parent)
     swept = swept_params(table)
-    out = Path(args["out"] or Path("outputs") / "compare" / args["experiment"])
-    files = list(write_table(table, out / "runs"))
-    print(markdown_table(leaderboard(table, args["top"])), end="")
+    out = Path(str(cfg.out)) if cfg.out is not None else Path("outputs") / "compare" / experiment
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "runs.csv", index=False)
+    board = leaderboard(table, _number(cfg, "top", int, 1))
+    (out / "leaderboard.md").write_text(markdown_table(board), encoding="utf-8")
+    files = [out / "runs.csv", out / "leaderboard.md"]
+    print(markdown_table(board), end="")
+    color_by = str(cfg.color_by) if cfg.color_by is not None else (swept[0] if swept else None)
     if swept:
-        files.append(plot_curves(table, histories, args["color_by"] or swept[0], out / "curves.png"))
-        files.append(plot_metric_vs_params(table, swept, out / "val_loss_vs_params.png"))
+        files.append(save_figure(curves_figure(table, histories, color_by), out / "curves.png"))
+        files.append(save_figure(metric_vs_params_figure(table, swept), out / "val_loss_vs_params.png"))
+        if feature_score_columns(table):
+            files.append(save_figure(feature_scores_figure(table, color_by), out / "unit_scores_vs_param.png"))
     else:
         print("(the runs share every param: no swept-param figures)")
-    heatmap = args["heatmap"] or (swept[:2] if len(swept) >= 2 else None)
+    heatmap = _names(cfg.heatmap) or (swept[:2] if len(swept) >= 2 else None)
     if heatmap:
         if len(heatmap) != 2:
-            raise AnalysisError(f"heatmap needs two params X,Y, got {','.join(heatmap)}")
-        files.append(plot_param_heatmap(table, heatmap[0], heatmap[1], out / "heatmap.png"))
+            raise AnalysisError(f"heatmap needs two params [X,Y], got {','.join(heatmap)}")
+        files.append(save_figure(param_heatmap_figure(table, heatmap[0], heatmap[1]), out / "heatmap.png"))
     print(f"wrote {len(files)} files to {out}/ ({len(table)} runs)")
-    if args["parent"]:
+    if parent is not None:
         for path in files:
-            client.log_artifact(args["parent"], str(path), "compare")
-        print(f"logged to parent run {args['parent']} under artifacts/compare/")
+            client.log_artifact(parent, str(path), "compare")
+        print(f"logged to parent run {parent} under artifacts/compare/")
+    return out
 
 
-def compare_main(argv: list[str] | None = None) -> int:
-    return _main("charrnn-compare", COMPARE_ARGS, _compare, argv)
+def run_reporting_errors(body: Callable[[DictConfig], object], cfg: DictConfig) -> int:
+    """Run a command body; every bad input becomes one ``error:`` line and exit status 2."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the terminal output readable
+    try:
+        body(cfg)
+    except CharRNNError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MlflowException as err:
+        print(f"error: MLflow: {str(err).splitlines()[0]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        print(f"error: {key + ': ' if key else ''}{str(err).splitlines()[0]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def renamed_key_error(argv: list[str], renamed: dict[str, str]) -> str | None:
+    """The error line for an argument spelled the old way (``tracking_uri=...``), else None."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if sep and key in renamed:
+            return f"{key}= is now {renamed[key]}= (the same key as charrnn-train), e.g. {renamed[key]}={value}"
+    return None
+
+
+def _main(app: Callable[[], None], renamed: dict[str, str]) -> None:
+    message = renamed_key_error(sys.argv[1:], renamed)
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    app()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="analyze")
+def _analyze_app(cfg: DictConfig) -> None:
+    if code := run_reporting_errors(analyze, cfg):
+        sys.exit(code)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="compare")
+def _compare_app(cfg: DictConfig) -> None:
+    if code := run_reporting_errors(compare, cfg):
+        sys.exit(code)
+
+
+def analyze_main() -> None:
+    _main(_analyze_app, ANALYZE_RENAMED)
+
+
+def compare_main() -> None:
+    _main(_compare_app, COMPARE_RENAMED)

@@ -6,7 +6,7 @@ history, which a search (latest values only) does not carry, so those come from 
 
 from __future__ import annotations
 
-from pathlib import Path
+import tempfile
 
 import matplotlib
 import numpy as np
@@ -17,12 +17,19 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from .errors import AnalysisError
-from .figures import save_figure
+from .trained_run import ARTIFACT_DIR, TOP_UNITS_STEM
 
 PARENT_TAG = "mlflow.parentRunId"
 CURVE_METRICS = ("train/loss", "val/loss")
-BEST_METRICS = ("train/loss", "val/loss", "val/bpc")  # all lower-is-better
 RANK_BY = "best val/loss"
+SCORE_PREFIX = "unit score: "  # + feature name: the run's best unit score for that feature
+SCORE_MEANING = "best unit score (|r|, or |AUC-0.5|x2)"
+
+
+def best_val_loss(history: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
+    """THE best validation loss of a run, used by every table and figure: the lowest ``val/loss`` it logged."""
+    values = history["val/loss"][1]
+    return float(np.min(values)) if len(values) else np.nan
 
 
 def find_experiment(client: MlflowClient, name: str):
@@ -33,22 +40,37 @@ def find_experiment(client: MlflowClient, name: str):
     return experiment
 
 
-def load_runs(client: MlflowClient, experiment: str, parent: str | None = None) -> tuple[pd.DataFrame, dict]:
-    """The runs of ``experiment`` (only ``parent``'s children when given) as one row each, and their histories.
+def _experiment_of_parent(client: MlflowClient, parent: str, experiment: str | None):
+    try:
+        parent_run = client.get_run(parent)
+    except MlflowException:
+        raise AnalysisError(f"no MLflow run with id {parent!r}") from None
+    exp = client.get_experiment(parent_run.info.experiment_id)
+    if experiment is not None and exp.name != experiment:
+        raise AnalysisError(f"run {parent} is not in experiment {experiment!r} (it is in {exp.name!r})")
+    return exp
 
-    Table columns: run_id, run_name, status, then every param under its own name, then ``final <metric>`` (the
-    last logged value) and ``best <metric>`` (the minimum over the run) for each metric; sorted by best
+
+def feature_scores(client: MlflowClient, run_id: str) -> dict[str, float]:
+    """{feature: best unit score} from the run's logged ``analysis/top_units.csv``; {} when it has none."""
+    if f"{ARTIFACT_DIR}/{TOP_UNITS_STEM}.csv" not in {a.path for a in client.list_artifacts(run_id, ARTIFACT_DIR)}:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        top = pd.read_csv(client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{TOP_UNITS_STEM}.csv", tmp))
+    return top.groupby("feature", sort=False)["score"].max().to_dict()
+
+
+def load_runs(client: MlflowClient, experiment: str | None, parent: str | None = None):
+    """The runs of ``experiment`` (only ``parent``'s children when given) as one row each, their histories, and
+    the experiment's name (the parent's when ``experiment`` is None).
+
+    Table columns: run_id, run_name, status, then every param under its own name, ``final train/loss``,
+    ``final val/loss`` (the last logged values), ``best val/loss`` (:func:`best_val_loss`) and, for runs whose
+    training logged its recording's top-units table, ``unit score: <feature>`` per feature; sorted by best
     validation loss. Sweep parents are left out: they summarise their children rather than train.
     Histories: {run_id: {metric: (steps, values)}} for the learning-curve figure.
     """
-    exp = find_experiment(client, experiment)
-    if parent is not None:
-        try:
-            parent_run = client.get_run(parent)
-        except MlflowException:
-            raise AnalysisError(f"no MLflow run with id {parent!r}") from None
-        if parent_run.info.experiment_id != exp.experiment_id:
-            raise AnalysisError(f"run {parent} is not in experiment {experiment!r}")
+    exp = _experiment_of_parent(client, parent, experiment) if parent else find_experiment(client, experiment)
     filter_string = f"tags.`{PARENT_TAG}` = '{parent}'" if parent else ""
     runs = []
     page = None
@@ -61,7 +83,7 @@ def load_runs(client: MlflowClient, experiment: str, parent: str | None = None) 
             break
     if not runs:
         what = f"child runs of {parent}" if parent else "runs"
-        raise AnalysisError(f"experiment {experiment!r} has no {what}")
+        raise AnalysisError(f"experiment {exp.name!r} has no {what}")
     parents = {r.data.tags.get(PARENT_TAG) for r in runs}
     runs = [r for r in runs if r.info.run_id not in parents]
 
@@ -73,14 +95,16 @@ def load_runs(client: MlflowClient, experiment: str, parent: str | None = None) 
     histories: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for run_id in table["run_id"]:
         histories[run_id] = {}
-        for key in sorted(set(CURVE_METRICS) | set(BEST_METRICS)):
+        for key in CURVE_METRICS:
             points = sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
             histories[run_id][key] = (np.array([p[0] for p in points]), np.array([p[2] for p in points], float))
-    for key in BEST_METRICS:
+    for key in CURVE_METRICS:
         table[f"final {key}"] = [h[key][1][-1] if len(h[key][1]) else np.nan for h in histories.values()]
-        table[f"best {key}"] = [np.nanmin(h[key][1]) if len(h[key][1]) else np.nan for h in histories.values()]
+    table[RANK_BY] = [best_val_loss(h) for h in histories.values()]
+    scores = pd.DataFrame([feature_scores(client, run_id) for run_id in table["run_id"]], index=table.index)
+    table = pd.concat([table, scores.add_prefix(SCORE_PREFIX)], axis=1)
     table = table.sort_values(RANK_BY, na_position="last", kind="stable").reset_index(drop=True)
-    return table, histories
+    return table, histories, exp.name
 
 
 def swept_params(table: pd.DataFrame) -> list[str]:
@@ -89,9 +113,16 @@ def swept_params(table: pd.DataFrame) -> list[str]:
     return [p for p in params if table[p].nunique(dropna=True) > 1]
 
 
+def feature_score_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith(SCORE_PREFIX)]
+
+
 def leaderboard(table: pd.DataFrame, top: int = 10) -> pd.DataFrame:
-    columns = ["run_name", "status", *swept_params(table), "final val/loss", RANK_BY]
-    return table[columns].head(top)
+    """One line per run, best first: status, swept values, best and final val/loss, then the per-feature best unit
+    scores under the feature's name."""
+    columns = ["run_name", "status", *swept_params(table), RANK_BY, "final val/loss", *feature_score_columns(table)]
+    board = table[columns].head(top)
+    return board.rename(columns={c: c[len(SCORE_PREFIX):] for c in feature_score_columns(table)})
 
 
 def _as_numbers(column: pd.Series) -> pd.Series | None:
@@ -105,27 +136,45 @@ def _labels(values: pd.Series) -> list[str]:
     return [str(v) if pd.notna(v) else "n/a" for v in values]
 
 
+def _ordered(values: list[str]) -> list[str]:
+    """Distinct labels in order: numerically when they all parse ("100" after "32"), else alphabetically."""
+    distinct = sorted(set(values))
+    numbers = _as_numbers(pd.Series(distinct))
+    return [distinct[i] for i in np.argsort(numbers.to_numpy(), kind="stable")] if numbers is not None else distinct
+
+
+MAX_LEGEND_ENTRIES = 10  # more distinct values than this: a colour bar instead of a legend
+
+
 def _colours(values: pd.Series):
-    """One colour per run from a param: a viridis scale for numbers, tab10 categories otherwise;
-    returns (colours, legend entries or None, scalar mappable or None)."""
+    """One colour per run from a param: a legend entry per value (viridis for numbers, tab10 otherwise) when
+    there are few values, a viridis colour bar for many numbers; returns (colours, legend or None, mappable or None)."""
+    labels = _labels(values)
+    distinct = _ordered(labels)
     numbers = _as_numbers(values)
-    if numbers is not None and numbers.nunique() > 2:
+    if numbers is not None and len(distinct) > MAX_LEGEND_ENTRIES:
         norm = Normalize(numbers.min(), numbers.max())
         cmap = matplotlib.colormaps["viridis"]
-        mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
-        return [cmap(norm(v)) for v in numbers], None, mappable
-    labels = _labels(values)
-    palette = matplotlib.colormaps["tab10"]
-    lookup = {c: palette(i % 10) for i, c in enumerate(sorted(set(labels)))}
+        return [cmap(norm(v)) for v in numbers], None, matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+    if numbers is not None:
+        palette = matplotlib.colormaps["viridis"].resampled(max(len(distinct), 2))
+        lookup = {label: palette(i / max(len(distinct) - 1, 1)) for i, label in enumerate(distinct)}
+    else:
+        palette = matplotlib.colormaps["tab10"]
+        lookup = {label: palette(i % 10) for i, label in enumerate(distinct)}
     return [lookup[label] for label in labels], lookup, None
 
 
-def plot_curves(table: pd.DataFrame, histories: dict, color_by: str, path: str | Path) -> Path:
-    """Training and validation loss of every run overlaid, coloured by the param ``color_by``."""
-    if color_by not in table.columns:
-        raise AnalysisError(f"unknown param {color_by!r} to colour by (params: {', '.join(swept_params(table))})")
+def _check_param(table: pd.DataFrame, param: str, what: str) -> None:
+    if param not in table.columns:
+        raise AnalysisError(f"unknown param {param!r} {what} (params: {', '.join(swept_params(table))})")
+
+
+def curves_figure(table: pd.DataFrame, histories: dict, color_by: str) -> Figure:
+    """Training and validation loss of every run overlaid, coloured by the param ``color_by`` (legend)."""
+    _check_param(table, color_by, "to colour by")
     colours, legend, mappable = _colours(table[color_by])
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(11, 4.2))
     for i, key in enumerate(CURVE_METRICS):
         ax = fig.add_subplot(1, 2, i + 1)
         for run_id, colour in zip(table["run_id"], colours):
@@ -137,46 +186,78 @@ def plot_curves(table: pd.DataFrame, histories: dict, color_by: str, path: str |
         fig.axes[-1].legend(handles=handles, title=color_by, fontsize=7)
     else:
         fig.colorbar(mappable, ax=fig.axes, label=color_by)
-    return save_figure(fig, path)
+    fig.suptitle(f"learning curves of {len(table)} runs, coloured by {color_by}")
+    return fig
 
 
-def plot_metric_vs_params(table: pd.DataFrame, params: list[str], path: str | Path,
-                          metric: str = "final val/loss") -> Path:
-    """``metric`` against each swept param, one panel per param (log x for numbers spanning a decade)."""
+def _x_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
+    """Numbers stay numbers; categories become 0, 1, ... with their labels as ticks."""
+    numbers = _as_numbers(values)
+    if numbers is not None:
+        return numbers.to_numpy(float), None
+    labels = _labels(values)
+    categories = _ordered(labels)
+    return np.array([categories.index(label) for label in labels], float), categories
+
+
+def _log_x_if_wide(ax, x: np.ndarray, categories) -> None:
+    if categories is None and x.min() > 0 and x.max() / x.min() >= 10:
+        ax.set_xscale("log")
+
+
+def metric_vs_params_figure(table: pd.DataFrame, params: list[str], metric: str = RANK_BY) -> Figure:
+    """``metric`` against each swept param, one panel per param, each point labelled with its run's name."""
     if not params:
         raise AnalysisError("no swept params: every run has the same params")
-    fig = Figure(figsize=(3.6 * len(params), 3.4))
+    fig = Figure(figsize=(4.2 * len(params), 3.8))
     for i, param in enumerate(params):
         ax = fig.add_subplot(1, len(params), i + 1)
-        numbers = _as_numbers(table[param])
-        if numbers is not None:
-            ax.scatter(numbers, table[metric])
-            if numbers.min() > 0 and numbers.max() / numbers.min() >= 10:
-                ax.set_xscale("log")
-        else:
-            labels = _labels(table[param])
-            categories = sorted(set(labels))
-            ax.scatter([categories.index(label) for label in labels], table[metric])
+        x, categories = _x_positions(table[param])
+        ax.scatter(x, table[metric], zorder=2)
+        for xi, yi, name in zip(x, table[metric], table["run_name"]):
+            if np.isfinite(yi):
+                ax.annotate(str(name), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=6)
+        if categories is not None:
             ax.set_xticks(range(len(categories)), categories)
-        ax.set(xlabel=param, ylabel=metric if i == 0 else "")
+        _log_x_if_wide(ax, x, categories)
+        ax.set(xlabel=param, ylabel=f"{metric} (nats/char)", title=f"{metric} vs {param}")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def plot_param_heatmap(table: pd.DataFrame, x: str, y: str, path: str | Path, metric: str = RANK_BY) -> Path:
+def feature_scores_figure(table: pd.DataFrame, param: str) -> Figure:
+    """Per feature, each run's best unit score against ``param`` (points) and its mean per value (line): does a
+    unit tracking the feature appear as the param grows?"""
+    _check_param(table, param, "for the unit-score figure")
+    columns = feature_score_columns(table)
+    x, categories = _x_positions(table[param])
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    palette = matplotlib.colormaps["tab10"]
+    for i, column in enumerate(columns):
+        y = table[column].to_numpy(float)
+        colour = palette(i % 10)
+        ax.scatter(x, y, color=colour, s=14, alpha=0.7)
+        means = pd.Series(y).groupby(x).mean()
+        ax.plot(means.index, means.to_numpy(), color=colour, lw=1.2, label=column[len(SCORE_PREFIX):],
+                linestyle="-" if i < 10 else "--")
+    if categories is not None:
+        ax.set_xticks(range(len(categories)), categories)
+    _log_x_if_wide(ax, x, categories)
+    ax.set(xlabel=param, ylabel=SCORE_MEANING, ylim=(0, 1.02),
+           title=f"best unit score per feature vs {param} ({len(table)} runs; lines: mean)")
+    ax.legend(title="feature", fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def param_heatmap_figure(table: pd.DataFrame, x: str, y: str, metric: str = RANK_BY) -> Figure:
     """Mean ``metric`` over the runs in each (x, y) cell of two params, annotated with its value."""
     for param in (x, y):
-        if param not in table.columns:
-            raise AnalysisError(f"unknown param {param!r} for the heatmap (params: {', '.join(swept_params(table))})")
-
-    def order(values):  # numeric params sort as numbers, not as strings ("100" after "32")
-        numbers = _as_numbers(pd.Series(values))
-        return list(np.asarray(values)[np.argsort(numbers.to_numpy(), kind="stable")]) if numbers is not None \
-            else sorted(values)
-
+        _check_param(table, param, "for the heatmap")
     grid = table.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
-    grid = grid.loc[order(list(grid.index)), order(list(grid.columns))]
-    fig = Figure(figsize=(1.2 * grid.shape[1] + 2.5, 0.9 * grid.shape[0] + 1.8))
+    grid = grid.loc[_ordered(list(grid.index)), _ordered(list(grid.columns))]
+    fig = Figure(figsize=(1.2 * grid.shape[1] + 3, 0.9 * grid.shape[0] + 2))
     ax = fig.add_subplot()
     values = grid.to_numpy(float)
     image = ax.imshow(values, cmap="viridis_r", aspect="auto")
@@ -186,8 +267,7 @@ def plot_param_heatmap(table: pd.DataFrame, x: str, y: str, path: str | Path, me
             ax.text(c, r, f"{value:.3f}", ha="center", va="center", fontsize=8, color="k" if bright else "w")
     ax.set_xticks(range(grid.shape[1]), grid.columns)
     ax.set_yticks(range(grid.shape[0]), grid.index)
-    ax.set(xlabel=x, ylabel=y, title=metric)
-    fig.colorbar(image, ax=ax)
+    ax.set(xlabel=x, ylabel=y, title=f"{metric}, mean over runs per cell")
+    fig.colorbar(image, ax=ax, label=f"{metric} (nats/char, lower is better)")
     fig.tight_layout()
-    return save_figure(fig, path)
-
+    return fig

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
-from matplotlib.colors import Normalize
+from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 
 from charrnn.model import ModelConfig
@@ -20,9 +21,14 @@ from .record import Recording
 
 CELL_INCHES, ROW_INCHES = 0.1, 0.2  # one character's cell in the text figure
 MONO_ADVANCE_EM = 0.602  # DejaVu Sans Mono's advance width, in em: fits a font size to the cells
-ACTIVATION_CMAP = "RdBu"  # the paper's colours: -1 red, +1 blue, 0 white
+ACTIVATION_LEGEND = "unit activation: red = -1, white = 0, blue = +1"
 SATURATION_LOW, SATURATION_HIGH = 0.1, 0.9
 SIGMOID_GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z")}  # tanh outputs (g, n) have no 0/1 saturation
+# The paper's colours (-1 red, +1 blue) mixed half with white, so black text stays readable on every cell
+# (WCAG contrast >= 4.5 against black); the explorer uses the same two end colours.
+TEXT_CMAP = LinearSegmentedColormap.from_list(
+    "RdBu_text", 0.5 + 0.5 * matplotlib.colormaps["RdBu"](np.linspace(0, 1, 256))[:, :3])
+HEATMAP_CMAP = "RdBu"
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
@@ -35,6 +41,33 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
 def tick_label(ch: str) -> str:
     """A character as a heatmap tick label: layout characters spelled out so they can be seen."""
     return {"\n": "\\n", "\t": "\\t", " ": "\u2423"}.get(ch, ch)
+
+
+def row_starts(text: str, line_width: int) -> list[int]:
+    """Where each row of the text figure begins: after a newline, or after ``line_width`` characters of a long line."""
+    starts, col = [0], 0
+    for t, ch in enumerate(text[:-1]):
+        col += 1
+        if ch == "\n" or col == line_width:
+            starts.append(t + 1)
+            col = 0
+    return starts
+
+
+def varying_window(signal: np.ndarray, text: str, line_width: int, max_lines: int) -> tuple[int, int]:
+    """[start, end) of the ``max_lines`` consecutive rows of ``text`` over which ``signal`` varies most (largest
+    variance; the earliest such window), so a feature's figure shows the feature changing."""
+    starts = row_starts(text, line_width)
+    bounds = np.array(starts + [len(text)])
+    k = min(max_lines, len(starts))
+    signal = np.asarray(signal, dtype=np.float64)
+    s1 = np.concatenate([[0.0], np.cumsum(signal)])
+    s2 = np.concatenate([[0.0], np.cumsum(signal**2)])
+    a, b = bounds[: len(starts) - k + 1], bounds[k:]
+    n = b - a
+    variance = (s2[b] - s2[a]) / n - ((s1[b] - s1[a]) / n) ** 2
+    best = int(np.argmax(np.round(variance, 9)))  # rounding: equal windows tie, and the first wins
+    return int(a[best]), int(b[best])
 
 
 def text_grid(text: str, values: np.ndarray, line_width: int, max_lines: int) -> tuple[np.ndarray, list]:
@@ -58,25 +91,27 @@ def text_grid(text: str, values: np.ndarray, line_width: int, max_lines: int) ->
     return grid[: max(rows, 1)], placed
 
 
-def plot_text_activation(
+def text_activation_figure(
     text: str,
     values: np.ndarray,
-    path: str | Path,
     title: str = "",
     line_width: int = 80,
     max_lines: int = 30,
-) -> Path:
-    """The paper's figure: each character's background coloured by one unit's activation in [-1, 1]."""
+    marks: np.ndarray | None = None,
+    marks_label: str = "",
+) -> Figure:
+    """The paper's figure: each character's background coloured by one unit's activation in [-1, 1], with a
+    colour bar; ``marks`` (0/1 per character, e.g. a binary feature) are underlined and named by ``marks_label``."""
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (len(text),):
         raise AnalysisError(f"{values.shape[0]} activations for a text of {len(text)} characters")
     grid, placed = text_grid(text, values, line_width, max_lines)
     rows = grid.shape[0]
-    width, height = CELL_INCHES * line_width + 0.4, ROW_INCHES * rows + 0.6
+    top, bottom = 0.7, 1.0  # inches: title; colour bar and its label
+    width, height = CELL_INCHES * line_width + 0.4, ROW_INCHES * rows + top + bottom
     fig = Figure(figsize=(width, height))
-    ax = fig.add_axes((0.2 / width, 0.1 / height, 1 - 0.4 / width, 1 - 0.6 / height))  # cells of CELL_INCHES
-    # Softened colours so black text stays readable on saturated cells.
-    ax.imshow(grid, cmap=ACTIVATION_CMAP, norm=Normalize(-1, 1), aspect="auto", interpolation="nearest", alpha=0.8)
+    ax = fig.add_axes((0.2 / width, bottom / height, 1 - 0.4 / width, 1 - (top + bottom) / height))
+    image = ax.imshow(grid, cmap=TEXT_CMAP, norm=Normalize(-1, 1), aspect="auto", interpolation="nearest")
     # One monospace string per line, sized so one character advance is one cell: thousands of per-character
     # artists would make each figure take a second to draw.
     lines = [[" "] * line_width for _ in range(rows)]
@@ -86,36 +121,49 @@ def plot_text_activation(
     for row, line in enumerate(lines):
         ax.text(-0.5, row, "".join(line).rstrip(), ha="left", va="center", family="DejaVu Sans Mono",
                 fontsize=fontsize, parse_math=False)
+    if marks is not None:
+        on = [(row, col) for (row, col, _), mark in zip(placed, marks) if mark]
+        ax.hlines([row + 0.42 for row, _ in on], [col - 0.5 for _, col in on], [col + 0.5 for _, col in on],
+                  color="k", lw=1.0, label=marks_label)
+        if on:
+            ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False, borderaxespad=0.1)
     ax.set_axis_off()
-    ax.set_title(title, fontsize=9, loc="left")
-    return save_figure(fig, path)
+    ax.set_title(title, fontsize=9, loc="left", pad=14)
+    bar = fig.add_axes((0.3 / width, 0.5 / height, min(3.0 / width, 0.5), 0.12 / height))
+    fig.colorbar(image, cax=bar, orientation="horizontal", ticks=[-1, 0, 1])
+    bar.tick_params(labelsize=7)
+    bar.set_xlabel(ACTIVATION_LEGEND, fontsize=7)
+    return fig
 
 
-def plot_heatmap(
+def heatmap_figure(
     values: np.ndarray,
     text: str,
-    path: str | Path,
     title: str = "",
+    first_offset: int = 0,
     vmin: float = -1.0,
     vmax: float = 1.0,
-) -> Path:
-    """Units x time heatmap of a (T, H) window; the characters label the time axis when there are few enough."""
+) -> Figure:
+    """Units x time heatmap of a (T, H) window; the characters label the time axis when there are few enough.
+    ``first_offset`` is the position of the window's first character in its corpus."""
     values = np.asarray(values, dtype=np.float64)
     T, H = values.shape
-    fig = Figure(figsize=(min(max(T * 0.12, 6), 24), min(max(H * 0.12, 3), 16)))
+    fig = Figure(figsize=(min(max(T * 0.12, 6), 24), min(max(H * 0.12, 3), 16) + 0.6))
     ax = fig.add_subplot()
-    image = ax.imshow(values.T, cmap=ACTIVATION_CMAP, norm=Normalize(vmin, vmax), aspect="auto",
+    image = ax.imshow(values.T, cmap=HEATMAP_CMAP, norm=Normalize(vmin, vmax), aspect="auto",
                       interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.colorbar(image, ax=ax, fraction=0.03, label="activation (red -1, blue +1)")
+    where = f"characters {first_offset}-{first_offset + T - 1} of the corpus"
     if T <= 160:
         ax.set_xticks(np.arange(T), [tick_label(c) for c in text[:T]], family="monospace", fontsize=6,
                       parse_math=False)
+        ax.set_xlabel(f"character read ({where})")
     else:
-        ax.set_xlabel("character")
+        ax.set_xlabel(f"character index in the window ({where})")
     ax.set_ylabel("unit")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 def gate_saturation(recording: Recording) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
@@ -131,11 +179,11 @@ def gate_saturation(recording: Recording) -> dict[tuple[int, str], tuple[np.ndar
     return out
 
 
-def plot_gate_saturation(recording: Recording, path: str | Path) -> Path:
+def gate_saturation_figure(recording: Recording) -> Figure:
     """The paper's saturation plot: per unit, fraction of time left- against right-saturated, one panel per layer."""
     saturation = gate_saturation(recording)
     layers = recording.num_layers
-    fig = Figure(figsize=(3.6 * layers, 3.8))
+    fig = Figure(figsize=(max(3.6 * layers, 4.5), 4.2))
     for layer in range(layers):
         ax = fig.add_subplot(1, layers, layer + 1)
         ax.plot([0, 1], [1, 0], color="0.8", lw=0.8)  # x + y = 1: always saturated one way or the other
@@ -144,18 +192,19 @@ def plot_gate_saturation(recording: Recording, path: str | Path) -> Path:
             ax.scatter(left, right, s=12, alpha=0.7, label=gate)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"fraction left-saturated (< {SATURATION_LOW})",
                ylabel=f"fraction right-saturated (> {SATURATION_HIGH})", title=f"layer {layer}")
-        ax.legend(fontsize=7)
+        ax.legend(title="gate", fontsize=7)
+    fig.suptitle(f"gate saturation per unit ({recording.cell})\nnear a corner: a gate used as an on/off switch",
+                 fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def plot_gradient_flow(
+def gradient_flow_figure(
     params: dict[str, np.ndarray],
     config: ModelConfig,
     inputs: np.ndarray,
     targets: np.ndarray,
-    path: str | Path,
-) -> Path:
+) -> Figure:
     """Left: largest |eigenvalue| of each recurrent matrix (1 is the explode/vanish boundary). Right: the norm of
     dL/dh_t of the batch's final-step loss against t, per layer, on a log scale."""
     spectra = recurrent_spectra(params, config)
@@ -167,11 +216,12 @@ def plot_gradient_flow(
     ax.set_yticks(np.arange(len(radii)), list(spectra), fontsize=7)
     ax.axvline(1.0, color="tab:red", lw=1)
     ax.invert_yaxis()
-    ax.set(xlabel="largest |eigenvalue| of Whh block", title=f"recurrent spectra ({config.cell})")
+    ax.set(xlabel="largest |eigenvalue| of the block (red line: 1)", ylabel="recurrent matrix (Whh block)",
+           title=f"recurrent spectra ({config.cell})")
     ax = fig.add_subplot(1, 2, 2)
     for layer, curve in enumerate(norms):
         ax.semilogy(np.arange(len(curve)), np.maximum(curve, 1e-300), label=f"layer {layer}")
     ax.set(xlabel="t (loss at the last step)", ylabel="||dL/dh_t||", title="gradient flow back through time")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig

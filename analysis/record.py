@@ -2,8 +2,9 @@
 
 A :class:`Recording` holds the text, each character's offset in its source, the model's loss on the next
 character, and for every layer the hidden state h (LSTM: also the cell c and gates i f o g; GRU: gates r z and
-candidate n), each (N, H). It is saved as one compressed ``.npz`` (float16 activations by default, metadata as a
-JSON string) and loaded with ``allow_pickle=False``, so every analysis reuses it without re-running the model.
+candidate n), each (N, H). It is saved as one ``.npz`` (float16 activations by default, metadata as a JSON string;
+uncompressed: activations barely compress and zlib made saving the slowest step) and loaded with
+``allow_pickle=False``, so every analysis reuses it without re-running the model.
 """
 
 from __future__ import annotations
@@ -79,17 +80,21 @@ class Recording:
         try:
             key, index = label.split(":")
             state, layer = key.split(".")
-            layer_values = self.layer(state, int(layer))
-            return layer_values[:, int(index)]
-        except (ValueError, IndexError):
+            layer, index = int(layer), int(index)
+        except ValueError:
             raise AnalysisError(f"unknown unit {label!r}: expected state.layer:index, e.g. h.0:3") from None
+        layer_values = self.layer(state, layer)
+        if not 0 <= index < layer_values.shape[1]:
+            raise AnalysisError(f"unit {label!r} is out of range: layer {layer} of {state!r} has units "
+                                f"0..{layer_values.shape[1] - 1}")
+        return layer_values[:, index]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file + rename), so a crash never leaves a half-written recording."""
         path = Path(path)
         meta = dict(self.meta, format_version=FORMAT_VERSION)
         with atomic_write(path) as f:
-            np.savez_compressed(
+            np.savez(
                 f,
                 text=np.array(self.text),
                 offsets=self.offsets,

@@ -7,10 +7,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .explorer import write_explorer
-from .figures import SIGMOID_GATES, plot_gate_saturation, plot_gradient_flow, plot_heatmap, plot_text_activation
+from .features import compute_features
+from .figures import (SIGMOID_GATES, gate_saturation_figure, gradient_flow_figure, heatmap_figure, save_figure,
+                      text_activation_figure, varying_window)
 from .ranking import rank_units, select_units
 from .record import Recording
 from .sources import Model
@@ -29,7 +32,6 @@ class ReportOptions:
     margin: int | None = None
     threshold: float = 0.3
     heatmap_length: int = 120
-    html_chars: int = 4000
     grad_steps: int = 50
     grad_batch: int = 4
 
@@ -60,36 +62,59 @@ def write_report(recording: Recording, out: Path, options: ReportOptions, model:
         selection = select_units(A, labels, start, end, options.margin, options.threshold)
         files += write_table(selection, out / "selection")
 
-    shown = TEXT_FIGURE_WIDTH * TEXT_FIGURE_LINES
+    offset0 = int(recording.offsets[0])
     best = top[top["rank"] == 1]
     for row in best.itertuples(index=False):
         u = labels.index(row.unit)
-        title = f"{row.feature}: unit {row.unit} (score {row.score:.2f}, sign {row.sign:+d})"
-        files.append(plot_text_activation(text[:shown], A[:shown, u], figures / f"text_{row.feature}.png", title,
-                                          TEXT_FIGURE_WIDTH, TEXT_FIGURE_LINES))
+        signal = compute_features(text, [row.feature])[row.feature]
+        start, end = varying_window(signal, text, TEXT_FIGURE_WIDTH, TEXT_FIGURE_LINES)
+        binary = row.kind == "binary"
+        title = feature_title(row, offset0 + start, offset0 + end, bool(np.ptp(signal)))
+        figure = text_activation_figure(text[start:end], A[start:end, u], title, TEXT_FIGURE_WIDTH, TEXT_FIGURE_LINES,
+                                        signal[start:end] if binary else None, f"underlined: {row.feature}")
+        files.append(save_figure(figure, figures / f"text_{row.feature}.png"))
+    shown = TEXT_FIGURE_WIDTH * TEXT_FIGURE_LINES
     for label in options.units:
         values = recording.unit(label)
-        files.append(plot_text_activation(text[:shown], values[:shown], figures / f"unit_{_file_name(label)}.png",
-                                          f"unit {label}", TEXT_FIGURE_WIDTH, TEXT_FIGURE_LINES))
+        title = f"unit {label} from character {offset0} of the corpus"
+        figure = text_activation_figure(text[:shown], values[:shown], title, TEXT_FIGURE_WIDTH, TEXT_FIGURE_LINES)
+        files.append(save_figure(figure, figures / f"unit_{_file_name(label)}.png"))
 
     n = options.heatmap_length
     for state in options.states or [recording.default_state]:
         for layer in range(recording.num_layers):
             values = recording.layer(state, layer)[:n]
-            files.append(plot_heatmap(values, text[:n], figures / f"heatmap_{state}{layer}.png",
-                                      f"{state} (layer {layer}) over the first {len(values)} characters"))
+            title = f"{state} (layer {layer}): every unit over the first {len(values)} recorded characters"
+            files.append(save_figure(heatmap_figure(values, text[:n], title, offset0),
+                                     figures / f"heatmap_{state}{layer}.png"))
     if recording.cell in SIGMOID_GATES:
-        files.append(plot_gate_saturation(recording, figures / "gate_saturation.png"))
+        files.append(save_figure(gate_saturation_figure(recording), figures / "gate_saturation.png"))
     if model is not None:
         batch = _gradient_batch(model, text, options.grad_steps, options.grad_batch)
         if batch is not None:
-            files.append(plot_gradient_flow(model.params, model.config, *batch, figures / "gradient_flow.png"))
+            files.append(save_figure(gradient_flow_figure(model.params, model.config, *batch),
+                                     figures / "gradient_flow.png"))
 
-    m = options.html_chars
     title = f"charrnn explorer: {recording.meta.get('run_id') or recording.meta.get('checkpoint', '')}"
-    files.append(write_explorer(out / "explorer.html", text[:m], A[:m], labels, top, title,
-                                int(recording.offsets[0])))
+    files.append(write_explorer(out / "explorer.html", text, A, labels, top, title, offset0,
+                                recording.meta.get("text_source", "its source text")))
     return Report(top, selection, files)
+
+
+def feature_title(row, first: int, end: int, varies: bool) -> str:
+    """What a feature's text figure shows: the unit, how well it tracks the feature and which colour means what."""
+    if not varies:
+        return (f"{row.feature}: constant over the recorded text (no unit can track it); unit {row.unit}, "
+                f"corpus characters {first}-{end - 1}")
+    if row.kind == "binary":
+        measure = f"AUC {row.auc:.2f} (score |AUC-0.5|x2 = {row.score:.2f})"
+        where = "inside the feature"
+    else:
+        measure = f"Pearson r = {row.r:+.2f}"
+        where = "where the feature is high"
+    colour = "blue (+)" if row.sign > 0 else "red (-)"
+    return (f"{row.feature}: unit {row.unit}, {measure}; corpus characters {first}-{end - 1}\n"
+            f"the window where {row.feature} varies most; the unit leans {colour} {where}")
 
 
 def _gradient_batch(model: Model, text: str, steps: int, batch: int):

@@ -3,13 +3,13 @@ or a checkpoint file, and a text from a file, a literal string or a named corpus
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
 
 from charrnn.checkpoint import load_checkpoint, load_model
@@ -18,8 +18,10 @@ from charrnn.model import ModelConfig
 from charrnn_experiments.tracking import Store
 
 from .errors import AnalysisError
+from .trained_run import ARTIFACT_DIR
 
-CHECKPOINT_PREFERENCE = ("best.npz", "last.npz", "latest.npz")  # first found wins; any other .npz after these
+BEST_CHECKPOINT = "best.npz"
+CHECKPOINT_PREFERENCE = (BEST_CHECKPOINT, "last.npz", "latest.npz")  # first found wins; any other .npz after these
 DEFAULT_VAL_FRACTION = 0.1  # the harness's train.val_fraction default, for checkpoints that do not say
 
 
@@ -33,14 +35,15 @@ class Model:
 
 
 def open_client(tracking_uri: str | None) -> MlflowClient:
-    """A client for ``tracking_uri``, defaulting like ``charrnn-train`` (``sqlite:///mlflow.db`` here).
+    """A client for ``tracking_uri``; unset, MLflow's own ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``
+    here, like ``charrnn-train``.
 
     A SQLite store that does not exist yet is an error: opening it would silently create an empty one.
     """
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = tracking_uri or MLFLOW_TRACKING_URI.get()
     store = Store.resolve(uri, Path.cwd())
     if store.uri.startswith("sqlite:///") and not Path(store.uri[len("sqlite:///"):]).is_file():
-        raise AnalysisError(f"no MLflow store at {store.uri} (run from where charrnn-train ran, or set tracking_uri=)")
+        raise AnalysisError(f"no MLflow store at {store.uri} (run from where charrnn-train ran, or set tracking.uri=)")
     return store.client()
 
 
@@ -52,9 +55,12 @@ def get_run(client: MlflowClient, run_id: str):
 
 
 def _run_checkpoint(client: MlflowClient, run_id: str) -> str:
-    """Artifact path of the run's preferred checkpoint (searched one folder deep, e.g. ``checkpoints/``)."""
+    """Artifact path of the run's preferred checkpoint (searched one folder deep, e.g. ``checkpoints/``; the
+    recordings under ``analysis/`` are not checkpoints)."""
     files = []
     for entry in client.list_artifacts(run_id):
+        if entry.path == ARTIFACT_DIR:
+            continue
         children = client.list_artifacts(run_id, entry.path) if entry.is_dir else [entry]
         files += [c.path for c in children if not c.is_dir and c.path.endswith(".npz")]
     if not files:

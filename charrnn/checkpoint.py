@@ -75,6 +75,10 @@ def read_npz(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, np.
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":  # every .npz is a zip archive; np.load would take anything else for a pickle
+            raise CheckpointError(f"{what} {str(path)!r} is not an .npz file (a zip archive of arrays, as "
+                                  "np.savez and charrnn write)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.atomic import atomic_write
-from charrnn.errors import ConfigError, DataError
+from charrnn.checks import check_int, check_number
+from charrnn.errors import DataError
 
 __all__ = [
     "CORPORA",
@@ -59,6 +60,9 @@ _PYSTDLIB_SKIP_DIRS = frozenset(
 )
 
 _MAX_NAMED = 5  # how many offending characters an error message lists
+# Long texts are encoded and hashed this many characters at a time, so the temporaries (UTF-32 code points,
+# lookup slots) stay a few megabytes whatever the text's length.
+_CHUNK_CHARS = 1 << 18
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -72,7 +76,7 @@ class Vocab:
     order, so a vocabulary stored in a checkpoint round-trips unchanged.
     """
 
-    __slots__ = ("_chars", "_codes_sorted", "_order")
+    __slots__ = ("_chars", "_codes_sorted", "_order", "index_dtype")
 
     def __init__(self, chars: Iterable[str]) -> None:
         chars = list(chars)
@@ -89,7 +93,9 @@ class Vocab:
         self._chars = chars
         codes = _codepoints("".join(chars))
         # searchsorted needs sorted keys; _order maps a sorted slot back to the vocab index.
-        self._order = np.argsort(codes, kind="stable").astype(np.int64)
+        # the smallest type that holds every index: a byte per character for up to 256 characters
+        self.index_dtype = np.min_scalar_type(len(chars) - 1)
+        self._order = np.argsort(codes, kind="stable").astype(self.index_dtype)
         self._codes_sorted = codes[self._order]
 
     @classmethod
@@ -122,23 +128,29 @@ class Vocab:
         return f"Vocab(size={self.size}, chars={''.join(self._chars)!r})"
 
     def encode(self, text: str) -> np.ndarray:
-        """Indices of the characters of ``text``: (len(text),) int64.
+        """Indices of the characters of ``text``: (len(text),) of type ``index_dtype`` (uint8 up to 256
+        characters), so an encoded text takes about a byte per character.
 
-        Vectorised (UTF-32 code points + searchsorted), so a megabyte encodes in milliseconds.
+        Vectorised (UTF-32 code points + searchsorted) a chunk at a time: a megabyte encodes in milliseconds.
         """
-        cps = _codepoints(text)
-        slot = np.searchsorted(self._codes_sorted, cps)
-        slot_c = np.minimum(slot, self.size - 1)  # keep the lookup in bounds; mismatches caught below
-        known = self._codes_sorted[slot_c] == cps
-        if not known.all():
-            unknown = np.unique(cps[~known])
-            shown = ", ".join(repr(chr(int(c))) for c in unknown[:_MAX_NAMED])
-            more = f" (and {len(unknown) - _MAX_NAMED} more)" if len(unknown) > _MAX_NAMED else ""
-            raise DataError(
-                f"text contains {len(unknown)} character(s) not in the vocabulary: {shown}{more}; "
-                f"use only characters of the training text ({self.size} in the vocabulary)"
-            )
-        return self._order[slot_c]
+        ix = np.empty(len(text), dtype=self.index_dtype)
+        for start in range(0, len(text), _CHUNK_CHARS):
+            cps = _codepoints(text[start : start + _CHUNK_CHARS])
+            slot = np.searchsorted(self._codes_sorted, cps)
+            np.minimum(slot, self.size - 1, out=slot)  # keep the lookup in bounds; mismatches caught below
+            if not (self._codes_sorted[slot] == cps).all():
+                self._raise_unknown(text)
+            ix[start : start + len(cps)] = self._order[slot]
+        return ix
+
+    def _raise_unknown(self, text: str) -> None:
+        unknown = sorted(set(text) - set(self._chars))
+        shown = ", ".join(repr(c) for c in unknown[:_MAX_NAMED])
+        more = f" (and {len(unknown) - _MAX_NAMED} more)" if len(unknown) > _MAX_NAMED else ""
+        raise DataError(
+            f"text contains {len(unknown)} character(s) not in the vocabulary: {shown}{more}; "
+            f"use only characters of the training text ({self.size} in the vocabulary)"
+        )
 
     def decode(self, ixs: Iterable[int] | np.ndarray) -> str:
         """The string for a sequence of indices (any shape is flattened in C order)."""
@@ -189,7 +201,8 @@ def load_text(path: str | os.PathLike[str], encoding: str = "utf-8") -> str:
         bad = raw[e.start : e.start + 1].hex()
         raise DataError(
             f"{str(p)!r} is not valid {encoding}: byte 0x{bad} at offset {e.start} ({e.reason}); "
-            f"pass encoding=... (data.encoding=latin-1 on the command line)"
+            f"convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8 {p.name} > {p.stem}.utf8{p.suffix}), "
+            "or from Python pass its encoding to load_text or load_corpus (encoding='latin-1')"
         ) from None
     if not text:
         raise DataError(f"text file {str(p)!r} is empty after decoding as {encoding}; training needs some text")
@@ -216,7 +229,10 @@ class Corpus:
 
 
 def _sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+    digest = hashlib.sha256()
+    for start in range(0, len(text), _CHUNK_CHARS):  # never a second whole copy of the text
+        digest.update(text[start : start + _CHUNK_CHARS].encode("utf-8", errors="surrogatepass"))
+    return digest.hexdigest()
 
 
 def load_corpus(name: str, path: str | os.PathLike[str] | None = None, encoding: str = "utf-8") -> Corpus:
@@ -339,10 +355,8 @@ def split_train_val(text: str, val_fraction: float, seq_length: int) -> tuple[st
     Train needs >= T + 2 characters (the gist reads data[p+1 : p+T+1] and wraps when
     p + T + 1 >= len); val, when requested, needs >= T + 1 (one evaluation window).
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if seq_length < 1:
-        raise ConfigError(f"seq_length must be >= 1, got {seq_length}")
+    check_number("val_fraction", val_fraction, minimum=0.0, below=1.0)
+    check_int("seq_length", seq_length, 1)
     n = len(text)
     if n < seq_length + 2:
         # This is the gist's "IndexError: list index out of range" on small files.
@@ -371,19 +385,19 @@ def split_train_val(text: str, val_fraction: float, seq_length: int) -> tuple[st
 
 
 def _as_index_array(data_ix: np.ndarray) -> np.ndarray:
+    """The indices as they are (uint8 from Vocab.encode: no 8-byte copy of a long text); windows cut from them
+    are int64."""
     data = np.asarray(data_ix)
     if data.ndim != 1 or not np.issubdtype(data.dtype, np.integer):
         raise DataError(
             f"data must be a 1-D integer array of character indices, got shape {data.shape} {data.dtype}"
         )
-    return data.astype(np.int64, copy=False)
+    return data
 
 
 def _check_sizes(batch_size: int, seq_length: int) -> None:
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if seq_length < 1:
-        raise ConfigError(f"seq_length must be >= 1, got {seq_length}")
+    check_int("batch_size", batch_size, 1)
+    check_int("seq_length", seq_length, 1)
 
 
 class BatchStream:
@@ -435,7 +449,7 @@ class BatchStream:
             self.cursor = 0
             self.started = True
         idx = self._offsets[None, :] + (self.cursor + self._steps)[:, None]  # (T+1, B)
-        window = self._data[idx]
+        window = self._data[idx].astype(np.int64)
         self.cursor += T
         return window[:-1], window[1:], reset
 
@@ -475,9 +489,8 @@ def iter_eval_batches(
     """
     _check_sizes(batch_size, seq_length)
     data = _as_index_array(data_ix)
+    check_int("max_chars", max_chars, 2, allow_none=True)
     if max_chars is not None:
-        if max_chars < 2:
-            raise ConfigError(f"max_chars must be >= 2 (or None for all), got {max_chars}")
         data = data[:max_chars]
     n, T = len(data), seq_length
     if n < 2:
@@ -488,5 +501,5 @@ def iter_eval_batches(
     for p in range(0, L - 1, T):
         t = min(T, L - 1 - p)
         idx = offsets[None, :] + np.arange(p, p + t + 1, dtype=np.int64)[:, None]  # (t+1, B)
-        window = data[idx]
+        window = data[idx].astype(np.int64)
         yield window[:-1], window[1:], p == 0

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .cells import CELLS
+from .checks import check_int
 from .errors import ConfigError
 
 DTYPES = ("float64", "float32")
@@ -34,12 +35,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.cell not in CELLS:
             raise ConfigError(f"unknown cell {self.cell!r}: choose one of {', '.join(CELLS)}")
-        if self.hidden_size <= 0:
-            raise ConfigError(f"hidden_size must be a positive integer, got {self.hidden_size}")
-        if self.num_layers <= 0:
-            raise ConfigError(f"num_layers must be a positive integer, got {self.num_layers}")
-        if self.vocab_size <= 0:
-            raise ConfigError(f"vocab_size must be a positive integer, got {self.vocab_size}")
+        for name in ("hidden_size", "num_layers", "vocab_size"):
+            check_int(name, getattr(self, name), 1)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 

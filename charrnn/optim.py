@@ -7,8 +7,11 @@ per-array one.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
+from .checks import check_number
 from .errors import ConfigError
 
 
@@ -28,8 +31,8 @@ class Optimizer:
     slots: tuple[str, ...] = ()
 
     def __init__(self, lr: float, eps: float = 1e-8):
-        if not lr > 0:
-            raise ConfigError(f"learning rate must be positive, got lr={lr}")
+        check_number("lr", lr, positive=True)
+        check_number("eps", eps, positive=True)
         self.lr = lr
         self.eps = eps
         self.state: dict[str, np.ndarray] = {}
@@ -74,6 +77,7 @@ class RMSprop(Optimizer):
 
     def __init__(self, lr: float, decay: float = 0.99, eps: float = 1e-8):
         super().__init__(lr, eps)
+        check_number("decay", decay, minimum=0.0, below=1.0)
         self.decay = decay
 
     def update(self, param, grad, tmp, tmp2, cache):
@@ -89,6 +93,8 @@ class Adam(Optimizer):
 
     def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         super().__init__(lr, eps)
+        check_number("beta1", beta1, minimum=0.0, below=1.0)
+        check_number("beta2", beta2, minimum=0.0, below=1.0)
         self.beta1, self.beta2 = beta1, beta2
 
     def update(self, param, grad, tmp, tmp2, m, v):
@@ -108,8 +114,13 @@ CLIP_MODES = ("value", "norm")
 
 
 def make_optimizer(name: str, lr: float, **options) -> Optimizer:
+    """The optimizer ``name``; every setting is checked here, with one line naming what is wrong."""
     if name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    known = [p for p in inspect.signature(OPTIMIZERS[name]).parameters if p != "lr"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"{name} has no option {unknown[0]!r}: its options are {', '.join(known)}")
     return OPTIMIZERS[name](lr, **options)
 
 

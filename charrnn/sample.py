@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .data import Vocab
-from .errors import ConfigError
+from .checks import check_int, check_number
 from .model import ModelConfig, forward, init_state
 
 
@@ -29,12 +29,11 @@ def generate(
     Pass ``rng`` to continue a random stream (the trainer does, so sampling is part of exact resume),
     else ``seed`` makes a fresh one.
     """
-    if length < 0:
-        raise ConfigError(f"sample length must be >= 0, got {length}")
-    if not argmax and not temperature > 0:
-        raise ConfigError(f"temperature must be positive (or use argmax), got {temperature}")
-    if top_k is not None and top_k <= 0:
-        raise ConfigError(f"top_k must be a positive integer, got {top_k}")
+    check_int("length", length, 0)
+    if not argmax:
+        check_number("temperature", temperature, positive=True)
+    check_int("top_k", top_k, 1, allow_none=True)
+    check_int("seed", seed, 0, allow_none=True)
     rng = rng if rng is not None else np.random.default_rng(seed)
     state = init_state(config, 1)
     if prime:

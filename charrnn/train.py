@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checks import check_int, check_number
 from .data import BatchStream, Vocab, iter_eval_batches
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .model import ModelConfig, init_params, init_state, loss_and_grads, loss_only
 from .optim import CLIP_MODES, clip_gradients, flat_views, make_optimizer
 from .sample import sample
@@ -44,14 +45,14 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("seq_length", "batch_size", "log_every", "eval_every", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.sample_every < 0 or self.sample_length < 0:
-            raise ConfigError("sample_every and sample_length must be >= 0")
-        if self.max_iters is not None and self.max_iters < 0:
-            raise ConfigError(f"max_iters must be >= 0, got {self.max_iters}")
-        if self.max_seconds is not None and self.max_seconds <= 0:
-            raise ConfigError(f"max_seconds must be positive, got {self.max_seconds}")
+            check_int(name, getattr(self, name), 1)
+        for name in ("seed", "sample_every", "sample_length"):
+            check_int(name, getattr(self, name), 0)
+        check_int("max_iters", self.max_iters, 0, allow_none=True)
+        check_int("eval_max_chars", self.eval_max_chars, 2, allow_none=True)  # one input and its target
+        check_number("max_seconds", self.max_seconds, positive=True, allow_none=True)
+        check_number("target_val_loss", self.target_val_loss, minimum=0.0, allow_none=True)  # nats: >= 0
+        check_number("sample_temperature", self.sample_temperature, positive=True)
         if self.max_iters is None and self.max_seconds is None and self.target_val_loss is None:
             raise ConfigError("no stop condition: set max_iters, max_seconds or target_val_loss")
 
@@ -65,12 +66,10 @@ class OptimConfig:
     options: dict = field(default_factory=dict)  # extra optimizer arguments (betas, decay, eps)
 
     def __post_init__(self):
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        make_optimizer(self.name, self.lr, **self.options)  # checks the name, lr and options in one place
         if self.clip_mode not in CLIP_MODES:
             raise ConfigError(f"clip_mode must be one of {', '.join(CLIP_MODES)}, got {self.clip_mode!r}")
-        if self.clip is not None and self.clip < 0:
-            raise ConfigError(f"clip must be >= 0, got {self.clip}")
+        check_number("clip", self.clip, minimum=0.0, allow_none=True)
 
 
 @dataclass
@@ -88,7 +87,8 @@ class TrainResult:
 
 class Callback:
     """Hooks the trainer calls; override what you need. Metric names: train/loss, train/smooth_loss (nats per
-    character), grad/norm (before clipping), throughput/chars_per_s, val/loss, val/bpc."""
+    character), grad/norm (before clipping), throughput/chars_per_s, val/loss, val/bpc and val/best_loss (the
+    lowest val/loss so far: a run's best validation loss is its last val/best_loss)."""
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
 
@@ -151,6 +151,7 @@ class Trainer:
         self.smooth_loss = math.log(vocab.size)  # the loss of a uniform guess, as in the gist
         self.val_loss: float | None = None
         self.best_val_loss: float | None = None
+        self.evaluated_at: int | None = None  # the iteration val_loss was measured at
         self.elapsed_seconds = 0.0
         self._window = {"loss_sum": 0.0, "count": 0, "chars": 0, "seconds": 0.0}  # since the last log line
         self._stop_reason: str | None = None
@@ -162,6 +163,7 @@ class Trainer:
             "smooth_loss": self.smooth_loss,
             "val_loss": self.val_loss,
             "best_val_loss": self.best_val_loss,
+            "evaluated_at": self.evaluated_at,
             "elapsed_seconds": self.elapsed_seconds,
             "stream": self.stream.state(),
             "sample_rng": self.sample_rng.bit_generator.state,
@@ -208,6 +210,7 @@ class Trainer:
         trainer.iteration = p["iteration"]
         trainer.smooth_loss = p["smooth_loss"]
         trainer.val_loss, trainer.best_val_loss = p["val_loss"], p["best_val_loss"]
+        trainer.evaluated_at = p.get("evaluated_at")  # absent from checkpoints written before it was kept
         trainer.elapsed_seconds = p["elapsed_seconds"]
         trainer.stream.load_state(p["stream"])
         trainer.sample_rng.bit_generator.state = p["sample_rng"]
@@ -239,6 +242,9 @@ class Trainer:
     def evaluate(self, data_ix: np.ndarray | None = None) -> float:
         """Mean loss per character (nats) over the validation text, streams carried as in training."""
         data_ix = self.val_ix if data_ix is None else data_ix
+        if data_ix is None:
+            raise DataError("this trainer has no validation text to evaluate on; pass val_text (from "
+                            "split_train_val with val_fraction > 0) or the indices to evaluate")
         total_nats, total_chars = 0.0, 0
         state = None
         for inputs, targets, reset in iter_eval_batches(
@@ -277,6 +283,27 @@ class Trainer:
 
     def _params_finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.params.values())
+
+    def _evaluate_and_save(self, callbacks, best_ckpt: str | None) -> tuple[str | None, str | None]:
+        """Evaluate the model as it is now, report val/loss, val/bpc and val/best_loss, save latest.npz (and
+        best.npz when the loss improved). Returns (latest path, best path), None without a checkpoint_dir."""
+        n = self.iteration
+        self.val_loss = self.evaluate()
+        self.evaluated_at = n
+        improved = self.best_val_loss is None or self.val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss = self.val_loss
+        for cb in callbacks:
+            cb.on_metrics({"val/loss": self.val_loss, "val/bpc": self.val_loss / math.log(2),
+                           "val/best_loss": self.best_val_loss}, n)
+        last_ckpt = self._save("latest.npz")
+        if improved and self.checkpoint_dir is not None:
+            best_ckpt = self._save("best.npz")
+        for path, is_best in ((last_ckpt, False), (best_ckpt if improved else None, True)):
+            if path is not None:
+                for cb in callbacks:
+                    cb.on_checkpoint(path, n, is_best)
+        return last_ckpt, best_ckpt
 
     def run(self, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
         cfg = self.train_config
@@ -333,22 +360,13 @@ class Trainer:
 
             # evaluate and checkpoint last, so a checkpoint holds the state after everything iteration n did
             if self.val_ix is not None and n % cfg.eval_every == 0:
-                self.val_loss = self.evaluate()
-                improved = self.best_val_loss is None or self.val_loss < self.best_val_loss
-                if improved:
-                    self.best_val_loss = self.val_loss
-                for cb in callbacks:
-                    cb.on_metrics({"val/loss": self.val_loss, "val/bpc": self.val_loss / math.log(2)}, n)
-                last_ckpt = self._save("latest.npz")
-                if improved and self.checkpoint_dir is not None:
-                    best_ckpt = self._save("best.npz")
-                for path, is_best in ((last_ckpt, False), (best_ckpt if improved else None, True)):
-                    if path is not None:
-                        for cb in callbacks:
-                            cb.on_checkpoint(path, n, is_best)
+                last_ckpt, best_ckpt = self._evaluate_and_save(callbacks, best_ckpt)
 
             self.elapsed_seconds = time.perf_counter() - started
 
+        if status == "finished" and self.val_ix is not None and self.evaluated_at != self.iteration:
+            # the budget ended between evaluations: the final model is measured too
+            last_ckpt, best_ckpt = self._evaluate_and_save(callbacks, best_ckpt)
         if status != "diverged":
             last_ckpt = self._save("latest.npz") or last_ckpt
             if last_ckpt is not None:

@@ -6,7 +6,6 @@ keeps what was generated so far.
 
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
 from charrnn.checkpoint import load_model
+from charrnn.checks import check_int, check_number
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn.sample import generate
 from charrnn_experiments import tracking
@@ -50,28 +50,16 @@ def checkpoint_of(cfg: DictConfig, into: Path) -> Path:
 
 
 def sampling_options(cfg: DictConfig) -> dict:
-    """The sampling keys, checked: one line naming the key for any value it cannot mean."""
-    def integer(key: str, low: int, allow_none: bool = False) -> int | None:
-        value = cfg[key]
-        if value is None and allow_none:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{key} must be an integer >= {low}{' or null' if allow_none else ''}, "
-                              f"got {value!r}")
-        return value
-
-    def boolean(key: str) -> bool:
-        if not isinstance(cfg[key], bool):
-            raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
-        return cfg[key]
-
-    temperature = cfg.temperature
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not (math.isfinite(temperature) and temperature > 0):
-        raise ConfigError(f"temperature must be a positive number, got {temperature!r}")
-    return {"length": integer("length", 0), "top_k": integer("top_k", 1, allow_none=True),
-            "seed": integer("seed", 0), "temperature": float(temperature), "argmax": boolean("argmax"),
-            "prime": "" if cfg.prime is None else str(cfg.prime)}  # prime=123 is the text "123"
+    """The sampling keys, checked before any checkpoint is read: one line naming the key."""
+    if not isinstance(cfg.argmax, bool):
+        raise ConfigError(f"argmax must be true or false, got {cfg.argmax!r}")
+    check_int("length", cfg.length, 0)
+    check_int("top_k", cfg.top_k, 1, allow_none=True)
+    check_int("seed", cfg.seed, 0)
+    if not cfg.argmax:
+        check_number("temperature", cfg.temperature, positive=True)
+    return {"length": cfg.length, "top_k": cfg.top_k, "seed": cfg.seed, "temperature": cfg.temperature,
+            "argmax": cfg.argmax, "prime": "" if cfg.prime is None else str(cfg.prime)}  # prime=123: "123"
 
 
 @hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="sample")

@@ -1,64 +1,364 @@
-"""Hydra callback: set up MLflow once in the launching process of a multirun.
+"""Hydra callback: the MLflow side of a multirun sweep, its names, its summary and how it stops.
 
 Several jobs that open a brand-new SQLite store at once race on its schema migration, so the
-store, the experiment and the sweep's parent run are created here, before any job starts; each
-job reads the parent from ``<sweep dir>/mlflow_parent.json`` and logs a nested child run.
-At the end the parent gets the sweep's summary: the best child and its parameters.
+store, the experiment and the sweep's parent run are created here, in the launching process,
+before any job starts; each job reads the parent from ``<sweep dir>/mlflow_parent.json`` and logs
+a nested child run named by its swept values only (``h=64 T=16 lr=0.1 clip=5``).
+
+At the end the parent gets the sweep's summary (the best child by its lowest ``val/loss`` during
+the run, its swept values as ``best.*`` params) and the console a leaderboard, the parent run id
+and the MLflow UI address of the experiment's runs table.
+
+One SIGINT or SIGTERM to the launching process stops the whole sweep: no new job starts, jobs in
+flight get the signal (they save a checkpoint and end KILLED), every child still RUNNING once its
+job is gone is ended truthfully, and the command exits 128 + the signal number. A sweep in which
+jobs failed says how many and exits 1.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import math
 import os
+import signal
+import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from charrnn_experiments import tracking
 
+SWEEP_FILE = "sweep.json"  # in the sweep dir: the swept keys and BLAS threads per job, read by every job
+MAX_NAME = 40              # characters of a child run's name
+UI_PORT = 5000             # mlflow ui's default port
+# Swept keys as they read in a child's name, in this order; any other key reads as its last component, after them.
+SHORT_KEYS = {"model.hidden_size": "h", "model.num_layers": "L", "model": "cell", "model.cell": "cell",
+              "train.seq_length": "T", "train.batch_size": "B", "optim.lr": "lr", "optim.clip": "clip",
+              "optim": "optim", "optim.name": "optim"}
+TIME_CAP_REASON = "used the time budget"  # the engine's stop reason when train.max_seconds ran out
+TAG_LAUNCHER = "charrnn.launcher"
+TAG_SWEEPER = "charrnn.sweeper"
+TAG_JOBS = "charrnn.jobs"
+TAG_BLAS_THREADS = "charrnn.blas_threads"
+JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+PROCESS_LAUNCHER = "hydra_plugins.charrnn_launcher.process_launcher.JobProcessLauncher"
+
+
+class SweepStop:
+    """What the launching process knows about stopping: the signal received and the job processes."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.job_pids: set[int] = set()          # job processes of charrnn's launcher, to forward to
+        self.deaths: dict[int, str] = {}         # job number -> how its process died
+        self.serial = False                      # jobs run inside this process (Hydra's basic launcher)
+        self.in_job = False                      # ... and one is running now
+        self.launcher_forwards = False           # charrnn's launcher: jobs are our own child processes
+
+    def request(self, signum: int) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if first:
+            print(f"\nstopping the sweep ({signal.Signals(signum).name}): no new job starts, jobs in "
+                  "flight save a checkpoint and end KILLED", file=sys.stderr, flush=True)
+        for pid in list(self.job_pids):
+            try:  # a second signal kills what is still running
+                os.kill(pid, signum if first else signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def exit_code(self) -> int:
+        return 128 + int(self.signum or signal.SIGINT)
+
+
+STOP = SweepStop()
+
+
+def _on_signal(signum, frame) -> None:
+    STOP.request(signum)
+    if STOP.launcher_forwards or (STOP.serial and not STOP.in_job):
+        return  # the launcher or the next job's start ends the sweep
+    raise KeyboardInterrupt  # the job in this process ends KILLED; other launchers stop as they do on Ctrl-C
+
+
+# --- the sweep space and the names of its jobs ---------------------------------------------------
+
+def swept_space(config: DictConfig) -> dict[str, str]:
+    """{key: values as written} for every swept key: the sweeper's params, then the command line's sweeps."""
+    space = {str(k): str(v) for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()}
+    for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            space[key] = override.input_line.split("=", 1)[1]
+        else:  # one value on the command line pins a key the preset sweeps
+            space.pop(key, None)
+    return space
+
+
+def planned_jobs(config: DictConfig, space: dict[str, str]) -> int | None:
+    """How many jobs the sweeper will launch, where that is known in advance."""
+    if OmegaConf.select(config, "hydra.sweeper.n_trials") is not None:
+        return int(config.hydra.sweeper.n_trials)
+    if not str(config.hydra.sweeper._target_).endswith("BasicSweeper"):
+        return None
+    count = 1
+    for override in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in space.items()]):
+        count *= len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
+    return count
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def short_name(overrides: list[str], keys: list[str]) -> str:
+    """``h=64 T=16 lr=0.1 clip=5``: the values of the swept ``keys`` in these job overrides."""
+    values = {o.get_key_element(): o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+    order = list(SHORT_KEYS)  # the same order in every name, whatever order the sweep was written in
+    keys = sorted(keys, key=lambda k: order.index(k) if k in order else len(order))
+    parts = [f"{SHORT_KEYS.get(k, k.rsplit('.', 1)[-1])}={_short_value(values[k])}" for k in keys if k in values]
+    name = " ".join(parts)
+    return name if len(name) <= MAX_NAME else name[:MAX_NAME - 1] + "…"
+
+
+def read_sweep(sweep_dir: Path) -> dict:
+    path = sweep_dir / SWEEP_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def job_label(sweep_dir: Path, overrides: list[str]) -> str | None:
+    """A sweep job's short name, from the keys the launching process recorded as swept."""
+    keys = read_sweep(sweep_dir).get("keys")
+    if keys is None:  # a job not started by this callback: name it by all its overrides
+        keys = [o.get_key_element() for o in OverridesParser.create().parse_overrides(overrides)]
+    return short_name(overrides, keys) or None
+
+
+def blas_threads(config: DictConfig) -> int | None:
+    """BLAS threads per job so that parallel jobs never oversubscribe the cores; None: jobs run one at a time."""
+    from joblib import cpu_count, effective_n_jobs
+
+    target = str(config.hydra.launcher._target_)
+    if target.endswith("BasicLauncher"):
+        return None
+    n_jobs = OmegaConf.select(config, "hydra.launcher.n_jobs")
+    parallel = effective_n_jobs(n_jobs) if n_jobs is not None else cpu_count()  # Ray, submitit: one per core
+    return max(1, cpu_count() // parallel)
+
+
+def limit_blas_threads(threads: int) -> int:
+    """Set and return this process's BLAS threads (NumPy's BLAS is already loaded, so not through env)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
+    return max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=threads)
+
+
+def use_process_launcher(config: DictConfig) -> None:
+    """Run ``hydra/launcher=joblib`` sweeps with charrnn's launcher: its settings, each job in its own
+    process, so that one job that dies stops neither the others nor the sweep (on loky's pool it does)."""
+    if str(config.hydra.launcher._target_) != JOBLIB_LAUNCHER:
+        return
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.charrnn_launcher.process_launcher import JobProcessLauncher, start_fork_server
+
+    start_fork_server()
+    Plugins.instance().register(JobProcessLauncher)
+    with read_write(config.hydra.launcher):
+        config.hydra.launcher._target_ = PROCESS_LAUNCHER
+
+
+# --- the callback ----------------------------------------------------------------------------------
 
 class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        use_process_launcher(config)
         store = tracking.Store.resolve(config.tracking.uri, os.getcwd())
         experiment_id = store.ensure_experiment(config.tracking.experiment)
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        parent = tracking.MlflowTracker.start(store, experiment_id, run_name=sweep_dir.name,
-                                              tags={tracking.TAG_SWEEP: str(sweep_dir)})
+        space = swept_space(config)
+        choices = config.hydra.runtime.choices
+        preset = choices.get("experiment") or "sweep"
+        jobs = planned_jobs(config, space)
+        threads = blas_threads(config)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps({"keys": list(space), "blas_threads": threads}))
+        tags = {tracking.TAG_SWEEP: str(sweep_dir), TAG_LAUNCHER: str(choices.get("hydra/launcher")),
+                TAG_SWEEPER: str(choices.get("hydra/sweeper"))}
+        if jobs is not None:
+            tags[TAG_JOBS] = str(jobs)
+        parent = tracking.MlflowTracker.start(
+            store, experiment_id, run_name=f"{preset} {datetime.now():%m-%d %H:%M}", tags=tags)
+        tracking.log_params(parent.client, parent.run_id, {f"sweep.{k}": v for k, v in space.items()})
         tracking.write_parent(sweep_dir, store, experiment_id, parent.run_id)
-        # A sweep stopped before on_multirun_end (Ctrl-C, a crash) must not leave the parent RUNNING.
-        atexit.register(_kill_if_running, store, parent.run_id)
+        self._pid = os.getpid()
+        STOP.serial = str(config.hydra.launcher._target_).endswith("BasicLauncher")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
+        # A sweep stopped before on_multirun_end (a signal, a crash) must not leave its runs RUNNING.
+        atexit.register(_end_if_running, sweep_dir)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if os.getpid() == getattr(self, "_pid", None):  # a job inside the launching process
+            if STOP.signum is not None:
+                raise SystemExit(STOP.exit_code())
+            STOP.in_job = True
+            return
+        threads = read_sweep(Path(config.hydra.sweep.dir).resolve()).get("blas_threads")
+        self._blas_threads = limit_blas_threads(threads) if threads is not None else None
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        if os.getpid() == getattr(self, "_pid", None):
+            STOP.in_job = False
+            if STOP.signum is None:
+                STOP.signum = _stopped_by(sweep_dir, config.hydra.job.num)
+            if STOP.signum is not None:
+                raise SystemExit(STOP.exit_code())
+            return
+        if getattr(self, "_blas_threads", None) is not None:
+            _tag_job_run(sweep_dir, config.hydra.job.num, TAG_BLAS_THREADS, str(self._blas_threads))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        record = tracking.read_parent(sweep_dir)
-        if record is None:
-            return
-        summarize_sweep(tracking.Store(record["tracking_uri"], None).client(),
-                        record["experiment_id"], record["run_id"])
+        failed = end_sweep(Path(config.hydra.sweep.dir).resolve())
+        if STOP.signum is not None:
+            raise SystemExit(STOP.exit_code())
+        if failed:
+            raise SystemExit(1)
 
 
-def _kill_if_running(store: tracking.Store, run_id: str) -> None:
-    client = store.client()
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_terminated(run_id, status="KILLED")
+def _job_run(client, record: dict, job_num: int):
+    runs = client.search_runs([record["experiment_id"]],
+                              filter_string=f"tags.`{tracking.TAG_PARENT}` = '{record['run_id']}' "
+                                            f"and tags.`{tracking.TAG_JOB}` = '{job_num}'")
+    return runs[0] if runs else None
 
 
-def summarize_sweep(client, experiment_id: str, parent_run_id: str) -> None:
-    """Tag the parent with its best child (lowest final val/loss) and log that child's params."""
-    children = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{tracking.TAG_PARENT}` = '{parent_run_id}'",
-        max_results=10_000)
-    scored = [(c.data.metrics.get("val/loss", math.inf), c) for c in children]
-    scored = [(v, c) for v, c in scored if math.isfinite(v)]
-    client.set_tag(parent_run_id, "charrnn.children", str(len(children)))
-    if scored:
-        best_loss, best = min(scored, key=lambda vc: vc[0])
-        client.set_tag(parent_run_id, tracking.TAG_BEST_CHILD, best.info.run_id)
-        client.log_metric(parent_run_id, "best/val/loss", best_loss)
-        tracking.log_params(client, parent_run_id,
-                            {f"best.{k}": v for k, v in best.data.params.items()})
-    status = "FINISHED" if scored else "FAILED"
-    client.set_terminated(parent_run_id, status=status)
+def _tag_job_run(sweep_dir: Path, job_num: int, key: str, value: str) -> None:
+    record = tracking.read_parent(sweep_dir)
+    client = tracking.Store(record["tracking_uri"], None).client()
+    run = _job_run(client, record, job_num)
+    if run is not None:
+        client.set_tag(run.info.run_id, key, value)
+
+
+def _stopped_by(sweep_dir: Path, job_num: int) -> int | None:
+    """The signal that stopped a job of this process (its run ended KILLED), if one did."""
+    record = tracking.read_parent(sweep_dir)
+    run = _job_run(tracking.Store(record["tracking_uri"], None).client(), record, job_num)
+    if run is None or run.info.status != "KILLED":
+        return None
+    return signal.SIGTERM if "SIGTERM" in run.data.tags.get(tracking.TAG_REASON, "") else signal.SIGINT
+
+
+def _end_if_running(sweep_dir: Path) -> None:
+    record = tracking.read_parent(sweep_dir)
+    client = tracking.Store(record["tracking_uri"], None).client()
+    if client.get_run(record["run_id"]).info.status == "RUNNING":
+        end_sweep(sweep_dir)
+
+
+# --- the summary -----------------------------------------------------------------------------------
+
+def best_val_loss(client, run) -> tuple[float | None, int | None]:
+    """(the lowest val/loss during the run, the last iteration evaluated): the one definition of a
+    run's best validation loss everywhere in a sweep."""
+    history = client.get_metric_history(run.info.run_id, "val/loss")
+    if not history:
+        return None, None
+    return min(m.value for m in history), max(m.step for m in history)
+
+
+def ui_address(store_uri: str, experiment_id: str) -> tuple[str | None, str]:
+    """(the command that serves the store or None, the URL of the experiment's runs table)."""
+    # MLflow 3 opens an experiment on its GenAI overview unless the URL asks for the model-training view.
+    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if store_uri.startswith(("http://", "https://")):
+        return None, f"{store_uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {store_uri}", f"http://127.0.0.1:{UI_PORT}/{page}"
+
+
+def end_sweep(sweep_dir: Path) -> int:
+    """End every run of the sweep truthfully, summarise it on the parent and print the leaderboard.
+
+    Returns the number of jobs that did not finish.
+    """
+    record = tracking.read_parent(sweep_dir)
+    if record is None:
+        return 0
+    client = tracking.Store(record["tracking_uri"], None).client()
+    parent_id = record["run_id"]
+    parent = client.get_run(parent_id)
+    keys = read_sweep(sweep_dir).get("keys") or []
+    children = client.search_runs([record["experiment_id"]],
+                                  filter_string=f"tags.`{tracking.TAG_PARENT}` = '{parent_id}'",
+                                  max_results=10_000)
+    rows = []
+    for child in children:
+        status = child.info.status
+        reason = child.data.tags.get(tracking.TAG_REASON, "")
+        if status == "RUNNING":  # its job is gone: the sweep stopped it or its process died
+            died = STOP.deaths.get(int(child.data.tags.get(tracking.TAG_JOB, -1)), "for no known reason")
+            if STOP.signum is not None:
+                status = "KILLED"
+                reason = f"the sweep was stopped ({signal.Signals(STOP.signum).name}) before this job ended its run"
+            else:
+                status, reason = "FAILED", f"its job process died ({died}) before ending the run"
+            client.set_tag(child.info.run_id, tracking.TAG_REASON, reason)
+            client.set_terminated(child.info.run_id, status=status)
+        best, iters = best_val_loss(client, child)
+        rows.append((status, best, iters, child, reason))
+    finished = [r for r in rows if r[0] == "FINISHED" and r[1] is not None and math.isfinite(r[1])]
+    capped = [r for r in rows if r[4].startswith(TIME_CAP_REASON)]
+    summary = {"charrnn.children": str(len(rows)), "charrnn.finished": str(len(finished)),
+               "charrnn.failed": str(len(rows) - len(finished)), "charrnn.hit_time_cap": str(len(capped))}
+    for key, value in summary.items():
+        client.set_tag(parent_id, key, value)
+    if finished:
+        _, best_loss, _, best, _ = min(finished, key=lambda r: r[1])
+        client.set_tag(parent_id, tracking.TAG_BEST_CHILD, best.info.run_id)
+        client.log_metric(parent_id, "best/val/loss", best_loss)
+        tracking.log_params(client, parent_id, {f"best.{k}": best.data.params[k]
+                                                for k in keys if k in best.data.params})
+    if STOP.signum is not None:
+        client.set_tag(parent_id, tracking.TAG_REASON, f"stopped by {signal.Signals(STOP.signum).name}")
+        status = "KILLED"
+    else:
+        status = "FINISHED" if finished else "FAILED"
+    client.set_terminated(parent_id, status=status)
+    _print_leaderboard(parent, rows, finished, capped, record, parent_id, status)
+    return len(rows) - len(finished)
+
+
+def _print_leaderboard(parent, rows, finished, capped, record, parent_id, status) -> None:
+    planned = int(parent.data.tags.get(TAG_JOBS, len(rows)))
+    counts = {state: sum(r[0] == state for r in rows) for state in ("FINISHED", "FAILED", "KILLED")}
+    counts["not started"] = max(0, planned - len(rows))
+    lines = [f"\nsweep {parent.info.run_name}: {status}, "
+             + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n) + f" of {planned} jobs",
+             f"  {'status':<9} {'best val/loss':>13} {'iters':>6}  job"]
+    for state, best, iters, child, reason in sorted(rows, key=lambda r: (r not in finished, r[1] or 0.0)):
+        loss = f"{best:.4f}" if best is not None else "-"
+        note = "  (hit the train.max_seconds safety cap)" if reason.startswith(TIME_CAP_REASON) else (
+            f"  ({reason})" if state != "FINISHED" and reason else "")
+        lines.append(f"  {state:<9} {loss:>13} {iters if iters is not None else '-':>6}  "
+                     f"{child.info.run_name}{note}")
+    if capped:
+        lines.append(f"{len(capped)} job(s) stopped on the wall-clock safety cap before train.max_iters: they did "
+                     "less work than the others; raise train.max_seconds to compare at equal iterations")
+    if finished:
+        best = min(finished, key=lambda r: r[1])
+        lines.append(f"best (lowest val/loss during the run): {best[3].info.run_name}  {best[1]:.4f} nats/char")
+    if len(finished) < planned:
+        lines.append(f"{planned - len(finished)} of {planned} jobs did not finish")
+    command, url = ui_address(record["tracking_uri"], record["experiment_id"])
+    lines.append(f"parent run id: {parent_id}")
+    lines.append(f"see it: {command}, then open {url}" if command else f"see it: open {url}")
+    print("\n".join(lines), flush=True)

@@ -345,7 +345,12 @@ class MlflowTracker(Callback):
                 self.client.log_inputs(self.run_id, datasets=[entity])
                 break
             except MlflowException as err:
-                if "UNIQUE constraint" not in str(err) or attempt == 2:
+                # SQLite, PostgreSQL and MySQL word the refusal differently; MLflow passes the driver's
+                # text on under INTERNAL_ERROR (through a tracking server, in the REST error's message).
+                refused = err.error_code == "RESOURCE_ALREADY_EXISTS" or any(text in str(err) for text in (
+                    "UNIQUE constraint failed", "duplicate key value violates unique constraint",
+                    "Duplicate entry"))
+                if not refused or attempt == 2:
                     raise
                 time.sleep(0.1)
         self.client.set_tag(self.run_id, TAG_DATASET_SHA, sha256)

@@ -29,8 +29,10 @@ from charrnn.data import Corpus, Vocab, load_corpus, split_train_val
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
+from charrnn_analysis.trained_run import ARTIFACT_DIR, record_finished_run
 from charrnn_experiments import tracking
 from charrnn_experiments.progress import ProgressCallback
+from charrnn_experiments.sweep_callback import job_label
 
 log = logging.getLogger("charrnn")
 
@@ -51,17 +53,17 @@ class Job:
     multirun: bool
     sweep_dir: Path | None
     job_num: int | None
-    name: str | None  # in a sweep, the job's overrides: "model.hidden_size=8,optim.lr=0.1"
+    name: str | None  # in a sweep, the job's swept values: "h=8 lr=0.1"
 
     @classmethod
     def from_hydra(cls) -> Job:
         hc = HydraConfig.get()
         base = Path(hc.runtime.cwd)
         multirun = hc.mode == RunMode.MULTIRUN
-        return cls(base, Path(hc.runtime.output_dir), multirun,
-                   (base / hc.sweep.dir).resolve() if multirun else None,
+        sweep_dir = (base / hc.sweep.dir).resolve() if multirun else None
+        return cls(base, Path(hc.runtime.output_dir), multirun, sweep_dir,
                    hc.job.num if multirun else None,
-                   hc.job.override_dirname or None if multirun else None)
+                   job_label(sweep_dir, list(hc.overrides.task)) if multirun else None)
 
 
 class JobFailed(Exception):
@@ -331,12 +333,11 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         stopper.trainer = trainer
         progress = ProgressCallback(trainer.train_config.max_iters)
         result = trainer.run([tracker, progress])
-        if result.status == "finished" and (result.val_loss is None
-                                            or result.iteration % trainer.train_config.eval_every):
-            # The budget ended between evaluations: measure the final model once more.
-            val = trainer.evaluate()
-            tracker.on_metrics({"val/loss": val, "val/bpc": val / math.log(2)}, result.iteration)
-            result.val_loss = val
+        if result.status == "finished":  # analysis hook: record the hidden state on the validation slice
+            record_finished_run(trainer.params, trainer.model_config, trainer.vocab, trainer.val_ix,
+                                len(trainer.train_ix), cfg.get("record"), run_dir / ARTIFACT_DIR,
+                                lambda folder: tracker.client.log_artifacts(tracker.run_id, str(folder), ARTIFACT_DIR),
+                                trainer.elapsed_seconds)
         status = RUN_STATUS.get(result.status, "FAILED")
         sample = trainer.sample() if status == "FINISHED" else None
         if sample is not None:
@@ -356,9 +357,10 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         raise JobKilled(f"run {tracker.run_id} {result.reason}; checkpoint saved, "
                         f"continue it with train.resume={tracker.run_id}")
     if not job.multirun:
+        val = ("none (no validation text)" if result.val_loss is None else
+               f"{result.val_loss:.4f} nats/char ({result.val_loss / math.log(2):.4f} bits/char)")
         print(f"\nrun id:    {tracker.run_id}\n"
-              f"val loss:  {result.val_loss:.4f} nats/char ({result.val_loss / math.log(2):.4f} bits/char)"
-              f" after {result.iteration} iterations ({result.reason})\n"
+              f"val loss:  {val} after {result.iteration} iterations ({result.reason})\n"
               f"sample:\n----\n{sample}\n----\n"
               f"see it:    {store.ui_command()}", flush=True)
     return tracker.run_id, result.val_loss

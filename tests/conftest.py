@@ -1,4 +1,6 @@
-"""Shared fixtures: the data directory, a small generated text, and running the console scripts."""
+"""Shared fixtures and helpers: the data directory, a small generated text, running the console scripts,
+composing the Hydra config, and the tiny training job the CLI tests run. Test modules import helpers from
+here, never from one another."""
 
 from __future__ import annotations
 
@@ -11,9 +13,27 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_module
+from mlflow import MlflowClient
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
 BIN = Path(sys.executable).parent
+
+# A job of a few seconds: 60 iterations of an 8-unit RNN, logging, evaluating and sampling along the way.
+TINY = ["model.hidden_size=8", "train.seq_length=8", "train.max_seconds=null", "train.max_iters=60",
+        "train.log_every=10", "train.eval_every=30", "train.sample_every=30", "train.sample_length=20"]
+
+
+def tiny(text: Path, *more: str) -> list[str]:
+    """charrnn-train overrides for the tiny job on the text file ``text``."""
+    return [*TINY, "data=file", f"data.path={text}", *more]
+
+
+def compose_cfg(*overrides: str, hydra: bool = False):
+    """The charrnn-train config as Hydra composes it, without running the app."""
+    with initialize_config_module("charrnn_conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -44,6 +64,17 @@ def cli(tmp_path):
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
     return run
+
+
+def store_client(cwd: Path) -> MlflowClient:
+    assert (cwd / "mlflow.db").exists(), "the store must be in the launch directory"
+    return MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+
+
+def only_run(client: MlflowClient):
+    runs = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
+    assert len(runs) == 1
+    return runs[0]
 
 
 def free_port() -> int:

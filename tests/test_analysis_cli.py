@@ -1,20 +1,37 @@
 """charrnn-analyze and charrnn-compare end to end: from a checkpoint, from an MLflow run, over a sweep, and every
-bad input ending as one `error:` line with exit status 2."""
+bad input ending as one `error:` line with exit status 2. The command bodies run in-process on configs composed by
+Hydra from the installed charrnn_conf; the console scripts themselves run as processes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_module
 from mlflow import MlflowClient
 
 from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.data import Vocab
 from charrnn.model import ModelConfig, init_params
-from charrnn_analysis.cli import analyze_main, compare_main
+from charrnn_analysis.cli import analyze, compare, run_reporting_errors
 from charrnn_analysis.record import Recording
+from charrnn_analysis.tables import write_table
 
 TEXT = "".join(f'def f{i}(x):\n    # note {i % 7}\n    return [x, "s{i}", (\'t\' + {i})]\n' for i in range(150))
+
+
+def config(name: str, *overrides: str):
+    """The command's config as its console script composes it from ``key=value`` arguments."""
+    with initialize_config_module(config_module="charrnn_conf", version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def analyze_main(args: list[str]) -> int:
+    return run_reporting_errors(analyze, config("analyze", *args))
+
+
+def compare_main(args: list[str]) -> int:
+    return run_reporting_errors(compare, config("compare", *args))
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +67,15 @@ def workspace(tmp_path_factory):
         for step in range(4):
             client.log_metric(child, "train/loss", 3.0 - step * hidden / 320 - lr, step=100 * step)
             client.log_metric(child, "val/loss", 3.1 - step * hidden / 320 - lr, step=100 * step)
+        # the last evaluation is worse than the best: "best" must be the minimum, never the last value
+        client.log_metric(child, "val/loss", 3.2, step=400)
+        # the top-units table charrnn-train logs at the end of a run, with scores that say which child it is
+        top = pd.DataFrame({"feature": ["line_position", "line_position", "in_comment"], "kind": ["continuous"] * 2
+                            + ["binary"], "rank": [1, 2, 1], "unit": ["h.0:1", "h.0:2", "h.0:3"],
+                            "score": [hidden / 100, hidden / 200, lr], "r": [0.5, -0.2, np.nan],
+                            "auc": [np.nan, np.nan, 0.4], "sign": [1, -1, -1]})
+        write_table(top, root / child / "top_units")
+        client.log_artifacts(child, str(root / child), "analysis")
         client.set_terminated(child)
         children.append(child)
     client.set_terminated(parent)
@@ -59,8 +85,8 @@ def workspace(tmp_path_factory):
 
 def test_analyze_checkpoint_writes_recording_tables_figures_and_explorer(workspace, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = [f"checkpoint={workspace['checkpoint']}", f"text={workspace['text']}", "length=1500",
-            "features=in_comment,bracket_depth,line_position", "top_k=3", "units=h.1:2", "select=30:36"]
+    args = [f"checkpoint={workspace['checkpoint']}", f"text={workspace['text']}", "record.length=1500",
+            "features=[in_comment,bracket_depth,line_position]", "top_k=3", "units=[h.1:2]", "select=30:36"]
     assert analyze_main(args) == 0
     out = tmp_path / "outputs" / "analysis" / "best"
     printed = capsys.readouterr().out
@@ -78,7 +104,7 @@ def test_analyze_checkpoint_writes_recording_tables_figures_and_explorer(workspa
     assert rec.text == TEXT[:1500] and rec.meta["checkpoint"] == str(workspace["checkpoint"].resolve())
 
     # The recording is reusable without the model (recording twice is compared in test_analysis_record).
-    assert analyze_main([f"recording={out / 'recording.npz'}", "features=in_comment", "top_k=3",
+    assert analyze_main([f"recording={out / 'recording.npz'}", "features=[in_comment]", "top_k=3",
                          f"out={tmp_path / 'again'}"]) == 0
     assert pd.read_csv(tmp_path / "again" / "top_units.csv").equals(top[top["feature"] == "in_comment"]
                                                                      .reset_index(drop=True))
@@ -87,7 +113,7 @@ def test_analyze_checkpoint_writes_recording_tables_figures_and_explorer(workspa
 def test_analyze_run_uses_its_validation_split_and_logs_artifacts(workspace, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = workspace["run"]
-    assert analyze_main([f"run={run}", f"tracking_uri={workspace['uri']}", "length=800", "top_k=2"]) == 0
+    assert analyze_main([f"run={run}", f"tracking.uri={workspace['uri']}", "record.length=800", "top_k=2"]) == 0
     rec = Recording.load(tmp_path / "outputs" / "analysis" / run / "recording.npz")
     val_start = len(TEXT) - int(len(TEXT) * 0.2)
     assert rec.text == TEXT[val_start : val_start + 800] and rec.offsets[0] == val_start
@@ -96,19 +122,44 @@ def test_analyze_run_uses_its_validation_split_and_logs_artifacts(workspace, tmp
     logged = {a.path for a in client.list_artifacts(run, "analysis")}
     assert {"analysis/recording.npz", "analysis/top_units.csv", "analysis/explorer.html", "analysis/figures"} <= logged
 
+    # analysing again finds the checkpoint, not the recording it logged under analysis/
+    assert analyze_main([f"run={run}", f"tracking.uri={workspace['uri']}", "record.length=300", "log=false",
+                         f"out={tmp_path / 'again'}"]) == 0
+
+
+def test_analyze_run_without_best_checkpoint_uses_its_latest_and_says_so(workspace, tmp_path, monkeypatch, capsys):
+    """A finished run that never evaluated has only latest.npz (issue 7)."""
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(workspace["uri"])
+    run = client.create_run(client.get_experiment_by_name("study").experiment_id).info.run_id
+    latest = tmp_path / "latest.npz"
+    latest.write_bytes(workspace["checkpoint"].read_bytes())
+    client.log_artifact(run, str(latest), "checkpoints")
+    client.set_terminated(run)
+    assert analyze_main([f"run={run}", f"tracking.uri={workspace['uri']}", f"text={workspace['text']}",
+                         "record.length=300", "log=false", "features=[in_comment]"]) == 0
+    assert f"run {run} has no best.npz (it never evaluated on validation text): analysing its " \
+           "checkpoints/latest.npz" in capsys.readouterr().out
+    assert Recording.load(tmp_path / "outputs" / "analysis" / run / "recording.npz").meta["checkpoint"] == \
+        "checkpoints/latest.npz"
+
 
 @pytest.mark.parametrize(
     "args, message",
     [
         (["checkpoint=missing.npz"], "checkpoint 'missing.npz' does not exist"),
         (["run=0123456789abcdef"], "no MLflow run with id '0123456789abcdef'"),
-        (["features=nope"], "unknown feature 'nope'"),
-        (["start=100000"], "out of bounds"),
+        (["features=[nope]"], "unknown feature 'nope'"),
+        (["record.start=100000"], "record.start=100000 is out of bounds"),
+        (["record.length=many"], "record.length must be a positive integer, got 'many'"),
         (["select=5:2"], "out of bounds"),
-        (["units=c.7:1"], "no 'c' in layer 7"),
-        (["colour=red"], "unknown argument 'colour'"),
-        (["length=many"], "bad value for length"),
-        (["string=\u00e9"], "not in the vocabulary"),
+        (["select=5"], "select must be START:END"),
+        (["top_k=many"], "top_k must be an integer >= 1, got 'many'"),
+        (["threshold=nan"], "threshold must be a number, got nan"),
+        (["units=[c.7:1]"], "no 'c' in layer 7"),
+        (["units=[h.1:10]"], "unit 'h.1:10' is out of range: layer 1 of 'h' has units 0..9"),
+        (["units=[h1:3]"], "unknown unit 'h1:3': expected state.layer:index"),
+        (["string='\u00e9'"], "not in the vocabulary"),
         ([], "give exactly one of"),
     ],
 )
@@ -119,7 +170,7 @@ def test_analyze_bad_input_is_one_error_line(workspace, tmp_path, monkeypatch, c
         base = [f"checkpoint={workspace['checkpoint']}"]
         base += [] if args[0].startswith("string=") else [f"text={workspace['text']}"]
     if args and args[0].startswith("run="):
-        base = [f"tracking_uri={workspace['uri']}"]
+        base = [f"tracking.uri={workspace['uri']}"]
     assert analyze_main(base + args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "Traceback" not in err
@@ -128,49 +179,102 @@ def test_analyze_bad_input_is_one_error_line(workspace, tmp_path, monkeypatch, c
 def test_compare_sweep_has_one_row_per_child_and_logs_figures_to_parent(workspace, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     parent = workspace["parent"]
-    assert compare_main(["experiment=study", f"parent={parent}", f"tracking_uri={workspace['uri']}"]) == 0
+    # the experiment comes from the parent run
+    assert compare_main([f"parent={parent}", f"tracking.uri={workspace['uri']}"]) == 0
     out = tmp_path / "outputs" / "compare" / "study"
     table = pd.read_csv(out / "runs.csv")
     assert sorted(table["run_id"]) == sorted(workspace["children"])
     assert table["best val/loss"].is_monotonic_increasing
     assert table.iloc[0]["model.hidden_size"] == 64 and table.iloc[0]["optim.lr"] == 0.1
-    assert table.iloc[0]["best val/loss"] == pytest.approx(3.1 - 3 * 64 / 320 - 0.1)
-    assert "h64-lr0.1" in capsys.readouterr().out.splitlines()[2]  # the leaderboard's first row
-    for name in ("curves.png", "val_loss_vs_params.png", "heatmap.png"):
+    assert table.iloc[0]["best val/loss"] == pytest.approx(3.1 - 3 * 64 / 320 - 0.1)  # the minimum, not the last
+    assert (table["final val/loss"] == 3.2).all()
+    # per child, the best unit score of each feature from its logged top-units table
+    assert table["unit score: line_position"].tolist() == pytest.approx(table["model.hidden_size"] / 100)
+    assert table["unit score: in_comment"].tolist() == pytest.approx(table["optim.lr"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("| run_name | status | model.hidden_size | optim.lr | best val/loss | final "
+                                 "val/loss | line_position | in_comment |")
+    assert "h64-lr0.1" in printed[2]  # the leaderboard's first row
+    for name in ("curves.png", "val_loss_vs_params.png", "heatmap.png", "unit_scores_vs_param.png"):
         assert (out / name).stat().st_size > 5000
     logged = {a.path for a in MlflowClient(workspace["uri"]).list_artifacts(parent, "compare")}
-    assert {"compare/runs.csv", "compare/curves.png", "compare/heatmap.png"} <= logged
+    assert {"compare/runs.csv", "compare/leaderboard.md", "compare/curves.png", "compare/heatmap.png",
+            "compare/unit_scores_vs_param.png"} <= logged
 
     # Without a parent the whole experiment is listed, minus the sweep's parent itself.
-    assert compare_main(["experiment=study", f"tracking_uri={workspace['uri']}", f"out={tmp_path / 'all'}"]) == 0
-    assert len(pd.read_csv(tmp_path / "all" / "runs.csv")) == 5
+    assert compare_main(["tracking.experiment=study", f"tracking.uri={workspace['uri']}",
+                         f"out={tmp_path / 'all'}"]) == 0
+    listed = pd.read_csv(tmp_path / "all" / "runs.csv")
+    assert parent not in set(listed["run_id"]) and set(workspace["children"]) <= set(listed["run_id"])
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["experiment=nope"], "no MLflow experiment named 'nope'"),
-        (["experiment=study", "parent=ffff"], "no MLflow run with id 'ffff'"),
-        (["experiment=study", "color_by=optim.nope"], "unknown param 'optim.nope'"),
-        ([], "experiment=<name> is required"),
+        (["tracking.experiment=nope"], "no MLflow experiment named 'nope'"),
+        (["parent=ffff"], "no MLflow run with id 'ffff'"),
+        (["tracking.experiment=study", "color_by=optim.nope"], "unknown param 'optim.nope'"),
+        (["tracking.experiment=study", "heatmap=[optim.lr]"], "heatmap needs two params"),
+        (["tracking.experiment=study", "top=0"], "top must be an integer >= 1, got 0"),
+        ([], "give tracking.experiment=<name> or parent=<sweep parent run id>"),
     ],
 )
 def test_compare_bad_input_is_one_error_line(workspace, tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
-    assert compare_main(args + [f"tracking_uri={workspace['uri']}"]) == 2
+    assert compare_main(args + [f"tracking.uri={workspace['uri']}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
+def test_compare_parent_in_another_experiment_is_an_error(workspace, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    MlflowClient(workspace["uri"]).create_experiment("other")
+    assert compare_main([f"parent={workspace['parent']}", "tracking.experiment=other",
+                         f"tracking.uri={workspace['uri']}"]) == 2
+    assert "is not in experiment 'other' (it is in 'study')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, old, new", [
+    ("charrnn-analyze", "tracking_uri=sqlite:///mlflow.db", "tracking.uri"),
+    ("charrnn-analyze", "data_path=x.txt", "data.path"),
+    ("charrnn-analyze", "length=500", "record.length"),
+    ("charrnn-compare", "experiment=grid", "tracking.experiment"),
+    ("charrnn-compare", "tracking_uri=sqlite:///mlflow.db", "tracking.uri"),
+])
+def test_old_spellings_fail_with_one_line_naming_the_new_key(cli, tmp_path, command, old, new):
+    result = cli(command, old)
+    key, value = old.split("=", 1)
+    assert result.returncode == 2
+    assert result.stderr == f"error: {key}= is now {new}= (the same key as charrnn-train), e.g. {new}={value}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_scripts_honour_mlflow_tracking_uri_and_leave_only_their_output(cli, workspace, tmp_path,
+                                                                                  monkeypatch):
+    """MLFLOW_TRACKING_URI stands in for tracking.uri; out=null is the default folder, not one named "null"; no
+    Hydra output folder, .hydra/ or log file appears."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])
+    result = cli("charrnn-compare", f"parent={workspace['parent']}", "out=null")
+    assert result.returncode == 0, result.stderr
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_dir()) == \
+        ["outputs", "outputs/compare", "outputs/compare/study"]
+    assert not list(tmp_path.rglob("*.log"))
+
+
 def test_console_scripts_report_a_missing_store_in_one_line(cli, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # another test in this worker may have set it
-    result = cli("charrnn-compare", "experiment=x")
+    result = cli("charrnn-compare", "tracking.experiment=x")
     assert result.returncode == 2 and result.stderr.startswith("error: no MLflow store at")
+    assert result.stderr.count("\n") == 1 and "tracking.uri=" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()  # reading never creates an empty store
 
 
-def test_help_lists_every_argument(capsys):
-    assert analyze_main(["help"]) == 0 and compare_main(["--help"]) == 0
-    printed = capsys.readouterr().out
-    assert printed.startswith("usage: charrnn-analyze") and "usage: charrnn-compare" in printed
-    assert all(f"  {name} " in printed for name in ("run", "checkpoint", "select", "experiment", "color_by"))
+@pytest.mark.parametrize("command, keys", [
+    ("charrnn-analyze", ["run:", "checkpoint:", "recording:", "record:", "length:", "select:", "tracking:", "uri:",
+                         "data:", "path:"]),
+    ("charrnn-compare", ["parent:", "color_by:", "heatmap:", "tracking:", "experiment:", "uri:"]),
+])
+def test_help_lists_every_key(cli, command, keys):
+    result = cli(command, "--help")
+    assert result.returncode == 0 and result.stdout.startswith(f"{command}: ")
+    assert all(f"\n{key}" in result.stdout or f" {key}" in result.stdout for key in keys), result.stdout

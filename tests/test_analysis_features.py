@@ -1,12 +1,16 @@
-"""Feature signals on hand-written texts, and the unit ranking on planted activations."""
+"""Feature signals on hand-written texts, the unit ranking on planted activations, and the figures built from them."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from charrnn_analysis.compare import (best_val_loss, curves_figure, feature_scores_figure, metric_vs_params_figure,
+                                      param_heatmap_figure)
 from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.features import FEATURES, compute_features, get_feature, register_feature
+from charrnn_analysis.figures import TEXT_CMAP, heatmap_figure, row_starts, text_activation_figure, varying_window
 from charrnn_analysis.ranking import average_ranks, pearson_r, rank_units, roc_auc, select_units
 from charrnn_analysis.tables import markdown_table
 
@@ -131,3 +135,98 @@ def test_select_units_finds_unit_on_inside_range_only():
     assert select_units(A, ["a", "b", "c", "d"], 10, 15, min_fraction=0.8)["unit"].tolist() == ["c", "d"]
     with pytest.raises(AnalysisError, match="out of bounds"):
         select_units(A, ["a", "b", "c", "d"], 25, 40)
+
+
+# --- figures that answer: where the feature varies, titled, labelled, legible --------------------------------------
+
+def contrast_with_black(rgb) -> float:
+    """WCAG 2 contrast ratio of black text on the colour ``rgb`` (components in [0, 1])."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return (luminance + 0.05) / 0.05
+
+
+def test_text_figure_colours_keep_black_text_readable():
+    assert min(contrast_with_black(TEXT_CMAP(x)) for x in np.linspace(0, 1, 101)) >= 4.5  # WCAG AA
+    red, blue = TEXT_CMAP(0.0), TEXT_CMAP(1.0)
+    assert red[0] > red[2] + 0.1 and blue[2] > blue[0] + 0.1  # still red at -1 and blue at +1
+
+
+def test_varying_window_shows_the_lines_where_the_feature_changes():
+    plain = "".join(f"line {i} without any\n" for i in range(100))
+    quoted = "".join(f'line {i} says "hi" twice "yo"\n' for i in range(10))
+    text = plain + quoted + plain
+    start, end = varying_window(get_feature("in_double_quotes")(text), text, 80, 8)
+    assert text[start:end].count('"') == 8 * 4 and text[start - 1] == "\n"  # eight quoted lines, from a line start
+    # another feature on the same text gets its own window: the bracket lines come later
+    text2 = quoted + plain + "".join(f"call(f(x[{i}]))\n" for i in range(10))
+    start, end = varying_window(get_feature("bracket_depth")(text2), text2, 80, 5)
+    assert text2[start:end].count("(") == 5 * 2
+    # a line longer than the figure is wrapped into rows, as the figure draws it
+    assert row_starts("a" * 25 + "\nbc", 10) == [0, 10, 20, 26]
+
+
+def test_text_figure_has_a_title_a_labelled_colour_bar_and_a_legend_for_the_underline():
+    text = 'a "bc" d\n' * 5
+    marks = get_feature("in_double_quotes")(text)
+    fig = text_activation_figure(text, np.linspace(-1, 1, len(text)), "in_double_quotes: unit h.0:1", marks=marks,
+                                 marks_label="underlined: in_double_quotes")
+    text_axes, bar = fig.axes
+    assert text_axes.get_title(loc="left") == "in_double_quotes: unit h.0:1"
+    assert bar.get_xlabel() == "unit activation: red = -1, white = 0, blue = +1"
+    assert [t.get_text() for t in text_axes.get_legend().get_texts()] == ["underlined: in_double_quotes"]
+
+
+def test_heatmap_labels_both_axes_and_its_colour_bar():
+    fig = heatmap_figure(np.zeros((20, 4)), "x" * 20, "h (layer 0)", first_offset=300)
+    heat, bar = fig.axes
+    assert heat.get_title() == "h (layer 0)" and heat.get_ylabel() == "unit"
+    assert heat.get_xlabel() == "character read (characters 300-319 of the corpus)"
+    assert bar.get_ylabel() == "activation (red -1, blue +1)"
+
+
+def sweep_table() -> tuple[pd.DataFrame, dict]:
+    rows, histories = [], {}
+    for i, (hidden, lr) in enumerate([(32, 0.1), (64, 0.1), (128, 0.01), (64, 0.01)]):
+        run_id = f"run{i}"
+        rows.append({"run_id": run_id, "run_name": f"h={hidden} lr={lr}", "status": "FINISHED",
+                     "model.hidden_size": str(hidden), "optim.lr": str(lr), "best val/loss": 2.0 - hidden / 1000,
+                     "unit score: line_position": hidden / 200, "unit score: in_comment": lr})
+        histories[run_id] = {key: (np.array([0, 100]), np.array([3.0, 2.0])) for key in ("train/loss", "val/loss")}
+    return pd.DataFrame(rows), histories
+
+
+def test_compare_figures_say_what_they_show():
+    table, histories = sweep_table()
+    curves = curves_figure(table, histories, "model.hidden_size")
+    assert curves.get_suptitle() == "learning curves of 4 runs, coloured by model.hidden_size"
+    legend = curves.axes[-1].get_legend()
+    assert legend.get_title().get_text() == "model.hidden_size"
+    assert [t.get_text() for t in legend.get_texts()] == ["32", "64", "128"]  # numeric order, one entry per value
+
+    scatter = metric_vs_params_figure(table, ["model.hidden_size", "optim.lr"])
+    for ax, param in zip(scatter.axes, ["model.hidden_size", "optim.lr"]):
+        assert ax.get_title() == f"best val/loss vs {param}" and ax.get_xlabel() == param
+        assert ax.get_ylabel() == "best val/loss (nats/char)"
+        assert sorted(t.get_text() for t in ax.texts) == sorted(table["run_name"])  # every point named
+
+    scores = feature_scores_figure(table, "model.hidden_size")
+    ax = scores.axes[0]
+    assert ax.get_title() == "best unit score per feature vs model.hidden_size (4 runs; lines: mean)"
+    assert ax.get_ylabel() == "best unit score (|r|, or |AUC-0.5|x2)" and ax.get_xlabel() == "model.hidden_size"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["line_position", "in_comment"]
+    line = ax.get_lines()[0]  # line_position's mean per hidden size
+    assert line.get_xdata().tolist() == [32, 64, 128] and line.get_ydata().tolist() == [0.16, 0.32, 0.64]
+
+    heat = param_heatmap_figure(table, "model.hidden_size", "optim.lr")
+    ax, bar = heat.axes
+    assert ax.get_title() == "best val/loss, mean over runs per cell"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("model.hidden_size", "optim.lr")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["32", "64", "128"]
+    assert bar.get_ylabel() == "best val/loss (nats/char, lower is better)"
+
+
+def test_best_validation_loss_is_the_lowest_logged_whatever_came_last():
+    history = {"val/loss": (np.array([0, 100, 200]), np.array([2.5, 2.1, 2.3]))}
+    assert best_val_loss(history) == 2.1
+    assert np.isnan(best_val_loss({"val/loss": (np.array([]), np.array([]))}))

@@ -1,18 +1,26 @@
-"""The study_cells preset: the three cells really are matched in parameter count, on the same data and budget."""
+"""The study_cells preset: the three cells really are matched in parameter count, on the same data and budget; and
+what makes any sweep a study of units: every finished run records its hidden state, compare reads it back."""
 
 from __future__ import annotations
 
-from hydra import compose, initialize_config_module
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from charrnn.model import ModelConfig, count_params
+from charrnn.data import Vocab
+from charrnn.model import ModelConfig, count_params, init_params
+from charrnn_analysis.record import Recording
+from charrnn_analysis.trained_run import record_finished_run
+from conftest import compose_cfg, tiny
 
 PYSTDLIB_VOCAB = 96  # the preset's sizes are matched for this vocabulary
 
 
 def study_config(cell: str, hydra: bool = False):
-    with initialize_config_module(config_module="charrnn_conf", version_base="1.3"):
-        return compose("config", overrides=["experiment=study_cells", f"model={cell}"], return_hydra_config=hydra)
+    return compose_cfg("experiment=study_cells", f"model={cell}", hydra=hydra)
 
 
 def test_study_cells_matches_parameter_counts_within_one_percent():
@@ -29,3 +37,65 @@ def test_study_cells_sweeps_cells_and_seeds_with_one_budget():
     cfg = study_config("lstm", hydra=True)
     assert OmegaConf.to_container(cfg.hydra.sweeper.params) == {"model": "rnn,lstm,gru", "train.seed": "1,2"}
     assert cfg.train.max_iters == 3000 and cfg.optim.name == "adam" and cfg.optim.lr == 0.002
+
+
+# --- every finished training run records its hidden state; a sweep's compare reads it back ---------------------
+
+def finished_runs(cwd: Path) -> list:
+    client = MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
+    return client, [r for r in runs if r.info.status == "FINISHED"]
+
+
+def test_every_finished_run_records_its_validation_slice_and_compare_reads_the_unit_scores(cli, small_text,
+                                                                                          tmp_path):
+    out = cli("charrnn-train", "-m", *tiny(small_text), "model.hidden_size=4,8", "record.length=300")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("recorded the hidden state on 300 validation characters in ") == 2
+    client, runs = finished_runs(tmp_path)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2
+    text = small_text.read_text()
+    val_start = len(text) - int(len(text) * 0.1)  # train.val_fraction's default split
+    for child in children:
+        logged = {a.path for a in client.list_artifacts(child.info.run_id, "analysis")}
+        assert logged == {"analysis/recording.npz", "analysis/top_units.csv", "analysis/top_units.md"}
+        rec = Recording.load(client.download_artifacts(child.info.run_id, "analysis/recording.npz", str(tmp_path)))
+        # the same fixed slice for every run on this data: the head of the validation split
+        assert rec.text == text[val_start : val_start + 300] and rec.offsets[0] == val_start
+        assert rec.meta["hidden_size"] == int(child.data.params["model.hidden_size"])
+
+    parent = children[0].data.tags["mlflow.parentRunId"]
+    compared = cli("charrnn-compare", f"parent={parent}", f"out={tmp_path / 'cmp'}",
+                   "tracking.uri=sqlite:///mlflow.db")
+    assert compared.returncode == 0, compared.stderr
+    table = pd.read_csv(tmp_path / "cmp" / "runs.csv")
+    scores = table[[c for c in table.columns if c.startswith("unit score: ")]]
+    assert scores.shape == (2, 9) and scores.notna().all().all() and ((scores >= 0) & (scores <= 1)).all().all()
+    assert (tmp_path / "cmp" / "unit_scores_vs_param.png").stat().st_size > 5000
+
+
+def test_record_enabled_false_records_nothing(cli, small_text, tmp_path):
+    out = cli("charrnn-train", *tiny(small_text), "record.enabled=false")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "recorded the hidden state" not in out.stdout
+    client, runs = finished_runs(tmp_path)
+    assert len(runs) == 1 and client.list_artifacts(runs[0].info.run_id, "analysis") == []
+
+
+def test_a_run_without_validation_text_skips_recording_with_a_message(capsys, tmp_path):
+    vocab = Vocab.from_text("abc")
+    config = ModelConfig("rnn", vocab.size, 4)
+    params = init_params(config, np.random.default_rng(0))
+    settings = {"enabled": True, "start": 0, "length": 100, "chunk": 64, "dtype": "float16"}
+    logged = []
+    assert record_finished_run(params, config, vocab, None, 0, settings, tmp_path, logged.append, 1.0) is None
+    assert capsys.readouterr().out == "hidden state not recorded: the run has no validation text " \
+                                      "(train.val_fraction=0)\n"
+    assert logged == [] and list(tmp_path.iterdir()) == []
+    # a validation text shorter than record.length is recorded whole
+    val = vocab.encode("abcab" * 4)
+    top = record_finished_run(params, config, vocab, val, 7, settings, tmp_path, logged.append, 1.0)
+    assert logged == [tmp_path] and len(top) == 9 * 4  # every feature, all four units
+    assert Recording.load(tmp_path / "recording.npz").text == \
+        "abcab" * 4

@@ -10,8 +10,7 @@ import urllib.request
 
 import pytest
 
-from conftest import BIN
-from test_cli_train import tiny
+from conftest import BIN, tiny
 
 
 def test_sample_from_a_run_id_and_from_a_checkpoint(cli, small_text, tmp_path):
@@ -30,15 +29,15 @@ def test_sample_from_a_run_id_and_from_a_checkpoint(cli, small_text, tmp_path):
     ([], "exactly one of run="),
     (["checkpoint=missing.npz"], "missing.npz"),
     (["run=0123456789abcdef0123456789abcdef"], "no tracking store at"),
-    (["checkpoint=x.npz", "top_k=0"], "top_k must be an integer >= 1 or null, got 0"),
-    (["checkpoint=x.npz", "top_k=2.5"], "top_k must be an integer"),
+    (["checkpoint=x.npz", "top_k=0"], "top_k must be a positive integer (or None), got 0"),
+    (["checkpoint=x.npz", "top_k=2.5"], "top_k must be a positive integer"),
     (["checkpoint=x.npz", "length=-5"], "length must be an integer >= 0, got -5"),
     (["checkpoint=x.npz", "length=ten"], "length must be an integer >= 0, got 'ten'"),
     (["checkpoint=x.npz", "seed=-1"], "seed must be an integer >= 0, got -1"),
     (["checkpoint=x.npz", "seed=1.5"], "seed must be an integer"),
     (["checkpoint=x.npz", "argmax=yes"], "argmax must be true or false, got 'yes'"),
     (["checkpoint=x.npz", "argmax=1"], "argmax must be true or false, got 1"),
-    (["checkpoint=x.npz", "temperature=nan"], "temperature must be a positive number"),
+    (["checkpoint=x.npz", "temperature=nan"], "temperature must be a finite number, got nan"),
 ])
 def test_sample_bad_input_is_one_line(cli, tmp_path, args, words):
     out = cli("charrnn-sample", *args)

@@ -1,16 +1,24 @@
-"""Multirun sweeps through each launcher: one parent run per sweep, one nested child per job."""
+"""Multirun sweeps through each launcher: one parent run per sweep, one nested child per job, a readable
+summary, and a sweep that stops as a whole and ends every run truthfully under signals and crashes."""
 
 from __future__ import annotations
 
 import math
+import os
+import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from joblib import cpu_count
 from mlflow import MlflowClient
 
-from test_cli_train import tiny
+from conftest import BIN, tiny
 
 GRID = ["model.hidden_size=8,16", "train.seq_length=8,16"]
+LONG = ["train.max_iters=1000000", "train.eval_every=100", "train.log_every=100"]  # stopped by the test
 
 
 def sweep_runs(cwd: Path, experiment: str = "charrnn"):
@@ -36,7 +44,14 @@ def check_children(client, children, n):
         assert "samples/iter_00000030.txt" in samples
 
 
-def test_2x2_sweep_in_parallel_from_a_fresh_store(cli, small_text, tmp_path):
+def best_val_loss(client, run) -> float:
+    """The README's definition of a run's best validation loss: the lowest val/loss during the run."""
+    return min(m.value for m in client.get_metric_history(run.info.run_id, "val/loss"))
+
+
+def test_2x2_sweep_in_parallel_from_a_fresh_store(cli, small_text, tmp_path, monkeypatch):
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)  # the launcher, not the caller, must keep BLAS within the cores
     out = cli("charrnn-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
               *tiny(small_text), *GRID)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -44,18 +59,40 @@ def test_2x2_sweep_in_parallel_from_a_fresh_store(cli, small_text, tmp_path):
     check_children(client, children, 4)
     grid = {(c.data.params["model.hidden_size"], c.data.params["train.seq_length"]) for c in children}
     assert grid == {("8", "8"), ("8", "16"), ("16", "8"), ("16", "16")}
-    # the parent carries the sweep's summary: the best child and its params
-    best = min(children, key=lambda c: c.data.metrics["val/loss"])
+    # children are named by the swept keys only, short
+    names = {c.info.run_name for c in children}
+    assert names == {"h=8 T=8", "h=8 T=16", "h=16 T=8", "h=16 T=16"}
+    # four jobs at once on this machine's cores: each gets its share of them as BLAS threads, at least one
+    assert {c.data.tags["charrnn.blas_threads"] for c in children} == {str(max(1, cpu_count() // 4))}
+    # the parent: named by preset and time, records the space, launcher and job count, and the best child
+    assert re.fullmatch(r"sweep \d\d-\d\d \d\d:\d\d", parent.info.run_name)
+    assert parent.data.params["sweep.model.hidden_size"] == "8,16"
+    assert parent.data.params["sweep.train.seq_length"] == "8,16"
+    assert (parent.data.tags["charrnn.launcher"], parent.data.tags["charrnn.jobs"]) == ("joblib", "4")
+    best = min(children, key=lambda c: best_val_loss(client, c))
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["charrnn.best_child_run_id"] == best.info.run_id
-    assert parent.data.metrics["best/val/loss"] == best.data.metrics["val/loss"]
+    assert parent.data.metrics["best/val/loss"] == best_val_loss(client, best)
+    assert {k for k in parent.data.params if k.startswith("best.")} == {"best.model.hidden_size",
+                                                                        "best.train.seq_length"}
     assert parent.data.params["best.model.hidden_size"] == best.data.params["model.hidden_size"]
+    # the end of the output: a leaderboard line per child, the parent id and the UI address of the runs table
+    leaderboard = out.stdout[out.stdout.index("best val/loss"):]
+    for c in children:
+        assert re.search(rf"FINISHED +{best_val_loss(client, c):.4f} +60  {c.info.run_name}\n", leaderboard)
+    assert f"parent run id: {parent.info.run_id}" in out.stdout
+    experiment_id = parent.info.experiment_id
+    assert (f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db, then open "
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning") in out.stdout
+    # each job's output lines carry its short name
+    assert re.search(r"^\[h=16 T=8\] .*iter 60 \| .*val/bpc", out.stdout, re.MULTILINE)
 
 
-def test_a_failing_job_does_not_stop_the_sweep(cli, small_text, tmp_path):
+def test_a_failing_job_does_not_stop_the_sweep_but_fails_the_command(cli, small_text, tmp_path):
     out = cli("charrnn-train", "-m", *tiny(small_text), "optim.lr=0,0.1")
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 1, out.stderr[-3000:]
     assert "error: lr must be positive" in out.stderr
+    assert "1 of 2 jobs did not finish" in out.stdout
     client, parent, children = sweep_runs(tmp_path)
     status = {c.data.params["optim.lr"]: c.info.status for c in children}
     assert status == {"0": "FAILED", "0.1": "FINISHED"}
@@ -65,14 +102,20 @@ def test_a_failing_job_does_not_stop_the_sweep(cli, small_text, tmp_path):
 
 @pytest.mark.parametrize("launcher", [
     ["hydra/launcher=submitit_local"],
-    ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2"],
+    # a new local Ray instance, never a cluster another process left running on this machine
+    ["hydra/launcher=ray", "+hydra.launcher.ray.init.address=local", "+hydra.launcher.ray.init.num_cpus=2"],
 ])
-def test_the_same_sweep_runs_through_cluster_launchers(cli, small_text, tmp_path, launcher):
+def test_the_same_sweep_runs_through_cluster_launchers(cli, small_text, tmp_path, launcher, monkeypatch):
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
     out = cli("charrnn-train", "-m", *launcher, *tiny(small_text), "model.hidden_size=8,16")
     assert out.returncode == 0, out.stderr[-3000:]
     client, parent, children = sweep_runs(tmp_path)
     check_children(client, children, 2)
     assert parent.data.tags["charrnn.best_child_run_id"] in {c.info.run_id for c in children}
+    assert {c.info.run_name for c in children} == {"h=8", "h=16"}
+    # jobs that may all run at once never oversubscribe the cores: one BLAS thread each
+    assert {c.data.tags["charrnn.blas_threads"] for c in children} == {"1"}
 
 
 def test_optuna_preset_searches_and_reports_the_best_trial(cli, small_text, tmp_path):
@@ -82,10 +125,157 @@ def test_optuna_preset_searches_and_reports_the_best_trial(cli, small_text, tmp_
     assert out.returncode == 0, out.stderr[-3000:]
     client, parent, children = sweep_runs(tmp_path, experiment="optuna")
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
-    best = min(c.data.metrics["val/loss"] for c in children)
+    assert all(len(c.info.run_name) <= 40 and c.info.run_name.startswith("h=") for c in children), \
+        [c.info.run_name for c in children]
+    assert parent.info.run_name.startswith("optuna ")
+    assert parent.data.params["sweep.optim.lr"] == "tag(log, interval(0.01, 0.3))"
+    best = min(best_val_loss(client, c) for c in children)
     assert math.isclose(parent.data.metrics["best/val/loss"], best)
     optimization = next(tmp_path.glob("multirun/*/*/optimization_results.yaml")).read_text()
-    assert f"best_value: {best}" in optimization
+    assert "best_value:" in optimization
+
+
+def test_grid_preset_runs_every_child_for_the_same_number_of_iterations(cli, small_text, tmp_path):
+    # the preset itself, its budget cut to a few iterations and its space to 2x2 (lr and clip pinned)
+    out = cli("charrnn-train", "experiment=grid", "data=file", f"data.path={small_text}", "train.max_iters=12",
+              "train.eval_every=6", "train.log_every=6", "train.sample_every=6", "train.sample_length=10",
+              "model.hidden_size=8,16",
+              "optim.lr=0.1", "optim.clip=5")
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, parent, children = sweep_runs(tmp_path, experiment="grid")
+    assert sorted(c.info.run_name for c in children) == ["h=16 T=16", "h=16 T=32", "h=8 T=16", "h=8 T=32"]
+    assert {c.data.params["train.max_iters"] for c in children} == {"12"}
+    assert {max(m.step for m in client.get_metric_history(c.info.run_id, "train/loss")) for c in children} == {12}
+    # the wall-clock limit is only a safety cap, and no job hit it
+    assert {c.data.params["train.max_seconds"] for c in children} == {"600.0"}
+    assert {c.data.tags["charrnn.reason"] for c in children} == {"reached max_iters=12"}
+    assert parent.data.tags["charrnn.hit_time_cap"] == "0"
+    assert parent.info.run_name.startswith("grid ")
+    assert {k for k in parent.data.params if k.startswith("sweep.")} == {"sweep.model.hidden_size",
+                                                                         "sweep.train.seq_length"}
+
+
+def test_study_cells_preset_compares_cells_at_matched_sizes(cli, small_text, tmp_path):
+    out = cli("charrnn-train", "experiment=study_cells", "data=file", f"data.path={small_text}",
+              "train.max_iters=4", "train.eval_every=4", "train.sample_every=4", "train.sample_length=10",
+              "train.batch_size=2", "train.seq_length=8", "train.seed=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, parent, children = sweep_runs(tmp_path, experiment="study_cells")
+    sizes = {c.info.run_name: c.data.params["model.hidden_size"] for c in children}
+    assert sizes == {"cell=rnn": "142", "cell=lstm": "64", "cell=gru": "77"}
+
+
+def start_sweep(tmp_path: Path, *args: str) -> subprocess.Popen:
+    """charrnn-train -m in its own session (a terminal's Ctrl-C reaches the whole group), output to a file."""
+    log = open(tmp_path / "sweep.log", "w")
+    return subprocess.Popen([str(BIN / "charrnn-train"), "-m", *args], cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+
+
+def wait_for_output(tmp_path: Path, proc: subprocess.Popen, pattern: str, timeout: float = 180):
+    """Wait until `pattern` matches in the sweep's output; returns the matches."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.findall(pattern, (tmp_path / "sweep.log").read_text(), re.MULTILINE)
+        if found:
+            return found
+        assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"no {pattern!r} after {timeout} s:\n" + (tmp_path / "sweep.log").read_text()[-3000:])
+
+
+def finish(proc: subprocess.Popen, tmp_path: Path) -> str:
+    try:
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    return (tmp_path / "sweep.log").read_text()
+
+
+def session_processes(sid: int) -> list[int]:
+    """Processes still alive in the sweep's session: orphaned jobs would be here."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid and "Z" not in (entry / "stat").read_text().split()[2]:
+                    alive.append(int(entry.name))
+            except (ProcessLookupError, FileNotFoundError, PermissionError):
+                pass
+    return alive
+
+
+def check_stopped(tmp_path: Path, output: str, signame: str, in_flight: int):
+    client, parent, children = sweep_runs(tmp_path)
+    assert len(children) == in_flight, "jobs not yet started never start"
+    assert {c.info.status for c in children} == {"KILLED"}
+    assert {c.data.tags["charrnn.reason"] for c in children} == {f"received {signame}"}
+    for c in children:  # each saved its checkpoint on the way out
+        assert "checkpoints/latest.npz" in {a.path for a in client.list_artifacts(c.info.run_id, "checkpoints")}
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["charrnn.reason"] == f"stopped by {signame}"
+    assert f"parent run id: {parent.info.run_id}" in output
+    assert "Traceback" not in output
+
+
+def test_sigterm_stops_the_whole_parallel_sweep(small_text, tmp_path):
+    proc = start_sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *tiny(small_text, *LONG),
+                       "model.hidden_size=8,12,16")
+    for label in ("h=8", "h=12"):  # both jobs in flight are training
+        wait_for_output(tmp_path, proc, rf"^\[{label}\] .*iter \d+ \| .*val/bpc")
+    proc.send_signal(signal.SIGTERM)
+    output = finish(proc, tmp_path)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    check_stopped(tmp_path, output, "SIGTERM", in_flight=2)
+    deadline = time.monotonic() + 30  # the fork server notices its parent's exit and leaves
+    while session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session_processes(proc.pid) == [], "no job may outlive the sweep"
+
+
+def test_ctrl_c_stops_the_whole_serial_sweep(small_text, tmp_path):
+    proc = start_sweep(tmp_path, *tiny(small_text, *LONG), "model.hidden_size=8,12,16")
+    wait_for_output(tmp_path, proc, r"iter \d+ \| .*val/bpc")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    output = finish(proc, tmp_path)
+    assert proc.returncode == 128 + signal.SIGINT, output[-3000:]
+    check_stopped(tmp_path, output, "SIGINT", in_flight=1)
+
+
+def test_ctrl_c_stops_the_whole_parallel_sweep(small_text, tmp_path):
+    proc = start_sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *tiny(small_text, *LONG),
+                       "model.hidden_size=8,12,16")
+    for label in ("h=8", "h=12"):
+        wait_for_output(tmp_path, proc, rf"^\[{label}\] .*iter \d+ \| .*val/bpc")
+    os.killpg(proc.pid, signal.SIGINT)
+    output = finish(proc, tmp_path)
+    assert proc.returncode == 128 + signal.SIGINT, output[-3000:]
+    check_stopped(tmp_path, output, "SIGINT", in_flight=2)
+
+
+def test_kill_9_of_one_job_fails_that_job_only(small_text, tmp_path):
+    # job 0 trains until it is killed; job 1 has a bounded budget and must finish despite its sibling's death
+    proc = start_sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                       *tiny(small_text, "train.eval_every=100", "train.log_every=100"),
+                       "train.max_iters=1000000,3000")
+    pid = int(wait_for_output(tmp_path, proc, r"started #0 .*\(pid (\d+)\)")[0])
+    wait_for_output(tmp_path, proc, r"^\[max_iters=3000\] .*iter \d+ \| .*val/bpc")
+    wait_for_output(tmp_path, proc, r"^\[max_iters=1000000\] .*iter \d+ \| .*val/bpc")
+    os.kill(pid, signal.SIGKILL)
+    output = finish(proc, tmp_path)
+    assert proc.returncode == 1, output[-3000:]
+    assert "Traceback" not in output
+    assert re.search(r"job #0 max_iters=1000000 died \(killed by SIGKILL\)", output)
+    assert "1 of 2 jobs did not finish" in output
+    client, parent, children = sweep_runs(tmp_path)
+    by_job = {c.data.tags["charrnn.job"]: c for c in children}
+    assert by_job["0"].info.status == "FAILED"
+    assert "died (killed by SIGKILL)" in by_job["0"].data.tags["charrnn.reason"]
+    assert by_job["1"].info.status == "FINISHED", by_job["1"].data.tags.get("charrnn.reason")
+    assert max(m.step for m in client.get_metric_history(by_job["1"].info.run_id, "train/loss")) == 3000
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["charrnn.best_child_run_id"] == by_job["1"].info.run_id
 
 
 def _log_same_dataset(store_dir: str, experiment_id: str, go: str) -> str:

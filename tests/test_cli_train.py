@@ -9,30 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.data import Vocab
-from conftest import BIN
-
-TINY = ["model.hidden_size=8", "train.seq_length=8", "train.max_seconds=null", "train.max_iters=60",
-        "train.log_every=10", "train.eval_every=30", "train.sample_every=30", "train.sample_length=20"]
-
-
-def tiny(text: Path, *more: str) -> list[str]:
-    return [*TINY, "data=file", f"data.path={text}", *more]
-
-
-def store_client(cwd: Path) -> MlflowClient:
-    assert (cwd / "mlflow.db").exists(), "the store must be in the launch directory"
-    return MlflowClient(f"sqlite:///{cwd}/mlflow.db")
-
-
-def only_run(client: MlflowClient):
-    runs = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
-    assert len(runs) == 1
-    return runs[0]
-
+from conftest import BIN, TINY, only_run, store_client, tiny
 
 def test_single_run_prints_results_and_tracks_everything(cli, small_text, tmp_path):
     out = cli("charrnn-train", *tiny(small_text))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,9 @@ import pytest
 from charrnn import data
 from charrnn.data import BatchStream, Vocab, iter_eval_batches, load_corpus, load_text, split_train_val
 from charrnn.errors import CharRNNError, ConfigError, DataError
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
+from charrnn.model import ModelConfig
+from charrnn.train import OptimConfig, TrainConfig, Trainer
+from conftest import SHAKESPEARE, SHARED_DATA, compose_cfg
 
 
 # --------------------------------------------------------------------------- vocab
@@ -35,7 +37,7 @@ def test_encode_decode_roundtrip_unicode():
     text = "Ünïcödé — ok? 🙂\n\tend"
     v = Vocab.from_text(text)
     ix = v.encode(text)
-    assert ix.dtype == np.int64 and ix.shape == (len(text),)
+    assert ix.dtype == np.uint8 and ix.shape == (len(text),)  # a byte per character up to 256 characters
     assert [v.chars[i] for i in ix] == list(text)  # same as the gist's char_to_ix lookup
     assert v.decode(ix) == text
     assert v.decode(ix.tolist()) == text
@@ -92,8 +94,11 @@ def test_load_text_non_utf8_names_offset_and_fix(tmp_path):
     with pytest.raises(DataError) as e:
         load_text(p)
     msg = str(e.value)
-    assert "offset 3" in msg and "0xe9" in msg and "data.encoding=latin-1" in msg
-    assert "\n" not in msg
+    assert "offset 3" in msg and "0xe9" in msg and "\n" not in msg
+    # it suggests only what exists: the encoding argument, and no data.encoding key (the config has none)
+    assert "encoding='latin-1'" in msg and "load_text" in msg and "data.encoding" not in msg
+    assert "encoding" not in compose_cfg().data
+    assert all("encoding" in inspect.signature(f).parameters for f in (load_text, load_corpus))
     assert load_text(p, encoding="latin-1") == "café au lait"
 
 
@@ -211,6 +216,27 @@ def test_tinyshakespeare_offline_error(monkeypatch, cache_dir):
         load_corpus("tinyshakespeare")
     msg = str(e.value)
     assert url in msg and "CHARRNN_DATA_DIR" in msg and "\n" not in msg
+
+
+def test_loading_and_encoding_a_long_text_costs_a_few_bytes_per_character(tmp_path):
+    """Reading, hashing, splitting and encoding 8 MB of ASCII for a trainer: the text, its two halves and a
+    byte per encoded character, plus bounded temporaries (it peaked at 28 bytes per character)."""
+    path = tmp_path / "long.txt"
+    block = "".join(f"def f{i}(x):\n    return x * {i} + 'abc'  # note {i % 7}\n" for i in range(1000))
+    path.write_text(block * (8_000_000 // len(block)), encoding="utf-8")
+    n_chars = path.stat().st_size
+    del block
+    tracemalloc.start()
+    try:
+        corpus = load_corpus("file", path)
+        vocab = Vocab.from_text(corpus.text)
+        train_text, val_text = split_train_val(corpus.text, 0.1, 25)
+        trainer = Trainer(ModelConfig("rnn", vocab.size, 8), TrainConfig(), OptimConfig(), vocab, train_text, val_text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert trainer.train_ix.nbytes + trainer.val_ix.nbytes == n_chars  # one byte per character
+    assert peak / n_chars < 5, f"peak {peak / n_chars:.1f} bytes per character"
 
 
 # --------------------------------------------------------------------------- split

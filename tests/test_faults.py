@@ -20,8 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from charrnn.checkpoint import load_checkpoint
-from conftest import BIN, MlflowServer, free_port
-from test_cli_train import only_run, store_client, tiny
+from conftest import BIN, MlflowServer, free_port, only_run, store_client, tiny
 
 HISTORY_KEYS = ("train/loss", "train/smooth_loss", "grad/norm", "val/loss", "val/bpc")
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_module
+from omegaconf import read_write
 
 from charrnn.errors import ConfigError
+from charrnn_experiments.sweep_callback import short_name, swept_space
 from charrnn_experiments.train import engine_configs
 from charrnn_experiments.tracking import Store, flatten
+from conftest import compose_cfg
 
 PUBLIC_KEYS = [
     "model.hidden_size", "model.num_layers", "train.seq_length", "train.batch_size",
@@ -15,11 +17,6 @@ PUBLIC_KEYS = [
     "train.log_every", "train.sample_every", "train.eval_every", "optim.lr", "optim.clip",
     "optim.clip_mode", "data.path", "tracking.uri", "tracking.experiment",
 ]
-
-
-def compose_cfg(*overrides: str, hydra: bool = False):
-    with initialize_config_module("charrnn_conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 def test_every_public_key_exists_in_the_default_config():
@@ -61,6 +58,37 @@ def test_grid_preset_sweeps_the_four_card_parameters():
     cfg = compose_cfg("experiment=grid", hydra=True)
     assert set(cfg.hydra.sweeper.params) == {"model.hidden_size", "train.seq_length", "optim.lr",
                                              "optim.clip"}
+
+
+@pytest.mark.parametrize("preset", ["grid", "optuna", "study_cells"])
+def test_sweep_presets_compare_at_equal_iterations_with_time_only_as_a_cap(preset):
+    cfg = compose_cfg(f"experiment={preset}")
+    assert cfg.train.max_iters > 0
+    # the cap sits far above what the iterations take, so no job of a fair comparison reaches it
+    assert cfg.train.max_seconds >= 600
+
+
+def test_the_sweep_space_is_the_presets_params_with_the_command_lines_sweeps_and_pins():
+    cfg = compose_cfg("experiment=grid", hydra=True)
+    with read_write(cfg):  # what `charrnn-train experiment=grid model.hidden_size=8,16 optim.lr=0.1` said
+        cfg.hydra.overrides.task = ["model.hidden_size=8,16", "optim.lr=0.1"]
+    assert swept_space(cfg) == {"model.hidden_size": "8,16", "train.seq_length": "16,32", "optim.clip": "1.0,5.0"}
+
+
+@pytest.mark.parametrize("overrides, keys, name", [
+    (["model.hidden_size=64", "train.seq_length=16", "optim.lr=0.1", "optim.clip=5.0", "data.path=/a/b.txt",
+      "tracking.experiment=x"], ["model.hidden_size", "train.seq_length", "optim.lr", "optim.clip"],
+     "h=64 T=16 lr=0.1 clip=5"),
+    (["model=lstm", "train.seed=2"], ["model", "train.seed"], "cell=lstm seed=2"),
+    (["optim.lr=0.023456789012", "model.hidden_size=128"], ["model.hidden_size", "optim.lr"], "h=128 lr=0.0235"),
+    (["train.eval_max_chars=100000", "train.sample_length=200", "train.sample_every=1000",
+      "train.log_every=100", "train.target_val_loss=1.5"],
+     ["train.eval_max_chars", "train.sample_length", "train.sample_every", "train.log_every",
+      "train.target_val_loss"], "eval_max_chars=100000 sample_length=200…"),
+])
+def test_child_runs_are_named_by_their_swept_values_in_at_most_40_characters(overrides, keys, name):
+    assert short_name(overrides, keys) == name
+    assert len(name) <= 40
 
 
 def test_optuna_preset_uses_an_in_memory_study():

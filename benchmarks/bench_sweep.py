@@ -1,0 +1,76 @@
+"""Wall time of a 4-job grid sweep, serial vs `hydra/launcher=joblib` (goal: at most 0.55x serial on 2 cores).
+
+Runs `charrnn-train experiment=grid` cut to 2 hidden sizes x 2 sequence lengths at a fixed number of
+iterations, once with Hydra's basic (serial) launcher and once with `hydra/launcher=joblib`, each into a
+fresh store, alternating over --repeats rounds so that a shared machine's drift hits both alike. For every
+job it prints the share of its run's wall time spent in training steps (from the run's
+`throughput/chars_per_s`): what is not in steps is the per-job fixed cost (process start, config, store
+round-trips, evaluation, samples, checkpoints).
+Run: .venv/bin/python benchmarks/bench_sweep.py [--iters 1000] [--jobs 2] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+BIN = Path(sys.executable).parent
+GRID = ["experiment=grid", "model.hidden_size=32,64", "train.seq_length=16,32", "optim.lr=0.1", "optim.clip=5"]
+
+
+def run_sweep(launcher: list[str], iters: int) -> tuple[float, list[tuple[str, float, float]]]:
+    """(sweep wall seconds, [(job name, run seconds, seconds in training steps)])."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        out = subprocess.run([str(BIN / "charrnn-train"), *GRID, *launcher, f"train.max_iters={iters}"],
+                             cwd=tmp, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        if out.returncode != 0:
+            sys.exit(f"error: the sweep failed ({' '.join(launcher) or 'serial'}):\n{out.stderr[-2000:]}")
+        client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+        runs = client.search_runs([client.get_experiment_by_name("grid").experiment_id],
+                                  filter_string="tags.`mlflow.parentRunId` != ''")
+        jobs = []
+        for run in runs:
+            chars_per_iter = int(run.data.params["train.seq_length"]) * int(run.data.params["train.batch_size"])
+            history = sorted(client.get_metric_history(run.info.run_id, "throughput/chars_per_s"),
+                             key=lambda m: m.step)
+            steps, previous = 0.0, 0
+            for point in history:  # each point: characters per second over the steps since the previous one
+                steps += (point.step - previous) * chars_per_iter / point.value
+                previous = point.step
+            jobs.append((run.info.run_name, (run.info.end_time - run.info.start_time) / 1000, steps))
+        return wall, sorted(jobs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=1000, help="training iterations per job")
+    parser.add_argument("--jobs", type=int, default=2, help="joblib's n_jobs")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    launchers = {"serial": [], "joblib": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"]}
+    walls: dict[str, list[float]] = {name: [] for name in launchers}
+    print(f"4-job grid, {args.iters} iterations per job, {os.cpu_count()} cores, joblib n_jobs={args.jobs}")
+    for round_ in range(args.repeats):
+        for name, launcher in launchers.items():
+            wall, jobs = run_sweep(launcher, args.iters)
+            walls[name].append(wall)
+            print(f"round {round_ + 1} {name:>6}: {wall:6.1f} s")
+            for job, seconds, steps in jobs:
+                print(f"    {job:<12} run {seconds:5.1f} s, training steps {steps:5.1f} s "
+                      f"({steps / seconds:4.0%} of the run)")
+    serial, parallel = statistics.median(walls["serial"]), statistics.median(walls["joblib"])
+    print(f"joblib / serial wall time: {parallel / serial:.2f} (goal <= 0.55 with 2 jobs on 2 cores)")
+
+
+if __name__ == "__main__":
+    main()

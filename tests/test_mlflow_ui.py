@@ -1,0 +1,98 @@
+"""The MLflow UI as a user opens it after a sweep, in a real headless Chromium: the address the sweep prints
+opens the experiment on its runs table (not MLflow 3's GenAI overview), with the children's short names.
+
+Deselect with ``-m "not browser"`` where no browser can be installed (.ci/run installs Debian's chromium)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN
+from conftest import tiny
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+SCREENSHOT = "mlflow_runs.png"  # in the test's tmp dir: the runs table as the browser drew it
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve(store: str, cwd: Path) -> tuple[subprocess.Popen, int]:
+    """`mlflow ui` on a free loopback port; another process may take the port first, so try again."""
+    for _ in range(3):
+        port = free_port()
+        proc = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
+                                 "--port", str(port), "--workers", "1"], cwd=cwd, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:
+                    if reply.status == 200:
+                        return proc, port
+            except OSError:
+                time.sleep(0.5)
+        proc.kill()
+        proc.wait()
+    raise AssertionError("mlflow ui did not start on any of three free ports")
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no chromium + chromedriver on this machine (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_the_printed_address_opens_the_runs_table_with_short_child_names(cli, small_text, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    out = cli("charrnn-train", "-m", "hydra/launcher=joblib", *tiny(small_text), "model.hidden_size=8,16",
+              "train.seq_length=8,16")
+    assert out.returncode == 0, out.stderr[-3000:]
+    store, url = re.search(r"mlflow ui --backend-store-uri (\S+), then open (\S+)", out.stdout).groups()
+    server, port = serve(store, tmp_path)
+    try:
+        browser.get(url.replace("127.0.0.1:5000", f"127.0.0.1:{port}"))
+        wait = WebDriverWait(browser, 120)
+        parent = wait.until(seen.visibility_of_element_located((By.XPATH, "//a[starts-with(., 'sweep ')]")))
+        # the runs table, not the GenAI overview: its own heading, and none of the overview's panels
+        assert browser.find_element(By.XPATH, "//h2[.='Runs'] | //*[@role='heading'][.='Runs']").is_displayed()
+        assert "Tokens per Trace" not in browser.find_element(By.TAG_NAME, "body").text
+        # the children are nested under the parent: expand it and read their names
+        parent.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]//button").click()
+        for name in ("h=8 T=8", "h=8 T=16", "h=16 T=8", "h=16 T=16"):
+            link = wait.until(seen.visibility_of_element_located((By.XPATH, f"//a[.='{name}']")))
+            column = link.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]")
+            assert link.location["x"] + link.size["width"] <= column.location["x"] + column.size["width"], \
+                f"{name} is cut off in its column"
+        browser.save_screenshot(str(tmp_path / SCREENSHOT))
+    finally:
+        server.kill()
+        server.wait()
