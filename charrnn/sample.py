@@ -1,6 +1,8 @@
 """Sampling text from a model: temperature, top-k, a priming text, greedy (argmax) decoding."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from .data import Vocab
@@ -8,7 +10,7 @@ from .checks import check_int, check_number
 from .model import ModelConfig, forward, init_state
 
 
-def sample(
+def generate(
     params: dict[str, np.ndarray],
     config: ModelConfig,
     vocab: Vocab,
@@ -19,8 +21,9 @@ def sample(
     argmax: bool = False,
     seed: int | None = None,
     rng: np.random.Generator | None = None,
-) -> str:
-    """Generate ``length`` characters after ``prime`` (the prime is not included in the result).
+) -> Iterator[str]:
+    """Generate ``length`` characters after ``prime`` (the prime is not included), one at a time, so a
+    caller can show progress and keep what it has.
 
     With an empty prime the first character is drawn from the model's prediction given a zero state.
     Pass ``rng`` to continue a random stream (the trainer does, so sampling is part of exact resume),
@@ -41,12 +44,17 @@ def sample(
         top_h = np.zeros(config.hidden_size, dtype=config.dtype)
         last = params["Why"] @ top_h + params["by"]
 
-    out = np.empty(length, dtype=np.int64)
-    for t in range(length):
-        out[t] = ix = _pick(last.astype(np.float64), temperature, top_k, argmax, rng)
+    chars = vocab.chars
+    for _ in range(length):
+        ix = _pick(last.astype(np.float64), temperature, top_k, argmax, rng)
+        yield chars[ix]
         logits, _, state = forward(params, config, np.array([[ix]]), state)
         last = logits[0, 0]
-    return vocab.decode(out)
+
+
+def sample(*args, **kwargs) -> str:
+    """:func:`generate`'s characters (same arguments) as one string."""
+    return "".join(generate(*args, **kwargs))
 
 
 def _pick(logits: np.ndarray, temperature: float, top_k: int | None, argmax: bool, rng) -> int:

@@ -38,9 +38,10 @@ class ProgressCallback(Callback):
                 self._bar.set_postfix(shown, refresh=False)
             return
         is_eval = any(k.startswith("val/") for k in metrics)
-        if not is_eval and time.monotonic() - self._last_line < PLAIN_LOG_SECONDS:
-            return
-        self._last_line = time.monotonic()
+        if not is_eval:  # evaluations always show; training lines at most every PLAIN_LOG_SECONDS
+            if time.monotonic() - self._last_line < PLAIN_LOG_SECONDS:
+                return
+            self._last_line = time.monotonic()
         fields = " | ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))
         log.info("iter %d | %s", step, fields)
 

@@ -1,24 +1,34 @@
 """MLflow side of the harness: where the store is, the run's lifecycle, and a Callback that logs.
 
 The engine knows nothing of MLflow; :class:`MlflowTracker` plugs into its Callback interface.
-Metrics go out in batches through MLflow's asynchronous logging (one synchronous ``log_metric``
-costs milliseconds on SQLite), so tracking stays a small fraction of a run's wall time.
+Training never waits for the store: metrics, samples and checkpoints go into an ordered queue that a
+background thread delivers every few seconds (or when a batch fills). While the store is away the
+queue keeps everything and training goes on; the run's end delivers what is left. Checkpoints are
+queued behind the metrics logged before them, so a checkpoint in the store always comes with the
+complete metric history up to its iteration, and resume after a crash can continue exactly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
+from charrnn.errors import CharRNNError
 from charrnn.train import Callback
 
 # Tag names, shared with the sweep callback and read back by the analysis tools.
@@ -29,13 +39,30 @@ TAG_REASON = "charrnn.reason"            # why the run stopped or failed, one li
 TAG_DATASET_SHA = "charrnn.dataset.sha256"
 TAG_BEST_CHILD = "charrnn.best_child_run_id"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_OWNER = "charrnn.owner"              # "<host> <pid> <token> <unix time>" of the process writing the run
+TAG_HEARTBEAT = "charrnn.heartbeat"      # unix time the owner last reached the store
+CLAIM_PARAM = "charrnn.resumed_from."    # + the previous owner's token: one resume per ending
 PARENT_FILE = "mlflow_parent.json"       # in the sweep dir: the parent run every job nests under
 
 CHECKPOINTS = "checkpoints"  # artifact folder of the engine's latest.npz and best.npz
 LATEST_CHECKPOINT = f"{CHECKPOINTS}/latest.npz"
+BEST_CHECKPOINT = f"{CHECKPOINTS}/best.npz"
 CONFIG_ARTIFACT = "config.yaml"
 
-METRICS_PER_BATCH = 200  # metric points buffered before one asynchronous log_batch
+METRICS_PER_BATCH = 200      # a full batch wakes the sender at once
+MAX_METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
+FLUSH_SECONDS = 2.0          # otherwise queued points wait at most this long
+HEARTBEAT_SECONDS = 10.0
+STALE_SECONDS = 60.0         # a RUNNING run whose owner is silent this long elsewhere is taken as dead
+END_WAIT_SECONDS = 600.0     # at its end a run waits this long for an absent store
+CONNECT_SECONDS = 5.0        # an unreachable tracking server fails the command this fast
+# One request is tried three times (a few seconds of back-off), not MLflow's default of seven times
+# with back-off up to minutes: the sender retries on its own and the start must fail fast.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+class TrackingError(CharRNNError):
+    """The tracking store cannot be reached or refuses the run; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -47,12 +74,14 @@ class Store:
 
     @classmethod
     def resolve(cls, uri: str | None, base_dir: str | os.PathLike[str]) -> Store:
-        """``None`` -> ``sqlite:///mlflow.db`` + ``mlartifacts/`` in ``base_dir``.
+        """``None`` -> ``$MLFLOW_TRACKING_URI`` when set (as MLflow does), else ``sqlite:///mlflow.db`` +
+        ``mlartifacts/`` in ``base_dir``.
 
         Relative SQLite paths are resolved against ``base_dir`` (the directory the command was
         started from), never against Hydra's per-job output folder.
         """
         base = Path(base_dir).resolve()
+        uri = uri if uri is not None else os.environ.get("MLFLOW_TRACKING_URI") or None
         if uri is None:
             return cls(f"sqlite:///{base / 'mlflow.db'}", base / "mlartifacts")
         if uri.startswith("sqlite:///"):
@@ -61,23 +90,72 @@ class Store:
             return cls(f"sqlite:///{db}", db.parent / "mlartifacts")
         return cls(uri, None)  # a server decides where artifacts go
 
-    def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.uri)
+    @property
+    def sqlite_path(self) -> Path | None:
+        return Path(self.uri[len("sqlite:///"):]) if self.uri.startswith("sqlite:///") else None
 
-    def ensure_experiment(self, name: str) -> str:
+    def client(self, create: bool = True) -> MlflowClient:
+        """A client of a store that exists and answers, or a one-line :class:`TrackingError` within seconds.
+
+        Commands started together on a fresh SQLite store would race on its schema migration: the first
+        to open it creates it (unless ``create`` is false) while holding a lock file beside it
+        (``mlflow.db.lock``).
+        """
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        self._check_server_reachable()
+        db = self.sqlite_path
+        try:
+            if db is None:
+                client = MlflowClient(tracking_uri=self.uri)
+                client.search_experiments(max_results=1)
+                return client
+            if not create and not db.exists():
+                raise TrackingError(f"no tracking store at {db}; give tracking.uri (or MLFLOW_TRACKING_URI) "
+                                    "of the store the run was tracked in")
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{db}.lock"):
+                client = MlflowClient(tracking_uri=self.uri)
+                client.search_experiments(max_results=1)  # opening the store creates or upgrades its schema
+        except MlflowException as err:
+            raise TrackingError(f"tracking store {self.uri} does not answer: {first_line(err)}") from None
+        return client
+
+    def _check_server_reachable(self) -> None:
+        url = urlparse(self.uri)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            return
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=CONNECT_SECONDS).close()
+        except OSError as err:
+            raise TrackingError(f"cannot reach the tracking server {self.uri} ({err.strerror or err}); start "
+                                f"it, or set tracking.uri (or MLFLOW_TRACKING_URI) to a store that runs") from None
+
+    def ensure_experiment(self, name: str, client: MlflowClient | None = None) -> str:
         """Return the id of experiment ``name``, creating it (and a fresh store) if needed."""
-        client = self.client()
+        client = client or self.client()
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
         location = self.artifact_root.as_uri() if self.artifact_root else None
-        return client.create_experiment(name, artifact_location=location)
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # another command created it a moment ago
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def ui_command(self) -> str:
         """The exact command that opens this store in the MLflow UI."""
         if self.uri.startswith(("http://", "https://")):
             return f"open {self.uri} in a browser"
         return f"mlflow ui --backend-store-uri {self.uri}"
+
+
+def first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def write_parent(sweep_dir: Path, store: Store, experiment_id: str, run_id: str) -> None:
@@ -121,35 +199,128 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-class MlflowTracker(Callback):
-    """One MLflow run: params, tags and dataset at start, metrics/samples/checkpoints as they come."""
+def refused(err: MlflowException) -> bool:
+    """The store answered and said no (a 4xx other than 429): retrying the same request cannot help."""
+    status = err.get_http_status_code()
+    return 400 <= status < 500 and status != 429
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+
+def new_owner() -> str:
+    return f"{socket.gethostname()} {os.getpid()} {uuid.uuid4().hex} {time.time():.0f}"
+
+
+def owner_alive(run) -> str | None:
+    """Why a RUNNING run's writer looks alive (one phrase), or None when it is gone."""
+    if run.info.status != "RUNNING":
+        return None
+    seen = float(run.data.tags.get(TAG_HEARTBEAT, run.info.start_time / 1000))
+    return process_alive(run.data.tags.get(TAG_OWNER, ""), seen)
+
+
+def token(owner: str) -> str:
+    """The unique part of an owner tag ("first" for a run that has none)."""
+    fields = owner.split()
+    return fields[2] if len(fields) == 4 else "first"
+
+
+def process_alive(owner: str, last_seen: float) -> str | None:
+    """On this machine the writer's process id answers; elsewhere its last sign of life must be recent."""
+    fields = owner.split()
+    if len(fields) == 4 and fields[0] == socket.gethostname():
+        try:
+            os.kill(int(fields[1]), 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return f"process {fields[1]} on this machine is writing it"
+    age = time.time() - last_seen
+    if age > STALE_SECONDS:
+        return None
+    where = f"process {fields[1]} on {fields[0]}" if len(fields) == 4 else "its writer"
+    return f"{where} reported {age:.0f} s ago"
+
+
+@dataclass
+class _Artifact:
+    """A file to upload into ``folder``; ``local`` is a private copy, removed once it is in the store."""
+
+    local: Path
+    folder: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.folder}/{self.local.name}"
+
+
+class MlflowTracker(Callback):
+    """One MLflow run: params, tags and dataset at start, then metrics, samples and checkpoints as they
+    come, delivered in order by a background thread (see the module docstring)."""
+
+    def __init__(self, client: MlflowClient, run_id: str, outbox: Path | None = None,
+                 store_uri: str = "", logged_through: dict[str, int] | None = None) -> None:
+        """``outbox``: a folder of this run's own for the private copies of queued files.
+        ``logged_through``: per metric, the last step the store already has (a resumed run recomputes
+        those steps exactly, and each step keeps one point)."""
         self.client = client
         self.run_id = run_id
-        self._buffer: list[Metric] = []
-        self._pending = []  # RunOperations of asynchronous batches, awaited at the end
-        self._checkpoints: set[str] = set()  # local files: the engine's latest.npz, best.npz
+        self.outbox = outbox
+        self.store_uri = store_uri
+        self._logged_through = dict(logged_through or {})
+        self._queue: list[Metric | _Artifact] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._sender: threading.Thread | None = None
+        self._sending: _Artifact | None = None  # the file being uploaded: never replaced under the sender
+        self._away_since: float | None = None
+        self._last_heartbeat = 0.0
+        self._copies = 0
 
     @classmethod
     def start(cls, store: Store, experiment_id: str, run_name: str | None = None,
-              parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> MlflowTracker:
-        client = store.client()
-        all_tags = {"mlflow.source.type": "LOCAL", "host": socket.gethostname(), **(tags or {})}
+              parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+              client: MlflowClient | None = None) -> MlflowTracker:
+        client = client or store.client()
+        all_tags = {"mlflow.source.type": "LOCAL", "host": socket.gethostname(), TAG_OWNER: new_owner(),
+                    TAG_HEARTBEAT: f"{time.time():.0f}", **(tags or {})}
         commit = git_commit()
         if commit:
             all_tags["mlflow.source.git.commit"] = commit
         if parent_run_id:
             all_tags[TAG_PARENT] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-        return cls(client, run.info.run_id)
+        return cls(client, run.info.run_id, store_uri=store.uri)
 
-    @classmethod
-    def reopen(cls, store: Store, run_id: str) -> MlflowTracker:
-        """Continue an ended run (resume): it is RUNNING again until it ends anew."""
-        client = store.client()
-        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        return cls(client, run_id)
+    @staticmethod
+    def claim(client: MlflowClient, run) -> None:
+        """Take over an ended (or dead) run for a resume; raises TrackingError when another command has.
+
+        Params can be written once only, so logging one named after the previous owner is a claim that
+        cannot race: of two resumes of the same ending, the store accepts exactly one.
+        """
+        alive = owner_alive(run)
+        if alive:
+            raise TrackingError(f"run {run.info.run_id} is RUNNING ({alive}); stop that first")
+        previous = token(run.data.tags.get(TAG_OWNER, ""))
+        # a resume killed between its claim and taking ownership left a claim naming it: continue from it
+        while (claimer := run.data.params.get(f"{CLAIM_PARAM}{previous}")) is not None:
+            if process_alive(claimer, float(claimer.split()[-1])):
+                raise TrackingError(f"run {run.info.run_id} is being resumed by another command right now "
+                                    f"(process {claimer.split()[1]} claimed it)")
+            previous = token(claimer)
+        owner = new_owner()
+        try:
+            client.log_param(run.info.run_id, f"{CLAIM_PARAM}{previous}", owner)
+        except MlflowException as err:
+            if err.error_code != "INVALID_PARAMETER_VALUE":  # not a lost race: the store failed
+                raise
+            raise TrackingError(f"run {run.info.run_id} is being resumed by another command right now "
+                                "(it claimed the run first)") from None
+        # RUNNING before the owner tag moves: whoever reads the new owner also reads RUNNING and checks it
+        client.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        client.log_batch(run.info.run_id, tags=[RunTag(TAG_OWNER, owner),
+                                                RunTag(TAG_HEARTBEAT, f"{time.time():.0f}")])
 
     # --- what is known before training -------------------------------------------------
 
@@ -184,49 +355,188 @@ class MlflowTracker(Callback):
                 time.sleep(0.1)
         self.client.set_tag(self.run_id, TAG_DATASET_SHA, sha256)
 
-    # --- engine Callback ----------------------------------------------------------------
+    # --- engine Callback: queue, never wait for the store -----------------------------------
 
     def on_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
-        if len(self._buffer) >= METRICS_PER_BATCH:
-            self.flush()
+        points = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                  if step > self._logged_through.get(k, -1)]
+        with self._lock:
+            self._queue.extend(points)
+            full = sum(isinstance(item, Metric) for item in self._queue) >= METRICS_PER_BATCH
+        self._start_sender()
+        if full:
+            self._wake.set()
 
     def on_sample(self, text: str, step: int) -> None:
-        self.client.log_text(self.run_id, text, f"samples/iter_{step:08d}.txt")
+        self.queue_text(text, f"samples/iter_{step:08d}.txt")
+
+    def queue_text(self, text: str, artifact_path: str) -> None:
+        folder, name = artifact_path.rsplit("/", 1)
+        copy = self._private_path(name)
+        copy.write_text(text, encoding="utf-8")
+        self._enqueue(_Artifact(copy, folder))
 
     def on_checkpoint(self, path: str, step: int, is_best: bool) -> None:
-        # Uploaded once at the end: copying every periodic checkpoint would cost time.
-        self._checkpoints.add(path)
+        # A private copy: the engine replaces the file at its next save, and what reaches the store must
+        # be the checkpoint of this step, queued behind this step's metrics. A hard link costs nothing
+        # (the engine writes a new file and renames it over the old one, so the link keeps this one).
+        copy = self._private_path(Path(path).name)
+        try:
+            os.link(path, copy)
+        except OSError:
+            shutil.copyfile(path, copy)
+        self._enqueue(_Artifact(copy, CHECKPOINTS))
+
+    def _private_path(self, name: str) -> Path:
+        if self.outbox is None:
+            raise RuntimeError("MlflowTracker needs an outbox folder to queue files")
+        self._copies += 1
+        folder = self.outbox / f"{self._copies:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
+
+    def _enqueue(self, artifact: _Artifact) -> None:
+        with self._lock:
+            # a newer copy of the same artifact replaces one still waiting: only the newest matters, and
+            # it comes after every metric the older one came after
+            for old in [item for item in self._queue if isinstance(item, _Artifact)
+                        and item.name == artifact.name and item is not self._sending]:
+                self._queue.remove(old)
+                shutil.rmtree(old.local.parent, ignore_errors=True)
+            self._queue.append(artifact)
+        self._start_sender()
+        self._wake.set()
+
+    # --- the sender ------------------------------------------------------------------------
+
+    def _start_sender(self) -> None:
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send_loop, name="mlflow-sender", daemon=True)
+            self._sender.start()
+
+    def _send_loop(self) -> None:
+        while True:
+            self._wake.wait(FLUSH_SECONDS)
+            self._wake.clear()
+            try:
+                self._deliver()
+            except MlflowException as err:
+                if not refused(err):
+                    self._away(err)
+                    continue
+                with self._lock:  # the store answered no: retrying cannot help
+                    dropped = self._queue.pop(0) if self._queue else None
+                    self._sending = None
+                self._say(f"error: tracking store refused {getattr(dropped, 'name', 'an update')} of run "
+                          f"{self.run_id}: {first_line(err)[:300]}")
+                continue
+            except Exception as err:  # the store is away: keep everything and try again
+                self._away(err)
+                continue
+            self._back()
+            with self._lock:
+                if self._closing and not self._queue:
+                    return
+
+    def _back(self) -> None:
+        if self._away_since is not None:
+            self._say(f"tracking store {self.store_uri} is back after "
+                      f"{time.monotonic() - self._away_since:.0f} s; delivering the waiting points")
+            self._away_since = None
+
+    def _away(self, err: Exception) -> None:
+        if self._away_since is None:
+            self._away_since = time.monotonic()
+            self._say(f"warning: tracking store {self.store_uri} unreachable ({first_line(err)[:200]}); "
+                      "training goes on, metrics and checkpoints wait here until it returns")
+        time.sleep(FLUSH_SECONDS)
+
+    def _deliver(self) -> None:
+        """Send what is queued now, in order; an item leaves the queue only once the store has it. (What
+        training adds meanwhile waits for the next round, so a store slower than training still gets a
+        heartbeat and a word when it is back.)"""
+        with self._lock:
+            budget = len(self._queue)
+        while budget > 0:
+            with self._lock:
+                if not self._queue:
+                    break
+                head = self._queue[0]
+                self._sending = head if isinstance(head, _Artifact) else None
+                if isinstance(head, Metric):
+                    batch = []
+                    for item in self._queue[:min(budget, MAX_METRICS_PER_REQUEST)]:
+                        if not isinstance(item, Metric):
+                            break
+                        batch.append(item)
+            if isinstance(head, Metric):
+                self.client.log_batch(self.run_id, metrics=batch)
+                with self._lock:
+                    del self._queue[:len(batch)]
+                budget -= len(batch)
+            else:
+                self.client.log_artifact(self.run_id, str(head.local), head.folder)
+                with self._lock:
+                    self._queue.remove(head)
+                    self._sending = None
+                shutil.rmtree(head.local.parent, ignore_errors=True)
+                budget -= 1
+            self._back()
+        if time.monotonic() - self._last_heartbeat > HEARTBEAT_SECONDS:
+            self.client.set_tag(self.run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
+            self._last_heartbeat = time.monotonic()
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def waiting(self) -> str:
+        with self._lock:
+            metrics = sum(isinstance(item, Metric) for item in self._queue)
+            files = [item.name for item in self._queue if isinstance(item, _Artifact)]
+        return f"{metrics} metric points" + (f" and {', '.join(files)}" if files else "")
 
     # --- the end --------------------------------------------------------------------------
-
-    def flush(self) -> None:
-        if self._buffer:
-            self._pending.append(self.client.log_batch(self.run_id, metrics=self._buffer,
-                                                       synchronous=False))
-            self._buffer = []
-
-    def upload_checkpoints(self) -> None:
-        """The latest and best checkpoints the engine reported, as artifacts under checkpoints/."""
-        for path in sorted(self._checkpoints):
-            if Path(path).exists():
-                self.client.log_artifact(self.run_id, path, CHECKPOINTS)
 
     def download(self, artifact: str, into: Path) -> str:
         return self.client.download_artifacts(self.run_id, artifact, str(into))
 
-    def finish(self, status: str, reason: str = "", engine_status: str | None = None) -> None:
-        """Wait for every queued metric, then end the run: FINISHED, FAILED or KILLED."""
-        self.flush()
-        try:
-            for op in self._pending:
-                op.wait()  # raises if any batch was lost
-        finally:
-            self._pending = []
-            tags = [RunTag(TAG_REASON, reason[:5000])] if reason else []
-            if engine_status:
-                tags.append(RunTag(TAG_STATUS, engine_status))
-            if tags:
-                self.client.log_batch(self.run_id, tags=tags)
-            self.client.set_terminated(self.run_id, status=status)
+    def drain(self, give_up: threading.Event | None = None) -> None:
+        """Wait until the store has everything queued: at most END_WAIT_SECONDS of absence, or until
+        ``give_up`` is set. Raises TrackingError (the run stays RUNNING in the store) if it never came."""
+        with self._lock:
+            self._closing = True
+            pending = bool(self._queue)
+        if self._sender is None and not pending:
+            return
+        self._start_sender()
+        self._wake.set()
+        deadline = time.monotonic() + END_WAIT_SECONDS
+        said = False
+        while self._sender.is_alive():
+            self._sender.join(0.2)
+            if self._away_since is not None and not said:
+                self._say(f"waiting up to {END_WAIT_SECONDS:.0f} s for the tracking store to take "
+                          f"{self.waiting()} (Ctrl-C gives up)")
+                said = True
+            if self._away_since is None:
+                deadline = time.monotonic() + END_WAIT_SECONDS
+            away = self._away_since is not None
+            if away and (time.monotonic() > deadline or (give_up is not None and give_up.is_set())):
+                raise TrackingError(f"tracking store {self.store_uri} unreachable: run {self.run_id} keeps "
+                                    f"status RUNNING there and lacks {self.waiting()}; its checkpoints are in "
+                                    f"{self.outbox.parent if self.outbox else 'the run folder'}")
+
+    def finish(self, status: str, reason: str = "", engine_status: str | None = None,
+               give_up: threading.Event | None = None) -> None:
+        """Deliver everything queued, then end the run: FINISHED, FAILED or KILLED."""
+        self.drain(give_up)
+        if self.outbox is not None:
+            shutil.rmtree(self.outbox, ignore_errors=True)  # every queued copy is in the store now
+        tags = [RunTag(TAG_REASON, reason[:5000])] if reason else []
+        if engine_status:
+            tags.append(RunTag(TAG_STATUS, engine_status))
+        if tags:
+            self.client.log_batch(self.run_id, tags=tags)
+        self.client.set_terminated(self.run_id, status=status)

@@ -24,9 +24,9 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from charrnn.checkpoint import load_initial_weights
-from charrnn.data import Vocab, load_corpus, split_train_val
-from charrnn.errors import CharRNNError, ConfigError
+from charrnn.checkpoint import load_checkpoint, load_initial_weights
+from charrnn.data import Corpus, Vocab, load_corpus, split_train_val
+from charrnn.errors import CharRNNError, CheckpointError, ConfigError
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_analysis.trained_run import ARTIFACT_DIR, record_finished_run
@@ -40,6 +40,8 @@ log = logging.getLogger("charrnn")
 RUN_STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED"}
 FAILED_OBJECTIVE = math.inf  # what a failed sweep job reports to the sweeper
 DATA_KEYS = ("data.name", "data.path", "train.val_fraction", "train.seq_length")
+STOP_LIMITS = ("train.max_iters", "train.max_seconds", "train.target_val_loss")  # a resume may change these
+TAG_STOP_LIMITS = "charrnn.resume.stop_limits"  # the stop limits a resume changed, as "key=now (was ...)"
 
 
 @dataclass(frozen=True)
@@ -111,9 +113,10 @@ def engine_configs(cfg: DictConfig, vocab_size: int) -> tuple[ModelConfig, Train
     return model, train, optim
 
 
-def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | None = None):
-    """Load the data and build the trainer; every bad input raises a CharRNNError here."""
-    corpus = load_corpus(str(cfg.data.name), cfg.data.path)
+def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | None = None,
+                  corpus: Corpus | None = None):
+    """Load the data (unless given) and build the trainer; every bad input raises a CharRNNError here."""
+    corpus = corpus or load_corpus(str(cfg.data.name), cfg.data.path)
     # split_train_val rejects a seq_length below 1 or longer than the text, with the numbers involved
     train_text, val_text = split_train_val(corpus.text, _float(cfg, "train.val_fraction"),
                                            _int(cfg, "train.seq_length"))
@@ -129,24 +132,74 @@ def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | Non
     return corpus, Trainer(model, train, optim, vocab, train_text, val_text, checkpoint_dir, params, source)
 
 
-@contextmanager
-def stop_on_signals(trainer: Trainer):
-    """SIGINT/SIGTERM ask the trainer to stop; it saves a checkpoint and the run ends KILLED."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be installed from the main thread
-        return
-    previous = {}
+class Stopper:
+    """SIGINT/SIGTERM for the whole command, installed before any run exists.
 
-    def handler(signum, frame):
-        trainer.request_stop(f"received {signal.Signals(signum).name}")
+    Before training, a signal interrupts what is under way (KeyboardInterrupt), and the code that ends the
+    run ends it KILLED; while the store creates the run, it waits until the run id is known. During
+    training it asks the trainer to stop (a checkpoint is saved, the run ends KILLED). While the run's
+    record is being ended it never interrupts: it only gives up waiting for a store that is away.
+    """
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    def __init__(self, exits_after: bool) -> None:
+        """``exits_after``: the process ends with this job (not a sweep's worker), so once the job has
+        ended, signals are ignored until the exit status is out."""
+        self.exits_after = exits_after
+        self.reason: str | None = None
+        self.trainer: Trainer | None = None
+        self.give_up = threading.Event()
+        self._shielded = 0
+        self._ending = False
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            settled = self._shielded > 0 and self.exits_after
+            for sig, old in previous.items():
+                signal.signal(sig, signal.SIG_IGN if settled else old)
+
+    def _handle(self, signum, frame) -> None:
+        reason = f"received {signal.Signals(signum).name}"
+        self.reason = self.reason or reason
+        if self._ending:
+            if not self.give_up.is_set():
+                print(f"{reason}: ending the run's record in the store first", file=sys.stderr, flush=True)
+            self.give_up.set()
+        elif self.trainer is not None:
+            self.trainer.request_stop(self.reason)
+        elif not self._shielded:
+            raise KeyboardInterrupt(reason)
+
+    @contextmanager
+    def shielded(self):
+        """A signal that arrives in here takes effect at raise_if_stopped()."""
+        self._shielded += 1
+        try:
+            yield
+        finally:
+            self._shielded -= 1
+
+    def settle(self) -> None:
+        """From now on a signal is only noted."""
+        self._shielded += 1
+
+    def raise_if_stopped(self) -> None:
+        if self.reason is not None and self.trainer is None:
+            raise KeyboardInterrupt(self.reason)
+
+    def end_run(self, tracker: tracking.MlflowTracker, status: str, reason: str,
+                engine_status: str | None = None) -> None:
+        self._ending = True
+        try:
+            tracker.finish(status, reason, engine_status, give_up=self.give_up)
+        finally:
+            self._ending = False
 
 
 def _resolved(cfg: DictConfig) -> dict:
@@ -155,67 +208,155 @@ def _resolved(cfg: DictConfig) -> dict:
     return plain
 
 
-def open_run(cfg: DictConfig, job: Job, store: tracking.Store):
-    """Start this job's MLflow run, or reopen the run named by train.resume.
+@dataclass
+class Resume:
+    """What a resume found in the store, checked before the run is claimed."""
 
-    Returns (config, tracker, checkpoint to resume from or None). A resumed run keeps the config
-    it was started with; only tracking.* and train.resume come from this command line.
+    run_id: str
+    checkpoint: Path
+    corpus: Corpus
+    changes: dict[str, tuple[object, object]]  # stop limit -> (was, now)
+    logged_through: dict[str, int]  # per metric, the last step the store has
+
+
+def refuse(run_id: str, why: str) -> JobFailed:
+    return JobFailed(f"cannot resume run {run_id}: {why}")
+
+
+def prepare_resume(cfg: DictConfig, client, run_dir: Path) -> tuple[DictConfig, Resume]:
+    """Check that train.resume names a run that can continue, without changing it in the store.
+
+    Returns the run's own config (with any new stop limits) and what the resume needs.
     """
+    run_id = str(cfg.train.resume)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise JobFailed(f"train.resume={run_id}: no such run in this tracking store") from None
+    tags = run.data.tags
+    if tracking.TAG_SWEEP in tags and tracking.TAG_JOB not in tags:
+        raise refuse(run_id, "it is a sweep's parent run; resume one of its child runs")
+    alive = tracking.owner_alive(run)
+    if alive:
+        raise refuse(run_id, f"it is RUNNING ({alive}); stop that first")
+    stored = {a.path for a in client.list_artifacts(run_id, tracking.CHECKPOINTS)}
+    if tracking.LATEST_CHECKPOINT not in stored:
+        raise refuse(run_id, f"it has no checkpoint in the store (status {run.info.status}); "
+                             "start a new run instead")
+    into = run_dir / "resume"
+    into.mkdir(parents=True, exist_ok=True)
+    saved = OmegaConf.load(client.download_artifacts(run_id, tracking.CONFIG_ARTIFACT, str(into)))
+    changes = {}
+    for key in resume_overrides():
+        was, now = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
+        if was != now:
+            changes[key] = (was, now)
+            OmegaConf.update(saved, key, now)
+    saved.tracking = cfg.tracking
+    saved.train.resume = run_id
+    corpus = load_corpus(str(saved.data.name), saved.data.path)
+    trained_on = tags.get(tracking.TAG_DATASET_SHA)
+    if trained_on and trained_on != corpus.sha256:
+        raise refuse(run_id, f"its data changed: {corpus.source} has sha256 {corpus.sha256[:12]}..., the run "
+                             f"was trained on {trained_on[:12]}...; restore that text or start a new run")
+    checkpoint = Path(client.download_artifacts(run_id, tracking.LATEST_CHECKPOINT, str(into)))
+    try:
+        load_checkpoint(checkpoint)
+    except CheckpointError as err:
+        # a process killed while uploading leaves a truncated file; best.npz, an earlier evaluation's full
+        # state, continues exactly as well (the steps the store has already are not logged again)
+        if tracking.BEST_CHECKPOINT not in stored:
+            raise refuse(run_id, f"its stored latest checkpoint is unreadable ({err})") from None
+        print(f"note: run {run_id}'s stored latest.npz is unreadable; resuming from its best.npz",
+              file=sys.stderr, flush=True)
+        checkpoint = Path(client.download_artifacts(run_id, tracking.BEST_CHECKPOINT, str(into)))
+    logged_through = {key: max(m.step for m in client.get_metric_history(run_id, key))
+                      for key in run.data.metrics}
+    return saved, Resume(run_id, checkpoint, corpus, changes, logged_through)
+
+
+def resume_overrides() -> list[str]:
+    """The stop limits given on this command line; any other change to the run's config is refused."""
+    limits, refused = [], []
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in STOP_LIMITS:
+            limits.append(key)
+        elif key != "train.resume" and not key.startswith(("tracking.", "hydra.", "hydra/")):
+            refused.append(override)
+    if refused:
+        raise ConfigError(f"train.resume continues a run with its own config; only the stop limits "
+                          f"{', '.join(STOP_LIMITS)} may change, not {', '.join(refused)}")
+    return limits
+
+
+def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
+    """Run one tracked job; returns (run id, validation loss). Raises JobFailed after ending the
+    run FAILED on bad input or divergence, and JobKilled after ending it KILLED.
+
+    Nothing that can fail runs between creating (or claiming) the run and the code that ends it.
+    """
+    store = tracking.Store.resolve(cfg.tracking.uri, job.base_dir)
+    client = store.client()
     if cfg.train.resume:
         run_id = str(cfg.train.resume)
-        tracker = tracking.MlflowTracker.reopen(store, run_id)
-        into = job.output_dir / "resume"
-        into.mkdir(parents=True, exist_ok=True)
-        saved = OmegaConf.load(tracker.download(tracking.CONFIG_ARTIFACT, into))
-        saved.tracking = cfg.tracking
-        saved.train.resume = run_id
-        return saved, tracker, Path(tracker.download(tracking.LATEST_CHECKPOINT, into))
-    parent = tracking.read_parent(job.sweep_dir) if job.sweep_dir else None
-    if parent is not None:
-        experiment_id, parent_run_id = parent["experiment_id"], parent["run_id"]
+        cfg, resume = prepare_resume(cfg, client, job.output_dir / run_id)
+        with stopper.shielded():
+            tracking.MlflowTracker.claim(client, client.get_run(run_id))
+            tracker = tracking.MlflowTracker(client, run_id, store_uri=store.uri,
+                                             logged_through=resume.logged_through)
+            tracker.outbox = job.output_dir / run_id / "outbox"
     else:
-        experiment_id, parent_run_id = store.ensure_experiment(str(cfg.tracking.experiment)), None
-    tags = {tracking.TAG_SWEEP: str(job.sweep_dir), tracking.TAG_JOB: str(job.job_num)} if job.multirun else {}
-    tracker = tracking.MlflowTracker.start(store, experiment_id, run_name=job.name,
-                                           parent_run_id=parent_run_id, tags=tags)
-    tracker.log_config(_resolved(cfg), OmegaConf.to_yaml(cfg, resolve=True))
-    return cfg, tracker, None
-
-
-def train_job(cfg: DictConfig, job: Job) -> tuple[str, float]:
-    """Run one tracked job; returns (run id, validation loss). Raises JobFailed after ending the
-    run FAILED on bad input or divergence, and JobKilled after ending it KILLED."""
-    store = tracking.Store.resolve(cfg.tracking.uri, job.base_dir)
-    cfg, tracker, resume_from = open_run(cfg, job, store)
+        resume = None
+        config, config_yaml = _resolved(cfg), OmegaConf.to_yaml(cfg, resolve=True)
+        parent = tracking.read_parent(job.sweep_dir) if job.sweep_dir else None
+        if parent is not None:
+            experiment_id, parent_run_id = parent["experiment_id"], parent["run_id"]
+        else:
+            experiment_id = store.ensure_experiment(str(cfg.tracking.experiment), client)
+            parent_run_id = None
+        tags = {tracking.TAG_SWEEP: str(job.sweep_dir), tracking.TAG_JOB: str(job.job_num)} if job.multirun else {}
+        with stopper.shielded():
+            tracker = tracking.MlflowTracker.start(store, experiment_id, run_name=job.name,
+                                                   parent_run_id=parent_run_id, tags=tags, client=client)
+            tracker.outbox = job.output_dir / tracker.run_id / "outbox"
+    # every run has its own folder, even when two start in the same second in Hydra's output folder
+    run_dir = tracker.outbox.parent
     try:
-        corpus, trainer = build_trainer(cfg, job.output_dir / "checkpoints", resume_from)
-        if resume_from is None:
+        stopper.raise_if_stopped()
+        if resume is None:
+            tracker.log_config(config, config_yaml)
+            corpus, trainer = build_trainer(cfg, run_dir / "checkpoints")
             tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text))
+        else:
+            corpus, trainer = build_trainer(cfg, run_dir / "checkpoints", resume.checkpoint, resume.corpus)
+            say_resumed(tracker, cfg, trainer, resume)
+        stopper.trainer = trainer
         progress = ProgressCallback(trainer.train_config.max_iters)
-        with stop_on_signals(trainer):
-            result = trainer.run([tracker, progress])
-        tracker.upload_checkpoints()
+        result = trainer.run([tracker, progress])
         if result.status == "finished":  # analysis hook: record the hidden state on the validation slice
             record_finished_run(trainer.params, trainer.model_config, trainer.vocab, trainer.val_ix,
-                                len(trainer.train_ix), cfg.get("record"), job.output_dir / ARTIFACT_DIR,
+                                len(trainer.train_ix), cfg.get("record"), run_dir / ARTIFACT_DIR,
                                 lambda folder: tracker.client.log_artifacts(tracker.run_id, str(folder), ARTIFACT_DIR),
                                 trainer.elapsed_seconds)
+        status = RUN_STATUS.get(result.status, "FAILED")
+        sample = trainer.sample() if status == "FINISHED" else None
+        if sample is not None:
+            tracker.queue_text(sample, "samples/final.txt")
     except CharRNNError as err:
-        tracker.finish("FAILED", str(err))
+        stopper.end_run(tracker, "FAILED", str(err))
         raise JobFailed(str(err)) from None
     except BaseException as err:  # a bug or an interrupt outside the loop: never leave it RUNNING
-        tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
-                       f"{type(err).__name__}: {err}")
+        interrupted = isinstance(err, KeyboardInterrupt)
+        stopper.end_run(tracker, "KILLED" if interrupted else "FAILED",
+                        tracking.first_line(err) if interrupted else f"{type(err).__name__}: {err}")
         raise
-    status = RUN_STATUS.get(result.status, "FAILED")
-    tracker.finish(status, result.reason or "", engine_status=result.status)
+    stopper.end_run(tracker, status, result.reason or "", engine_status=result.status)
     if status == "FAILED":
         raise JobFailed(f"run {tracker.run_id} {result.status}: {result.reason}")
     if status == "KILLED":
         raise JobKilled(f"run {tracker.run_id} {result.reason}; checkpoint saved, "
                         f"continue it with train.resume={tracker.run_id}")
-    sample = trainer.sample()
-    tracker.client.log_text(tracker.run_id, sample, "samples/final.txt")
     if not job.multirun:
         val = ("none (no validation text)" if result.val_loss is None else
                f"{result.val_loss:.4f} nats/char ({result.val_loss / math.log(2):.4f} bits/char)")
@@ -227,10 +368,21 @@ def train_job(cfg: DictConfig, job: Job) -> tuple[str, float]:
     return tracker.run_id, result.val_loss
 
 
+def say_resumed(tracker: tracking.MlflowTracker, cfg: DictConfig, trainer: Trainer, resume: Resume) -> None:
+    """Print where the run continues; new stop limits also go into the run's config.yaml and a tag
+    (MLflow params cannot change, so the params keep the values the run started with)."""
+    changed = ", ".join(f"{key}={now} (was {was})" for key, (was, now) in resume.changes.items())
+    print(f"resuming run {resume.run_id} at iteration {trainer.iteration}"
+          + (f" with {changed}" if changed else ""), file=sys.stderr, flush=True)
+    if changed:
+        tracker.client.log_text(tracker.run_id, OmegaConf.to_yaml(cfg, resolve=True), tracking.CONFIG_ARTIFACT)
+        tracker.client.set_tag(tracker.run_id, TAG_STOP_LIMITS, changed)
+
+
 def one_line(err: Exception) -> str:
     if isinstance(err, MissingMandatoryValue):
         return f"{err.full_key} must be set, e.g. {err.full_key}=..."
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    text = tracking.first_line(err)
     key = getattr(err, "full_key", None)
     return f"{key}: {text}" if key else text
 
@@ -243,23 +395,35 @@ def fail(message: str) -> None:
 def app(cfg: DictConfig) -> float:
     """The Hydra task: returns the validation loss, the objective a sweeper minimises."""
     job = Job.from_hydra()
+    stopper = Stopper(exits_after=not job.multirun)
+    with stopper.installed():
+        return run_app(cfg, job, stopper)
+
+
+def run_app(cfg: DictConfig, job: Job, stopper: Stopper) -> float:
     try:
-        return train_job(cfg, job)[1]
-    except (JobFailed, CharRNNError, MlflowException, OmegaConfBaseException) as err:
+        return train_job(cfg, job, stopper)[1]
+    except BaseException as err:
+        stopper.settle()  # the run has ended: a signal now must not interrupt the report
+        return report(err, job)
+
+
+def report(err: BaseException, job: Job) -> float:
+    """One line for what stopped the job, then its exit status (or, in a sweep, its objective)."""
+    if isinstance(err, (JobFailed, CharRNNError, MlflowException, OmegaConfBaseException)):
         fail(one_line(err))
-        if job.multirun:
-            return FAILED_OBJECTIVE  # one failed job must not stop the sweep
-        sys.exit(2)
-    except (JobKilled, KeyboardInterrupt) as err:
-        print(f"stopped: {err}", file=sys.stderr, flush=True)
-        if job.multirun:
-            return FAILED_OBJECTIVE
-        sys.exit(130)
-    except Exception:
-        if not job.multirun:
-            raise
-        log.error("job %s failed:\n%s", job.job_num, traceback.format_exc())
+        code = 2
+    elif isinstance(err, (JobKilled, KeyboardInterrupt)):
+        print(f"stopped: {tracking.first_line(err) if str(err) else 'interrupted'}", file=sys.stderr, flush=True)
+        code = 130
+    elif isinstance(err, Exception) and job.multirun:
+        log.error("job %s failed:\n%s", job.job_num, "".join(traceback.format_exception(err)))
         return FAILED_OBJECTIVE
+    else:
+        raise err
+    if job.multirun:
+        return FAILED_OBJECTIVE  # one failed job must not stop the sweep
+    sys.exit(code)
 
 
 def main() -> None:

@@ -5,12 +5,16 @@ here, never from one another."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
+from mlflow import MlflowClient
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
@@ -60,3 +64,78 @@ def cli(tmp_path):
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
     return run
+
+
+def store_client(cwd: Path) -> MlflowClient:
+    assert (cwd / "mlflow.db").exists(), "the store must be in the launch directory"
+    return MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+
+
+def only_run(client: MlflowClient):
+    runs = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on loopback over a SQLite store in ``folder``; it can be stopped and started
+    again on the same port (the store and its URL outlive it)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port: int | None = None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        # A free port can be taken between picking and binding it; a server that cannot bind exits, and
+        # the first start picks another. A restart keeps its port (the client knows only that one).
+        for _ in range(5):
+            port = self.port or free_port()
+            if self._serve(port):
+                self.port = port
+                return
+            time.sleep(1)
+        raise AssertionError(f"mlflow server did not start (last port tried: {port})")
+
+    def _serve(self, port: int) -> bool:
+        self.process = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
+             "--artifacts-destination", str(self.folder / "server-artifacts")],
+            cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                return True
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

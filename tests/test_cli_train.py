@@ -9,22 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.data import Vocab
-from conftest import BIN, TINY, tiny
-
-def store_client(cwd: Path) -> MlflowClient:
-    assert (cwd / "mlflow.db").exists(), "the store must be in the launch directory"
-    return MlflowClient(f"sqlite:///{cwd}/mlflow.db")
-
-
-def only_run(client: MlflowClient):
-    runs = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
-    assert len(runs) == 1
-    return runs[0]
-
+from conftest import BIN, TINY, only_run, store_client, tiny
 
 def test_single_run_prints_results_and_tracks_everything(cli, small_text, tmp_path):
     out = cli("charrnn-train", *tiny(small_text))
@@ -80,10 +68,25 @@ def test_bad_input_fails_before_training_with_one_line(cli, small_text, tmp_path
     assert "train/loss" not in run.data.metrics
 
 
-def test_missing_data_path_is_one_clear_line(cli, tmp_path):
+def runs_left_running(cwd: Path) -> list:
+    client = store_client(cwd)
+    experiment = client.get_experiment_by_name("charrnn")
+    return client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
+
+
+def test_missing_data_path_is_one_clear_line_and_leaves_no_run_running(cli, tmp_path):
     out = cli("charrnn-train", *TINY, "data=file")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "data.path" in out.stderr
+    assert runs_left_running(tmp_path) == []
+
+
+def test_a_bad_interpolation_is_one_line_and_leaves_no_run_running(cli, small_text, tmp_path):
+    out = cli("charrnn-train", *tiny(small_text, "model.hidden_size=${nowhere}"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr + out.stdout
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "nowhere" in errors[0], out.stderr
+    assert runs_left_running(tmp_path) == []
 
 
 def test_divergence_ends_the_run_failed_with_its_reason(cli, small_text, tmp_path):
@@ -103,16 +106,12 @@ def _losses(client, run_id, key):
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
-def test_sigterm_kills_with_checkpoint_and_resume_logs_the_uninterrupted_numbers(
+def test_sigterm_kills_with_checkpoint_and_resume_with_a_stop_limit_logs_the_uninterrupted_numbers(
         cli, small_text, tmp_path):
-    args = [*tiny(small_text), "train.max_iters=6000", "train.log_every=100",
+    # No iteration limit the machine's speed could race: the run trains until the signal, and the
+    # resume gives it the limit the reference run has.
+    args = [*tiny(small_text), "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100",
             "train.eval_every=500", "train.sample_every=0"]
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    assert cli("charrnn-train", *args, cwd=reference).returncode == 0
-    ref_client = store_client(reference)
-    ref = only_run(ref_client)
-
     proc = subprocess.Popen([str(BIN / "charrnn-train"), *args], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     for line in proc.stdout:  # the first progress line: training is under way
@@ -121,17 +120,65 @@ def test_sigterm_kills_with_checkpoint_and_resume_logs_the_uninterrupted_numbers
     proc.send_signal(signal.SIGTERM)
     rest = proc.stdout.read()
     assert proc.wait(timeout=120) == 130, rest
+    assert "stopped: run " in rest and "received SIGTERM" in rest
     client = store_client(tmp_path)
     killed = only_run(client)
     assert killed.info.status == "KILLED" and "SIGTERM" in killed.data.tags["charrnn.reason"]
     assert "checkpoints/latest.npz" in {a.path for a in client.list_artifacts(killed.info.run_id,
                                                                               "checkpoints")}
     stopped_at = max(s for s, _ in _losses(client, killed.info.run_id, "train/loss"))
-    assert stopped_at < 6000, "the signal must arrive before the run ends"
+    limit = (stopped_at // 500 + 2) * 500
 
-    out = cli("charrnn-train", f"train.resume={killed.info.run_id}")
+    out = cli("charrnn-train", f"train.resume={killed.info.run_id}", f"train.max_iters={limit}",
+              "train.max_seconds=null")
     assert out.returncode == 0, out.stderr
+    assert f"with train.max_iters={limit} (was None), train.max_seconds=None (was 1000000000.0)" in out.stderr
     resumed = only_run(client)
     assert resumed.info.status == "FINISHED"
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert cli("charrnn-train", *args, f"train.max_iters={limit}", "train.max_seconds=null",
+               cwd=reference).returncode == 0
+    ref_client = store_client(reference)
+    ref = only_run(ref_client)
     for key in ("train/loss", "train/smooth_loss", "grad/norm", "val/loss"):
         assert _losses(client, resumed.info.run_id, key) == _losses(ref_client, ref.info.run_id, key), key
+    steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "throughput/chars_per_s")]
+    assert steps == list(range(100, limit + 1, 100)), "one point per step"
+
+
+def test_resume_refuses_what_it_cannot_continue_and_leaves_the_run_as_it_was(cli, small_text, tmp_path):
+    from charrnn_experiments.tracking import TAG_SWEEP, MlflowTracker, Store
+
+    assert cli("charrnn-train", *tiny(small_text)).returncode == 0
+    client = store_client(tmp_path)
+    finished = only_run(client).info.run_id
+    assert cli("charrnn-train", *tiny(small_text, "optim.lr=0")).returncode == 2
+    experiment_id = client.get_experiment_by_name("charrnn").experiment_id
+    failed = client.search_runs([experiment_id], "attributes.status = 'FAILED'")[0].info.run_id
+    store = Store.resolve(None, tmp_path)
+    parent = MlflowTracker.start(store, experiment_id, tags={TAG_SWEEP: str(tmp_path)}).run_id
+    client.set_terminated(parent, "FINISHED")
+    running = MlflowTracker.start(store, experiment_id).run_id  # written by this (live) process
+
+    def refused(run_id, *more, words):
+        before = client.get_run(run_id)
+        out = cli("charrnn-train", f"train.resume={run_id}", *more)
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+        assert out.returncode == 2 and len(errors) == 1 and words in errors[0], out.stderr
+        after = client.get_run(run_id)
+        assert (after.info.status, after.info.end_time, after.data.params) == \
+            (before.info.status, before.info.end_time, before.data.params)
+
+    refused(failed, words=f"cannot resume run {failed}: it has no checkpoint in the store (status FAILED)")
+    refused(parent, words="it is a sweep's parent run")
+    refused(running, words="it is RUNNING (process ")
+    refused(finished, "model.hidden_size=16",
+            words="only the stop limits train.max_iters, train.max_seconds, train.target_val_loss may change, "
+                  "not model.hidden_size=16")
+    original = small_text.read_text()
+    small_text.write_text(original.replace("return", "yield"))
+    refused(finished, words="its data changed")
+    small_text.write_text(original)
+    out = cli("charrnn-train", f"train.resume={finished}", "train.max_iters=60")
+    assert out.returncode == 0 and f"resuming run {finished} at iteration 60\n" in out.stderr, out.stderr

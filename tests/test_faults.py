@@ -1,0 +1,247 @@
+"""The run lifecycle under faults, with real processes and signals: nothing left RUNNING, nothing lost.
+
+Each test's verdict holds wherever the fault lands (the fault points are random or race the run), so
+a faster or slower machine changes where a run is stopped, never whether the test passes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from charrnn.checkpoint import load_checkpoint
+from conftest import BIN, MlflowServer, free_port, only_run, store_client, tiny
+
+HISTORY_KEYS = ("train/loss", "train/smooth_loss", "grad/norm", "val/loss", "val/bpc")
+
+
+@pytest.fixture
+def start():
+    """start(*overrides, cwd=...) launches charrnn-train with its output piped; whatever still runs when the
+    test ends (a failed test's training) is killed."""
+    procs = []
+
+    def launch(*args: str, cwd: Path) -> subprocess.Popen:
+        procs.append(subprocess.Popen([str(BIN / "charrnn-train"), *args], cwd=cwd, text=True,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        return procs[-1]
+
+    yield launch
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class Output:
+    """A process's output, read on a thread so that the test can wait for a line."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, words: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(words in line for line in self.lines):
+            assert time.monotonic() < deadline and self._thread.is_alive(), \
+                f"never printed {words!r}:\n{''.join(self.lines[-30:])}"
+            time.sleep(0.05)
+
+    @property
+    def text(self) -> str:
+        self._thread.join(timeout=60)
+        return "".join(self.lines)
+
+
+def run_ids_in(db: Path) -> list[str]:
+    """Run ids in a SQLite store, read without opening it through MLflow (which would migrate it)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+            return [row[0] for row in conn.execute("select run_uuid from runs")]
+    except sqlite3.OperationalError:  # not created yet
+        return []
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def test_sigterm_from_the_moment_the_run_exists_ends_it_killed(start, tmp_path):
+    # a text large enough that loading it takes a while: the signal lands in the loading or soon after
+    big = tmp_path / "big.txt"
+    big.write_text("".join(f"line {i}: {'abcdefghij' * (i % 7)}\n" for i in range(120_000)))
+    proc = start(*tiny(big, "train.max_iters=null", "train.max_seconds=1e9"), cwd=tmp_path)
+    while not run_ids_in(tmp_path / "mlflow.db"):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, out
+    assert "stopped: received SIGTERM" in out or "stopped: run " in out, out
+    run = only_run(store_client(tmp_path))
+    assert run.info.status == "KILLED" and "received SIGTERM" in run.data.tags["charrnn.reason"]
+
+
+def test_ctrl_c_again_and_again_while_the_run_ends_still_ends_it_killed(start, small_text, tmp_path):
+    proc = start(*tiny(small_text, "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100"),
+                 cwd=tmp_path)
+    output = Output(proc)
+    output.wait_for("| train/loss")  # training is under way
+    while proc.poll() is None:  # a burst of Ctrl-C: some land in the checkpoint, some in the run's ending
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    text = output.text
+    assert proc.returncode == 130, text
+    stopped = [line for line in text.splitlines() if line.startswith("stopped:")]
+    assert len(stopped) == 1 and "received SIGINT" in stopped[0], text
+    client = store_client(tmp_path)
+    run = only_run(client)
+    assert run.info.status == "KILLED" and run.data.tags["charrnn.reason"] == "received SIGINT"
+    assert "checkpoints/latest.npz" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+
+
+def _claim(store_dir: str, run_id: str, go: str) -> bool:
+    """One resume's claim of run_id, started when the file ``go`` appears."""
+    from charrnn_experiments.tracking import MlflowTracker, Store, TrackingError
+
+    client = Store.resolve(None, store_dir).client()
+    run = client.get_run(run_id)
+    while not Path(go).exists():
+        time.sleep(0.001)
+    try:
+        MlflowTracker.claim(client, run)
+        return True
+    except TrackingError:
+        return False
+
+
+def test_of_simultaneous_resumes_of_one_run_exactly_one_claims_it(tmp_path):
+    from charrnn_experiments.tracking import MlflowTracker, Store
+
+    store = Store.resolve(None, tmp_path)
+    tracker = MlflowTracker.start(store, store.ensure_experiment("claims"))
+    tracker.client.set_terminated(tracker.run_id, "KILLED")
+    for trial in range(3):
+        go = tmp_path / f"go-{trial}"
+        with multiprocessing.get_context("spawn").Pool(4) as pool:
+            pending = pool.starmap_async(_claim, [(str(tmp_path), tracker.run_id, str(go))] * 4)
+            time.sleep(3)  # most workers have read the run by now; whenever one reads it, one claim wins
+            go.touch()
+            claimed = pending.get(timeout=300)
+        assert sum(claimed) == 1, claimed
+        tracker.client.set_terminated(tracker.run_id, "KILLED")  # the winner's run ends; the next trial
+
+
+def test_kill_9_at_random_points_then_resume_continues_with_the_uninterrupted_history(
+        cli, start, small_text, tmp_path):
+    args = tiny(small_text, "train.max_iters=3000", "train.log_every=50", "train.eval_every=200",
+                "train.sample_every=0")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert cli("charrnn-train", *args, cwd=reference).returncode == 0
+    ref_client = store_client(reference)
+    ref = only_run(ref_client).info.run_id
+
+    work = tmp_path / "work"
+    work.mkdir()
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    proc = start(*args, cwd=work)
+    while not (stored := list(work.glob("mlartifacts/**/checkpoints/latest.npz"))):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    run_id = stored[0].parts[-4]
+    kills = []
+    for attempt in range(10):  # the first start, then nine resumes, each killed at a random moment
+        if attempt:
+            proc = start(f"train.resume={run_id}", cwd=work)
+        time.sleep(rng.uniform(0, 1 if attempt == 0 else 8))
+        kills.append(proc.poll() is None)
+        proc.kill()
+        out = proc.communicate()[0]
+        assert proc.returncode in (0, -signal.SIGKILL), f"seed {seed}, attempt {attempt}:\n{out}"
+    out = cli("charrnn-train", f"train.resume={run_id}", cwd=work)
+    assert out.returncode == 0, f"seed {seed}, kills {kills}:\n{out.stderr}"
+    client = store_client(work)
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    for key in HISTORY_KEYS:
+        assert history(client, run_id, key) == history(ref_client, ref, key), (key, seed, kills)
+    steps = [m.step for m in client.get_metric_history(run_id, "throughput/chars_per_s")]
+    assert steps == list(range(50, 3001, 50)), (seed, kills)
+
+
+def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, small_text, tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        proc = start(*tiny(small_text, "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100",
+                           "train.eval_every=200", "train.sample_every=200"),
+                     f"tracking.uri={server.url}", cwd=tmp_path)
+        output = Output(proc)
+        output.wait_for("| train/loss")
+        client = MlflowClient(server.url)
+        run_id = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])[0].info.run_id
+        while not client.get_metric_history(run_id, "train/loss"):
+            time.sleep(0.2)
+        server.stop()
+        output.wait_for("tracking store", timeout=120)
+        assert any("unreachable" in line and "training goes on" in line for line in output.lines), output.lines
+        server.start()  # on the same port
+        output.wait_for("is back after")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 130, output.text
+        text = output.text
+        assert len([line for line in text.splitlines() if "unreachable" in line]) == 1, text
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED"
+        steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+        last = steps[-1]
+        assert steps == list(range(100, last + 1, 100)), "every point, once"
+        evals = [m.step for m in client.get_metric_history(run_id, "val/loss")]
+        assert evals == list(range(200, last + 1, 200))
+        assert "checkpoints/latest.npz" in {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    finally:
+        server.stop()
+
+
+def test_an_unreachable_tracking_server_fails_at_once_with_one_line(cli, small_text, tmp_path):
+    out = cli("charrnn-train", *tiny(small_text), f"tracking.uri=http://127.0.0.1:{free_port()}", timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cannot reach the tracking server http://127.0.0.1:" in errors[0], out.stderr
+    assert not list(tmp_path.glob("outputs/**/checkpoints"))
+
+
+def test_six_runs_started_together_in_a_fresh_directory_all_succeed_each_in_its_own_folder(
+        start, small_text, tmp_path):
+    procs = [start(*tiny(small_text, f"train.seed={seed}", "train.max_iters=30"), cwd=tmp_path)
+             for seed in range(6)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out
+    client = store_client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
+    assert sorted(r.data.params["train.seed"] for r in runs) == [str(s) for s in range(6)]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        # the stored checkpoint is this run's model, whoever started in the same second
+        stored = client.download_artifacts(run.info.run_id, "checkpoints/latest.npz", str(tmp_path / "dl"))
+        assert load_checkpoint(stored).train_config["seed"] == int(run.data.params["train.seed"])
+        assert len(list(tmp_path.glob(f"outputs/**/{run.info.run_id}/checkpoints/latest.npz"))) == 1
+    assert re.search(r"run id:\s+[0-9a-f]{32}", outs[0])
