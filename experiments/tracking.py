@@ -56,6 +56,8 @@ HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 60.0         # a RUNNING run whose owner is silent this long elsewhere is taken as dead
 END_WAIT_SECONDS = 600.0     # at its end a run waits this long for an absent store
 CONNECT_SECONDS = 5.0        # an unreachable tracking server fails the command this fast
+# Stores reached over the network, by URI scheme: their default ports, for the reachability check.
+DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
 # One request is tried three times (a few seconds of back-off), not MLflow's default of seven times
 # with back-off up to minutes: the sender retries on its own and the start must fail fast.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
@@ -63,6 +65,13 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
 
 class TrackingError(CharRNNError):
     """The tracking store cannot be reached or refuses the run; the message is one line."""
+
+
+def _without_password(url) -> str:
+    """The URI as it can be printed: a database password never reaches the console."""
+    if url.password is None:
+        return url.geturl()
+    return url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@")).geturl()
 
 
 @dataclass(frozen=True)
@@ -122,15 +131,18 @@ class Store:
         return client
 
     def _check_server_reachable(self) -> None:
+        """A tracking server or database that does not answer fails in seconds, not after MLflow's retries."""
         url = urlparse(self.uri)
-        if url.scheme not in ("http", "https") or not url.hostname:
+        default_port = DEFAULT_PORTS.get(url.scheme.split("+")[0])  # postgresql+psycopg2 -> postgresql
+        if default_port is None or not url.hostname:
             return
-        port = url.port or (443 if url.scheme == "https" else 80)
         try:
-            socket.create_connection((url.hostname, port), timeout=CONNECT_SECONDS).close()
+            socket.create_connection((url.hostname, url.port or default_port), timeout=CONNECT_SECONDS).close()
         except OSError as err:
-            raise TrackingError(f"cannot reach the tracking server {self.uri} ({err.strerror or err}); start "
-                                f"it, or set tracking.uri (or MLFLOW_TRACKING_URI) to a store that runs") from None
+            what = "server" if url.scheme in ("http", "https") else "database"
+            raise TrackingError(f"cannot reach the tracking {what} {_without_password(url)} "
+                                f"({err.strerror or err}); start it, or set tracking.uri (or "
+                                "MLFLOW_TRACKING_URI) to a store that runs") from None
 
     def ensure_experiment(self, name: str, client: MlflowClient | None = None) -> str:
         """Return the id of experiment ``name``, creating it (and a fresh store) if needed."""

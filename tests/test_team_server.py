@@ -231,8 +231,6 @@ def test_team_server_without_its_database_is_one_line_and_leaves_nothing(small_t
     assert MlflowClient(url).get_experiment_by_name("no-db") is None
 
 
-@pytest.mark.xfail(strict=True, reason="no fast failure on an unreachable database URI: MLflow retries "
-                                       "creating its SQLAlchemy engine for ~100 s, then Hydra prints a traceback")
 def test_postgres_unreachable_at_start_is_one_line_and_leaves_nothing(cli, small_text, tmp_path):
     dead = free_port()  # nothing listens there
     try:
