@@ -23,16 +23,12 @@ import pytest
 from mlflow import MlflowClient
 
 from charrnn_experiments.team_server import ServerError, TeamServer, free_port, postgres_bindir
-from conftest import BIN
-from test_cli_train import tiny
+from conftest import BIN, tiny
 
 pytestmark = pytest.mark.xdist_group("team_server")
 
 ITERS, LOG_EVERY, EVAL_EVERY = 60, 10, 30  # tiny()'s budget and cadence
 GRID = ["model.hidden_size=8,16", "train.seq_length=8,16"]
-# Child runs are named by their overrides; PostgreSQL holds at most 250 characters of a run name and a
-# temporary data path alone is half of that (see test_a_long_job_name_still_makes_a_run).
-SHORT_NAMES = ["hydra.job.config.override_dirname.exclude_keys=[data.path,tracking.uri,tracking.experiment]"]
 
 
 def missing_postgres() -> str | None:
@@ -135,7 +131,7 @@ def test_missing_postgres_binaries_is_one_line(tmp_path):
 
 def test_2x2_joblib_sweep_lands_in_postgres(cli, small_text, tmp_path, team_server, url):
     out = cli("charrnn-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
-              *tiny(small_text), *GRID, *SHORT_NAMES, f"tracking.uri={url}", "tracking.experiment=joblib-grid")
+              *tiny(small_text), *GRID, f"tracking.uri={url}", "tracking.experiment=joblib-grid")
     assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-3000:]
     children = check_sweep(team_server, url, "joblib-grid", 4)
     grid = {(c.data.params["model.hidden_size"], c.data.params["train.seq_length"]) for c in children}
@@ -144,6 +140,28 @@ def test_2x2_joblib_sweep_lands_in_postgres(cli, small_text, tmp_path, team_serv
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
     stored = team_server.artifacts / children[0].info.experiment_id
     assert len(list(stored.glob("*/artifacts/checkpoints/latest.npz"))) == 4
+
+
+def test_sample_analyze_compare_and_resume_work_against_the_team_server(cli, small_text, tmp_path, url):
+    """The commands that read a store work on the sweep above through the server, unchanged."""
+    client, _, runs = experiment_runs(url, "joblib-grid")
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+    where = f"tracking.uri={url}"
+    out = cli("charrnn-sample", f"run={child.info.run_id}", where, "length=40", "seed=3")
+    assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-2000:]
+    out = cli("charrnn-analyze", f"run={child.info.run_id}", where, "record.length=200", f"out={tmp_path / 'a'}")
+    assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-2000:]
+    assert (tmp_path / "a" / "recording.npz").exists()
+    out = cli("charrnn-compare", f"parent={parent.info.run_id}", where, f"out={tmp_path / 'c'}")
+    assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-2000:]
+    assert all(c.info.run_name in out.stdout for c in runs if c is not parent)
+    out = cli("charrnn-train", f"train.resume={child.info.run_id}", f"train.max_iters={ITERS + 30}", where)
+    assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-2000:]
+    resumed = client.get_run(child.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
+    assert steps == list(range(LOG_EVERY, ITERS + 30 + 1, LOG_EVERY)), steps
 
 
 def test_a_long_job_name_still_makes_a_run(cli, small_text, tmp_path, url):
@@ -383,7 +401,7 @@ def test_sweep_on_a_two_node_ray_cluster_lands_in_postgres(small_text, tmp_path,
                                                            ray_cluster):
     out = subprocess.run(
         [str(BIN / "charrnn-train"), "-m", *RAY, f"+hydra.launcher.ray.init.address={ray_cluster.address}",
-         *tiny(small_text), *GRID, *SHORT_NAMES, f"tracking.uri={url}", "tracking.experiment=ray-grid"],
+         *tiny(small_text), *GRID, f"tracking.uri={url}", "tracking.experiment=ray-grid"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
         env=ray_cluster.env())
     assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-3000:]
@@ -395,7 +413,7 @@ def test_a_job_killed_on_a_ray_worker_ends_its_run_and_the_sweep_goes_on(small_t
                                                                          ray_cluster):
     sweep = subprocess.Popen(
         [str(BIN / "charrnn-train"), "-m", *RAY, f"+hydra.launcher.ray.init.address={ray_cluster.address}",
-         *tiny(small_text), "train.max_iters=null", "train.max_seconds=6", *GRID, *SHORT_NAMES,
+         *tiny(small_text), "train.max_iters=null", "train.max_seconds=6", *GRID,
          f"tracking.uri={url}", "tracking.experiment=ray-kill"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
         env=ray_cluster.env())
