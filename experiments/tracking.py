@@ -389,16 +389,27 @@ class MlflowTracker(Callback):
         copy.write_text(text, encoding="utf-8")
         self._enqueue(_Artifact(copy, folder))
 
+    def queue_folder(self, folder: Path, artifact_path: str) -> None:
+        """Every file under ``folder`` into ``artifact_path``, delivered like checkpoints (a store that is
+        away at this moment gets them when it is back)."""
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            relative = path.parent.relative_to(folder).as_posix()
+            self._enqueue(_Artifact(self._private_copy(path),
+                                    artifact_path if relative == "." else f"{artifact_path}/{relative}"))
+
     def on_checkpoint(self, path: str, step: int, is_best: bool) -> None:
         # A private copy: the engine replaces the file at its next save, and what reaches the store must
         # be the checkpoint of this step, queued behind this step's metrics. A hard link costs nothing
         # (the engine writes a new file and renames it over the old one, so the link keeps this one).
-        copy = self._private_path(Path(path).name)
+        self._enqueue(_Artifact(self._private_copy(Path(path)), CHECKPOINTS))
+
+    def _private_copy(self, path: Path) -> Path:
+        copy = self._private_path(path.name)
         try:
-            os.link(path, copy)
+            os.link(path, copy)  # free; a file rewritten by rename later keeps this version
         except OSError:
             shutil.copyfile(path, copy)
-        self._enqueue(_Artifact(copy, CHECKPOINTS))
+        return copy
 
     def _private_path(self, name: str) -> Path:
         if self.outbox is None:

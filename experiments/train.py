@@ -323,21 +323,28 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
     # every run has its own folder, even when two start in the same second in Hydra's output folder
     run_dir = tracker.outbox.parent
     try:
+        # A signal never cuts a store write in half (a SQLite write cut short keeps its lock and the run could
+        # not be ended): writes are shielded, and the signal takes effect right after them.
         stopper.raise_if_stopped()
         if resume is None:
-            tracker.log_config(config, config_yaml)
+            with stopper.shielded():
+                tracker.log_config(config, config_yaml)
+            stopper.raise_if_stopped()
             corpus, trainer = build_trainer(cfg, run_dir / "checkpoints")
-            tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text))
+            with stopper.shielded():
+                tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text))
         else:
             corpus, trainer = build_trainer(cfg, run_dir / "checkpoints", resume.checkpoint, resume.corpus)
-            say_resumed(tracker, cfg, trainer, resume)
+            with stopper.shielded():
+                say_resumed(tracker, cfg, trainer, resume)
+        stopper.raise_if_stopped()
         stopper.trainer = trainer
         progress = ProgressCallback(trainer.train_config.max_iters)
         result = trainer.run([tracker, progress])
         if result.status == "finished":  # analysis hook: record the hidden state on the validation slice
             record_finished_run(trainer.params, trainer.model_config, trainer.vocab, trainer.val_ix,
                                 len(trainer.train_ix), cfg.get("record"), run_dir / ARTIFACT_DIR,
-                                lambda folder: tracker.client.log_artifacts(tracker.run_id, str(folder), ARTIFACT_DIR),
+                                lambda folder: tracker.queue_folder(folder, ARTIFACT_DIR),
                                 trainer.elapsed_seconds)
         status = RUN_STATUS.get(result.status, "FAILED")
         sample = trainer.sample() if status == "FINISHED" else None
