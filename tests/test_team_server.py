@@ -427,8 +427,11 @@ def test_a_job_killed_on_a_ray_worker_ends_its_run_and_the_sweep_goes_on(small_t
             [experiment.experiment_id], "attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` != ''")
         jobs = [pid for pid, cmd in cluster_processes(ray_cluster.roots).items()
                 if cmd.startswith("ray::_run_job")]
-        if open_runs and jobs:
-            victim = jobs[0]
+        # the Ray worker that writes an open run (its owner tag: "<host> <pid> <token> <time>")
+        owners = {int(r.data.tags["charrnn.owner"].split()[1]) for r in open_runs or []
+                  if "charrnn.owner" in r.data.tags}
+        if owners & set(jobs):
+            victim = min(owners & set(jobs))
         time.sleep(0.2)
     time.sleep(1)
     os.kill(victim, signal.SIGKILL)
