@@ -35,7 +35,6 @@ from charrnn_experiments import tracking
 
 SWEEP_FILE = "sweep.json"  # in the sweep dir: the swept keys and BLAS threads per job, read by every job
 MAX_NAME = 40              # characters of a child run's name
-UI_PORT = 5000             # mlflow ui's default port
 # Swept keys as they read in a child's name, in this order; any other key reads as its last component, after them.
 SHORT_KEYS = {"model.hidden_size": "h", "model.num_layers": "L", "model": "cell", "model.cell": "cell",
               "train.seq_length": "T", "train.batch_size": "B", "optim.lr": "lr", "optim.clip": "clip",
@@ -276,15 +275,6 @@ def best_val_loss(client, run) -> tuple[float | None, int | None]:
     return min(m.value for m in history), max(m.step for m in history)
 
 
-def ui_address(store_uri: str, experiment_id: str) -> tuple[str | None, str]:
-    """(the command that serves the store or None, the URL of the experiment's runs table)."""
-    # MLflow 3 opens an experiment on its GenAI overview unless the URL asks for the model-training view.
-    page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    if store_uri.startswith(("http://", "https://")):
-        return None, f"{store_uri.rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {store_uri}", f"http://127.0.0.1:{UI_PORT}/{page}"
-
-
 def end_sweep(sweep_dir: Path) -> int:
     """End every run of the sweep truthfully, summarise it on the parent and print the leaderboard.
 
@@ -365,7 +355,6 @@ def _print_leaderboard(parent, rows, finished, capped, record, parent_id, status
         lines.append(f"best (lowest val/loss during the run): {best[3].info.run_name}  {best[1]:.4f} nats/char")
     if unfinished:
         lines.append(f"{unfinished} of {planned} jobs did not finish")
-    command, url = ui_address(record["tracking_uri"], record["experiment_id"])
     lines.append(f"parent run id: {parent_id}")
-    lines.append(f"see it: {command}, then open {url}" if command else f"see it: open {url}")
+    lines.append(f"see it: {tracking.Store(record['tracking_uri'], None).ui_address(record['experiment_id'])}")
     print("\n".join(lines), flush=True)

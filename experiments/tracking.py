@@ -55,6 +55,7 @@ FLUSH_SECONDS = 2.0          # otherwise queued points wait at most this long
 HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 60.0         # a RUNNING run whose owner is silent this long elsewhere is taken as dead
 END_WAIT_SECONDS = 600.0     # at its end a run waits this long for an absent store
+UI_PORT = 5000               # mlflow ui's default port
 CONNECT_SECONDS = 5.0        # an unreachable tracking server fails the command this fast
 # Stores reached over the network, by URI scheme: their default ports, for the reachability check.
 DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -159,11 +160,14 @@ class Store:
                 raise
             return exp.experiment_id
 
-    def ui_command(self) -> str:
-        """The exact command that opens this store in the MLflow UI."""
+    def ui_address(self, experiment_id: str) -> str:
+        """How to see an experiment's runs: the command that serves this store (none for a server), then the
+        URL of its runs table. MLflow 3 opens an experiment on its GenAI overview unless the URL asks for
+        the model-training view."""
+        page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
         if self.uri.startswith(("http://", "https://")):
-            return f"open {self.uri} in a browser"
-        return f"mlflow ui --backend-store-uri {self.uri}"
+            return f"open {self.uri.rstrip('/')}/{page}"
+        return f"mlflow ui --backend-store-uri {self.uri}, then open http://127.0.0.1:{UI_PORT}/{page}"
 
 
 def first_line(err: BaseException) -> str:

@@ -371,7 +371,8 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
               f"val loss:  {val} after {result.iteration} iterations ({result.reason})\n"
               f"training:  {result.train_seconds / result.elapsed_seconds:.1%} of the run's {result.elapsed_seconds:.1f} s in training steps\n"
               f"sample:\n----\n{sample}\n----\n"
-              f"see it:    {store.ui_command()}", flush=True)
+              f"see it:    {store.ui_address(tracker.client.get_run(tracker.run_id).info.experiment_id)}",
+              flush=True)
     return tracker.run_id, result.val_loss
 
 
