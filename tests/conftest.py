@@ -46,10 +46,14 @@ def charrnn_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def small_text(tmp_path) -> Path:
-    """A deterministic ~6 kB UTF-8 text with code-like structure."""
+    return write_small_text(tmp_path)
+
+
+def write_small_text(folder: Path) -> Path:
+    """A deterministic ~6 kB UTF-8 text with code-like structure, written as folder/small.txt."""
     lines = [f"def f{i}(x):\n    return x * {i} + \"{chr(97 + i % 26)}\"  # note {i % 7}\n"
              for i in range(120)]
-    path = tmp_path / "small.txt"
+    path = folder / "small.txt"
     path.write_text("".join(lines), encoding="utf-8")
     return path
 
@@ -60,10 +64,14 @@ def cli(tmp_path):
     terminal, in tmp_path unless cwd= says otherwise."""
 
     def run(name: str, *args: str, cwd: Path | None = None, timeout: float = 300):
-        return subprocess.run([str(BIN / name), *args], cwd=cwd or tmp_path, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return run_cli(name, *args, cwd=cwd or tmp_path, timeout=timeout)
 
     return run
+
+
+def run_cli(name: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / name), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def store_client(cwd: Path) -> MlflowClient:

@@ -1,8 +1,8 @@
 """The team server for real: PostgreSQL from its binaries, `mlflow server` in front of it with proxied
 artifacts, sweeps from several processes and from a 2-node Ray cluster tracked into it, and its faults.
 
-Every test here shares one server (started once per session) and runs on one xdist worker
-(the `xdist_group` mark with pytest's `--dist loadgroup`), in the order written.
+Every test here shares one server (started once per session) and runs on one xdist worker (pytest's
+`--dist loadfile` sends a file's tests to one worker), in the order written.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import pytest
 from mlflow import MlflowClient
 
 from charrnn_experiments.team_server import ServerError, TeamServer, free_port, postgres_bindir
-from conftest import BIN, tiny
-
-pytestmark = pytest.mark.xdist_group("team_server")
+from conftest import BIN, run_cli, tiny, write_small_text
 
 ITERS, LOG_EVERY, EVAL_EVERY = 60, 10, 30  # tiny()'s budget and cadence
 GRID = ["model.hidden_size=8,16", "train.seq_length=8,16"]
@@ -129,21 +127,31 @@ def test_missing_postgres_binaries_is_one_line(tmp_path):
     assert not (tmp_path / "team" / "pgdata").exists()
 
 
-def test_2x2_joblib_sweep_lands_in_postgres(cli, small_text, tmp_path, team_server, url):
-    out = cli("charrnn-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
-              *tiny(small_text), *GRID, f"tracking.uri={url}", "tracking.experiment=joblib-grid")
+@pytest.fixture(scope="session")
+def joblib_grid(tmp_path_factory, team_server, url):
+    """A 2x2 sweep with joblib into the server, run once for the tests that read it: (cli output, its folder)."""
+    where = tmp_path_factory.mktemp("joblib-grid")
+    out = run_cli("charrnn-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
+                  *tiny(write_small_text(where)), *GRID, f"tracking.uri={url}",
+                  "tracking.experiment=joblib-grid", cwd=where)
+    return out, where
+
+
+def test_2x2_joblib_sweep_lands_in_postgres(joblib_grid, team_server, url):
+    out, where = joblib_grid
     assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-3000:]
     children = check_sweep(team_server, url, "joblib-grid", 4)
     grid = {(c.data.params["model.hidden_size"], c.data.params["train.seq_length"]) for c in children}
     assert grid == {("8", "8"), ("8", "16"), ("16", "8"), ("16", "16")}
     # artifacts went through the server into its folder: no store, no artifacts where the sweep ran
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+    assert not (where / "mlflow.db").exists() and not (where / "mlartifacts").exists()
     stored = team_server.artifacts / children[0].info.experiment_id
     assert len(list(stored.glob("*/artifacts/checkpoints/latest.npz"))) == 4
 
 
-def test_sample_analyze_compare_and_resume_work_against_the_team_server(cli, small_text, tmp_path, url):
+def test_sample_analyze_compare_and_resume_work_against_the_team_server(cli, joblib_grid, tmp_path, url):
     """The commands that read a store work on the sweep above through the server, unchanged."""
+    assert joblib_grid[0].returncode == 0, joblib_grid[0].stderr[-3000:]
     client, _, runs = experiment_runs(url, "joblib-grid")
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
