@@ -30,6 +30,8 @@ from .figures import save_figure
 from .record import Recording, record
 from .report import ReportOptions, write_report
 from .sources import BEST_CHECKPOINT, choose_text, model_from_checkpoint, model_from_run, open_client
+from .study import (SPREAD_MEANING, is_study, study_curves_figure, study_loss_vs_params_figure,
+                    study_markdown_table, study_table)
 from .tables import markdown_table
 from .trained_run import RecordSettings, record_slice, slice_bounds
 
@@ -172,12 +174,28 @@ def compare(cfg: DictConfig) -> Path:
         if len(heatmap) != 2:
             raise AnalysisError(f"heatmap needs two params [X,Y], got {','.join(heatmap)}")
         files.append(save_figure(param_heatmap_figure(table, heatmap[0], heatmap[1]), out / "heatmap.png"))
+    if is_study(table):
+        files += write_study(table, histories, out)
     print(f"wrote {len(files)} files to {out}/ ({len(table)} runs)")
     if parent is not None:
         for path in files:
             client.log_artifact(parent, str(path), "compare")
         print(f"logged to parent run {parent} under artifacts/compare/")
     return out
+
+
+def write_study(table: pd.DataFrame, histories: dict, out: Path) -> list[Path]:
+    """The runs repeat configurations over seeds: the paper's table (printed too) and its two figures."""
+    study = study_table(table)
+    study.to_csv(out / "study.csv", index=False)
+    shown = study_markdown_table(study)
+    (out / "study.md").write_text(markdown_table(shown), encoding="utf-8")
+    files = [out / "study.csv", out / "study.md"]
+    print(f"\nstudy: best val/loss per configuration, {SPREAD_MEANING}")
+    print(markdown_table(shown), end="")
+    files.append(save_figure(study_curves_figure(table, histories, study), out / "study_val_curves.png"))
+    files.append(save_figure(study_loss_vs_params_figure(study), out / "study_loss_vs_params.png"))
+    return files
 
 
 def run_reporting_errors(body: Callable[[DictConfig], object], cfg: DictConfig) -> int:
