@@ -24,6 +24,7 @@ from charrnn.errors import CharRNNError
 
 from .compare import (curves_figure, feature_score_columns, feature_scores_figure, leaderboard, load_runs,
                       metric_vs_params_figure, param_heatmap_figure, swept_params)
+from .control import SCORE_CONVENTION
 from .errors import AnalysisError
 from .features import get_feature
 from .figures import save_figure
@@ -89,11 +90,14 @@ def analyze(cfg: DictConfig) -> Path:
     if len(sources) != 1:
         raise AnalysisError("give exactly one of run=<run id>, checkpoint=<file>, recording=<file>")
     features, units, select = _optional_list(cfg.features), _names(cfg.units), _range(cfg.select)
+    if not isinstance(cfg.control, bool):
+        raise AnalysisError(f"control must be true or false, got {cfg.control!r}")
     for name in features or []:
         get_feature(name)  # fail on a typo before minutes of recording, not after
     options = ReportOptions(features=features, top_k=_number(cfg, "top_k", int, 1),
                             states=_optional_list(cfg.states), units=units, select=select,
-                            margin=_number(cfg, "margin", int, 0), threshold=_number(cfg, "threshold", float))
+                            margin=_number(cfg, "margin", int, 0), threshold=_number(cfg, "threshold", float),
+                            control=cfg.control)
     client = open_client(cfg.tracking.uri) if cfg.run is not None else None
     model = None
     if cfg.run is not None:
@@ -130,7 +134,17 @@ def analyze(cfg: DictConfig) -> Path:
     if report.selection is not None:
         print(f"\nunits on inside {select[0]}:{select[1]} and off around it:")
         print(markdown_table(report.selection) if len(report.selection) else "(none)\n", end="")
-    print(f"wrote {out}/ (recording.npz, top_units.csv/.md, figures/, explorer.html)")
+    if report.control is not None:
+        print(f"\nbest unit per feature against the controls ({SCORE_CONVENTION}):")
+        print(markdown_table(report.control), end="")
+    elif options.control:
+        print("\n(no controls: a recording= has no model to run on shuffled text)")
+    if report.saturation is not None:
+        print("\ngate saturation, mean over units:")
+        print(markdown_table(report.saturation), end="")
+    print(f"wrote {out}/ (recording.npz, top_units.csv/.md, figures/, explorer.html"
+          + (", control.csv/.md" if report.control is not None else "")
+          + (", gate_saturation.csv/.md" if report.saturation is not None else "") + ")")
     if cfg.run is not None and cfg.log:
         client.log_artifacts(str(cfg.run), str(out), "analysis")
         print(f"logged to run {cfg.run} under artifacts/analysis/")
