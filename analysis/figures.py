@@ -202,7 +202,7 @@ def gate_saturation_figure(recording: Recording) -> Figure:
         for layer in range(recording.num_layers):
             left, right = saturation[layer, gate]
             ax.scatter(left, right, s=12, alpha=0.7, color=palette(layer % 10), label=f"layer {layer}")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"fraction left-saturated (< {SATURATION_LOW})",
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=f"fraction left-saturated (< {SATURATION_LOW})",
                ylabel=f"fraction right-saturated (> {SATURATION_HIGH})", title=f"{gate} gate")
         ax.legend(fontsize=7)
     fig.suptitle(f"gate saturation per unit ({recording.cell}, {len(recording.text)} characters)\n"
