@@ -40,19 +40,20 @@ def _best(recording: Recording, states: list[str] | None, features: list[str] | 
     return rank_units(A, labels, recording.text, features, top_k=1).set_index("feature")
 
 
-def control_table(recording: Recording, model: Model, states: list[str] | None = None,
-                  features: list[str] | None = None) -> pd.DataFrame:
-    """One row per feature: its best unit and score on the recorded text, the best score on each control, the
-    fraction of characters whose feature value the shuffle changed, and whether the paper's bar is met."""
+def control_table(top_units: pd.DataFrame, recording: Recording, model: Model,
+                  states: list[str] | None = None) -> pd.DataFrame:
+    """One row per feature of ``top_units`` (:func:`rank_units` on ``recording``): its best unit and score on the
+    recorded text, the best score on each control, the fraction of characters whose feature value the shuffle
+    changed, and whether the paper's bar is met."""
+    real = top_units[top_units["rank"] == 1].set_index("feature")
+    features = list(real.index)
     dtype, chunk = recording.meta.get("dtype", "float16"), int(recording.meta.get("chunk_size", 1024))
     shuffled_text = shuffle_within_lines(recording.text)
     shuffled = record(model.params, model.config, model.vocab, shuffled_text, chunk, dtype)
     untrained_params = init_params(model.config, np.random.default_rng(CONTROL_SEED))
     untrained = record(untrained_params, model.config, model.vocab, recording.text, chunk, dtype)
-    real = _best(recording, states, features)
     on_shuffled, on_untrained = _best(shuffled, states, features), _best(untrained, states, features)
-    before, after = compute_features(recording.text, list(real.index)), compute_features(shuffled_text,
-                                                                                         list(real.index))
+    before, after = compute_features(recording.text, features), compute_features(shuffled_text, features)
     rows = []
     for feature, row in real.iterrows():
         rows.append({"feature": feature, "kind": row.kind, "best unit": row.unit, "score": row.score,

@@ -97,7 +97,7 @@ def write_report(recording: Recording, out: Path, options: ReportOptions, model:
         saturation = gate_saturation_table(recording)
         files += write_table(saturation, out / "gate_saturation")
     if model is not None and options.control:
-        control = control_table(recording, model, options.states, options.features)
+        control = control_table(top, recording, model, options.states)
         files += write_table(control, out / "control")
     if model is not None:
         batch = _gradient_batch(model, text, options.grad_steps, options.grad_batch)
