@@ -94,15 +94,19 @@ def _data_sets(study: pd.DataFrame) -> list[str]:
 
 def study_curves_figure(table: pd.DataFrame, histories: dict, study: pd.DataFrame) -> Figure:
     """Validation loss against iteration, mean over each configuration's FINISHED seeds at each evaluated
-    iteration; one panel per corpus, colour per cell, line style per depth."""
+    iteration; one panel per corpus, colour per cell, line style per depth, thicker for larger sizes."""
     keys = config_keys(table)
     colours, styles = _style(study)
     data_sets = _data_sets(study)
     fig = Figure(figsize=(6.5 * len(data_sets), 4.6))
     finished = table[table["status"] == "FINISHED"]
+    # the larger sizes of a cell and depth draw thicker, so that its budgets tell apart
+    size_rank = pd.to_numeric(study["model.hidden_size"], errors="coerce").groupby(
+        [study["data.name"], study["model.cell"], study["model.num_layers"]]).rank(method="dense").fillna(1)
     for i, data in enumerate(data_sets):
         ax = fig.add_subplot(1, len(data_sets), i + 1)
-        for config in study[study["data.name"].astype(str) == data][keys].to_dict("records"):  # the table's order
+        rows = study[study["data.name"].astype(str) == data]
+        for config, rank in zip(rows[keys].to_dict("records"), size_rank[rows.index]):  # the table's order
             group = finished[np.logical_and.reduce([finished[k].astype(str) == str(v) for k, v in config.items()])]
             if not len(group):
                 continue
@@ -113,7 +117,7 @@ def study_curves_figure(table: pd.DataFrame, histories: dict, study: pd.DataFram
             label = f"{config['model.cell']} L={config['model.num_layers']} h={config['model.hidden_size']} " \
                     f"(n={len(group)})"
             ax.plot(mean.index, mean.to_numpy(), color=colours[str(config["model.cell"])],
-                    linestyle=styles[str(config["model.num_layers"])], lw=1.3, label=label,
+                    linestyle=styles[str(config["model.num_layers"])], lw=0.5 + rank, label=label,
                     marker="." if len(mean) < 20 else None)
         ax.set(xlabel="iteration", ylabel="val/loss (nats/char), mean over seeds", title=f"data: {data}")
         ax.legend(fontsize=7, title="cell, layers, hidden size")
