@@ -16,12 +16,15 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from charrnn_experiments.tracking import METRIC_NUM_PARAMS
+
 from .errors import AnalysisError
 from .trained_run import ARTIFACT_DIR, TOP_UNITS_STEM
 
 PARENT_TAG = "mlflow.parentRunId"
 CURVE_METRICS = ("train/loss", "val/loss")
 RANK_BY = "best val/loss"
+NUM_PARAMS = "num params"  # the model's parameter count, as charrnn-train logged it
 SCORE_PREFIX = "unit score: "  # + feature name: the run's best unit score for that feature
 SCORE_MEANING = "best unit score (|r|, or |AUC-0.5|x2)"
 
@@ -64,7 +67,8 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
     """The runs of ``experiment`` (only ``parent``'s children when given) as one row each, their histories, and
     the experiment's name (the parent's when ``experiment`` is None).
 
-    Table columns: run_id, run_name, status, then every param under its own name, ``final train/loss``,
+    Table columns: run_id, run_name, status, then every param under its own name, ``num params`` (nan for a run
+    that never built its model), ``final train/loss``,
     ``final val/loss`` (the last logged values), ``best val/loss`` (:func:`best_val_loss`) and, for runs whose
     training logged its recording's top-units table, ``unit score: <feature>`` per feature; sorted by best
     validation loss. Sweep parents are left out: they summarise their children rather than train.
@@ -90,7 +94,8 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
     param_names = sorted({name for r in runs for name in r.data.params})
     table = pd.DataFrame(
         [{"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-          **{name: r.data.params.get(name) for name in param_names}} for r in runs]
+          **{name: r.data.params.get(name) for name in param_names},
+          NUM_PARAMS: r.data.metrics.get(METRIC_NUM_PARAMS, np.nan)} for r in runs]
     )
     histories: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for run_id in table["run_id"]:

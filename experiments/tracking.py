@@ -41,6 +41,9 @@ TAG_BEST_CHILD = "charrnn.best_child_run_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_OWNER = "charrnn.owner"              # "<host> <pid> <token> <unix time>" of the process writing the run
 TAG_HEARTBEAT = "charrnn.heartbeat"      # unix time the owner last reached the store
+# The model's parameter count, logged once at step 0: a study's table sets cells against it (a metric, not a
+# param, because it is no config key and would read as a swept param).
+METRIC_NUM_PARAMS = "model/num_params"
 CLAIM_PARAM = "charrnn.resumed_from."    # + the previous owner's token: one resume per ending
 PARENT_FILE = "mlflow_parent.json"       # in the sweep dir: the parent run every job nests under
 

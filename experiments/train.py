@@ -27,7 +27,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from charrnn.checkpoint import load_checkpoint, load_initial_weights
 from charrnn.data import Corpus, Vocab, load_corpus, split_train_val
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError
-from charrnn.model import ModelConfig
+from charrnn.model import ModelConfig, count_params
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_analysis.trained_run import ARTIFACT_DIR, record_finished_run
 from charrnn_experiments import tracking
@@ -333,6 +333,8 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
             corpus, trainer = build_trainer(cfg, run_dir / "checkpoints")
             with stopper.shielded():
                 tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text))
+                tracker.client.log_metric(tracker.run_id, tracking.METRIC_NUM_PARAMS,
+                                          count_params(trainer.model_config), step=0)
         else:
             corpus, trainer = build_trainer(cfg, run_dir / "checkpoints", resume.checkpoint, resume.corpus)
             with stopper.shielded():

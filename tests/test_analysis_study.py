@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
@@ -99,3 +100,43 @@ def test_a_run_without_validation_text_skips_recording_with_a_message(capsys, tm
     assert logged == [tmp_path] and len(top) == 9 * 4  # every feature, all four units
     assert Recording.load(tmp_path / "recording.npz").text == \
         "abcab" * 4
+
+
+def test_compare_of_a_seed_sweep_writes_the_study_table_with_mean_and_std_over_seeds(cli, small_text, tmp_path):
+    """Two cells x seeds 1, 2 and -1 (refused: those runs end FAILED) -> one row per cell, its statistics over the
+    two FINISHED seeds, checked against the val/loss histories read straight from the store."""
+    out = cli("charrnn-train", "-m", *tiny(small_text), "model=rnn,gru", "train.seed=1,2,-1", "record.length=300")
+    assert out.returncode == 1, out.stderr[-3000:]  # a sweep with failed jobs exits 1
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
+    parent = next(r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert len(children) == 6
+
+    compared = cli("charrnn-compare", f"parent={parent}", f"out={tmp_path / 'cmp'}", "tracking.uri=sqlite:///mlflow.db")
+    assert compared.returncode == 0, compared.stderr
+    study = pd.read_csv(tmp_path / "cmp" / "study.csv").set_index("model.cell")
+    assert list(study.index) == ["rnn", "gru"]  # the paper's order
+    vocab_size = Vocab.from_text(small_text.read_text()).size
+    for cell in ("rnn", "gru"):
+        mine = [r for r in children if r.data.params["model.cell"] == cell]
+        best = [min(m.value for m in client.get_metric_history(r.info.run_id, "val/loss"))
+                for r in mine if r.info.status == "FINISHED"]
+        assert sorted(r.data.params["train.seed"] for r in mine if r.info.status == "FINISHED") == ["1", "2"]
+        row = study.loc[cell]
+        assert row["n seeds"] == 2 and row["not finished"] == "seed -1 FAILED"
+        assert row["best val/loss mean"] == pytest.approx(np.mean(best), rel=1e-12)
+        assert row["best val/loss std"] == pytest.approx(np.std(best, ddof=1), rel=1e-9)
+        assert (row["best val/loss min"], row["best val/loss max"]) == pytest.approx((min(best), max(best)), rel=1e-12)
+        assert row["num params"] == count_params(ModelConfig(cell, vocab_size, 8))
+        assert (row["data.name"], row["model.num_layers"], row["model.hidden_size"]) == ("file", 1, 8)
+    printed = compared.stdout
+    assert "study: best val/loss per configuration, mean ± sample std (ddof=1)" in printed
+    rnn = study.loc["rnn"]
+    assert f"| file | rnn | 1 | 8 | {int(rnn['num params']):,} | {rnn['best val/loss mean']:.3f} ± " \
+           f"{rnn['best val/loss std']:.3f} | 2 | seed -1 FAILED |" in printed
+    for name in ("study_val_curves.png", "study_loss_vs_params.png"):
+        assert (tmp_path / "cmp" / name).stat().st_size > 5000
+    logged = {a.path for a in client.list_artifacts(parent, "compare")}
+    assert {"compare/study.csv", "compare/study.md", "compare/study_val_curves.png",
+            "compare/study_loss_vs_params.png"} <= logged
