@@ -141,7 +141,7 @@ def _labels(values: pd.Series) -> list[str]:
     return [str(v) if pd.notna(v) else "n/a" for v in values]
 
 
-def _ordered(values: list[str]) -> list[str]:
+def ordered_labels(values: list[str]) -> list[str]:
     """Distinct labels in order: numerically when they all parse ("100" after "32"), else alphabetically."""
     distinct = sorted(set(values))
     numbers = _as_numbers(pd.Series(distinct))
@@ -155,7 +155,7 @@ def _colours(values: pd.Series):
     """One colour per run from a param: a legend entry per value (viridis for numbers, tab10 otherwise) when
     there are few values, a viridis colour bar for many numbers; returns (colours, legend or None, mappable or None)."""
     labels = _labels(values)
-    distinct = _ordered(labels)
+    distinct = ordered_labels(labels)
     numbers = _as_numbers(values)
     if numbers is not None and len(distinct) > MAX_LEGEND_ENTRIES:
         norm = Normalize(numbers.min(), numbers.max())
@@ -201,7 +201,7 @@ def _x_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
     if numbers is not None:
         return numbers.to_numpy(float), None
     labels = _labels(values)
-    categories = _ordered(labels)
+    categories = ordered_labels(labels)
     return np.array([categories.index(label) for label in labels], float), categories
 
 
@@ -261,7 +261,7 @@ def param_heatmap_figure(table: pd.DataFrame, x: str, y: str, metric: str = RANK
     for param in (x, y):
         _check_param(table, param, "for the heatmap")
     grid = table.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
-    grid = grid.loc[_ordered(list(grid.index)), _ordered(list(grid.columns))]
+    grid = grid.loc[ordered_labels(list(grid.index)), ordered_labels(list(grid.columns))]
     fig = Figure(figsize=(1.2 * grid.shape[1] + 3, 0.9 * grid.shape[0] + 2))
     ax = fig.add_subplot()
     values = grid.to_numpy(float)

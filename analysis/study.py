@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .compare import NUM_PARAMS, RANK_BY, _ordered, swept_params
+from .compare import NUM_PARAMS, RANK_BY, ordered_labels, swept_params
 
 SEED = "train.seed"
 CONFIG_KEYS = ("data.name", "model.cell", "model.num_layers", "model.hidden_size")
@@ -83,13 +83,13 @@ def _style(study: pd.DataFrame):
                    key=lambda c: (CELL_ORDER.index(c) if c in CELL_ORDER else len(CELL_ORDER), c))
     palette = matplotlib.colormaps["tab10"]
     colours = {cell: palette(i % 10) for i, cell in enumerate(cells)}
-    depths = _ordered([str(d) for d in study["model.num_layers"].unique()])
+    depths = ordered_labels([str(d) for d in study["model.num_layers"].unique()])
     styles = {depth: LINESTYLES[i % len(LINESTYLES)] for i, depth in enumerate(depths)}
     return colours, styles
 
 
 def _data_sets(study: pd.DataFrame) -> list[str]:
-    return _ordered([str(d) for d in study["data.name"].unique()])
+    return ordered_labels([str(d) for d in study["data.name"].unique()])
 
 
 def study_curves_figure(table: pd.DataFrame, histories: dict, study: pd.DataFrame) -> Figure:
