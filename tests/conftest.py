@@ -79,8 +79,8 @@ def store_client(cwd: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{cwd}/mlflow.db")
 
 
-def only_run(client: MlflowClient):
-    runs = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
+def only_run(client: MlflowClient, experiment: str = "charrnn"):
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert len(runs) == 1
     return runs[0]
 
