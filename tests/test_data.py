@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import platform
-import sysconfig
 import tracemalloc
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from charrnn.data import (BatchStream, Corpus, Vocab, iter_eval_batches, load_co
 from charrnn.errors import CharRNNError, ConfigError, DataError
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
-from conftest import SHAKESPEARE, SHARED_DATA, compose_cfg
+from conftest import SHAKESPEARE, SHARED_DATA, compose_cfg, copy_pystdlib_files
 
 
 # --------------------------------------------------------------------------- vocab
@@ -156,17 +155,8 @@ def test_pystdlib_is_its_versioned_file_list_and_on_the_reference_python_its_ref
     assert corpus.differs is None and len(corpus.text) == 2_007_677
 
 
-def copy_stdlib_files(root: Path) -> Path:
-    """pystdlib-v1's files copied from this interpreter's stdlib into root: another interpreter's stdlib."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for rel in data._pystdlib_paths():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes((stdlib / rel).read_bytes())
-    return root
-
-
 def test_pystdlib_from_a_stdlib_that_lacks_or_changed_files_says_its_text_differs(tmp_path):
-    root = copy_stdlib_files(tmp_path / "lib")
+    root = copy_pystdlib_files(tmp_path / "lib")
     same = data._pystdlib_corpus(root)
     assert same.text == load_corpus("pystdlib").text and same.differs == load_corpus("pystdlib").differs
 
