@@ -25,12 +25,15 @@ from charrnn_experiments.schema import run_reporting_config_errors
 
 from .compare import (curves_figure, feature_score_columns, feature_scores_figure, leaderboard, load_runs,
                       metric_vs_params_figure, param_heatmap_figure, swept_params)
+from .control import SCORE_CONVENTION
 from .errors import AnalysisError
 from .features import get_feature
 from .figures import save_figure
 from .record import Recording, record
 from .report import ReportOptions, write_report
 from .sources import BEST_CHECKPOINT, choose_text, model_from_checkpoint, model_from_run, open_client
+from .study import (SPREAD_MEANING, is_study, study_curves_figure, study_loss_vs_params_figure,
+                    study_markdown_table, study_table)
 from .tables import markdown_table
 from .trained_run import RecordSettings, record_slice, slice_bounds
 
@@ -88,11 +91,14 @@ def analyze(cfg: DictConfig) -> Path:
     if len(sources) != 1:
         raise AnalysisError("give exactly one of run=<run id>, checkpoint=<file>, recording=<file>")
     features, units, select = _optional_list(cfg.features), _names(cfg.units), _range(cfg.select)
+    if not isinstance(cfg.control, bool):
+        raise AnalysisError(f"control must be true or false, got {cfg.control!r}")
     for name in features or []:
         get_feature(name)  # fail on a typo before minutes of recording, not after
     options = ReportOptions(features=features, top_k=_number(cfg, "top_k", int, 1),
                             states=_optional_list(cfg.states), units=units, select=select,
-                            margin=_number(cfg, "margin", int, 0), threshold=_number(cfg, "threshold", float))
+                            margin=_number(cfg, "margin", int, 0), threshold=_number(cfg, "threshold", float),
+                            control=cfg.control)
     client = open_client(cfg.tracking.uri) if cfg.run is not None else None
     model = None
     if cfg.run is not None:
@@ -129,7 +135,17 @@ def analyze(cfg: DictConfig) -> Path:
     if report.selection is not None:
         print(f"\nunits on inside {select[0]}:{select[1]} and off around it:")
         print(markdown_table(report.selection) if len(report.selection) else "(none)\n", end="")
-    print(f"wrote {out}/ (recording.npz, top_units.csv/.md, figures/, explorer.html)")
+    if report.control is not None:
+        print(f"\nbest unit per feature against the controls ({SCORE_CONVENTION}):")
+        print(markdown_table(report.control), end="")
+    elif options.control:
+        print("\n(no controls: a recording= has no model to run on shuffled text)")
+    if report.saturation is not None:
+        print("\ngate saturation, mean over units:")
+        print(markdown_table(report.saturation), end="")
+    print(f"wrote {out}/ (recording.npz, top_units.csv/.md, figures/, explorer.html"
+          + (", control.csv/.md" if report.control is not None else "")
+          + (", gate_saturation.csv/.md" if report.saturation is not None else "") + ")")
     if cfg.run is not None and cfg.log:
         client.log_artifacts(str(cfg.run), str(out), "analysis")
         print(f"logged to run {cfg.run} under artifacts/analysis/")
@@ -173,12 +189,28 @@ def compare(cfg: DictConfig) -> Path:
         if len(heatmap) != 2:
             raise AnalysisError(f"heatmap needs two params [X,Y], got {','.join(heatmap)}")
         files.append(save_figure(param_heatmap_figure(table, heatmap[0], heatmap[1]), out / "heatmap.png"))
+    if is_study(table):
+        files += write_study(table, histories, out)
     print(f"wrote {len(files)} files to {out}/ ({len(table)} runs)")
     if parent is not None:
         for path in files:
             client.log_artifact(parent, str(path), "compare")
         print(f"logged to parent run {parent} under artifacts/compare/")
     return out
+
+
+def write_study(table: pd.DataFrame, histories: dict, out: Path) -> list[Path]:
+    """The runs repeat configurations over seeds: the paper's table (printed too) and its two figures."""
+    study = study_table(table)
+    study.to_csv(out / "study.csv", index=False)
+    shown = study_markdown_table(study)
+    (out / "study.md").write_text(markdown_table(shown), encoding="utf-8")
+    files = [out / "study.csv", out / "study.md"]
+    print(f"\nstudy: best val/loss per configuration, {SPREAD_MEANING}")
+    print(markdown_table(shown), end="")
+    files.append(save_figure(study_curves_figure(table, histories, study), out / "study_val_curves.png"))
+    files.append(save_figure(study_loss_vs_params_figure(study), out / "study_loss_vs_params.png"))
+    return files
 
 
 def run_reporting_errors(body: Callable[[DictConfig], object], cfg: DictConfig) -> int:

@@ -16,12 +16,15 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from charrnn_experiments.tracking import METRIC_NUM_PARAMS
+
 from .errors import AnalysisError
 from .trained_run import ARTIFACT_DIR, TOP_UNITS_STEM
 
 PARENT_TAG = "mlflow.parentRunId"
 CURVE_METRICS = ("train/loss", "val/loss")
 RANK_BY = "best val/loss"
+NUM_PARAMS = "num params"  # the model's parameter count, as charrnn-train logged it
 SCORE_PREFIX = "unit score: "  # + feature name: the run's best unit score for that feature
 SCORE_MEANING = "best unit score (|r|, or |AUC-0.5|x2)"
 
@@ -64,7 +67,8 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
     """The runs of ``experiment`` (only ``parent``'s children when given) as one row each, their histories, and
     the experiment's name (the parent's when ``experiment`` is None).
 
-    Table columns: run_id, run_name, status, then every param under its own name, ``final train/loss``,
+    Table columns: run_id, run_name, status, then every param under its own name, ``num params`` (nan for a run
+    that never built its model), ``final train/loss``,
     ``final val/loss`` (the last logged values), ``best val/loss`` (:func:`best_val_loss`) and, for runs whose
     training logged its recording's top-units table, ``unit score: <feature>`` per feature; sorted by best
     validation loss. Sweep parents are left out: they summarise their children rather than train.
@@ -90,7 +94,8 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
     param_names = sorted({name for r in runs for name in r.data.params})
     table = pd.DataFrame(
         [{"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-          **{name: r.data.params.get(name) for name in param_names}} for r in runs]
+          **{name: r.data.params.get(name) for name in param_names},
+          NUM_PARAMS: r.data.metrics.get(METRIC_NUM_PARAMS, np.nan)} for r in runs]
     )
     histories: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for run_id in table["run_id"]:
@@ -136,7 +141,7 @@ def _labels(values: pd.Series) -> list[str]:
     return [str(v) if pd.notna(v) else "n/a" for v in values]
 
 
-def _ordered(values: list[str]) -> list[str]:
+def ordered_labels(values: list[str]) -> list[str]:
     """Distinct labels in order: numerically when they all parse ("100" after "32"), else alphabetically."""
     distinct = sorted(set(values))
     numbers = _as_numbers(pd.Series(distinct))
@@ -150,7 +155,7 @@ def _colours(values: pd.Series):
     """One colour per run from a param: a legend entry per value (viridis for numbers, tab10 otherwise) when
     there are few values, a viridis colour bar for many numbers; returns (colours, legend or None, mappable or None)."""
     labels = _labels(values)
-    distinct = _ordered(labels)
+    distinct = ordered_labels(labels)
     numbers = _as_numbers(values)
     if numbers is not None and len(distinct) > MAX_LEGEND_ENTRIES:
         norm = Normalize(numbers.min(), numbers.max())
@@ -196,7 +201,7 @@ def _x_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
     if numbers is not None:
         return numbers.to_numpy(float), None
     labels = _labels(values)
-    categories = _ordered(labels)
+    categories = ordered_labels(labels)
     return np.array([categories.index(label) for label in labels], float), categories
 
 
@@ -256,7 +261,7 @@ def param_heatmap_figure(table: pd.DataFrame, x: str, y: str, metric: str = RANK
     for param in (x, y):
         _check_param(table, param, "for the heatmap")
     grid = table.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
-    grid = grid.loc[_ordered(list(grid.index)), _ordered(list(grid.columns))]
+    grid = grid.loc[ordered_labels(list(grid.index)), ordered_labels(list(grid.columns))]
     fig = Figure(figsize=(1.2 * grid.shape[1] + 3, 0.9 * grid.shape[0] + 2))
     ax = fig.add_subplot()
     values = grid.to_numpy(float)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import pandas as pd
 from matplotlib.colors import LinearSegmentedColormap, Normalize
 from matplotlib.figure import Figure
 
@@ -179,22 +180,33 @@ def gate_saturation(recording: Recording) -> dict[tuple[int, str], tuple[np.ndar
     return out
 
 
+def gate_saturation_table(recording: Recording) -> pd.DataFrame:
+    """Per layer and gate, the units' mean fraction of steps left-saturated (< 0.1), right-saturated (> 0.9) and
+    in between."""
+    rows = [{"layer": layer, "gate": gate, "units": len(left), f"mean fraction < {SATURATION_LOW}": left.mean(),
+             f"mean fraction > {SATURATION_HIGH}": right.mean(), "mean fraction unsaturated": 1 - left.mean()
+             - right.mean()} for (layer, gate), (left, right) in gate_saturation(recording).items()]
+    return pd.DataFrame(rows)
+
+
 def gate_saturation_figure(recording: Recording) -> Figure:
-    """The paper's saturation plot: per unit, fraction of time left- against right-saturated, one panel per layer."""
+    """The paper's saturation plot: per unit, the fraction of steps left- against right-saturated, one panel per
+    gate, one colour per layer."""
     saturation = gate_saturation(recording)
-    layers = recording.num_layers
-    fig = Figure(figsize=(max(3.6 * layers, 4.5), 4.2))
-    for layer in range(layers):
-        ax = fig.add_subplot(1, layers, layer + 1)
+    gates = SIGMOID_GATES[recording.cell]
+    fig = Figure(figsize=(3.6 * len(gates) + 0.6, 4.2))
+    palette = matplotlib.colormaps["tab10"]
+    for i, gate in enumerate(gates):
+        ax = fig.add_subplot(1, len(gates), i + 1)
         ax.plot([0, 1], [1, 0], color="0.8", lw=0.8)  # x + y = 1: always saturated one way or the other
-        for gate in SIGMOID_GATES[recording.cell]:
+        for layer in range(recording.num_layers):
             left, right = saturation[layer, gate]
-            ax.scatter(left, right, s=12, alpha=0.7, label=gate)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"fraction left-saturated (< {SATURATION_LOW})",
-               ylabel=f"fraction right-saturated (> {SATURATION_HIGH})", title=f"layer {layer}")
-        ax.legend(title="gate", fontsize=7)
-    fig.suptitle(f"gate saturation per unit ({recording.cell})\nnear a corner: a gate used as an on/off switch",
-                 fontsize=9)
+            ax.scatter(left, right, s=12, alpha=0.7, color=palette(layer % 10), label=f"layer {layer}")
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=f"fraction left-saturated (< {SATURATION_LOW})",
+               ylabel=f"fraction right-saturated (> {SATURATION_HIGH})", title=f"{gate} gate")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"gate saturation per unit ({recording.cell}, {len(recording.text)} characters)\n"
+                 "near a corner: a gate used as an on/off switch", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .control import control_table
 from .explorer import write_explorer
 from .features import compute_features
-from .figures import (SIGMOID_GATES, gate_saturation_figure, gradient_flow_figure, heatmap_figure, save_figure,
-                      text_activation_figure, varying_window)
+from .figures import (SIGMOID_GATES, gate_saturation_figure, gate_saturation_table, gradient_flow_figure,
+                      heatmap_figure, save_figure, text_activation_figure, varying_window)
 from .ranking import rank_units, select_units
 from .record import Recording
 from .sources import Model
@@ -34,6 +35,7 @@ class ReportOptions:
     heatmap_length: int = 120
     grad_steps: int = 50
     grad_batch: int = 4
+    control: bool = True  # rank the units again on the controls (needs the model)
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Report:
     top_units: pd.DataFrame
     selection: pd.DataFrame | None
     files: list[Path]
+    control: pd.DataFrame | None = None  # each feature's best unit against the controls (control.py)
+    saturation: pd.DataFrame | None = None  # per layer and gate, the mean saturated fractions (LSTM, GRU)
 
 
 def _file_name(label: str) -> str:
@@ -87,8 +91,14 @@ def write_report(recording: Recording, out: Path, options: ReportOptions, model:
             title = f"{state} (layer {layer}): every unit over the first {len(values)} recorded characters"
             files.append(save_figure(heatmap_figure(values, text[:n], title, offset0),
                                      figures / f"heatmap_{state}{layer}.png"))
+    saturation = control = None
     if recording.cell in SIGMOID_GATES:
         files.append(save_figure(gate_saturation_figure(recording), figures / "gate_saturation.png"))
+        saturation = gate_saturation_table(recording)
+        files += write_table(saturation, out / "gate_saturation")
+    if model is not None and options.control:
+        control = control_table(top, recording, model, options.states)
+        files += write_table(control, out / "control")
     if model is not None:
         batch = _gradient_batch(model, text, options.grad_steps, options.grad_batch)
         if batch is not None:
@@ -98,7 +108,7 @@ def write_report(recording: Recording, out: Path, options: ReportOptions, model:
     title = f"charrnn explorer: {recording.meta.get('run_id') or recording.meta.get('checkpoint', '')}"
     files.append(write_explorer(out / "explorer.html", text, A, labels, top, title, offset0,
                                 recording.meta.get("text_source", "its source text")))
-    return Report(top, selection, files)
+    return Report(top, selection, files, control, saturation)
 
 
 def feature_title(row, first: int, end: int, varies: bool) -> str:

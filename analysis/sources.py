@@ -13,7 +13,7 @@ from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
 
 from charrnn.checkpoint import load_checkpoint, load_model
-from charrnn.data import Vocab, load_corpus, load_text, split_train_val
+from charrnn.data import Vocab, load_corpus, load_text, split_corpus
 from charrnn.model import ModelConfig
 from charrnn_experiments.tracking import Store
 
@@ -96,10 +96,12 @@ def validation_text(model: Model, data: str | None = None, data_path: str | None
     val_fraction = float(model.data.get("train.val_fraction", DEFAULT_VAL_FRACTION))
     seq_length = int(model.data.get("train.seq_length", 25))
     corpus = load_corpus(name, path)
-    train, val = split_train_val(corpus.text, val_fraction, seq_length)
+    train, val = split_corpus(corpus, val_fraction, seq_length)
     if not val:
         raise AnalysisError(f"the run has no validation split (val_fraction={val_fraction}); pass text=<file>")
-    return val, len(train), f"validation split of {corpus.name} ({corpus.source})"
+    # a corpus of files holds out whole files (split_corpus): offsets then count in its training files, then these
+    held_out = " (whole files held out across it)" if corpus.file_starts else ""
+    return val, len(train), f"validation split of {corpus.name}{held_out} ({corpus.source})"
 
 
 def choose_text(model: Model, text: str | None, string: str | None, data: str | None,

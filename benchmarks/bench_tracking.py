@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from charrnn.data import Vocab, load_corpus, split_train_val
+from charrnn.data import Vocab, load_corpus, split_corpus
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_experiments.team_server import ServerError, TeamServer, free_port
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--no-server", action="store_true", help="SQLite only")
     args = parser.parse_args()
     corpus = load_corpus("pystdlib")
-    text = split_train_val(corpus.text, 0.1, 25)
+    text = split_corpus(corpus, 0.1, 25)
     vocab = Vocab.from_text(corpus.text)
     with tempfile.TemporaryDirectory() as tmp, team_server(args.server, not args.no_server) as url:
         stores = {"sqlite": Store.resolve(None, tmp)}

@@ -1,15 +1,15 @@
 """charrnn: character-level RNN language models in pure NumPy.
 
-    >>> from charrnn import Vocab, ModelConfig, TrainConfig, OptimConfig, Trainer, load_corpus, split_train_val
+    >>> from charrnn import Vocab, ModelConfig, TrainConfig, OptimConfig, Trainer, load_corpus, split_corpus
     >>> corpus = load_corpus("pystdlib")
     >>> vocab = Vocab.from_text(corpus.text)
-    >>> train_text, val_text = split_train_val(corpus.text, 0.1, seq_length=25)
+    >>> train_text, val_text = split_corpus(corpus, 0.1, seq_length=25)
     >>> trainer = Trainer(ModelConfig("lstm", vocab.size, hidden_size=128), TrainConfig(max_iters=500),
     ...                   OptimConfig("adam", lr=2e-3), vocab, train_text, val_text, checkpoint_dir="ckpt")
     >>> result = trainer.run()
 """
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
-from .data import BatchStream, Corpus, Vocab, load_corpus, load_text, split_train_val
+from .data import BatchStream, Corpus, Vocab, load_corpus, load_text, split_corpus, split_train_val
 from .errors import CharRNNError, CheckpointError, ConfigError, DataError
 from .gradcheck import check_gradients
 from .model import ModelConfig
@@ -20,5 +20,5 @@ __all__ = [
     "BatchStream", "Callback", "CharRNNError", "CheckpointError", "ConfigError", "Corpus", "DataError",
     "ModelConfig", "OptimConfig", "PrintCallback", "TrainConfig", "TrainResult", "Trainer", "Vocab",
     "check_gradients", "load_checkpoint", "load_corpus", "load_model", "load_text", "sample",
-    "save_checkpoint", "split_train_val",
+    "save_checkpoint", "split_corpus", "split_train_val",
 ]

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import socket
-import sys
 import sysconfig
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from charrnn.errors import DataError
 
 __all__ = [
     "CORPORA",
+    "PYSTDLIB_VERSION",
     "TINYSHAKESPEARE_SHA256",
     "TINYSHAKESPEARE_URL",
     "BatchStream",
@@ -41,6 +43,7 @@ __all__ = [
     "iter_eval_batches",
     "load_corpus",
     "load_text",
+    "split_corpus",
     "split_train_val",
 ]
 
@@ -52,12 +55,11 @@ DOWNLOAD_TIMEOUT_S = 30.0
 
 CORPORA = ("file", "pystdlib", "tinyshakespeare")
 
-# pystdlib: stop adding whole files once this many characters are collected (result ~2 MB).
-PYSTDLIB_TARGET_CHARS = 2_000_000
-# Directories that are tests, third-party code or build artefacts rather than the stdlib itself.
-_PYSTDLIB_SKIP_DIRS = frozenset(
-    {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "_bundled"}
-)
+# pystdlib is a fixed list of stdlib files (package data charrnn/corpora/<version>.txt), so its text is the same
+# wherever that Python's stdlib is; the reference interpreter builds exactly the text of this sha256.
+PYSTDLIB_VERSION = "pystdlib-v1"
+PYSTDLIB_REFERENCE_PYTHON = "CPython 3.11.7"
+PYSTDLIB_REFERENCE_SHA256 = "029a84b21bec6cba99da7a076ff9be0734e20a6ff3e2e00f093b135a51fca46a"
 
 _MAX_NAMED = 5  # how many offending characters an error message lists
 # Long texts are encoded and hashed this many characters at a time, so the temporaries (UTF-32 code points,
@@ -220,6 +222,11 @@ class Corpus:
     text: str
     source: str  # path, URL or description
     sha256: str  # of the text's UTF-8 bytes
+    # where each whole file starts in ``text``, for a corpus built from files (validation holds out whole
+    # files, see split_corpus); empty for a single text
+    file_starts: tuple[int, ...] = ()
+    version: str | None = None  # a versioned corpus's version, e.g. "pystdlib-v1"
+    differs: str | None = None  # one line, when this text is not the version's reference text
 
     def __repr__(self) -> str:
         return (
@@ -243,8 +250,7 @@ def load_corpus(name: str, path: str | os.PathLike[str] | None = None, encoding:
         text = load_text(path, encoding)
         return Corpus("file", text, str(path), _sha256_text(text))
     if name == "pystdlib":
-        text, source = _pystdlib_text()
-        return Corpus("pystdlib", text, source, _sha256_text(text))
+        return _pystdlib_corpus(Path(sysconfig.get_paths()["stdlib"]))
     if name == "tinyshakespeare":
         file = _tinyshakespeare_file()
         text = load_text(file, "utf-8")
@@ -265,46 +271,52 @@ def data_dir() -> Path:
     return base / "charrnn"
 
 
-def _pystdlib_text() -> tuple[str, str]:
-    """Whole stdlib ``.py`` files in sorted path order until ~2 MB; (text, description).
+def _pystdlib_paths() -> list[str]:
+    """The relative stdlib paths of :data:`PYSTDLIB_VERSION`, in corpus order (its shipped file list)."""
+    listing = resources.files("charrnn").joinpath("corpora", f"{PYSTDLIB_VERSION}.txt").read_text(encoding="utf-8")
+    return [line for line in listing.splitlines() if line and not line.startswith("#")]
 
-    Each file is preceded by a ``# file: <relative/path.py>`` line so file boundaries are
-    visible. Deterministic for a given Python version: the path order is sorted, and
-    machine-specific files (``_sysconfigdata*``) and non-UTF-8 files are skipped, not altered.
+
+def _pystdlib_corpus(root: Path) -> Corpus:
+    """The files of :data:`PYSTDLIB_VERSION` read from the stdlib at ``root``, each preceded by a
+    ``# file: <relative/path.py>`` line so file boundaries are visible.
+
+    A file this Python lacks (or cannot decode as UTF-8) is left out, not altered; the corpus then says in
+    ``differs`` that its text is not the reference text, as it does when a file's contents differ.
     """
-    root = Path(sysconfig.get_paths()["stdlib"])
     if not root.is_dir():
         raise DataError(f"standard library not found at {str(root)!r}; use corpus 'file' or 'tinyshakespeare'")
-    rel_paths: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in _PYSTDLIB_SKIP_DIRS and not d.startswith(".")]
-        rel_dir = Path(dirpath).relative_to(root)
-        for f in filenames:
-            if f.endswith(".py") and not f.startswith("_sysconfigdata"):
-                rel_paths.append((rel_dir / f).as_posix())
-    rel_paths.sort()  # os.walk order is filesystem-dependent
-
+    paths = _pystdlib_paths()
     parts: list[str] = []
+    starts: list[int] = []
+    missing: list[str] = []
     n_chars = 0
-    n_files = 0
-    for rel in rel_paths:
+    for rel in paths:
         try:
             src = (root / rel).read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError):
-            continue  # skip whole files rather than inject replacement characters
+            missing.append(rel)
+            continue
         src = src.replace("\r\n", "\n")  # same text whatever the platform's line endings
         if src and not src.endswith("\n"):
             src += "\n"
-        chunk = f"# file: {rel}\n{src}"
-        parts.append(chunk)
-        n_chars += len(chunk)
-        n_files += 1
-        if n_chars >= PYSTDLIB_TARGET_CHARS:
-            break
-    if n_chars == 0:
-        raise DataError(f"no readable .py files under {str(root)!r}; use corpus 'file' or 'tinyshakespeare'")
-    version = ".".join(map(str, sys.version_info[:3]))
-    return "".join(parts), f"{n_files} .py files of the Python {version} standard library ({root})"
+        starts.append(n_chars)
+        parts.append(f"# file: {rel}\n{src}")
+        n_chars += len(parts[-1])
+    if not parts:
+        raise DataError(f"none of the {len(paths)} files of {PYSTDLIB_VERSION} is readable under {str(root)!r}; "
+                        "use corpus 'file' or 'tinyshakespeare'")
+    text = "".join(parts)
+    sha256 = _sha256_text(text)
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    differs = None
+    if sha256 != PYSTDLIB_REFERENCE_SHA256:
+        lacking = f", lacking {len(missing)} of its {len(paths)} files (first {missing[0]})" if missing else ""
+        differs = (f"{python} builds another {PYSTDLIB_VERSION} text (sha256 {sha256[:12]}...{lacking}) than the "
+                   f"reference {PYSTDLIB_REFERENCE_PYTHON} (sha256 {PYSTDLIB_REFERENCE_SHA256[:12]}...): "
+                   "its losses are not comparable with numbers taken on the reference text")
+    source = f"{PYSTDLIB_VERSION}: {len(parts)} .py files of the {python} standard library ({root})"
+    return Corpus("pystdlib", text, source, sha256, tuple(starts), PYSTDLIB_VERSION, differs)
 
 
 def _tinyshakespeare_file() -> Path:
@@ -349,6 +361,32 @@ def _tinyshakespeare_file() -> Path:
 # --------------------------------------------------------------------------- split
 
 
+def split_corpus(corpus: Corpus, val_fraction: float, seq_length: int) -> tuple[str, str]:
+    """The train/validation split of a corpus: every tool that rebuilds a run's validation text calls this.
+
+    A corpus built from files holds out whole files drawn across it, so validation measures the same mix of
+    files as training: going through the files in order, a file goes to validation whenever the validation share
+    of the text before it is below ``val_fraction``. The share comes within one file of ``val_fraction``; each
+    split keeps the files' corpus order. A single text (a file, tinyshakespeare) splits off its last
+    ``val_fraction`` (:func:`split_train_val`). ``val_fraction`` 0 trains on the whole text either way.
+    """
+    if len(corpus.file_starts) < 2:
+        return split_train_val(corpus.text, val_fraction, seq_length)
+    check_number("val_fraction", val_fraction, minimum=0.0, below=1.0)
+    check_int("seq_length", seq_length, 1)
+    bounds = (*corpus.file_starts, len(corpus.text))
+    train_files: list[str] = []
+    val_files: list[str] = []
+    n_val = 0
+    for start, end in zip(bounds, bounds[1:]):
+        if n_val < val_fraction * start:
+            val_files.append(corpus.text[start:end])
+            n_val += end - start
+        else:
+            train_files.append(corpus.text[start:end])
+    return _checked_split("".join(train_files), "".join(val_files), val_fraction, seq_length)
+
+
 def split_train_val(text: str, val_fraction: float, seq_length: int) -> tuple[str, str]:
     """Split off the last ``val_fraction`` of ``text`` as validation text.
 
@@ -365,7 +403,11 @@ def split_train_val(text: str, val_fraction: float, seq_length: int) -> tuple[st
             "use a shorter seq_length or a longer text"
         )
     n_val = int(n * val_fraction)
-    train, val = text[: n - n_val], text[n - n_val :]
+    return _checked_split(text[: n - n_val], text[n - n_val :], val_fraction, seq_length)
+
+
+def _checked_split(train: str, val: str, val_fraction: float, seq_length: int) -> tuple[str, str]:
+    n = len(train) + len(val)
     if len(train) < seq_length + 2:
         raise DataError(
             f"val_fraction={val_fraction} of {n} characters leaves {len(train)} for training, "

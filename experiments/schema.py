@@ -120,7 +120,7 @@ class TrainAppSchema:
     data: DataSchema = field(default_factory=DataSchema)
     tracking: TrainTrackingSchema = field(default_factory=TrainTrackingSchema)
     record: RecordSchema = field(default_factory=RecordSchema)
-    # values a preset computes other keys from, e.g. study_cells' hidden size per cell; the engine never sees them
+    # values a preset computes other keys from (paper_cells' hidden size per budget); the engine never sees them
     study: Optional[dict[str, Any]] = None
 
 
@@ -157,6 +157,7 @@ class AnalyzeAppSchema:
     select: Any = None  # LSTMVis selection START:END of the recorded text, e.g. 120:160
     margin: Any = None  # characters around the selection that must be off (null: its length)
     threshold: Any = 0.3  # 'on' threshold for the selection
+    control: Any = True  # rank again on two controls (characters shuffled within lines; an untrained model)
     out: Any = None  # output folder; null: outputs/analysis/<run id or file name>
     log: Any = True  # log the results as artifacts of the run (run= only)
     tracking: TrackingSchema = field(default_factory=TrackingSchema)

@@ -37,10 +37,15 @@ TAG_JOB = "charrnn.job"                  # Hydra job number inside the sweep
 TAG_STATUS = "charrnn.status"            # the engine's stop status (finished, diverged, ...)
 TAG_REASON = "charrnn.reason"            # why the run stopped or failed, one line
 TAG_DATASET_SHA = "charrnn.dataset.sha256"
+TAG_DATASET_VERSION = "charrnn.dataset.version"  # a versioned corpus's version (pystdlib-v1)
+TAG_DATASET_DIFFERS = "charrnn.dataset.differs"  # why this text is not that version's reference text
 TAG_BEST_CHILD = "charrnn.best_child_run_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_OWNER = "charrnn.owner"              # "<host> <pid> <token> <unix time>" of the process writing the run
 TAG_HEARTBEAT = "charrnn.heartbeat"      # unix time the owner last reached the store
+# The model's parameter count, logged once at step 0: a study's table sets cells against it (a metric, not a
+# param, because it is no config key and would read as a swept param).
+METRIC_NUM_PARAMS = "model/num_params"
 CLAIM_PARAM = "charrnn.resumed_from."    # + the previous owner's token: one resume per ending
 PARENT_FILE = "mlflow_parent.json"       # in the sweep dir: the parent run every job nests under
 
@@ -344,12 +349,18 @@ class MlflowTracker(Callback):
         log_params(self.client, self.run_id, flatten(config))
         self.client.log_text(self.run_id, yaml_text, CONFIG_ARTIFACT)
 
-    def log_dataset(self, name: str, source: str, sha256: str, n_chars: int) -> None:
+    def log_dataset(self, name: str, source: str, sha256: str, n_chars: int, version: str | None = None,
+                    differs: str | None = None) -> None:
+        """The training text as an MLflow dataset input, and tags with its sha256 and, for a versioned corpus,
+        its version and why the text differs from that version's reference text (so runs on different texts
+        are never compared unawares)."""
         from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
 
-        dataset = MetaDataset(CodeDatasetSource({"corpus": name, "source": source,
-                                                 "chars": str(n_chars)}),
+        described = {"corpus": name, "source": source, "chars": str(n_chars)}
+        if version:
+            described["version"] = version
+        dataset = MetaDataset(CodeDatasetSource(described),
                               name=name, digest=sha256[:16])
         entity = DatasetInput(dataset._to_mlflow_entity(),
                               tags=[InputTag("mlflow.data.context", "training")])
@@ -369,7 +380,8 @@ class MlflowTracker(Callback):
                 if not refused or attempt == 2:
                     raise
                 time.sleep(0.1)
-        self.client.set_tag(self.run_id, TAG_DATASET_SHA, sha256)
+        tags = {TAG_DATASET_SHA: sha256, TAG_DATASET_VERSION: version, TAG_DATASET_DIFFERS: differs}
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items() if v])
 
     # --- engine Callback: queue, never wait for the store -----------------------------------
 

@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from charrnn.checkpoint import load_checkpoint, load_initial_weights
-from charrnn.data import Corpus, Vocab, load_corpus, split_train_val
+from charrnn.data import Corpus, Vocab, load_corpus, split_corpus
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError
-from charrnn.model import ModelConfig
+from charrnn.model import ModelConfig, count_params
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_analysis.trained_run import ARTIFACT_DIR, record_finished_run
 from charrnn_experiments import tracking
@@ -95,8 +95,8 @@ def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | Non
                   corpus: Corpus | None = None):
     """Load the data (unless given) and build the trainer; every bad input raises a CharRNNError here."""
     corpus = corpus or load_corpus(str(cfg.data.name), cfg.data.path)
-    # split_train_val rejects a seq_length below 1 or longer than the text, with the numbers involved
-    train_text, val_text = split_train_val(corpus.text, cfg.train.val_fraction, cfg.train.seq_length)
+    # split_corpus rejects a seq_length below 1 or longer than the text, with the numbers involved
+    train_text, val_text = split_corpus(corpus, cfg.train.val_fraction, cfg.train.seq_length)
     vocab = Vocab.from_text(corpus.text)
     model, train, optim = engine_configs(cfg, vocab.size)
     if resume_from is not None:
@@ -308,8 +308,13 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
                 tracker.log_config(config, config_yaml)
             stopper.raise_if_stopped()
             corpus, trainer = build_trainer(cfg, run_dir / "checkpoints")
+            if corpus.differs:
+                print(f"note: {corpus.differs}", file=sys.stderr, flush=True)
             with stopper.shielded():
-                tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text))
+                tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text), corpus.version,
+                                    corpus.differs)
+                tracker.client.log_metric(tracker.run_id, tracking.METRIC_NUM_PARAMS,
+                                          count_params(trainer.model_config), step=0)
         else:
             corpus, trainer = build_trainer(cfg, run_dir / "checkpoints", resume.checkpoint, resume.corpus)
             with stopper.shielded():

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 from mlflow import MlflowClient
+
+from charrnn.data import _pystdlib_paths
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
@@ -58,6 +61,17 @@ def write_small_text(folder: Path) -> Path:
     return path
 
 
+def copy_pystdlib_files(root: Path, leave_out: str | None = None) -> Path:
+    """pystdlib-v1's files (but ``leave_out``) copied from this interpreter's stdlib into root: the stdlib of
+    another interpreter."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for rel in _pystdlib_paths():
+        if rel != leave_out:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes((stdlib / rel).read_bytes())
+    return root
+
+
 @pytest.fixture
 def cli(tmp_path):
     """cli("charrnn-train", *overrides) runs a console script of this environment without a
@@ -79,8 +93,8 @@ def store_client(cwd: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{cwd}/mlflow.db")
 
 
-def only_run(client: MlflowClient):
-    runs = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
+def only_run(client: MlflowClient, experiment: str = "charrnn"):
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert len(runs) == 1
     return runs[0]
 

@@ -156,6 +156,7 @@ def test_analyze_run_without_best_checkpoint_uses_its_latest_and_says_so(workspa
         (["select=5"], "select must be START:END"),
         (["top_k=many"], "top_k must be an integer >= 1, got 'many'"),
         (["threshold=nan"], "threshold must be a number, got nan"),
+        (["control=maybe"], "control must be true or false, got 'maybe'"),
         (["units=[c.7:1]"], "no 'c' in layer 7"),
         (["units=[h.1:10]"], "unit 'h.1:10' is out of range: layer 1 of 'h' has units 0..9"),
         (["units=[h1:3]"], "unknown unit 'h1:3': expected state.layer:index"),

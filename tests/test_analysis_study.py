@@ -1,5 +1,5 @@
-"""The study_cells preset: the three cells really are matched in parameter count, on the same data and budget; and
-what makes any sweep a study of units: every finished run records its hidden state, compare reads it back."""
+"""What makes any sweep a study of units: every finished run records its hidden state, compare reads it back.
+(The study presets themselves are tested in test_study_presets.py.)"""
 
 from __future__ import annotations
 
@@ -7,36 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow import MlflowClient
-from omegaconf import OmegaConf
 
 from charrnn.data import Vocab
-from charrnn.model import ModelConfig, count_params, init_params
+from charrnn.model import ModelConfig, init_params
 from charrnn_analysis.record import Recording
 from charrnn_analysis.trained_run import record_finished_run
-from conftest import compose_cfg, tiny
-
-PYSTDLIB_VOCAB = 96  # the preset's sizes are matched for this vocabulary
-
-
-def study_config(cell: str, hydra: bool = False):
-    return compose_cfg("experiment=study_cells", f"model={cell}", hydra=hydra)
-
-
-def test_study_cells_matches_parameter_counts_within_one_percent():
-    counts = {}
-    for cell in ("rnn", "lstm", "gru"):
-        cfg = study_config(cell)
-        assert cfg.model.cell == cell and cfg.data.name == "pystdlib" and cfg.tracking.experiment == "study_cells"
-        counts[cell] = count_params(ModelConfig(cell, PYSTDLIB_VOCAB, int(cfg.model.hidden_size),
-                                                int(cfg.model.num_layers)))
-    assert max(counts.values()) / min(counts.values()) < 1.01, counts
-
-
-def test_study_cells_sweeps_cells_and_seeds_with_one_budget():
-    cfg = study_config("lstm", hydra=True)
-    assert OmegaConf.to_container(cfg.hydra.sweeper.params) == {"model": "rnn,lstm,gru", "train.seed": "1,2"}
-    assert cfg.train.max_iters == 3000 and cfg.optim.name == "adam" and cfg.optim.lr == 0.002
+from conftest import tiny
 
 
 # --- every finished training run records its hidden state; a sweep's compare reads it back ---------------------
@@ -99,3 +77,43 @@ def test_a_run_without_validation_text_skips_recording_with_a_message(capsys, tm
     assert logged == [tmp_path] and len(top) == 9 * 4  # every feature, all four units
     assert Recording.load(tmp_path / "recording.npz").text == \
         "abcab" * 4
+
+
+def test_compare_of_a_seed_sweep_writes_the_study_table_with_mean_and_std_over_seeds(cli, small_text, tmp_path):
+    """Two cells x seeds 1, 2 and -1 (refused: those runs end FAILED) -> one row per cell, its statistics over the
+    two FINISHED seeds, checked against the val/loss histories read straight from the store."""
+    out = cli("charrnn-train", "-m", *tiny(small_text), "model=rnn,gru", "train.seed=1,2,-1", "record.length=300")
+    assert out.returncode == 1, out.stderr[-3000:]  # a sweep with failed jobs exits 1
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
+    parent = next(r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert len(children) == 6
+
+    compared = cli("charrnn-compare", f"parent={parent}", f"out={tmp_path / 'cmp'}", "tracking.uri=sqlite:///mlflow.db")
+    assert compared.returncode == 0, compared.stderr
+    study = pd.read_csv(tmp_path / "cmp" / "study.csv").set_index("model.cell")
+    assert list(study.index) == ["rnn", "gru"]  # the paper's order
+    vocab_size = Vocab.from_text(small_text.read_text()).size
+    for cell in ("rnn", "gru"):
+        mine = [r for r in children if r.data.params["model.cell"] == cell]
+        best = [min(m.value for m in client.get_metric_history(r.info.run_id, "val/loss"))
+                for r in mine if r.info.status == "FINISHED"]
+        assert sorted(r.data.params["train.seed"] for r in mine if r.info.status == "FINISHED") == ["1", "2"]
+        row = study.loc[cell]
+        assert row["n seeds"] == 2 and row["not finished"] == "seed -1 FAILED"
+        assert row["best val/loss mean"] == pytest.approx(np.mean(best), rel=1e-12)
+        assert row["best val/loss std"] == pytest.approx(np.std(best, ddof=1), rel=1e-9)
+        assert (row["best val/loss min"], row["best val/loss max"]) == pytest.approx((min(best), max(best)), rel=1e-12)
+        assert row["num params"] == count_params(ModelConfig(cell, vocab_size, 8))
+        assert (row["data.name"], row["model.num_layers"], row["model.hidden_size"]) == ("file", 1, 8)
+    printed = compared.stdout
+    assert "study: best val/loss per configuration, mean ± sample std (ddof=1)" in printed
+    rnn = study.loc["rnn"]
+    assert f"| file | rnn | 1 | 8 | {int(rnn['num params']):,} | {rnn['best val/loss mean']:.3f} ± " \
+           f"{rnn['best val/loss std']:.3f} | 2 | seed -1 FAILED |" in printed
+    for name in ("study_val_curves.png", "study_loss_vs_params.png"):
+        assert (tmp_path / "cmp" / name).stat().st_size > 5000
+    logged = {a.path for a in client.list_artifacts(parent, "compare")}
+    assert {"compare/study.csv", "compare/study.md", "compare/study_val_curves.png",
+            "compare/study_loss_vs_params.png"} <= logged

@@ -155,14 +155,21 @@ def test_grid_preset_runs_every_child_for_the_same_number_of_iterations(cli, sma
                                                                          "sweep.train.seq_length"}
 
 
-def test_study_cells_preset_compares_cells_at_matched_sizes(cli, small_text, tmp_path):
-    out = cli("charrnn-train", "experiment=study_cells", "data=file", f"data.path={small_text}",
-              "train.max_iters=4", "train.eval_every=4", "train.sample_every=4", "train.sample_length=10",
-              "train.batch_size=2", "train.seq_length=8", "train.seed=1")
+def test_paper_cells_preset_sweeps_cells_and_depths_at_matched_sizes(cli, tmp_path):
+    # the preset itself on its offline corpus, one budget and seed pinned and each job cut to 3 updates
+    out = cli("charrnn-train", "experiment=paper_cells", "data=pystdlib", "study.budget=50k", "train.seed=1",
+              "train.max_iters=3", "train.batch_size=2", "train.seq_length=16", "train.eval_every=3",
+              "train.eval_max_chars=500", "train.sample_length=10", "record.length=200")
     assert out.returncode == 0, out.stderr[-3000:]
-    client, parent, children = sweep_runs(tmp_path, experiment="study_cells")
-    sizes = {c.info.run_name: c.data.params["model.hidden_size"] for c in children}
-    assert sizes == {"cell=rnn": "142", "cell=lstm": "64", "cell=gru": "77"}
+    client, parent, children = sweep_runs(tmp_path, experiment="paper_cells")
+    check = [(c.info.status, c.data.tags["charrnn.reason"]) for c in children]
+    assert set(check) == {("FINISHED", "reached max_iters=3")}, check
+    sizes = {(c.data.params["model.cell"], c.data.params["model.num_layers"]): c.data.params["model.hidden_size"]
+             for c in children}
+    assert sizes == {("rnn", "1"): "147", ("rnn", "2"): "101", ("lstm", "1"): "67", ("lstm", "2"): "47",
+                     ("gru", "1"): "80", ("gru", "2"): "56"}
+    assert {(c.data.params["data.name"], c.data.params["study.budget"]) for c in children} == {("pystdlib", "50k")}
+    assert {k for k in parent.data.params if k.startswith("sweep.")} == {"sweep.model", "sweep.model.num_layers"}
 
 
 def start_sweep(tmp_path: Path, *args: str) -> subprocess.Popen:

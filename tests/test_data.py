@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import platform
 import tracemalloc
 from pathlib import Path
 
@@ -11,11 +12,12 @@ import numpy as np
 import pytest
 
 from charrnn import data
-from charrnn.data import BatchStream, Vocab, iter_eval_batches, load_corpus, load_text, split_train_val
+from charrnn.data import (BatchStream, Corpus, Vocab, iter_eval_batches, load_corpus, load_text, split_corpus,
+                          split_train_val)
 from charrnn.errors import CharRNNError, ConfigError, DataError
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
-from conftest import SHAKESPEARE, SHARED_DATA, compose_cfg
+from conftest import SHAKESPEARE, SHARED_DATA, compose_cfg, copy_pystdlib_files
 
 
 # --------------------------------------------------------------------------- vocab
@@ -135,6 +137,44 @@ def test_pystdlib_deterministic_and_sized():
     assert a.text.startswith("# file: ")
     assert "# file: test/" not in a.text and "site-packages" not in a.text.split("\n", 1)[0]
     Vocab.from_text(a.text).encode(a.text)  # whole text encodes
+
+
+def file_headers(text: str) -> list[str]:
+    return [line[len("# file: "):] for line in text.splitlines() if line.startswith("# file: ")]
+
+
+def test_pystdlib_is_its_versioned_file_list_and_on_the_reference_python_its_reference_text():
+    corpus = load_corpus("pystdlib")
+    listed = data._pystdlib_paths()
+    assert corpus.version == "pystdlib-v1" and len(listed) == 110 and listed[0] == "__future__.py"
+    assert [corpus.text[start:].split("\n", 1)[0] for start in corpus.file_starts] == [f"# file: {p}" for p in listed]
+    if platform.python_version() != "3.11.7":
+        pytest.skip(f"pystdlib-v1's reference text is built by CPython 3.11.7, this is {platform.python_version()}")
+    # the text the unversioned rule (sorted stdlib files until 2,000,000 characters) built on CPython 3.11.7
+    assert corpus.sha256 == "029a84b21bec6cba99da7a076ff9be0734e20a6ff3e2e00f093b135a51fca46a"
+    assert corpus.differs is None and len(corpus.text) == 2_007_677
+
+
+def test_pystdlib_from_a_stdlib_that_lacks_or_changed_files_says_its_text_differs(tmp_path):
+    root = copy_pystdlib_files(tmp_path / "lib")
+    same = data._pystdlib_corpus(root)
+    assert same.text == load_corpus("pystdlib").text and same.differs == load_corpus("pystdlib").differs
+
+    (root / "colorsys.py").unlink()
+    with open(root / "abc.py", "a", encoding="utf-8") as f:
+        f.write("# a later Python's change\n")
+    other = data._pystdlib_corpus(root)
+    assert "colorsys.py" not in file_headers(other.text) and len(other.file_starts) == 109
+    assert other.sha256 != same.sha256 and other.version == "pystdlib-v1"
+    assert other.differs.startswith(f"{platform.python_implementation()} {platform.python_version()} builds another "
+                                    f"pystdlib-v1 text (sha256 {other.sha256[:12]}..., lacking 1 of its 110 files "
+                                    "(first colorsys.py)) than the reference CPython 3.11.7 (sha256 029a84b21bec...)")
+    assert "\n" not in other.differs
+
+
+def test_pystdlib_with_none_of_its_files_is_an_error(tmp_path):
+    with pytest.raises(DataError, match=r"none of the 110 files of pystdlib-v1 is readable under .*use corpus 'file'"):
+        data._pystdlib_corpus(tmp_path)
 
 
 @pytest.fixture
@@ -262,6 +302,45 @@ def test_split_val_too_short_and_train_too_short():
         split_train_val("a" * 100, 0.1, 25)
     with pytest.raises(DataError, match=r"leaves 20 for training.*at least 27"):
         split_train_val("a" * 100, 0.8, 25)
+
+
+def files_corpus(lengths: list[int]) -> Corpus:
+    """A corpus of whole files, file i being its number and then dots up to lengths[i] characters."""
+    files = [f"{i:03d}".ljust(n, ".") for i, n in enumerate(lengths)]
+    starts = tuple(sum(lengths[:i]) for i in range(len(lengths)))
+    return Corpus("files", "".join(files), "test", "", starts)
+
+
+def test_split_corpus_of_files_holds_out_whole_files_drawn_across_it():
+    corpus = files_corpus([50] * 40)
+    train, val = split_corpus(corpus, 0.1, 25)
+    # equal files: a file is held out each time validation falls below 10% of the text before it
+    assert val == "".join(f"{i:03d}".ljust(50, ".") for i in (1, 11, 21, 31))
+    assert train == "".join(f"{i:03d}".ljust(50, ".") for i in range(40) if i not in (1, 11, 21, 31))
+    assert split_corpus(corpus, 0.0, 25) == (corpus.text, "")
+
+
+def test_split_corpus_of_unequal_files_comes_within_one_file_of_the_fraction():
+    lengths = [30 + (i * 37) % 400 for i in range(200)]  # 30 to 429 characters, in no order
+    corpus = files_corpus(lengths)
+    for fraction in (0.05, 0.1, 0.3):
+        train, val = split_corpus(corpus, fraction, 25)
+        held = [int(val[start:start + 3]) for start in range(len(val)) if val[start:start + 3].isdigit()]
+        assert held == sorted(held) and held[0] < 20 and held[-1] > 180  # whole files, in order, across it all
+        assert sorted(held + [int(train[s:s + 3]) for s in range(len(train)) if train[s:s + 3].isdigit()]) \
+            == list(range(200))
+        assert abs(len(val) - fraction * len(corpus.text)) <= max(lengths)
+
+
+def test_split_corpus_of_one_text_splits_off_its_end():
+    text = "".join(chr(97 + i % 26) for i in range(1000))
+    for starts in ((), (0,)):
+        assert split_corpus(Corpus("file", text, "test", "", starts), 0.1, 25) == split_train_val(text, 0.1, 25)
+
+
+def test_split_corpus_of_files_too_short_for_seq_length():
+    with pytest.raises(DataError, match=r"gives 50 validation characters, but seq_length=60 needs at least 61"):
+        split_corpus(files_corpus([50] * 11), 0.1, 60)
 
 
 def test_split_bad_config():

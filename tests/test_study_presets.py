@@ -1,0 +1,107 @@
+"""The study presets: paper_cells really matches its parameter budgets for each corpus, cell and depth, and
+sweeps the paper's grid at equal updates; the single-run presets are the runs they say. Tiny runs of each preset
+(the preset itself, its iterations, batch and data cut down) are here and in test_cli_sweep.py."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from omegaconf import OmegaConf
+
+from charrnn.data import Vocab, load_corpus, split_corpus
+from charrnn.model import ModelConfig, count_params
+from charrnn_analysis.record import Recording
+from conftest import compose_cfg, copy_pystdlib_files, only_run, store_client
+
+TINYSHAKESPEARE_VOCAB = 65  # distinct characters of tinyshakespeare.txt (sha256 86c4e6aa...)
+BUDGETS = {"50k": 50_000, "200k": 200_000}
+CELLS, DEPTHS = ("rnn", "lstm", "gru"), (1, 2)
+# a run cut to a few updates of a few characters: the preset's code path in seconds
+SHRINK = ["train.max_iters=3", "train.batch_size=2", "train.seq_length=16", "train.eval_every=3",
+          "train.eval_max_chars=500", "train.sample_length=10", "record.length=200"]
+
+
+def test_paper_cells_matches_each_budget_within_two_percent_at_one_optimizer_batch_and_number_of_updates():
+    cfg = compose_cfg("experiment=paper_cells", hydra=True)
+    assert OmegaConf.to_container(cfg.hydra.sweeper.params) == {
+        "data": "tinyshakespeare,pystdlib", "model": "rnn,lstm,gru", "model.num_layers": "1,2",
+        "study.budget": "50k,200k", "train.seed": "1,2"}
+    assert cfg.optim.name == "adam" and cfg.train.max_iters == 2000 and cfg.tracking.experiment == "paper_cells"
+    vocab = {"tinyshakespeare": TINYSHAKESPEARE_VOCAB, "pystdlib": Vocab.from_text(load_corpus("pystdlib").text).size}
+    shared = set()
+    for corpus, (budget, target) in itertools.product(vocab, BUDGETS.items()):
+        counts = {}
+        for cell, depth in itertools.product(CELLS, DEPTHS):
+            job = compose_cfg("experiment=paper_cells", f"data={corpus}", f"model={cell}",
+                              f"model.num_layers={depth}", f"study.budget={budget}")
+            assert (job.model.cell, job.model.num_layers, job.data.name) == (cell, depth, corpus)
+            counts[cell, depth] = count_params(ModelConfig(cell, vocab[corpus], int(job.model.hidden_size), depth))
+            shared.add(OmegaConf.to_yaml(OmegaConf.masked_copy(job, ["optim", "train"])))
+        assert all(abs(n / target - 1) < 0.02 for n in counts.values()), (corpus, budget, counts)
+    assert len(shared) == 1  # every job: the same optimizer, lr, clipping, batch, seq_length, updates and dtype
+
+
+@pytest.mark.parametrize("preset, cell, layers, corpus, stop", [
+    ("shakespeare_quick", "lstm", 1, "tinyshakespeare", (None, 135.0)),
+    ("shakespeare_lstm", "lstm", 2, "tinyshakespeare", (None, 3600.0)),
+    ("code_lstm", "lstm", 2, "pystdlib", (2500, 3600.0)),
+])
+def test_single_run_presets(preset, cell, layers, corpus, stop):
+    cfg = compose_cfg(f"experiment={preset}")
+    assert (cfg.model.cell, cfg.model.num_layers, cfg.data.name) == (cell, layers, corpus)
+    assert (cfg.train.max_iters, cfg.train.max_seconds) == stop
+    assert cfg.train.dtype == "float32" and cfg.optim.name == "adam" and cfg.tracking.experiment == preset
+
+
+@pytest.mark.parametrize("preset", ["shakespeare_quick", "shakespeare_lstm"])
+def test_a_tiny_shakespeare_preset_run_finishes(preset, cli, small_text, tmp_path):
+    out = cli("charrnn-train", f"experiment={preset}", *SHRINK, "data=file", f"data.path={small_text}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = only_run(store_client(tmp_path), experiment=preset)
+    assert run.info.status == "FINISHED" and run.data.tags["charrnn.reason"] == "reached max_iters=3"
+    assert run.data.params["model.cell"] == "lstm" and run.data.params["train.dtype"] == "float32"
+
+
+def test_a_tiny_code_lstm_run_records_its_held_out_files_and_the_corpus_version(cli, tmp_path):
+    """code_lstm cut down: the run tags the corpus version, and every tool that rebuilds its validation text --
+    the end-of-run recording, charrnn-analyze -- gets the same held-out files."""
+    out = cli("charrnn-train", "experiment=code_lstm", *SHRINK)
+    assert out.returncode == 0, out.stderr[-3000:]
+    corpus = load_corpus("pystdlib")
+    assert ("note: " in out.stderr) == (corpus.differs is not None)  # this Python's pystdlib says so or not
+    client = store_client(tmp_path)
+    run = only_run(client, experiment="code_lstm")
+    tags = run.data.tags
+    assert tags["charrnn.dataset.version"] == "pystdlib-v1" and tags["charrnn.dataset.sha256"] == corpus.sha256
+    assert tags.get("charrnn.dataset.differs") == corpus.differs
+    [dataset] = run.inputs.dataset_inputs
+    assert '"version": "pystdlib-v1"' in dataset.dataset.source
+
+    train, val = split_corpus(corpus, 0.1, 16)
+    assert val.startswith("# file: ") and val not in corpus.text and len(train) + len(val) == len(corpus.text)
+    trained = Recording.load(client.download_artifacts(run.info.run_id, "analysis/recording.npz", str(tmp_path)))
+    analyzed = cli("charrnn-analyze", f"run={run.info.run_id}", "record.length=200", f"out={tmp_path / 'an'}",
+                   "log=false")
+    assert analyzed.returncode == 0, analyzed.stderr[-3000:]
+    assert "whole files held out" in analyzed.stdout
+    again = Recording.load(tmp_path / "an" / "recording.npz")
+    assert trained.text == again.text == val[:200]
+    assert trained.offsets[0] == again.offsets[0] == len(train)
+
+
+def test_a_run_on_another_pythons_pystdlib_is_tagged_with_why_its_text_differs(tmp_path):
+    """What a Python other than the reference one builds (a file missing here): the corpus says why, and the
+    run's tags carry it beside the version, so its numbers are never compared with the reference's unawares."""
+    from charrnn import data
+    from charrnn_experiments.tracking import MlflowTracker, Store
+
+    corpus = data._pystdlib_corpus(copy_pystdlib_files(tmp_path / "lib", leave_out="__future__.py"))
+    assert "lacking 1 of its 110 files (first __future__.py)" in corpus.differs
+    store = Store.resolve(None, tmp_path)
+    tracker = MlflowTracker.start(store, store.ensure_experiment("charrnn", store.client()))
+    tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text), corpus.version, corpus.differs)
+    tags = store.client().get_run(tracker.run_id).data.tags
+    assert tags["charrnn.dataset.differs"] == corpus.differs and tags["charrnn.dataset.version"] == "pystdlib-v1"
+    assert tags["charrnn.dataset.sha256"] == corpus.sha256 != data.PYSTDLIB_REFERENCE_SHA256
+    tracker.finish("FINISHED", "test")
