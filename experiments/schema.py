@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from charrnn.model import ModelConfig
@@ -74,7 +74,7 @@ class TrainHarnessKeys:
     # an MLflow run id: continue that run from its last stored checkpoint, with its own config (only
     # max_iters, max_seconds, target_val_loss may change)
     resume: Optional[str] = None
-    val_fraction: float = 0.1  # the last tenth of the text is held out as validation text
+    val_fraction: float = 0.1  # the share of the text held out as validation text (charrnn.data.split_corpus)
 
 
 TrainSchema = schema_class("TrainSchema", schema_fields(TrainConfig) + schema_fields(TrainHarnessKeys))
@@ -189,9 +189,10 @@ def config_error_line(err: Exception) -> str:
     """One line for a config Hydra could not compose: the key and what is wrong with it."""
     cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
     key = getattr(cause, "full_key", None)
-    root = cause.parent_node._get_root() if getattr(cause, "parent_node", None) is not None else None
-    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key and root is not None:
-        return unknown_key_line(key, sorted(config_keys(root)))
+    node = getattr(cause, "parent_node", None)
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key and node is not None:
+        # the whole config, for the nearest key (OmegaConf has no public way from a node to its root)
+        return unknown_key_line(key, config_keys(OmegaConf.to_container(node._get_root(), resolve=False)))
     text = str(cause).strip().splitlines()[0]
     if isinstance(err, MissingConfigException) and err.options:
         return f"{text}: choose one of {', '.join(err.options)}"
@@ -204,19 +205,17 @@ def unknown_key_line(key: str, valid: list[str]) -> str:
     nearest = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if nearest:
         return f"unknown key {key}: did you mean {nearest[0]}? (--help lists every key)"
-    return f"unknown key {key}: the keys are {', '.join(valid)}"
+    top = [name for name in valid if "." not in name]
+    return f"unknown key {key}: the top-level keys are {', '.join(top)} (--help lists every key)"
 
 
-def config_keys(node: DictConfig, prefix: str = "") -> list[str]:
-    """Every dotted key of a config, sections included, leaving out Hydra's own."""
+def config_keys(tree: dict, prefix: str = "") -> list[str]:
+    """Every dotted key of a config, sections included (``model`` and ``model.cell``), leaving out Hydra's own."""
     keys = []
-    for name in node.keys():
-        if name == "hydra":
-            continue
-        keys.append(f"{prefix}{name}")
-        child = node._get_node(name)
-        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
-            keys += config_keys(child, f"{prefix}{name}.")
+    for name, value in tree.items():
+        if name != "hydra":
+            keys.append(f"{prefix}{name}")
+            keys += config_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else []
     return keys
 
 

@@ -129,6 +129,9 @@ def test_bad_values_raise_one_line_config_errors(override, words):
     ("record.enabled=maybe", "record.enabled: Value 'maybe' is not a valid bool (type str)"),
     ("model.hiden_size=8", "unknown key model.hiden_size: did you mean model.hidden_size? (--help lists every key)"),
     ("model.vocab_size=8", "unknown key model.vocab_size: did you mean model.hidden_size? (--help lists every key)"),
+    ("modle=lstm", "unknown key modle: did you mean model? (--help lists every key)"),
+    ("xyzzy=1", "unknown key xyzzy: the top-level keys are model, optim, train, data, tracking, record, study (--help "
+                "lists every key)"),
 ])
 def test_the_schema_rejects_a_bad_type_or_an_unknown_key_in_one_line_naming_the_key(override, line):
     with pytest.raises(HydraException) as err:
