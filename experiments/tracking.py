@@ -274,12 +274,19 @@ def token(owner: str) -> str:
     return fields[2] if len(fields) == 4 else "first"
 
 
+def local_pid(owner: str) -> int | None:
+    """The process id in an owner tag when that process runs on this machine."""
+    fields = owner.split()
+    return int(fields[1]) if len(fields) == 4 and fields[0] == socket.gethostname() else None
+
+
 def process_alive(owner: str, last_seen: float) -> str | None:
     """On this machine the writer's process id answers; elsewhere its last sign of life must be recent."""
     fields = owner.split()
-    if len(fields) == 4 and fields[0] == socket.gethostname():
+    pid = local_pid(owner)
+    if pid is not None:
         try:
-            os.kill(int(fields[1]), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return None
         except PermissionError:
