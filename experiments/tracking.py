@@ -172,10 +172,11 @@ class Store:
         return f"mlflow ui --backend-store-uri {self.uri}, then open http://127.0.0.1:{UI_PORT}/{page}"
 
 
-def create_sqlite_store(db: Path, artifact_root: Path) -> None:
+def create_sqlite_store(db: Path, artifact_root: Path | None) -> None:
     """Create an empty MLflow store at ``db``, all at once: MLflow's schema migrations run on a file beside it
     without a disk sync per statement (some 100 syncs, seconds on a real disk), which is then synced once and
-    renamed into place. A crash in between leaves only that file behind, never a half-made store."""
+    linked into place, never over a store that another program created meanwhile. A crash in between leaves
+    at most that file behind, never a half-made store."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
@@ -192,17 +193,22 @@ def create_sqlite_store(db: Path, artifact_root: Path) -> None:
     event.listen(Engine, "connect", no_sync_while_building)
     try:
         # opening an empty store runs the migrations and creates the Default experiment
-        SqlAlchemyStore(f"sqlite:///{building}", artifact_root.as_uri()).engine.dispose()
+        root = artifact_root or db.parent / "mlartifacts"
+        SqlAlchemyStore(f"sqlite:///{building}", root.as_uri()).engine.dispose()
+        with open(building, "rb+") as built:
+            os.fsync(built.fileno())
+        try:
+            os.link(building, db)
+        except FileExistsError:
+            return
+        directory = os.open(db.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the new name itself
+        finally:
+            os.close(directory)
     finally:
         event.remove(Engine, "connect", no_sync_while_building)
-    with open(building, "rb+") as built:
-        os.fsync(built.fileno())
-    os.replace(building, db)
-    directory = os.open(db.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself
-    finally:
-        os.close(directory)
+        building.unlink(missing_ok=True)
 
 
 def first_line(err: BaseException) -> str:
