@@ -257,8 +257,8 @@ def test_ctrl_c_stops_the_whole_parallel_sweep(small_text, tmp_path):
     check_stopped(tmp_path, output, "SIGINT", in_flight=2)
 
 
-def stop_cluster_sweep(tmp_path: Path, launcher: list[str], text: Path) -> tuple[subprocess.Popen, str]:
-    """A 2-job sweep through ``launcher``, stopped by Ctrl-C once both jobs are training: (process, output)."""
+def stop_cluster_sweep(tmp_path: Path, launcher: list[str], text: Path) -> str:
+    """A 2-job sweep through ``launcher``, stopped by Ctrl-C once both jobs are training: its output."""
     proc = start_sweep(tmp_path, *launcher, *tiny(text, *LONG), "model.hidden_size=8,12")
     wait_for_output(tmp_path, proc, r"sweep output dir")  # the store exists: reading it cannot race its creation
     deadline = time.monotonic() + 180
@@ -275,17 +275,17 @@ def stop_cluster_sweep(tmp_path: Path, launcher: list[str], text: Path) -> tuple
     while session_processes(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert session_processes(proc.pid) == [], "no job may outlive the sweep"
-    return proc, output
+    return output
 
 
 def test_ctrl_c_stops_a_ray_sweep(small_text, tmp_path):
     # Ray's jobs run outside the terminal's process group, with SIGINT blocked: the sweep forwards the signal
-    _, output = stop_cluster_sweep(tmp_path, CLUSTER_LAUNCHERS[1], small_text)
+    output = stop_cluster_sweep(tmp_path, CLUSTER_LAUNCHERS[1], small_text)
     check_stopped(tmp_path, output, "SIGINT", in_flight=2)
 
 
 def test_ctrl_c_stops_a_submitit_sweep(small_text, tmp_path):
-    _, output = stop_cluster_sweep(tmp_path, CLUSTER_LAUNCHERS[0], small_text)
+    output = stop_cluster_sweep(tmp_path, CLUSTER_LAUNCHERS[0], small_text)
     # submitit's controller gets the Ctrl-C too: it prints its own KeyboardInterrupt and SIGKILLs a job still
     # ending its run a second later; the sweep then ends that run KILLED
     client, parent, children = sweep_runs(tmp_path)
