@@ -5,7 +5,9 @@ iterations, once with Hydra's basic (serial) launcher and once with `hydra/launc
 fresh store, alternating over --repeats rounds so that a shared machine's drift hits both alike. For every
 job it prints the share of its run's wall time spent in training steps (from the run's
 `throughput/chars_per_s`): what is not in steps is the per-job fixed cost (process start, config, store
-round-trips, evaluation, samples, checkpoints).
+round-trips, evaluation, samples, checkpoints, the end-of-run recording). Each sweep line also gives the
+machine's load average as it started: other work on the cores makes parallel jobs lose their second core,
+so a figure taken under load reads so.
 Run: .venv/bin/python benchmarks/bench_sweep.py [--iters 1000] [--jobs 2] [--repeats 1]
 """
 
@@ -62,13 +64,17 @@ def main() -> None:
     print(f"4-job grid, {args.iters} iterations per job, {os.cpu_count()} cores, joblib n_jobs={args.jobs}")
     for round_ in range(args.repeats):
         for name, launcher in launchers.items():
+            load = os.getloadavg()[0]
             wall, jobs = run_sweep(launcher, args.iters)
             walls[name].append(wall)
-            print(f"round {round_ + 1} {name:>6}: {wall:6.1f} s")
+            print(f"round {round_ + 1} {name:>6}: {wall:6.1f} s  "
+                  f"(1-min load average {load:.1f} as it started, the previous sweep included)")
             for job, seconds, steps in jobs:
                 print(f"    {job:<12} run {seconds:5.1f} s, training steps {steps:5.1f} s "
                       f"({steps / seconds:4.0%} of the run)")
+        print(f"round {round_ + 1} joblib / serial: {walls['joblib'][-1] / walls['serial'][-1]:.2f}")
     serial, parallel = statistics.median(walls["serial"]), statistics.median(walls["joblib"])
+    print(f"median wall time over {args.repeats} round(s): serial {serial:.1f} s, joblib {parallel:.1f} s")
     print(f"joblib / serial wall time: {parallel / serial:.2f} (goal <= 0.55 with 2 jobs on 2 cores)")
 
 

@@ -12,17 +12,22 @@ and the MLflow UI address of the experiment's runs table.
 One SIGINT or SIGTERM to the launching process stops the whole sweep: no new job starts, jobs in
 flight get the signal (they save a checkpoint and end KILLED), every child still RUNNING once its
 job is gone is ended truthfully, and the command exits 128 + the signal number. A sweep in which
-jobs failed says how many and exits 1.
+jobs failed says how many and exits 1. Ray's jobs run outside the terminal's process group, so the
+signal goes to the process each RUNNING child names as its owner (on this machine), and the sweep
+waits for those runs to end before it stops the launcher.
 """
 
 from __future__ import annotations
 
 import atexit
+import gc
 import json
+import logging
 import math
 import os
 import signal
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,7 @@ MAX_NAME = 40              # characters of a child run's name
 SHORT_KEYS = {"model.hidden_size": "h", "model.num_layers": "L", "model": "cell", "model.cell": "cell",
               "train.seq_length": "T", "train.batch_size": "B", "optim.lr": "lr", "optim.clip": "clip",
               "optim": "optim", "optim.name": "optim"}
+STOP_WAIT_SECONDS = 60.0  # how long a stopped Ray or submitit sweep waits for its jobs to end their runs
 TIME_CAP_REASON = "used the time budget"  # the engine's stop reason when train.max_seconds ran out
 TAG_LAUNCHER = "charrnn.launcher"
 TAG_SWEEPER = "charrnn.sweeper"
@@ -58,6 +64,8 @@ class SweepStop:
         self.serial = False                      # jobs run inside this process (Hydra's basic launcher)
         self.in_job = False                      # ... and one is running now
         self.launcher_forwards = False           # charrnn's launcher: jobs are our own child processes
+        self.sweep_dir: Path | None = None
+        self.exit_status_lost = False            # the launcher may turn our SystemExit into another status
 
     def request(self, signum: int) -> None:
         first = self.signum is None
@@ -82,7 +90,13 @@ def _on_signal(signum, frame) -> None:
     STOP.request(signum)
     if STOP.launcher_forwards or (STOP.serial and not STOP.in_job):
         return  # the launcher or the next job's start ends the sweep
-    raise KeyboardInterrupt  # the job in this process ends KILLED; other launchers stop as they do on Ctrl-C
+    if STOP.serial:
+        raise KeyboardInterrupt  # the job in this process ends KILLED
+    # Ray, submitit: the jobs in flight end their runs KILLED, then leaving stops the launcher, so that no
+    # queued job starts, and the exit ends what is left (_end_if_running)
+    _stop_jobs_elsewhere(STOP.sweep_dir, signum)
+    STOP.exit_status_lost = True
+    raise SystemExit(STOP.exit_code())
 
 
 # --- the sweep space and the names of its jobs ---------------------------------------------------
@@ -140,8 +154,9 @@ def job_label(sweep_dir: Path, overrides: list[str]) -> str | None:
     return short_name(overrides, keys) or None
 
 
-def blas_threads(config: DictConfig) -> int | None:
-    """BLAS threads per job so that parallel jobs never oversubscribe the cores; None: jobs run one at a time."""
+def blas_threads(config: DictConfig, jobs: int | None) -> int | None:
+    """BLAS threads per job, the cores over the jobs that run at once, so that parallel jobs never
+    oversubscribe the cores; None: jobs run one at a time. ``jobs``: how many the sweep has, if known."""
     from joblib import cpu_count, effective_n_jobs
 
     target = str(config.hydra.launcher._target_)
@@ -149,7 +164,7 @@ def blas_threads(config: DictConfig) -> int | None:
         return None
     n_jobs = OmegaConf.select(config, "hydra.launcher.n_jobs")
     parallel = effective_n_jobs(n_jobs) if n_jobs is not None else cpu_count()  # Ray, submitit: one per core
-    return max(1, cpu_count() // parallel)
+    return max(1, cpu_count() // min(parallel, jobs or parallel))
 
 
 def limit_blas_threads(threads: int) -> int:
@@ -186,7 +201,7 @@ class MlflowSweepCallback(Callback):
         choices = config.hydra.runtime.choices
         preset = choices.get("experiment") or "sweep"
         jobs = planned_jobs(config, space)
-        threads = blas_threads(config)
+        threads = blas_threads(config, jobs)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"keys": list(space), "blas_threads": threads}))
         tags = {tracking.TAG_SWEEP: str(sweep_dir), TAG_LAUNCHER: str(choices.get("hydra/launcher")),
@@ -198,7 +213,14 @@ class MlflowSweepCallback(Callback):
         tracking.log_params(parent.client, parent.run_id, {f"sweep.{k}": v for k, v in space.items()})
         tracking.write_parent(sweep_dir, store, experiment_id, parent.run_id)
         self._pid = os.getpid()
+        # Registered first, run last: a sweep stopped inside Ray's or submitit's launcher exits 128 + the signal
+        # whatever the launcher made of the SystemExit that stopped it (Ray turns it into SystemExit(1)).
+        atexit.register(_exit_if_stopped)
+        # The collector's pass over every object at interpreter exit (MLflow's, SQLAlchemy's: over a second)
+        # would find nothing to free.
+        atexit.register(gc.freeze)
         STOP.serial = str(config.hydra.launcher._target_).endswith("BasicLauncher")
+        STOP.sweep_dir = sweep_dir
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)
         # A sweep stopped before on_multirun_end (a signal, a crash) must not leave its runs RUNNING.
@@ -210,6 +232,8 @@ class MlflowSweepCallback(Callback):
                 raise SystemExit(STOP.exit_code())
             STOP.in_job = True
             return
+        # Ray's workers block SIGINT; a job takes it like any process (the sweep forwards Ctrl-C to it)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         threads = read_sweep(Path(config.hydra.sweep.dir).resolve()).get("blas_threads")
         self._blas_threads = limit_blas_threads(threads) if threads is not None else None
 
@@ -255,6 +279,39 @@ def _stopped_by(sweep_dir: Path, job_num: int) -> int | None:
     if run is None or run.info.status != "KILLED":
         return None
     return signal.SIGTERM if "SIGTERM" in run.data.tags.get(tracking.TAG_REASON, "") else signal.SIGINT
+
+
+def _exit_if_stopped() -> None:
+    if not STOP.exit_status_lost:
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(STOP.exit_code())
+
+
+def _stop_jobs_elsewhere(sweep_dir: Path, signum: int) -> None:
+    """Send ``signum`` to the process of every child run still RUNNING (its owner tag names it) on this machine
+    and wait, at most STOP_WAIT_SECONDS, until those processes have ended their runs or are gone; a second
+    signal kills them (STOP.request). What is left RUNNING the sweep's end ends KILLED."""
+    record = tracking.read_parent(sweep_dir)
+    client = tracking.Store(record["tracking_uri"], None).client()
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        running = client.search_runs([record["experiment_id"]],
+                                     filter_string=f"tags.`{tracking.TAG_PARENT}` = '{record['run_id']}' "
+                                                   "and attributes.status = 'RUNNING'")
+        pids = {tracking.local_pid(run.data.tags.get(tracking.TAG_OWNER, "")) for run in running
+                if tracking.owner_alive(run)} - {None}
+        if not pids:
+            return
+        for pid in pids - STOP.job_pids:
+            STOP.job_pids.add(pid)
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
 
 
 def _end_if_running(sweep_dir: Path) -> None:

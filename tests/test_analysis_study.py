@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from charrnn.data import Vocab
-from charrnn.model import ModelConfig, init_params
+from charrnn.model import ModelConfig, count_params, init_params
 from charrnn_analysis.record import Recording
 from charrnn_analysis.trained_run import record_finished_run
 from conftest import tiny
