@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from charrnn.errors import CharRNNError
+from charrnn_experiments.schema import run_reporting_config_errors
 
 from .compare import (curves_figure, feature_score_columns, feature_scores_figure, leaderboard, load_runs,
                       metric_vs_params_figure, param_heatmap_figure, swept_params)
@@ -245,7 +246,7 @@ def _main(app: Callable[[], None], renamed: dict[str, str]) -> None:
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    app()
+    run_reporting_config_errors(app)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="analyze")

@@ -35,7 +35,7 @@ TOP_K = 5  # units per feature in the logged table
 
 @dataclass(frozen=True)
 class RecordSettings:
-    """The ``record.*`` keys (defaults in conf/record/default.yaml)."""
+    """The ``record.*`` keys (defaults in charrnn_experiments.schema.RecordSchema)."""
 
     start: int
     length: int

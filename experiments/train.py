@@ -14,7 +14,7 @@ import sys
 import threading
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import hydra
@@ -32,6 +32,7 @@ from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_analysis.trained_run import ARTIFACT_DIR, record_finished_run
 from charrnn_experiments import tracking
 from charrnn_experiments.progress import ProgressCallback
+from charrnn_experiments.schema import run_reporting_config_errors
 from charrnn_experiments.sweep_callback import job_label
 
 log = logging.getLogger("charrnn")
@@ -74,43 +75,20 @@ class JobKilled(Exception):
     """SIGINT/SIGTERM stopped training; a checkpoint was saved and the run ended KILLED."""
 
 
-def _int(cfg: DictConfig, key: str, allow_none: bool = False) -> int | None:
-    return _typed(cfg, key, int, allow_none)
-
-
-def _float(cfg: DictConfig, key: str, allow_none: bool = False) -> float | None:
-    return _typed(cfg, key, float, allow_none)
-
-
-def _typed(cfg: DictConfig, key: str, kind: type, allow_none: bool):
-    value = OmegaConf.select(cfg, key, throw_on_missing=True)
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if kind is int and value != int(value):
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    return kind(value)
-
-
 def engine_configs(cfg: DictConfig, vocab_size: int) -> tuple[ModelConfig, TrainConfig, OptimConfig]:
-    """The public config keys mapped onto the engine's dataclasses (which validate them)."""
-    t = cfg.train
-    model = ModelConfig(cell=str(cfg.model.cell), vocab_size=vocab_size,
-                        hidden_size=_int(cfg, "model.hidden_size"),
-                        num_layers=_int(cfg, "model.num_layers"), dtype=str(t.dtype))
-    train = TrainConfig(
-        seq_length=_int(cfg, "train.seq_length"), batch_size=_int(cfg, "train.batch_size"),
-        max_iters=_int(cfg, "train.max_iters", True), max_seconds=_float(cfg, "train.max_seconds", True),
-        target_val_loss=_float(cfg, "train.target_val_loss", True), seed=_int(cfg, "train.seed"),
-        log_every=_int(cfg, "train.log_every"), eval_every=_int(cfg, "train.eval_every", True),
-        eval_max_fraction=_float(cfg, "train.eval_max_fraction"),
-        eval_max_chars=_int(cfg, "train.eval_max_chars", True),
-        sample_every=_int(cfg, "train.sample_every", True), sample_length=_int(cfg, "train.sample_length"),
-    )
-    optim = OptimConfig(name=str(cfg.optim.name), lr=_float(cfg, "optim.lr"),
-                        clip=_float(cfg, "optim.clip", True), clip_mode=str(cfg.optim.clip_mode))
-    return model, train, optim
+    """The engine's dataclasses from the config, whose schema they are; their ``__post_init__`` checks ranges."""
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    train = plain["train"]
+    return (ModelConfig(**engine_keys(ModelConfig, plain["model"]), vocab_size=vocab_size, dtype=train["dtype"]),
+            TrainConfig(**engine_keys(TrainConfig, train)),
+            OptimConfig(**engine_keys(OptimConfig, plain["optim"])))
+
+
+def engine_keys(engine_class: type, section: dict) -> dict:
+    """The keys of a config section that are fields of ``engine_class`` (train.* also holds harness keys; a
+    resumed run's stored config may predate a field, which then keeps the engine's default)."""
+    names = {f.name for f in fields(engine_class)}
+    return {key: value for key, value in section.items() if key in names}
 
 
 def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | None = None,
@@ -118,7 +96,7 @@ def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | Non
     """Load the data (unless given) and build the trainer; every bad input raises a CharRNNError here."""
     corpus = corpus or load_corpus(str(cfg.data.name), cfg.data.path)
     # split_corpus rejects a seq_length below 1 or longer than the text, with the numbers involved
-    train_text, val_text = split_corpus(corpus, _float(cfg, "train.val_fraction"), _int(cfg, "train.seq_length"))
+    train_text, val_text = split_corpus(corpus, cfg.train.val_fraction, cfg.train.seq_length)
     vocab = Vocab.from_text(corpus.text)
     model, train, optim = engine_configs(cfg, vocab.size)
     if resume_from is not None:
@@ -439,4 +417,4 @@ def report(err: BaseException, job: Job) -> float:
 
 
 def main() -> None:
-    app()
+    run_reporting_config_errors(app)

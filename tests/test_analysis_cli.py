@@ -151,7 +151,7 @@ def test_analyze_run_without_best_checkpoint_uses_its_latest_and_says_so(workspa
         (["run=0123456789abcdef"], "no MLflow run with id '0123456789abcdef'"),
         (["features=[nope]"], "unknown feature 'nope'"),
         (["record.start=100000"], "record.start=100000 is out of bounds"),
-        (["record.length=many"], "record.length must be a positive integer, got 'many'"),
+        (["record.length=0"], "record.length must be a positive integer, got 0"),
         (["select=5:2"], "out of bounds"),
         (["select=5"], "select must be START:END"),
         (["top_k=many"], "top_k must be an integer >= 1, got 'many'"),
@@ -268,6 +268,21 @@ def test_console_scripts_report_a_missing_store_in_one_line(cli, tmp_path, monke
     assert result.returncode == 2 and result.stderr.startswith("error: no MLflow store at")
     assert result.stderr.count("\n") == 1 and "tracking.uri=" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()  # reading never creates an empty store
+
+
+@pytest.mark.parametrize("command, arg, line", [
+    ("charrnn-compare", "parnt=abc", "error: unknown key parnt: did you mean parent? (--help lists every key)"),
+    ("charrnn-compare", "tracking.experimnt=x", "error: unknown key tracking.experimnt: did you mean "
+                                                 "tracking.experiment? (--help lists every key)"),
+    ("charrnn-analyze", "record.lenth=500", "error: unknown key record.lenth: did you mean record.length? (--help "
+                                            "lists every key)"),
+    ("charrnn-analyze", "record.length=many", "error: record.length: Value 'many' of type 'str' could not be "
+                                              "converted to Integer"),
+])
+def test_an_unknown_key_or_a_bad_type_is_one_line_naming_the_key(cli, tmp_path, command, arg, line):
+    result = cli(command, arg)
+    assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", "")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command, keys", [

@@ -95,7 +95,7 @@ def test_a_failing_job_does_not_stop_the_sweep_but_fails_the_command(cli, small_
     assert "1 of 2 jobs did not finish" in out.stdout
     client, parent, children = sweep_runs(tmp_path)
     status = {c.data.params["optim.lr"]: c.info.status for c in children}
-    assert status == {"0": "FAILED", "0.1": "FINISHED"}
+    assert status == {"0.0": "FAILED", "0.1": "FINISHED"}  # params hold the typed value: optim.lr is a float
     assert parent.data.tags["charrnn.best_child_run_id"] in {c.info.run_id for c in children
                                                              if c.info.status == "FINISHED"}
 

@@ -68,6 +68,29 @@ def test_bad_input_fails_before_training_with_one_line(cli, small_text, tmp_path
     assert "train/loss" not in run.data.metrics
 
 
+@pytest.mark.parametrize("override, line", [
+    ("model.hidden_size=abc", "error: model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("train.max_seconds=null_", "error: train.max_seconds: Value 'null_' of type 'str' could not be converted to "
+                                "Float"),
+    ("model.hiden_size=8", "error: unknown key model.hiden_size: did you mean model.hidden_size? (--help lists "
+                           "every key)"),
+    ("model=transformer", "error: In 'config': Could not find 'model/transformer': choose one of gru, lstm, rnn"),
+])
+def test_a_config_hydra_cannot_compose_is_one_line_before_anything_is_created(cli, tmp_path, override, line):
+    out = cli("charrnn-train", override)
+    assert (out.returncode, out.stderr, out.stdout) == (2, line + "\n", "")
+    assert list(tmp_path.iterdir()) == []  # no store, no output folder
+
+
+def test_cfg_job_shows_the_engine_default_of_a_key_no_yaml_states(cli):
+    out = cli("charrnn-train", "--cfg", "job")
+    assert out.returncode == 0
+    # TrainConfig's own defaults, which conf/ never repeats, next to the main job's stop limits
+    for line in ("  eval_batch_size: 32\n", "  sample_temperature: 1.0\n", "  max_iters: null\n",
+                 "  max_seconds: 120.0\n", "  options: {}\n"):
+        assert line in out.stdout
+
+
 def runs_left_running(cwd: Path) -> list:
     client = store_client(cwd)
     experiment = client.get_experiment_by_name("charrnn")

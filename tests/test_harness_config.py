@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
-from omegaconf import read_write
+from hydra.errors import HydraException
+from omegaconf import OmegaConf, read_write
 
 from charrnn.errors import ConfigError
+from charrnn.model import ModelConfig
+from charrnn.train import OptimConfig, TrainConfig
+from charrnn_experiments.schema import config_error_line
 from charrnn_experiments.sweep_callback import short_name, swept_space
 from charrnn_experiments.train import engine_configs
 from charrnn_experiments.tracking import Store, flatten
 from conftest import compose_cfg
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 PUBLIC_KEYS = [
     "model.hidden_size", "model.num_layers", "train.seq_length", "train.batch_size",
@@ -99,8 +108,6 @@ def test_optuna_preset_uses_an_in_memory_study():
 
 @pytest.mark.parametrize("override, words", [
     ("model.hidden_size=0", "hidden_size"),
-    ("model.hidden_size=abc", "model.hidden_size must be a number"),
-    ("model.num_layers=1.5", "model.num_layers must be an integer"),
     ("optim.lr=0", "lr must be positive"),
     ("optim.clip_mode=sideways", "clip_mode"),
     ("model.cell=transformer", "unknown cell"),
@@ -109,6 +116,71 @@ def test_bad_values_raise_one_line_config_errors(override, words):
     with pytest.raises(ConfigError, match=words) as err:
         engine_configs(compose_cfg(override), vocab_size=10)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, line", [
+    ("model.hidden_size=abc", "model.hidden_size: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("model.num_layers=1.5", "model.num_layers: Value '1.5' of type 'float' could not be converted to Integer"),
+    ("model.hidden_size=null", "model.hidden_size: field 'model.hidden_size' is not Optional"),
+    ("optim.lr=fast", "optim.lr: Value 'fast' of type 'str' could not be converted to Float"),
+    ("train.max_iters=many", "train.max_iters: Value 'many' of type 'str' could not be converted to Integer"),
+    ("train.max_seconds=soon", "train.max_seconds: Value 'soon' of type 'str' could not be converted to Float"),
+    ("train.val_fraction=[0.1]", "train.val_fraction: Value '[0.1]' of type 'list' could not be converted to Float"),
+    ("record.enabled=maybe", "record.enabled: Value 'maybe' is not a valid bool (type str)"),
+    ("model.hiden_size=8", "unknown key model.hiden_size: did you mean model.hidden_size? (--help lists every key)"),
+    ("model.vocab_size=8", "unknown key model.vocab_size: did you mean model.hidden_size? (--help lists every key)"),
+    ("modle=lstm", "unknown key modle: did you mean model? (--help lists every key)"),
+    ("xyzzy=1", "unknown key xyzzy: the top-level keys are model, optim, train, data, tracking, record, study (--help "
+                "lists every key)"),
+])
+def test_the_schema_rejects_a_bad_type_or_an_unknown_key_in_one_line_naming_the_key(override, line):
+    with pytest.raises(HydraException) as err:
+        compose_cfg(override)
+    assert config_error_line(err.value) == line
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("train.max_iters=null", "max_iters", None), ("train.max_seconds=30", "max_seconds", 30.0),
+    ("train.target_val_loss=1", "target_val_loss", 1.0), ("optim.clip=null", "clip", None),
+])
+def test_optional_keys_take_null_and_numbers_are_converted_to_the_field_type(override, key, value):
+    cfg = compose_cfg(override)
+    found = cfg.train[key] if override.startswith("train.") else cfg.optim[key]
+    assert found == value and type(found) is type(value)
+
+
+def test_each_default_is_written_once_in_the_engine_dataclasses():
+    """The config's model/optim/train values are the engine's defaults, except the main job's two stop limits,
+    the only train keys conf/config.yaml states; no group file restates a default."""
+    cfg = compose_cfg()
+    main_job = {"max_iters": None, "max_seconds": 120.0}
+    assert OmegaConf.load(CONF / "config.yaml").train == main_job
+    for engine, section, group_keys in [(ModelConfig, cfg.model, {"cell"}), (TrainConfig, cfg.train, set()),
+                                        (OptimConfig, cfg.optim, {"name", "lr"})]:
+        for f in dataclasses.fields(engine):
+            if f.name in section and f.name not in group_keys | set(main_job):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                assert section[f.name] == default, f.name
+    assert {k: cfg.train[k] for k in main_job} == main_job
+    # the engine's library default is untouched by the main job's values
+    assert (TrainConfig().max_iters, TrainConfig().max_seconds) == (10_000, None)
+    for group in ("model", "optim"):
+        for path in (CONF / group).glob("*.yaml"):
+            assert set(OmegaConf.load(path)) <= {"cell", "name", "lr"}, path
+
+
+def test_the_engine_fields_the_data_decides_are_not_keys():
+    cfg = compose_cfg()
+    assert "vocab_size" not in cfg.model and "dtype" not in cfg.model and cfg.train.dtype == "float64"
+    model, _, _ = engine_configs(compose_cfg("train.dtype=float32"), vocab_size=10)
+    assert (model.vocab_size, model.dtype) == (10, "float32")
+
+
+def test_optimizer_options_reach_the_engine_which_checks_them():
+    _, _, optim = engine_configs(compose_cfg("optim=adam", "+optim.options.beta1=0.95"), vocab_size=10)
+    assert optim.options == {"beta1": 0.95}
+    with pytest.raises(ConfigError, match="adagrad has no option 'beta1'"):
+        engine_configs(compose_cfg("optim=adagrad", "+optim.options.beta1=0.95"), vocab_size=10)
 
 
 def test_embedded_store_lives_in_the_launch_directory(tmp_path):
