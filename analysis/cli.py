@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from charrnn.errors import CharRNNError
-from charrnn_experiments.schema import run_reporting_config_errors
+from charrnn_experiments.schema import EXIT_BAD_CONFIG as EXIT_BAD_INPUT, run_reporting_config_errors
 
 from .compare import (curves_figure, feature_score_columns, feature_scores_figure, leaderboard, load_runs,
                       metric_vs_params_figure, param_heatmap_figure, swept_params)
@@ -37,7 +37,7 @@ from .study import (SPREAD_MEANING, is_study, study_curves_figure, study_loss_vs
 from .tables import markdown_table
 from .trained_run import RecordSettings, record_slice, slice_bounds
 
-EXIT_BAD_INPUT = 2
+
 # Spellings of the hand-parsed CLIs these commands had before they became Hydra apps -> today's keys.
 ANALYZE_RENAMED = {"tracking_uri": "tracking.uri", "data_path": "data.path", "start": "record.start",
                    "length": "record.length", "chunk": "record.chunk", "dtype": "record.dtype"}
