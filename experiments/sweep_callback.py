@@ -20,7 +20,6 @@ waits for those runs to end before it stops the launcher.
 from __future__ import annotations
 
 import atexit
-import gc
 import json
 import logging
 import math
@@ -216,9 +215,6 @@ class MlflowSweepCallback(Callback):
         # Registered first, run last: a sweep stopped inside Ray's or submitit's launcher exits 128 + the signal
         # whatever the launcher made of the SystemExit that stopped it (Ray turns it into SystemExit(1)).
         atexit.register(_exit_if_stopped)
-        # The collector's pass over every object at interpreter exit (MLflow's, SQLAlchemy's: over a second)
-        # would find nothing to free.
-        atexit.register(gc.freeze)
         STOP.serial = str(config.hydra.launcher._target_).endswith("BasicLauncher")
         STOP.sweep_dir = sweep_dir
         for sig in (signal.SIGINT, signal.SIGTERM):
