@@ -40,9 +40,10 @@ from charrnn_experiments import tracking
 SWEEP_FILE = "sweep.json"  # in the sweep dir: the swept keys and BLAS threads per job, read by every job
 MAX_NAME = 40              # characters of a child run's name
 # Swept keys as they read in a child's name, in this order; any other key reads as its last component, after them.
-SHORT_KEYS = {"model.hidden_size": "h", "model.num_layers": "L", "model": "cell", "model.cell": "cell",
-              "train.seq_length": "T", "train.batch_size": "B", "optim.lr": "lr", "optim.clip": "clip",
-              "optim": "optim", "optim.name": "optim"}
+# A swept key's label in child run names; "" for config groups, whose values name themselves (lstm, adam).
+SHORT_KEYS = {"model": "", "model.cell": "", "model.hidden_size": "h", "model.num_layers": "L",
+              "train.seq_length": "T", "train.batch_size": "B", "optim": "", "optim.name": "", "optim.lr": "lr",
+              "optim.clip": "clip", "study.budget": "", "train.seed": "seed", "data": "", "data.name": ""}
 STOP_WAIT_SECONDS = 60.0  # how long a stopped Ray or submitit sweep waits for its jobs to end their runs
 TIME_CAP_REASON = "used the time budget"  # the engine's stop reason when train.max_seconds ran out
 TAG_LAUNCHER = "charrnn.launcher"
@@ -101,8 +102,11 @@ def _on_signal(signum, frame) -> None:
 # --- the sweep space and the names of its jobs ---------------------------------------------------
 
 def swept_space(config: DictConfig) -> dict[str, str]:
-    """{key: values as written} for every swept key: the sweeper's params, then the command line's sweeps."""
-    space = {str(k): str(v) for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()}
+    """{key: values as written} for every swept key: the sweeper's params, then the command line's sweeps.
+    A key given one value (a preset's sweep narrowed with hydra.sweeper.params.<key>=<value>) is not swept."""
+    params = {str(k): str(v) for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()}
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    space = {k: v for (k, v), override in zip(params.items(), parsed) if override.is_sweep_override()}
     for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
         key = override.get_key_element()
         if override.is_sweep_override():
@@ -135,7 +139,9 @@ def short_name(overrides: list[str], keys: list[str]) -> str:
     values = {o.get_key_element(): o.value() for o in OverridesParser.create().parse_overrides(overrides)}
     order = list(SHORT_KEYS)  # the same order in every name, whatever order the sweep was written in
     keys = sorted(keys, key=lambda k: order.index(k) if k in order else len(order))
-    parts = [f"{SHORT_KEYS.get(k, k.rsplit('.', 1)[-1])}={_short_value(values[k])}" for k in keys if k in values]
+    labels = {k: SHORT_KEYS.get(k, k.rsplit(".", 1)[-1]) for k in keys}
+    parts = [f"{labels[k]}={_short_value(values[k])}" if labels[k] else _short_value(values[k])
+             for k in keys if k in values]
     name = " ".join(parts)
     return name if len(name) <= MAX_NAME else name[:MAX_NAME - 1] + "…"
 

@@ -84,11 +84,20 @@ def test_the_sweep_space_is_the_presets_params_with_the_command_lines_sweeps_and
     assert swept_space(cfg) == {"model.hidden_size": "8,16", "train.seq_length": "16,32", "optim.clip": "1.0,5.0"}
 
 
+def test_a_preset_sweep_narrowed_to_one_value_is_not_swept():
+    cfg = compose_cfg("experiment=paper_cells", "hydra.sweeper.params.data=tinyshakespeare", hydra=True)
+    space = swept_space(cfg)
+    assert "data" not in space
+    assert space["model"] == "rnn,lstm,gru" and space["train.seed"] == "1,2"
+
+
 @pytest.mark.parametrize("overrides, keys, name", [
     (["model.hidden_size=64", "train.seq_length=16", "optim.lr=0.1", "optim.clip=5.0", "data.path=/a/b.txt",
       "tracking.experiment=x"], ["model.hidden_size", "train.seq_length", "optim.lr", "optim.clip"],
      "h=64 T=16 lr=0.1 clip=5"),
-    (["model=lstm", "train.seed=2"], ["model", "train.seed"], "cell=lstm seed=2"),
+    (["model=lstm", "train.seed=2"], ["model", "train.seed"], "lstm seed=2"),
+    (["data=pystdlib", "train.seed=1", "study.budget=200k", "model.num_layers=2", "model=gru"],
+     ["data", "model", "model.num_layers", "study.budget", "train.seed"], "gru L=2 200k seed=1 pystdlib"),
     (["optim.lr=0.023456789012", "model.hidden_size=128"], ["model.hidden_size", "optim.lr"], "h=128 lr=0.0235"),
     (["train.eval_max_chars=100000", "train.sample_length=200", "train.sample_every=1000",
       "train.log_every=100", "train.target_val_loss=1.5"],
