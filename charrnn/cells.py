@@ -127,15 +127,22 @@ def lstm_step_forward(ax_t, h_prev, c_prev, Whh, gate_affine, out):
     return out
 
 
-def lstm_local_derivatives(c_prev, tanh_c, ifog):
-    """What the step backward multiplies by, for all t at once (it does not depend on the recurrence).
+# The backward pass computes the LSTM's local derivatives a block of steps at a time, just before its loop
+# reaches them, into one reused buffer of at most this many (steps,B,4H) elements: at H=512 the same passes
+# over all T steps at once streamed tens of megabytes through memory about ten times.
+LOCAL_DERIVATIVE_BLOCK = 1 << 18
 
-    Returns J (T,B,4H) and o * tanh'(c_t) (T,B,H), so that with dc = dc_{t+1} + dh * o * tanh'(c_t):
+
+def lstm_local_derivatives(c_prev, tanh_c, ifog, out):
+    """What the step backward multiplies by, for a block of steps at once (it does not depend on the recurrence).
+
+    Writes into ``out`` = (J (n,B,4H), o * tanh'(c_t) (n,B,H)) and returns it, so that with
+    dc = dc_{t+1} + dh * o * tanh'(c_t):
     da_i = dc * g * s'(i), da_f = dc * c_{t-1} * s'(f), da_o = dh * tanh(c_t) * s'(o), da_g = dc * i * tanh'(g),
     where s' = s(1-s) and tanh' = 1 - tanh^2 are written in terms of the outputs the forward kept."""
-    # in place, without (T,B,H) temporaries: at large T*B*H each fresh one costs a page fault per page
+    J, o_dtanh_c = out
     i, f, o, g = _gates(ifog, 4)
-    J = np.subtract(1.0, ifog)
+    np.subtract(1.0, ifog, out=J)
     J *= ifog  # s(1-s) in the i, f, o blocks; the g block is overwritten below
     J_i, J_f, J_o, J_g = _gates(J, 4)
     J_i *= g
@@ -144,10 +151,10 @@ def lstm_local_derivatives(c_prev, tanh_c, ifog):
     np.multiply(g, g, out=J_g)
     np.subtract(1.0, J_g, out=J_g)
     J_g *= i
-    o_dtanh_c = np.multiply(tanh_c, tanh_c)
+    np.multiply(tanh_c, tanh_c, out=o_dtanh_c)
     np.subtract(1.0, o_dtanh_c, out=o_dtanh_c)
     o_dtanh_c *= o
-    return J, o_dtanh_c
+    return out
 
 
 def lstm_step_backward(dh, dc_next, f, J, o_dtanh_c, out, dc):
@@ -187,17 +194,23 @@ class LSTMCell:
 
     @staticmethod
     def backward(dhs, cache):
-        Whh, ifogs = cache["Whh"], cache["ifogs"]
-        J, o_dtanh_cs = lstm_local_derivatives(cache["c_prev"], cache["tanh_cs"], ifogs)
+        Whh, ifogs, c_prev, tanh_cs = cache["Whh"], cache["ifogs"], cache["c_prev"], cache["tanh_cs"]
+        T = dhs.shape[0]
+        block = max(1, min(T, LOCAL_DERIVATIVE_BLOCK // ifogs[0].size))  # steps per block
+        J_buffer, o_dtanh_buffer = np.empty_like(ifogs[:block]), np.empty_like(dhs[:block])
         fs = _gates(ifogs, 4)[1]
         da = np.empty_like(ifogs)
         dh, dc = np.empty_like(dhs[0]), np.empty_like(dhs[0])
         dh_next = np.zeros_like(dhs[0])
         dc_next = np.zeros_like(dhs[0])
-        for t in reversed(range(dhs.shape[0])):
-            np.add(dhs[t], dh_next, out=dh)
-            lstm_step_backward(dh, dc_next, fs[t], J[t], o_dtanh_cs[t], out=da[t], dc=dc)
-            np.matmul(da[t], Whh, out=dh_next)
+        for end in range(T, 0, -block):
+            start = max(0, end - block)
+            J, o_dtanh_cs = lstm_local_derivatives(c_prev[start:end], tanh_cs[start:end], ifogs[start:end],
+                                                   out=(J_buffer[: end - start], o_dtanh_buffer[: end - start]))
+            for t in reversed(range(start, end)):
+                np.add(dhs[t], dh_next, out=dh)
+                lstm_step_backward(dh, dc_next, fs[t], J[t - start], o_dtanh_cs[t - start], out=da[t], dc=dc)
+                np.matmul(da[t], Whh, out=dh_next)
         return da, da, {}
 
     @staticmethod

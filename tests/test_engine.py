@@ -80,6 +80,16 @@ def test_gradients_match_numerical(cell, layers):
     assert errors[worst] <= 1e-6, f"{worst}: {errors[worst]:.2e}"
 
 
+@pytest.mark.parametrize("steps_per_block", [1, 2, 3])
+def test_lstm_gradients_match_numerical_when_its_backward_works_in_blocks_of_steps(monkeypatch, steps_per_block):
+    """At large B*H the LSTM backward takes its local derivatives a few steps at a time; here with B=3, H=4
+    (48 gate elements per step) and T=5, so the last block is partial for 2 and 3 steps per block."""
+    monkeypatch.setattr(cells, "LOCAL_DERIVATIVE_BLOCK", 48 * steps_per_block)
+    errors = check_gradients("lstm", num_layers=2, batch_size=3, seq_length=5)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-6, f"{worst}: {errors[worst]:.2e}"
+
+
 def test_gradient_check_catches_a_broken_backward(monkeypatch):
     # a tanh derivative that is off by a factor must be seen, or the check proves nothing
     monkeypatch.setattr(cells, "rnn_step_backward", lambda dh, dtanh_t, out: np.multiply(dh, dtanh_t * 1.01, out=out))
