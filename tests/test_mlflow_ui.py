@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN
-from conftest import tiny
+from conftest import BIN, stop_process_group, tiny
 
 pytestmark = pytest.mark.browser
 
@@ -37,7 +36,7 @@ def serve(store: str, cwd: Path) -> tuple[subprocess.Popen, int]:
         port = free_port()
         proc = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
                                  "--port", str(port), "--workers", "1"], cwd=cwd, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
             try:
@@ -46,8 +45,7 @@ def serve(store: str, cwd: Path) -> tuple[subprocess.Popen, int]:
                         return proc, port
             except OSError:
                 time.sleep(0.5)
-        proc.kill()
-        proc.wait()
+        stop_process_group(proc)
     raise AssertionError("mlflow ui did not start on any of three free ports")
 
 
@@ -94,5 +92,4 @@ def test_the_printed_address_opens_the_runs_table_with_short_child_names(cli, sm
                 f"{name} is cut off in its column"
         browser.save_screenshot(str(tmp_path / SCREENSHOT))
     finally:
-        server.kill()
-        server.wait()
+        stop_process_group(server)
