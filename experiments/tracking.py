@@ -431,6 +431,10 @@ class MlflowTracker(Callback):
         tags = {TAG_DATASET_SHA: sha256, TAG_DATASET_VERSION: version, TAG_DATASET_DIFFERS: differs}
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items() if v])
 
+    def log_num_params(self, num_params: int) -> None:
+        """The model's parameter count, as a metric at step 0: comparison tables read it without a checkpoint."""
+        self.client.log_metric(self.run_id, METRIC_NUM_PARAMS, num_params, step=0)
+
     # --- engine Callback: queue, never wait for the store -----------------------------------
 
     def on_metrics(self, metrics: dict[str, float], step: int) -> None:

@@ -315,8 +315,7 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
             with stopper.shielded():
                 tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text), corpus.version,
                                     corpus.differs)
-                tracker.client.log_metric(tracker.run_id, tracking.METRIC_NUM_PARAMS,
-                                          count_params(trainer.model_config), step=0)
+                tracker.log_num_params(count_params(trainer.model_config))
         else:
             corpus, trainer = build_trainer(cfg, run_dir / "checkpoints", resume.checkpoint, resume.corpus)
             with stopper.shielded():
