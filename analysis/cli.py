@@ -21,7 +21,8 @@ from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from charrnn.errors import CharRNNError
-from charrnn_experiments.schema import EXIT_BAD_CONFIG as EXIT_BAD_INPUT, run_reporting_config_errors
+from charrnn_experiments.schema import (EXIT_BAD_CONFIG as EXIT_BAD_INPUT, AnalyzeAppSchema, CompareAppSchema,
+                                        run_reporting_config_errors)
 
 from .compare import (curves_figure, feature_score_columns, feature_scores_figure, leaderboard, load_runs,
                       metric_vs_params_figure, param_heatmap_figure, swept_params)
@@ -241,12 +242,12 @@ def renamed_key_error(argv: list[str], renamed: dict[str, str]) -> str | None:
     return None
 
 
-def _main(app: Callable[[], None], renamed: dict[str, str]) -> None:
+def _main(app: Callable[[], None], schema: type, renamed: dict[str, str]) -> None:
     message = renamed_key_error(sys.argv[1:], renamed)
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    run_reporting_config_errors(app)
+    run_reporting_config_errors(app, schema)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="analyze")
@@ -262,8 +263,8 @@ def _compare_app(cfg: DictConfig) -> None:
 
 
 def analyze_main() -> None:
-    _main(_analyze_app, ANALYZE_RENAMED)
+    _main(_analyze_app, AnalyzeAppSchema, ANALYZE_RENAMED)
 
 
 def compare_main() -> None:
-    _main(_compare_app, COMPARE_RENAMED)
+    _main(_compare_app, CompareAppSchema, COMPARE_RENAMED)

@@ -21,7 +21,7 @@ from charrnn.checks import check_int, check_number
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn.sample import generate
 from charrnn_experiments import tracking
-from charrnn_experiments.schema import run_reporting_config_errors
+from charrnn_experiments.schema import SampleAppSchema, run_reporting_config_errors
 
 PROGRESS_FROM_CHARS = 5000  # longer samples show a progress bar on stderr
 
@@ -100,4 +100,4 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_reporting_config_errors(app)
+    run_reporting_config_errors(app, SampleAppSchema)

@@ -185,14 +185,13 @@ for schema_name, schema in {"train_schema": TrainAppSchema, "sample_schema": Sam
     ConfigStore.instance().store(name=schema_name, node=schema)
 
 
-def config_error_line(err: Exception) -> str:
-    """One line for a config Hydra could not compose: the key and what is wrong with it."""
+def config_error_line(err: Exception, schema: type) -> str:
+    """One line for a config Hydra could not compose with ``schema`` (the command's): the key and what is wrong
+    with it; an unknown key gets the nearest of the schema's keys, which are all the valid ones."""
     cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
     key = getattr(cause, "full_key", None)
-    node = getattr(cause, "parent_node", None)
-    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key and node is not None:
-        # the whole config, for the nearest key (OmegaConf has no public way from a node to its root)
-        return unknown_key_line(key, config_keys(OmegaConf.to_container(node._get_root(), resolve=False)))
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        return unknown_key_line(key, config_keys(OmegaConf.to_container(OmegaConf.structured(schema))))
     text = str(cause).strip().splitlines()[0]
     if isinstance(err, MissingConfigException) and err.options:
         return f"{text}: choose one of {', '.join(err.options)}"
@@ -219,8 +218,8 @@ def config_keys(tree: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def run_reporting_config_errors(app: Callable[[], None]) -> None:
-    """Run a Hydra app; a config that cannot be composed (an unknown key, a value of the wrong type, an unknown
+def run_reporting_config_errors(app: Callable[[], None], schema: type) -> None:
+    """Run a Hydra app whose config has ``schema``; a config that cannot be composed (an unknown key, a value of the wrong type, an unknown
     group option, bad override syntax) ends as one ``error: ...`` line and exit status 2 rather than Hydra's
     multi-line report. A user's own HYDRA_FULL_ERROR=1 keeps Hydra's full report."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -230,5 +229,5 @@ def run_reporting_config_errors(app: Callable[[], None]) -> None:
     try:
         app()
     except (HydraException, OmegaConfBaseException) as err:
-        print(f"error: {config_error_line(err)}", file=sys.stderr, flush=True)
+        print(f"error: {config_error_line(err, schema)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_BAD_CONFIG)

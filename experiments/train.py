@@ -34,7 +34,7 @@ from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_analysis.trained_run import ARTIFACT_DIR, record_finished_run
 from charrnn_experiments import tracking
 from charrnn_experiments.progress import ProgressCallback
-from charrnn_experiments.schema import run_reporting_config_errors
+from charrnn_experiments.schema import TrainAppSchema, run_reporting_config_errors
 from charrnn_experiments.sweep_callback import job_label
 
 log = logging.getLogger("charrnn")
@@ -421,4 +421,4 @@ def main() -> None:
     # The collector's pass over every object at interpreter exit (MLflow's, SQLAlchemy's: over a second, for a
     # single run and a sweep alike) would find nothing worth freeing.
     atexit.register(gc.freeze)
-    run_reporting_config_errors(app)
+    run_reporting_config_errors(app, TrainAppSchema)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, read_write
 from charrnn.errors import ConfigError
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig
-from charrnn_experiments.schema import config_error_line
+from charrnn_experiments.schema import TrainAppSchema, config_error_line
 from charrnn_experiments.sweep_callback import short_name, swept_space
 from charrnn_experiments.train import engine_configs
 from charrnn_experiments.tracking import Store, flatten
@@ -145,7 +145,7 @@ def test_bad_values_raise_one_line_config_errors(override, words):
 def test_the_schema_rejects_a_bad_type_or_an_unknown_key_in_one_line_naming_the_key(override, line):
     with pytest.raises(HydraException) as err:
         compose_cfg(override)
-    assert config_error_line(err.value) == line
+    assert config_error_line(err.value, TrainAppSchema) == line
 
 
 @pytest.mark.parametrize("override, key, value", [
