@@ -5,9 +5,12 @@ iterations, once with Hydra's basic (serial) launcher and once with `hydra/launc
 fresh store, alternating over --repeats rounds so that a shared machine's drift hits both alike. For every
 job it prints the share of its run's wall time spent in training steps (from the run's
 `throughput/chars_per_s`): what is not in steps is the per-job fixed cost (process start, config, store
-round-trips, evaluation, samples, checkpoints, the end-of-run recording). Each sweep line also gives the
-machine's load average as it started: other work on the cores makes parallel jobs lose their second core,
-so a figure taken under load reads so.
+round-trips, evaluation, samples, checkpoints, the end-of-run recording). Each sweep's wall time is split into
+its phases: start-up (command start to the first job's run start: imports, config, the store, the parent
+run), jobs (first job's start to the last job's end: the only part a parallel launcher can shorten) and
+the end (leaderboard, exit); the jobs phase gets its own joblib / serial ratio. Each sweep line also gives
+the machine's load average as it started: other work on the cores makes parallel jobs lose their second
+core, so a figure taken under load reads so.
 Run: .venv/bin/python benchmarks/bench_sweep.py [--iters 1000] [--jobs 2] [--repeats 1]
 """
 
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -28,9 +32,17 @@ BIN = Path(sys.executable).parent
 GRID = ["experiment=grid", "model.hidden_size=32,64", "train.seq_length=16,32", "optim.lr=0.1", "optim.clip=5"]
 
 
-def run_sweep(launcher: list[str], iters: int) -> tuple[float, list[tuple[str, float, float]]]:
-    """(sweep wall seconds, [(job name, run seconds, seconds in training steps)])."""
+@dataclass
+class Sweep:
+    wall: float  # seconds, command start to exit
+    startup: float  # command start to the first job's run start
+    jobs_span: float  # first job's run start to the last job's run end
+    jobs: list[tuple[str, float, float]]  # (job name, run seconds, seconds in training steps)
+
+
+def run_sweep(launcher: list[str], iters: int) -> Sweep:
     with tempfile.TemporaryDirectory() as tmp:
+        started = time.time()
         t0 = time.perf_counter()
         out = subprocess.run([str(BIN / "charrnn-train"), *GRID, *launcher, f"train.max_iters={iters}"],
                              cwd=tmp, capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -50,7 +62,9 @@ def run_sweep(launcher: list[str], iters: int) -> tuple[float, list[tuple[str, f
                 steps += (point.step - previous) * chars_per_iter / point.value
                 previous = point.step
             jobs.append((run.info.run_name, (run.info.end_time - run.info.start_time) / 1000, steps))
-        return wall, sorted(jobs)
+        first = min(run.info.start_time for run in runs) / 1000
+        last = max(run.info.end_time for run in runs) / 1000
+        return Sweep(wall, first - started, last - first, sorted(jobs))
 
 
 def main() -> None:
@@ -60,22 +74,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     launchers = {"serial": [], "joblib": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}"]}
-    walls: dict[str, list[float]] = {name: [] for name in launchers}
+    sweeps: dict[str, list[Sweep]] = {name: [] for name in launchers}
     print(f"4-job grid, {args.iters} iterations per job, {os.cpu_count()} cores, joblib n_jobs={args.jobs}")
     for round_ in range(args.repeats):
         for name, launcher in launchers.items():
             load = os.getloadavg()[0]
-            wall, jobs = run_sweep(launcher, args.iters)
-            walls[name].append(wall)
-            print(f"round {round_ + 1} {name:>6}: {wall:6.1f} s  "
+            sweep = run_sweep(launcher, args.iters)
+            sweeps[name].append(sweep)
+            print(f"round {round_ + 1} {name:>6}: {sweep.wall:6.1f} s = start-up {sweep.startup:4.1f} s + jobs "
+                  f"{sweep.jobs_span:5.1f} s + end {sweep.wall - sweep.startup - sweep.jobs_span:4.1f} s  "
                   f"(1-min load average {load:.1f} as it started, the previous sweep included)")
-            for job, seconds, steps in jobs:
+            for job, seconds, steps in sweep.jobs:
                 print(f"    {job:<12} run {seconds:5.1f} s, training steps {steps:5.1f} s "
                       f"({steps / seconds:4.0%} of the run)")
-        print(f"round {round_ + 1} joblib / serial: {walls['joblib'][-1] / walls['serial'][-1]:.2f}")
-    serial, parallel = statistics.median(walls["serial"]), statistics.median(walls["joblib"])
-    print(f"median wall time over {args.repeats} round(s): serial {serial:.1f} s, joblib {parallel:.1f} s")
-    print(f"joblib / serial wall time: {parallel / serial:.2f} (goal <= 0.55 with 2 jobs on 2 cores)")
+        serial, parallel = sweeps["serial"][-1], sweeps["joblib"][-1]
+        print(f"round {round_ + 1} joblib / serial: {parallel.wall / serial.wall:.2f} "
+              f"(jobs phase alone {parallel.jobs_span / serial.jobs_span:.2f})")
+
+    def median(name: str, phase: str) -> float:
+        return statistics.median(getattr(sweep, phase) for sweep in sweeps[name])
+
+    serial, parallel = median("serial", "wall"), median("joblib", "wall")
+    print(f"median over {args.repeats} round(s): serial {serial:.1f} s (start-up {median('serial', 'startup'):.1f} s), "
+          f"joblib {parallel:.1f} s (start-up {median('joblib', 'startup'):.1f} s)")
+    print(f"joblib / serial wall time: {parallel / serial:.2f} (goal <= 0.55 with 2 jobs on 2 cores); "
+          f"jobs phase alone: {median('joblib', 'jobs_span') / median('serial', 'jobs_span'):.2f}")
 
 
 if __name__ == "__main__":
