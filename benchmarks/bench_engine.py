@@ -18,11 +18,11 @@ What it measures, all on tinyshakespeare ($CHARRNN_DATA_DIR, else ../shared/data
 3. At H=512 the engine's matmul FLOP/s as a fraction of this machine's float32 GEMM rate (2048x2048 sgemm calls
    raced in the same alternating rounds as the engine, so both see the same load). Target >= 65%. Matmul FLOPs
    per iteration, G gates (1 rnn, 4 lstm, 3 gru), L layers:
-       forward   recurrence     T * 2*B*H*GH          per layer (h_{t-1} Whh^T)
+       forward   recurrence     T * 2*B*H*GH          per layer (Whh h_{t-1})
                  input proj.    0 for layer 0 (a row gather); 2*T*B*H*GH for each layer above
                  output         2*T*B*H*V             (h Why^T)
        backward  twice each forward term: the gradient on the input of the matmul and on its weights
-                 (recurrence: dh_{t-1} = da Whh and dWhh = da^T h_{t-1}; output: dh and dWhy)
+                 (recurrence: dh_{t-1} = Whh^T da and dWhh = da^T h_{t-1}; output: dh and dWhy)
        total     3 * (L*T*2*B*H*GH + (L-1)*T*2*B*H*GH + T*2*B*H*V)
    Elementwise work (tanh, gates, softmax, Adagrad) is not counted: the fraction says how close the engine
    comes to spending all its time in GEMM.
@@ -297,14 +297,14 @@ def step_breakdown(cell: str, hidden: int, seq: int, batch: int, vocab, text, re
     dhs = np.ones_like(hs)
     logits, cache, _ = forward(params, config, inputs, trainer.state)
     _, dlogits = softmax_cross_entropy(logits, targets)
-    h, a = np.zeros_like(hs[0]), np.empty_like(ax[0])
     Whh = p["Whh"]
+    h, a = np.zeros(hs[0].shape[::-1], hs.dtype), np.empty(ax[0].shape[::-1], ax.dtype)  # units x batch, as the cells
     flat_grad, zero_grad = np.ones_like(trainer.flat_params), np.zeros_like(trainer.flat_params)
     ms = {
         "cell forward": _best_seconds(lambda: cell_class.forward(ax, trainer.state[0], p), repeats),
         "cell backward": _best_seconds(lambda: cell_class.backward(dhs, cell_cache), repeats),
-        "recurrent GEMMs forward": _best_seconds(lambda: [np.matmul(h, Whh.T, out=a) for _ in range(seq)], repeats),
-        "recurrent GEMMs backward": _best_seconds(lambda: [np.matmul(a, Whh, out=h) for _ in range(seq)], repeats),
+        "recurrent GEMMs forward": _best_seconds(lambda: [np.matmul(Whh, h, out=a) for _ in range(seq)], repeats),
+        "recurrent GEMMs backward": _best_seconds(lambda: [np.matmul(Whh.T, a, out=h) for _ in range(seq)], repeats),
         "model forward + loss": _best_seconds(lambda: softmax_cross_entropy(forward(params, config, inputs,
                                                                                       trainer.state)[0], targets),
                                                 repeats),
