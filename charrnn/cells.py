@@ -50,6 +50,12 @@ def _batch_major(units: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(units.transpose(0, 2, 1))
 
 
+def _gate_rows(x, n):
+    """Split the second-to-last axis of x (..., n*H, B) into n views of (..., H, B): contiguous blocks."""
+    H = x.shape[-2] // n
+    return tuple(x[..., k * H : (k + 1) * H, :] for k in range(n))
+
+
 # --------------------------------------------------------------------------------------------- vanilla RNN
 def rnn_step_forward(ax_t, h_prev, Whh, out=None):
     """h_t = tanh(Whh h_{t-1} + Wxh x_t + bh), units x batch (the gist's column vectors, B of them side by
@@ -102,12 +108,6 @@ class RNNCell:
 
 
 # -------------------------------------------------------------------------------------------------- LSTM
-def _gate_rows(x, n):
-    """Split the second-to-last axis of x (..., n*H, B) into n views of (..., H, B): contiguous blocks."""
-    H = x.shape[-2] // n
-    return tuple(x[..., k * H : (k + 1) * H, :] for k in range(n))
-
-
 def lstm_gate_affine(H: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     """(scale, shift) (4H,1) such that gates = tanh(a * scale) * scale + shift: the sigmoid of ``sigmoid`` for
     i, f, o (scale and shift 0.5) and tanh for g (1 and 0). One tanh over the whole (4H,B) block then
