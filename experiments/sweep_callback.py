@@ -35,7 +35,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from charrnn_experiments import fork_server, tracking
+from charrnn_experiments import tracking
 
 SWEEP_FILE = "sweep.json"  # in the sweep dir: the swept keys and BLAS threads per job, read by every job
 MAX_NAME = 40              # characters of a child run's name
@@ -186,9 +186,9 @@ def use_process_launcher(config: DictConfig) -> None:
     if str(config.hydra.launcher._target_) != JOBLIB_LAUNCHER:
         return
     from hydra.core.plugins import Plugins
-    from hydra_plugins.charrnn_launcher.process_launcher import JobProcessLauncher
+    from hydra_plugins.charrnn_launcher.process_launcher import JobProcessLauncher, start_fork_server
 
-    fork_server.start()  # its imports overlap with the store's creation; the first job waits for them
+    start_fork_server()
     Plugins.instance().register(JobProcessLauncher)
     with read_write(config.hydra.launcher):
         config.hydra.launcher._target_ = PROCESS_LAUNCHER

@@ -361,21 +361,3 @@ def test_parallel_jobs_log_the_same_dataset_without_losing_a_run(tmp_path):
         client = MlflowClient(f"sqlite:///{store_dir}/mlflow.db")
         for run_id in run_ids:
             assert [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs] == ["file"]
-
-
-def test_the_command_line_that_picks_the_parallel_launcher_starts_the_fork_server_first():
-    from charrnn_experiments.fork_server import wanted
-
-    assert wanted(["experiment=grid", "hydra/launcher=joblib"])
-    assert wanted(["-m", "+hydra/launcher=joblib", "model.hidden_size=8,16"])
-    assert not wanted(["experiment=grid"])
-    assert not wanted(["hydra/launcher=ray", "-m"])
-    assert not wanted(["hydra/launcher=joblib", "--cfg", "job"]), "no job runs, so no server"
-
-
-def test_the_entry_point_starts_the_server_before_importing_anything_heavy():
-    # the point of starting it first: the server's imports run beside this process's, not after them
-    code = ("import sys; import charrnn_experiments.fork_server; "
-            "print(sorted({'numpy', 'mlflow', 'hydra', 'omegaconf', 'charrnn_experiments.train'} & set(sys.modules)))")
-    out = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"

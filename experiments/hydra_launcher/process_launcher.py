@@ -18,6 +18,7 @@ import io
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -32,11 +33,16 @@ from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from joblib import effective_n_jobs
 from joblib.externals import cloudpickle
 
-from charrnn_experiments import fork_server
 from charrnn_experiments.sweep_callback import STOP, job_label
 from charrnn_experiments.train import FAILED_OBJECTIVE
 
 log = logging.getLogger(__name__)
+
+# Imported once by the fork server, so that jobs start with them loaded (this module too: jobs run its
+# _job_process).
+PRELOAD = ["charrnn_experiments.train", "mlflow.store.tracking.sqlalchemy_store",
+           "hydra_plugins.charrnn_launcher.process_launcher"]
+
 
 class LabelledStream(io.TextIOBase):
     """A text stream that starts every line with ``[label] ``: parallel jobs' output stays readable."""
@@ -81,6 +87,15 @@ def _job_process(payload: bytes, conn, label: str) -> None:
     conn.send_bytes(cloudpickle.dumps(ret))
 
 
+def start_fork_server():
+    """Start the server jobs are forked from, which imports PRELOAD: called as the sweep starts, so that
+    those imports overlap with the store's creation; the first job waits for them to finish."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+    return ctx
+
+
 def _died(overrides: Sequence[str]) -> JobReturn:
     """What a job that ended without its own JobReturn reports to the sweeper: what a failed job reports."""
     ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
@@ -107,7 +122,7 @@ class JobProcessLauncher(JoblibLauncher):
         for idx, overrides in enumerate(job_overrides):
             labels.append(job_label(sweep_dir.resolve(), list(overrides)) or f"#{initial_job_idx + idx}")
             log.info(f"\t#{initial_job_idx + idx} {labels[-1]} : {' '.join(filter_overrides(overrides))}")
-        ctx = fork_server.start()  # already running: the command or the sweep callback started it
+        ctx = start_fork_server()  # already running when the sweep callback started it
         state = Singleton.get_state()
         waiting = deque(range(len(job_overrides)))
         running: dict[int, tuple] = {}  # index -> (process, receiving end of its pipe)
