@@ -63,7 +63,7 @@ import numpy as np  # noqa: E402
 from charrnn.cells import CELLS  # noqa: E402
 from charrnn.data import BatchStream, Vocab, load_corpus  # noqa: E402
 from charrnn.model import (ModelConfig, _layer_params, backward, forward, init_params,  # noqa: E402
-                           softmax_cross_entropy)
+                           input_projection, softmax_cross_entropy)
 from charrnn.optim import clip_gradients  # noqa: E402
 from charrnn.reference import GistRNN  # noqa: E402
 from charrnn.train import OptimConfig, Trainer, TrainConfig  # noqa: E402
@@ -292,13 +292,13 @@ def step_breakdown(cell: str, hidden: int, seq: int, batch: int, vocab, text, re
     params, config, cell_class = trainer.params, trainer.model_config, CELLS[cell]
     inputs, targets, _ = trainer.stream.next_batch()
     p = _layer_params(params, 0)
-    ax = (p["Wxh"].T + p["bh"])[inputs]
+    ax = input_projection(p, inputs)
     hs, _, cell_cache = cell_class.forward(ax, trainer.state[0], p)
     dhs = np.ones_like(hs)
     logits, cache, _ = forward(params, config, inputs, trainer.state)
     _, dlogits = softmax_cross_entropy(logits, targets)
     Whh = p["Whh"]
-    h, a = np.zeros(hs[0].shape[::-1], hs.dtype), np.empty(ax[0].shape[::-1], ax.dtype)  # units x batch, as the cells
+    h, a = np.zeros(hs[0].shape[::-1], hs.dtype), np.empty_like(ax[:, 0])  # units x batch, as the cells
     flat_grad, zero_grad = np.ones_like(trainer.flat_params), np.zeros_like(trainer.flat_params)
     ms = {
         "cell forward": _best_seconds(lambda: cell_class.forward(ax, trainer.state[0], p), repeats),

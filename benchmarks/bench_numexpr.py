@@ -28,7 +28,7 @@ ROUNDS = 15
 
 def numexpr_forward(ax, state, Whh):
     """The engine's LSTM forward (units x batch, see charrnn.cells), each elementwise pass one evaluate."""
-    T, B, G = ax.shape
+    G, T, B = ax.shape
     H = G // 4
     h = np.empty((T + 1, H, B), ax.dtype)
     c, tanh_cs, ifogs = np.empty_like(h), np.empty_like(h[1:]), np.empty((T, G, B), ax.dtype)
@@ -36,7 +36,7 @@ def numexpr_forward(ax, state, Whh):
     scale, shift = lstm_gate_affine(H, ax.dtype)
     for t in range(T):
         a = np.matmul(Whh, h[t], out=ifogs[t])
-        x = ax[t].T
+        x = ax[:, t]
         ne.evaluate("tanh((a + x) * scale) * scale + shift", out=a)
         i, f, o, g = _gate_rows(a, 4)
         c_prev, c_t, tanh_c = c[t], c[t + 1], tanh_cs[t]
@@ -74,7 +74,7 @@ def gemms_only(T, B, H, Whh, dtype):
 
 def race(T: int, H: int, B: int = 32, dtype=np.float32) -> None:
     rng = np.random.default_rng(0)
-    ax = (rng.standard_normal((T, B, 4 * H)) * 0.5).astype(dtype)
+    ax = (rng.standard_normal((4 * H, T, B)) * 0.5).astype(dtype)  # units x time x batch, as the cells read it
     Whh = (rng.standard_normal((4 * H, H)) / np.sqrt(H)).astype(dtype)
     h0, c0 = (rng.standard_normal((B, H)) * 0.1).astype(dtype), (rng.standard_normal((B, H)) * 0.1).astype(dtype)
     dhs = rng.standard_normal((T, B, H)).astype(dtype)

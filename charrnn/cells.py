@@ -2,11 +2,12 @@
 
 Shapes: T time steps, B batch (parallel streams), H hidden units, G gates per unit (1 rnn, 4 lstm, 3 gru).
 
-Only the recurrence lives here. The input projection ``ax = x Wxh^T + bh`` of a whole sequence is computed
-by the caller in one shot (row indexing for characters, one matmul for a lower layer's h), and the weight
-gradients are formed by the caller as single matmuls from what ``backward`` returns:
+Only the recurrence lives here. The input projection ``ax = Wxh x + bh`` of a whole sequence is computed
+by the caller in one shot (``charrnn.model.input_projection``: a column gather for characters, one matmul for
+a lower layer's h), and the weight gradients are formed by the caller as single matmuls from what
+``backward`` returns:
 
-    forward(ax (T,B,G*H), state, p) -> hs (T,B,H), new_state, cache
+    forward(ax (G*H,T,B), state, p) -> hs (T,B,H), new_state, cache
     backward(dhs (T,B,H), cache)    -> dax (T,B,G*H), dah (T,B,G*H), extra grads
 
 ``dax`` is the gradient on the input projection (so dbh = sum dax, dWxh from dax and the inputs) and ``dah``
@@ -19,8 +20,8 @@ end of the sequence is zero: training is truncated backpropagation through time.
 Inside, the recurrence runs units x batch (the gist's column vectors, B of them side by side): h_t is (H,B)
 and the gates (G*H,B). The per-step product is then Whh h_{t-1}, (G*H,H) x (H,B), which OpenBLAS runs much
 faster at B=32 than the (B,H) x (H,G*H) product of the batch-major layout, and each gate is a contiguous
-block of rows. The cells take and return the model's batch-major arrays: hs and the gradients are
-transposed once per sequence.
+block of rows. ``ax`` comes units x time x batch, so each step reads its (G*H,B) slice in runs of B
+contiguous values; hs and the gradients go back to the model batch-major, transposed once per sequence.
 """
 from __future__ import annotations
 
@@ -78,10 +79,10 @@ class RNNCell:
 
     @staticmethod
     def forward(ax, state, p):
-        T = ax.shape[0]
+        T = ax.shape[1]
         h = _units_by_batch(state[0], T)  # (T+1,H,B): h[t] is h_{t-1} of step t
         for t in range(T):
-            rnn_step_forward(ax[t].T, h[t], p["Whh"], out=h[t + 1])
+            rnn_step_forward(ax[:, t], h[t], p["Whh"], out=h[t + 1])
         batch_major = _batch_major(h)
         hs = batch_major[1:]
         cache = {"hs": hs, "h_prev": batch_major[:-1], "h_units": h[1:], "Whh": p["Whh"]}
@@ -120,9 +121,8 @@ def lstm_gate_affine(H: int, dtype) -> tuple[np.ndarray, np.ndarray]:
 
 
 def lstm_step_forward(ax_t, h_prev, c_prev, Whh, gate_affine, out):
-    """Gates in the order i, f, o, g: c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t), units x batch: ``ax_t`` (4H,B)
-    (a view of the batch-major input projection), ``h_prev`` and ``c_prev`` (H,B); ``gate_affine`` from
-    ``lstm_gate_affine``.
+    """Gates in the order i, f, o, g: c_t = f*c_{t-1} + i*g, h_t = o*tanh(c_t), units x batch: ``ax_t`` (4H,B),
+    ``h_prev`` and ``c_prev`` (H,B); ``gate_affine`` from ``lstm_gate_affine``.
 
     Writes into ``out`` = (h_t (H,B), c_t (H,B), tanh(c_t) (H,B), ifog (4H,B)) and returns it."""
     h, c, tanh_c, ifog = out
@@ -193,14 +193,14 @@ class LSTMCell:
 
     @staticmethod
     def forward(ax, state, p):
-        T, B, G = ax.shape
+        G, T, B = ax.shape
         h = _units_by_batch(state[0], T)  # (T+1,H,B): h[t] and c[t] are h_{t-1} and c_{t-1} of step t
         c = _units_by_batch(state[1], T)
         tanh_cs = np.empty_like(h[1:])
         ifogs = np.empty((T, G, B), dtype=ax.dtype)
         gate_affine = lstm_gate_affine(G // 4, ax.dtype)
         for t in range(T):
-            lstm_step_forward(ax[t].T, h[t], c[t], p["Whh"], gate_affine,
+            lstm_step_forward(ax[:, t], h[t], c[t], p["Whh"], gate_affine,
                               out=(h[t + 1], c[t + 1], tanh_cs[t], ifogs[t]))
         batch_major = _batch_major(h)  # (T+1,B,H), for the layers above and the output
         hs = batch_major[1:]
@@ -299,14 +299,14 @@ class GRUCell:
 
     @staticmethod
     def forward(ax, state, p):
-        T, B, G = ax.shape
+        G, T, B = ax.shape
         h = _units_by_batch(state[0], T)  # (T+1,H,B): h[t] is h_{t-1} of step t
         rzns = np.empty((T, G, B), dtype=ax.dtype)
         hns = np.empty_like(h[1:])
         ah = np.empty_like(rzns[0])
         bhn = p["bhn"][:, None]
         for t in range(T):
-            gru_step_forward(ax[t].T, h[t], p["Whh"], bhn, out=(h[t + 1], rzns[t], hns[t], ah))
+            gru_step_forward(ax[:, t], h[t], p["Whh"], bhn, out=(h[t + 1], rzns[t], hns[t], ah))
         batch_major = _batch_major(h)
         hs = batch_major[1:]
         cache = {"hs": hs, "rzns": rzns, "hns": hns, "h_prev": batch_major[:-1], "h_prev_units": h[:-1],

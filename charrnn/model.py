@@ -106,6 +106,17 @@ def _layer_params(params, layer):
     return {name: params.get(layer_key(name, layer)) for name in ("Wxh", "Whh", "bh", "bhn")}
 
 
+def input_projection(p, x: np.ndarray) -> np.ndarray:
+    """ax = Wxh x + bh for a whole sequence at once, (G*H,T,B): units x time x batch, as the cells read it.
+    ``x`` is (T,B) characters (layer 0: a column gather, the one-hot product) or the (T,B,H) hidden sequence
+    of the layer below (one matmul)."""
+    if x.ndim == 2:
+        return np.take(p["Wxh"] + p["bh"][:, None], x, axis=1)  # the bias goes onto the V columns first
+    ax = np.matmul(p["Wxh"], x.reshape(-1, x.shape[2]).T)  # (G*H, T*B)
+    ax += p["bh"][:, None]
+    return ax.reshape(-1, *x.shape[:2])
+
+
 def forward(params, config: ModelConfig, inputs: np.ndarray, state, return_internals: bool = False):
     """inputs (T,B) int -> logits (T,B,V), cache, new state [, internals].
 
@@ -116,13 +127,7 @@ def forward(params, config: ModelConfig, inputs: np.ndarray, state, return_inter
     x = inputs  # (T,B) characters for layer 0, then (T,B,H) the hidden sequence of the layer below
     for layer in range(config.num_layers):
         p = _layer_params(params, layer)
-        if layer == 0:
-            # row gather: Wxh x + bh for one-hot x, all T*B at once; the bias goes onto the V rows first, which
-            # also makes the gathered rows contiguous
-            ax = (p["Wxh"].T + p["bh"])[x]
-        else:
-            ax = x @ p["Wxh"].T + p["bh"]
-        hs, layer_state, cache = cell.forward(ax, state[layer], p)
+        hs, layer_state, cache = cell.forward(input_projection(p, x), state[layer], p)
         cache["x"] = x
         caches.append(cache)
         new_state.append(layer_state)
