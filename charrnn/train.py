@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from .allocator import keep_freed_memory
 from .cells import CELLS
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .checks import check_int, check_number
@@ -138,7 +139,10 @@ class PrintCallback(Callback):
 
 class Trainer:
     """Owns everything that changes during training, and nothing else: parameters, optimizer state, data
-    cursor, hidden state, sampling RNG, counters. ``checkpoint()`` captures all of it."""
+    cursor, hidden state, sampling RNG, counters. ``checkpoint()`` captures all of it.
+
+    Creating one also tells glibc's malloc to keep freed memory (:mod:`charrnn.allocator`), process-wide:
+    steps that reallocate the same arrays then stop paying the kernel for fresh pages."""
 
     def __init__(
         self,
@@ -156,6 +160,7 @@ class Trainer:
         the text came from, so tools reading the checkpoint later can find the same text."""
         if model_config.vocab_size != vocab.size:
             raise ConfigError(f"model vocab_size={model_config.vocab_size} but the vocabulary has {vocab.size}")
+        keep_freed_memory()
         self.model_config, self.train_config, self.optim_config = model_config, train_config, optim_config
         self.vocab = vocab
         self.train_ix = vocab.encode(train_text)
