@@ -52,6 +52,7 @@ TAG_JOBS = "charrnn.jobs"
 TAG_BLAS_THREADS = "charrnn.blas_threads"
 JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 PROCESS_LAUNCHER = "hydra_plugins.charrnn_launcher.process_launcher.JobProcessLauncher"
+RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
 
 
 class SweepStop:
@@ -194,11 +195,25 @@ def use_process_launcher(config: DictConfig) -> None:
         config.hydra.launcher._target_ = PROCESS_LAUNCHER
 
 
+def start_ray_first(config: DictConfig) -> None:
+    """Under ``hydra/launcher=ray``, start Ray (as the launcher would, from ``hydra.launcher.ray.init``) before
+    the sweep installs its signal handlers: ``ray.init`` replaces the SIGTERM handler with its own, which exits
+    at once, so the jobs died with the driver and their runs ended FAILED. The launcher uses the Ray it finds."""
+    if str(config.hydra.launcher._target_) != RAY_LAUNCHER:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        init = OmegaConf.select(config, "hydra.launcher.ray.init")
+        ray.init(**(OmegaConf.to_container(init, resolve=True) if init else {}))
+
+
 # --- the callback ----------------------------------------------------------------------------------
 
 class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         use_process_launcher(config)
+        start_ray_first(config)
         store = tracking.Store.resolve(config.tracking.uri, os.getcwd())
         experiment_id = store.ensure_experiment(config.tracking.experiment)
         sweep_dir = Path(config.hydra.sweep.dir).resolve()

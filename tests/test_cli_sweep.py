@@ -264,8 +264,9 @@ def test_ctrl_c_stops_the_whole_parallel_sweep(small_text, tmp_path):
     check_stopped(tmp_path, output, "SIGINT", in_flight=2)
 
 
-def stop_cluster_sweep(tmp_path: Path, launcher: list[str], text: Path) -> str:
-    """A 2-job sweep through ``launcher``, stopped by Ctrl-C once both jobs are training: its output."""
+def stop_cluster_sweep(tmp_path: Path, launcher: list[str], text: Path, signum: int = signal.SIGINT) -> str:
+    """A 2-job sweep through ``launcher``, stopped once both jobs are training by Ctrl-C (SIGINT to the terminal's
+    process group) or by ``signum`` sent to the command: its output."""
     proc = start_sweep(tmp_path, *launcher, *tiny(text, *LONG), "model.hidden_size=8,12")
     wait_for_output(tmp_path, proc, r"sweep output dir")  # the store exists: reading it cannot race its creation
     deadline = time.monotonic() + 180
@@ -275,9 +276,12 @@ def stop_cluster_sweep(tmp_path: Path, launcher: list[str], text: Path) -> str:
             break
         assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGINT)
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signum)
     output = finish(proc, tmp_path)
-    assert proc.returncode == 128 + signal.SIGINT, output[-3000:]
+    assert proc.returncode == 128 + signum, output[-3000:]
     deadline = time.monotonic() + 30  # launcher processes notice that their jobs ended and leave
     while session_processes(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -289,6 +293,12 @@ def test_ctrl_c_stops_a_ray_sweep(small_text, tmp_path):
     # Ray's jobs run outside the terminal's process group, with SIGINT blocked: the sweep forwards the signal
     output = stop_cluster_sweep(tmp_path, CLUSTER_LAUNCHERS[1], small_text)
     check_stopped(tmp_path, output, "SIGINT", in_flight=2)
+
+
+def test_sigterm_stops_a_ray_sweep(small_text, tmp_path):
+    # ray.init's own SIGTERM handler would exit at once, the jobs dying with the driver (runs FAILED)
+    output = stop_cluster_sweep(tmp_path, CLUSTER_LAUNCHERS[1], small_text, signal.SIGTERM)
+    check_stopped(tmp_path, output, "SIGTERM", in_flight=2)
 
 
 def test_ctrl_c_stops_a_submitit_sweep(small_text, tmp_path):
