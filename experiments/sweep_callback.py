@@ -213,7 +213,6 @@ def start_ray_first(config: DictConfig) -> None:
 class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         use_process_launcher(config)
-        start_ray_first(config)
         store = tracking.Store.resolve(config.tracking.uri, os.getcwd())
         experiment_id = store.ensure_experiment(config.tracking.experiment)
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
@@ -238,10 +237,13 @@ class MlflowSweepCallback(Callback):
         atexit.register(_exit_if_stopped)
         STOP.serial = str(config.hydra.launcher._target_).endswith("BasicLauncher")
         STOP.sweep_dir = sweep_dir
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _on_signal)
         # A sweep stopped before on_multirun_end (a signal, a crash) must not leave its runs RUNNING.
         atexit.register(_end_if_running, sweep_dir)
+        # Ray after those two (its own exit handler, ray.shutdown, must run before them) and before the signal
+        # handlers (ray.init replaces SIGTERM's)
+        start_ray_first(config)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if os.getpid() == getattr(self, "_pid", None):  # a job inside the launching process
