@@ -283,9 +283,14 @@ def _job_run(client, record: dict, job_num: int):
     return runs[0] if runs else None
 
 
-def _tag_job_run(sweep_dir: Path, job_num: int, key: str, value: str) -> None:
+def _parent_store(sweep_dir: Path) -> tuple[dict[str, str], Any]:
+    """The sweep's parent record (written when it started) and a client of the store it lives in."""
     record = tracking.read_parent(sweep_dir)
-    client = tracking.Store(record["tracking_uri"], None).client()
+    return record, tracking.Store(record["tracking_uri"], None).client()
+
+
+def _tag_job_run(sweep_dir: Path, job_num: int, key: str, value: str) -> None:
+    record, client = _parent_store(sweep_dir)
     run = _job_run(client, record, job_num)
     if run is not None:
         client.set_tag(run.info.run_id, key, value)
@@ -293,8 +298,8 @@ def _tag_job_run(sweep_dir: Path, job_num: int, key: str, value: str) -> None:
 
 def _stopped_by(sweep_dir: Path, job_num: int) -> int | None:
     """The signal that stopped a job of this process (its run ended KILLED), if one did."""
-    record = tracking.read_parent(sweep_dir)
-    run = _job_run(tracking.Store(record["tracking_uri"], None).client(), record, job_num)
+    record, client = _parent_store(sweep_dir)
+    run = _job_run(client, record, job_num)
     if run is None or run.info.status != "KILLED":
         return None
     return signal.SIGTERM if "SIGTERM" in run.data.tags.get(tracking.TAG_REASON, "") else signal.SIGINT
@@ -313,8 +318,7 @@ def _stop_jobs_elsewhere(sweep_dir: Path, signum: int) -> None:
     """Send ``signum`` to the process of every child run still RUNNING (its owner tag names it) on this machine
     and wait, at most STOP_WAIT_SECONDS, until those processes have ended their runs or are gone; a second
     signal kills them (STOP.request). What is left RUNNING the sweep's end ends KILLED."""
-    record = tracking.read_parent(sweep_dir)
-    client = tracking.Store(record["tracking_uri"], None).client()
+    record, client = _parent_store(sweep_dir)
     deadline = time.monotonic() + STOP_WAIT_SECONDS
     while time.monotonic() < deadline:
         running = client.search_runs([record["experiment_id"]],
@@ -334,8 +338,7 @@ def _stop_jobs_elsewhere(sweep_dir: Path, signum: int) -> None:
 
 
 def _end_if_running(sweep_dir: Path) -> None:
-    record = tracking.read_parent(sweep_dir)
-    client = tracking.Store(record["tracking_uri"], None).client()
+    record, client = _parent_store(sweep_dir)
     if client.get_run(record["run_id"]).info.status == "RUNNING":
         end_sweep(sweep_dir)
 
