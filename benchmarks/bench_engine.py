@@ -19,7 +19,7 @@ What it measures, all on tinyshakespeare ($CHARRNN_DATA_DIR, else ../shared/data
    raced in the same alternating rounds as the engine, so both see the same load). Target >= 65%. Matmul FLOPs
    per iteration, G gates (1 rnn, 4 lstm, 3 gru), L layers:
        forward   recurrence     T * 2*B*H*GH          per layer (Whh h_{t-1})
-                 input proj.    0 for layer 0 (a row gather); 2*T*B*H*GH for each layer above
+                 input proj.    0 for layer 0 (a column gather); 2*T*B*H*GH for each layer above
                  output         2*T*B*H*V             (h Why^T)
        backward  twice each forward term: the gradient on the input of the matmul and on its weights
                  (recurrence: dh_{t-1} = Whh^T da and dWhh = da^T h_{t-1}; output: dh and dWhy)

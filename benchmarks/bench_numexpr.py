@@ -8,8 +8,8 @@ activates all four gates with one tanh, so what numexpr could add is fewer passe
 each. This script runs the engine's cell and a numexpr twin of it (the same recurrent GEMMs, every elementwise
 pass as one ``numexpr.evaluate`` per output) on the same inputs, checks that both give the same outputs, and
 times them in alternating rounds (forward + backward over a whole sequence, B=32, float32, numexpr with as many
-threads as NumPy's BLAS, and with one). It also times the recurrent GEMMs alone, so the elementwise part of each contender
-reads as the difference.
+threads as NumPy's BLAS, and with one). It also times the recurrent GEMMs alone, so the elementwise part of
+each contender reads as the difference.
 """
 
 from __future__ import annotations

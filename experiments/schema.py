@@ -219,9 +219,9 @@ def config_keys(tree: dict, prefix: str = "") -> list[str]:
 
 
 def run_reporting_config_errors(app: Callable[[], None], schema: type) -> None:
-    """Run a Hydra app whose config has ``schema``; a config that cannot be composed (an unknown key, a value of the wrong type, an unknown
-    group option, bad override syntax) ends as one ``error: ...`` line and exit status 2 rather than Hydra's
-    multi-line report. A user's own HYDRA_FULL_ERROR=1 keeps Hydra's full report."""
+    """Run a Hydra app whose config has ``schema``; a config that cannot be composed (an unknown key, a value
+    of the wrong type, an unknown group option, bad override syntax) ends as one ``error: ...`` line and exit
+    status 2 rather than Hydra's multi-line report. A user's own HYDRA_FULL_ERROR=1 keeps Hydra's full report."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         app()
         return
