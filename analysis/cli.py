@@ -79,8 +79,9 @@ def _number(cfg: DictConfig, key: str, kind: type, minimum: float | None = None)
     value = cfg[key]
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
-            or not np.isfinite(value) or (minimum is not None and value < minimum):
+    # isfinite before int(): int(inf) and int(nan) raise rather than compare
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+            or (kind is int and value != int(value)) or (minimum is not None and value < minimum):
         what = "an integer" if kind is int else "a number"
         raise AnalysisError(f"{key} must be {what}" + (f" >= {minimum}" if minimum is not None else "")
                             + f", got {value!r}")
@@ -92,8 +93,9 @@ def analyze(cfg: DictConfig) -> Path:
     if len(sources) != 1:
         raise AnalysisError("give exactly one of run=<run id>, checkpoint=<file>, recording=<file>")
     features, units, select = _optional_list(cfg.features), _names(cfg.units), _range(cfg.select)
-    if not isinstance(cfg.control, bool):
-        raise AnalysisError(f"control must be true or false, got {cfg.control!r}")
+    for key in ("control", "log"):
+        if not isinstance(cfg[key], bool):
+            raise AnalysisError(f"{key} must be true or false, got {cfg[key]!r}")
     for name in features or []:
         get_feature(name)  # fail on a typo before minutes of recording, not after
     options = ReportOptions(features=features, top_k=_number(cfg, "top_k", int, 1),
