@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -218,6 +219,42 @@ def config_keys(tree: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def boolean_keys(schema: type, prefix: str = "") -> list[str]:
+    """The dotted keys of ``schema`` typed bool."""
+    keys = []
+    for name, kind in typing.get_type_hints(schema).items():
+        if dataclasses.is_dataclass(kind):
+            keys += boolean_keys(kind, f"{prefix}{name}.")
+        elif kind is bool:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def boolean_override_error(args: list[str], schema: type) -> str | None:
+    """What is wrong with a command-line value of a bool key other than true or false, or None.
+
+    Hydra's grammar reads only true and false as booleans, but OmegaConf would still turn ``yes``, ``on`` or
+    ``1`` into True for a bool field: a typo'd value must not silently mean true."""
+    keys = set(boolean_keys(schema))
+    candidates = [arg for arg in args if "=" in arg and not arg.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(candidates)
+    except OverrideParseException:
+        return None  # Hydra reports bad syntax itself
+    for override in overrides:
+        if override.key_or_group not in keys or override.is_delete():
+            continue
+        if override.is_choice_sweep():
+            values = list(override.sweep_iterator())
+        else:  # a range or interval sweep is never a bool: show it as typed
+            values = [override.input_line.partition("=")[2] if override.is_sweep_override() else override.value()]
+        for value in values:
+            if not isinstance(value, bool):
+                shown = "null" if value is None else repr(value)
+                return f"{override.key_or_group} must be true or false, got {shown}"
+    return None
+
+
 def run_reporting_config_errors(app: Callable[[], None], schema: type) -> None:
     """Run a Hydra app whose config has ``schema``; a config that cannot be composed (an unknown key, a value
     of the wrong type, an unknown group option, bad override syntax) ends as one ``error: ...`` line and exit
@@ -225,6 +262,10 @@ def run_reporting_config_errors(app: Callable[[], None], schema: type) -> None:
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         app()
         return
+    problem = boolean_override_error(sys.argv[1:], schema)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_BAD_CONFIG)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises what it would otherwise print
     try:
         app()

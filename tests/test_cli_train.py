@@ -75,6 +75,7 @@ def test_bad_input_fails_before_training_with_one_line(cli, small_text, tmp_path
     ("model.hiden_size=8", "error: unknown key model.hiden_size: did you mean model.hidden_size? (--help lists "
                            "every key)"),
     ("model=transformer", "error: In 'config': Could not find 'model/transformer': choose one of gru, lstm, rnn"),
+    ("record.enabled=yes", "error: record.enabled must be true or false, got 'yes'"),
 ])
 def test_a_config_hydra_cannot_compose_is_one_line_before_anything_is_created(cli, tmp_path, override, line):
     out = cli("charrnn-train", override)

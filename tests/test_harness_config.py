@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, read_write
 from charrnn.errors import ConfigError
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig
-from charrnn_experiments.schema import TrainAppSchema, config_error_line
+from charrnn_experiments.schema import TrainAppSchema, boolean_override_error, config_error_line
 from charrnn_experiments.sweep_callback import short_name, swept_space
 from charrnn_experiments.train import engine_configs
 from charrnn_experiments.tracking import Store, flatten
@@ -146,6 +146,19 @@ def test_the_schema_rejects_a_bad_type_or_an_unknown_key_in_one_line_naming_the_
     with pytest.raises(HydraException) as err:
         compose_cfg(override)
     assert config_error_line(err.value, TrainAppSchema) == line
+
+
+@pytest.mark.parametrize("args, error", [
+    (["record.enabled=true", "+record.enabled=False", "~record.enabled", "-m", "model=lstm"], None),
+    (["record.enabled=true,false", "model.hidden_size=1"], None),
+    (["record.enabled=1"], "record.enabled must be true or false, got 1"),
+    (["record.enabled=on"], "record.enabled must be true or false, got 'on'"),
+    (["-m", "record.enabled=true,no"], "record.enabled must be true or false, got 'no'"),
+    (["record.enabled=range(0,2)"], "record.enabled must be true or false, got 'range(0,2)'"),
+])
+def test_a_bool_key_takes_only_true_or_false_from_the_command_line(args, error):
+    # OmegaConf alone would read yes, on and 1 as true
+    assert boolean_override_error(args, TrainAppSchema) == error
 
 
 @pytest.mark.parametrize("override, key, value", [
