@@ -19,7 +19,9 @@ import pytest
 from hydra import compose, initialize_config_module
 from mlflow import MlflowClient
 
-from charrnn.data import _pystdlib_paths
+from charrnn.data import Vocab, _pystdlib_paths
+from charrnn.model import ModelConfig
+from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
@@ -28,6 +30,50 @@ BIN = Path(sys.executable).parent
 # A job of a few seconds: 60 iterations of an 8-unit RNN, logging, evaluating and sampling along the way.
 TINY = ["model.hidden_size=8", "train.seq_length=8", "train.max_seconds=null", "train.max_iters=60",
         "train.log_every=10", "train.eval_every=30", "train.sample_every=30", "train.sample_length=20"]
+
+
+# 668 characters: at seq_length 25 the gist's cursor wraps after 26 iterations.
+PARITY_TEXT = (
+    "The recurrent network reads one character at a time and keeps a hidden state that summarises what it has "
+    "seen so far. At every step it predicts the next character, and the loss is the negative log probability "
+    "it gave to the character that actually came next.\n"
+    "Training unrolls the network for a few dozen steps, backpropagates through that window, and carries the "
+    "hidden state forward into the next window without a gradient. Adagrad divides each update by the root of "
+    "the running sum of squared gradients, and clipping keeps the rare large gradient from undoing the work.\n"
+    "When the pointer reaches the end of the text it returns to the start and the memory is cleared.\n"
+)
+TEXT = PARITY_TEXT * 6
+
+
+def small_trainer(cell="rnn", layers=1, batch_size=2, checkpoint_dir=None, optim="adagrad", **train):
+    """An engine Trainer of a 16-unit model on TEXT (90% train, 10% validation), 40 iterations by default."""
+    vocab = Vocab.from_text(TEXT)
+    split = len(TEXT) * 9 // 10
+    cfg = dict(seq_length=10, batch_size=batch_size, max_iters=40, log_every=5, eval_every=10,
+               sample_every=10, sample_length=30, eval_batch_size=4)
+    cfg.update(train)
+    return Trainer(ModelConfig(cell, vocab.size, 16, layers), TrainConfig(**cfg),
+                   OptimConfig(optim, 0.05 if optim == "adagrad" else 0.01, 5.0), vocab,
+                   TEXT[:split], TEXT[split:], checkpoint_dir)
+
+
+class Recorder(Callback):
+    """Keeps everything a Trainer reports."""
+
+    def __init__(self):
+        self.metrics, self.samples, self.checkpoints, self.result = [], [], [], None
+
+    def on_metrics(self, metrics, step):
+        self.metrics.append((step, dict(metrics)))
+
+    def on_sample(self, text, step):
+        self.samples.append((step, text))
+
+    def on_checkpoint(self, path, step, is_best):
+        self.checkpoints.append((step, is_best))
+
+    def on_train_end(self, result):
+        self.result = result
 
 
 def tiny(text: Path, *more: str) -> list[str]:
@@ -173,3 +219,30 @@ def mlflow_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+def _log_the_shared_dataset(uri: str, experiment_id: str, ready: str, go: str) -> str:
+    """One sweep job's start, in its own process: open a run, wait for the others, log the shared dataset."""
+    from charrnn_experiments.tracking import MlflowTracker, Store
+
+    tracker = MlflowTracker.start(Store.resolve(uri, ready), experiment_id)
+    (Path(ready) / tracker.run_id).touch()
+    while not Path(go).exists():
+        time.sleep(0.001)
+    tracker.log_dataset("file", "corpus.txt", "ab" * 32, 100)
+    return tracker.run_id
+
+
+def jobs_log_one_dataset_at_once(uri: str, experiment_id: str, folder: Path, jobs: int = 4) -> list[str]:
+    """``jobs`` processes open their runs, then log the same dataset at the same moment, as a sweep's jobs do;
+    their run ids. The dataset row's unique key makes all but one insert fail: each must still link it."""
+    import multiprocessing
+
+    ready, go = folder / "ready", folder / "go"
+    ready.mkdir(parents=True)
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        pending = pool.starmap_async(_log_the_shared_dataset, [(uri, experiment_id, str(ready), str(go))] * jobs)
+        while len(list(ready.iterdir())) < jobs and not pending.ready():
+            time.sleep(0.01)  # until every job has opened its run
+        go.touch()
+        return pending.get(timeout=300)

@@ -59,7 +59,7 @@ def best_scores(params, model, text: str, states=None) -> pd.Series:
 def test_control_table_ranks_the_shuffled_text_and_an_untrained_model(analysed):
     control = pd.read_csv(analysed["out"] / "control.csv").set_index("feature")
     assert list(control.index) == FEATURES
-    rec, (params, config, vocab) = analysed["recording"], analysed["model"]
+    rec, (params, config, _) = analysed["recording"], analysed["model"]
     real = rank_units(*rec.unit_matrix(), rec.text, FEATURES, top_k=1).set_index("feature")
     assert control["best unit"].tolist() == real["unit"].tolist()
     assert control["score"].to_numpy() == pytest.approx(real["score"].to_numpy(), abs=1e-12)

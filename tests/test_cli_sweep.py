@@ -15,7 +15,7 @@ import pytest
 from joblib import cpu_count
 from mlflow import MlflowClient
 
-from conftest import BIN, tiny
+from conftest import BIN, jobs_log_one_dataset_at_once, tiny
 
 GRID = ["model.hidden_size=8,16", "train.seq_length=8,16"]
 LONG = ["train.max_iters=1000000", "train.eval_every=100", "train.log_every=100"]  # stopped by the test
@@ -337,37 +337,15 @@ def test_kill_9_of_one_job_fails_that_job_only(small_text, tmp_path):
     assert parent.data.tags["charrnn.best_child_run_id"] == by_job["1"].info.run_id
 
 
-def _log_same_dataset(store_dir: str, experiment_id: str, go: str) -> str:
-    """One sweep job's start: open a run, wait for the others, log the shared dataset."""
-    import time
-
-    from charrnn_experiments.tracking import MlflowTracker, Store
-
-    tracker = MlflowTracker.start(Store.resolve(None, store_dir), experiment_id)
-    (Path(store_dir) / f"ready-{tracker.run_id}").touch()
-    while not Path(go).exists():
-        time.sleep(0.001)
-    tracker.log_dataset("file", "corpus.txt", "ab" * 32, 100)
-    return tracker.run_id
-
-
 def test_parallel_jobs_log_the_same_dataset_without_losing_a_run(tmp_path):
     # Jobs racing to insert the same dataset row hit the store's unique key; each must still link it.
-    import multiprocessing
-    import time
-
     from charrnn_experiments.tracking import Store
 
     for trial in range(3):
         store_dir = tmp_path / str(trial)
-        experiment_id = Store.resolve(None, store_dir).ensure_experiment("race")
-        go = store_dir / "go"
-        with multiprocessing.get_context("spawn").Pool(4) as pool:
-            pending = pool.starmap_async(_log_same_dataset, [(str(store_dir), experiment_id, str(go))] * 4)
-            while len(list(store_dir.glob("ready-*"))) < 4 and not pending.ready():
-                time.sleep(0.01)  # until every job has opened its run
-            go.touch()
-            run_ids = pending.get(timeout=120)
-        client = MlflowClient(f"sqlite:///{store_dir}/mlflow.db")
+        uri = Store.resolve(None, store_dir).uri
+        experiment_id = Store(uri, None).ensure_experiment("race")
+        run_ids = jobs_log_one_dataset_at_once(uri, experiment_id, store_dir)
+        client = MlflowClient(uri)
         for run_id in run_ids:
             assert [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs] == ["file"]

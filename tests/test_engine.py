@@ -22,47 +22,7 @@ from charrnn.optim import clip_gradients, make_optimizer
 from charrnn.reference import GistRNN
 from charrnn.sample import sample
 from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer
-from conftest import SHAKESPEARE, compose_cfg, write_small_text
-
-# 668 characters: at seq_length 25 the gist's cursor wraps after 26 iterations.
-PARITY_TEXT = (
-    "The recurrent network reads one character at a time and keeps a hidden state that summarises what it has "
-    "seen so far. At every step it predicts the next character, and the loss is the negative log probability "
-    "it gave to the character that actually came next.\n"
-    "Training unrolls the network for a few dozen steps, backpropagates through that window, and carries the "
-    "hidden state forward into the next window without a gradient. Adagrad divides each update by the root of "
-    "the running sum of squared gradients, and clipping keeps the rare large gradient from undoing the work.\n"
-    "When the pointer reaches the end of the text it returns to the start and the memory is cleared.\n"
-)
-TEXT = PARITY_TEXT * 6
-
-
-def small_trainer(cell="rnn", layers=1, batch_size=2, checkpoint_dir=None, optim="adagrad", **train):
-    vocab = Vocab.from_text(TEXT)
-    split = len(TEXT) * 9 // 10
-    cfg = dict(seq_length=10, batch_size=batch_size, max_iters=40, log_every=5, eval_every=10,
-               sample_every=10, sample_length=30, eval_batch_size=4)
-    cfg.update(train)
-    return Trainer(ModelConfig(cell, vocab.size, 16, layers), TrainConfig(**cfg),
-                   OptimConfig(optim, 0.05 if optim == "adagrad" else 0.01, 5.0), vocab,
-                   TEXT[:split], TEXT[split:], checkpoint_dir)
-
-
-class Recorder(Callback):
-    def __init__(self):
-        self.metrics, self.samples, self.checkpoints, self.result = [], [], [], None
-
-    def on_metrics(self, metrics, step):
-        self.metrics.append((step, dict(metrics)))
-
-    def on_sample(self, text, step):
-        self.samples.append((step, text))
-
-    def on_checkpoint(self, path, step, is_best):
-        self.checkpoints.append((step, is_best))
-
-    def on_train_end(self, result):
-        self.result = result
+from conftest import PARITY_TEXT, SHAKESPEARE, TEXT, Recorder, compose_cfg, small_trainer, write_small_text
 
 
 def numbers(recorder):

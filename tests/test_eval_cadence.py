@@ -7,7 +7,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from charrnn.errors import ConfigError
 from charrnn.model import ModelConfig
 from charrnn.train import Callback, TrainConfig, blas_threads
-from test_engine import Recorder, small_trainer
+from conftest import Recorder, small_trainer
 
 
 def train_numbers(recorder):

@@ -7,7 +7,7 @@ import tracemalloc
 
 import pytest
 
-from test_engine import small_trainer
+from conftest import small_trainer
 
 N = 100
 # Far below what one leaked (B,H) state per iteration would add over the 2N extra iterations (2N * 2*16*8 B =

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -15,19 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, stop_process_group, tiny
+from conftest import BIN, free_port, stop_process_group, tiny
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 SCREENSHOT = "mlflow_runs.png"  # in the test's tmp dir: the runs table as the browser drew it
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve(store: str, cwd: Path) -> tuple[subprocess.Popen, int]:

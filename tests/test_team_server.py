@@ -23,7 +23,7 @@ import pytest
 from mlflow import MlflowClient
 
 from charrnn_experiments.team_server import ServerError, TeamServer, free_port, postgres_bindir
-from conftest import BIN, run_cli, tiny, write_small_text
+from conftest import BIN, jobs_log_one_dataset_at_once, run_cli, tiny, write_small_text
 
 ITERS, LOG_EVERY, EVAL_EVERY = 60, 10, 30  # tiny()'s budget and cadence
 GRID = ["model.hidden_size=8,16", "train.seq_length=8,16"]
@@ -199,35 +199,14 @@ def test_eight_trainings_started_at_once_all_succeed(small_text, tmp_path, url):
         assert len(client.get_metric_history(r.info.run_id, "train/loss")) == ITERS // LOG_EVERY
 
 
-def _log_same_dataset(uri: str, experiment_id: str, ready: str, go: str) -> str:
-    """One sweep job's start: open a run, wait for the others, log the shared dataset."""
-    from charrnn_experiments.tracking import MlflowTracker, Store
-
-    tracker = MlflowTracker.start(Store(uri, None), experiment_id)
-    (Path(ready) / tracker.run_id).touch()
-    while not Path(go).exists():
-        time.sleep(0.001)
-    tracker.log_dataset("file", "corpus.txt", "cd" * 32, 100)
-    return tracker.run_id
-
-
 def test_parallel_jobs_log_the_same_dataset_into_postgres(team_server, tmp_path):
     # PostgreSQL words the unique-key refusal differently from SQLite; every job must still link it.
-    import multiprocessing
-
     from charrnn_experiments.tracking import Store
 
     uri = (f"postgresql+psycopg2://mlflow:{team_server.password()}@127.0.0.1:{team_server.pg_port}/mlflow")
     for trial in range(3):
         experiment_id = Store(uri, None).ensure_experiment(f"race-{trial}")
-        ready, go = tmp_path / f"ready-{trial}", tmp_path / f"go-{trial}"
-        ready.mkdir()
-        with multiprocessing.get_context("spawn").Pool(4) as pool:
-            pending = pool.starmap_async(_log_same_dataset, [(uri, experiment_id, str(ready), str(go))] * 4)
-            while len(list(ready.iterdir())) < 4 and not pending.ready():
-                time.sleep(0.01)  # until every job has opened its run
-            go.touch()
-            run_ids = pending.get(timeout=300)
+        run_ids = jobs_log_one_dataset_at_once(uri, experiment_id, tmp_path / str(trial))
         client = MlflowClient(uri)
         for run_id in run_ids:
             assert [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs] == ["file"]
