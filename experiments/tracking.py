@@ -616,8 +616,13 @@ class MlflowTracker(Callback):
             away = self._away_since is not None
             if away and (time.monotonic() > deadline or (give_up is not None and give_up.is_set())):
                 raise TrackingError(f"tracking store {self.store_uri} unreachable: run {self.run_id} keeps "
-                                    f"status RUNNING there and lacks {self.waiting()}; its checkpoints are in "
-                                    f"{self.outbox.parent if self.outbox else 'the run folder'}")
+                                    f"status RUNNING there and lacks {self.waiting()}; once it is back, continue "
+                                    f"from its last stored checkpoint with train.resume={self.run_id} (every "
+                                    f"metric point) or from here with train.resume={self._local_checkpoint()}")
+
+    def _local_checkpoint(self) -> str:
+        folder = self.outbox.parent if self.outbox else Path("<the run's folder>")
+        return str(folder / "checkpoints" / Path(LATEST_CHECKPOINT).name)
 
     def finish(self, status: str, reason: str = "", engine_status: str | None = None,
                give_up: threading.Event | None = None) -> None:

@@ -45,6 +45,7 @@ FAILED_OBJECTIVE = math.inf  # what a failed sweep job reports to the sweeper
 DATA_KEYS = ("data.name", "data.path", "train.val_fraction", "train.seq_length")
 STOP_LIMITS = ("train.max_iters", "train.max_seconds", "train.target_val_loss")  # a resume may change these
 TAG_STOP_LIMITS = "charrnn.resume.stop_limits"  # the stop limits a resume changed, as "key=now (was ...)"
+RUN_ID_KEY = "run_id"  # in a checkpoint's metadata: the run it belongs to
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,9 @@ def engine_keys(engine_class: type, section: dict) -> dict:
 
 
 def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | None = None,
-                  corpus: Corpus | None = None):
-    """Load the data (unless given) and build the trainer; every bad input raises a CharRNNError here."""
+                  corpus: Corpus | None = None, run_id: str | None = None):
+    """Load the data (unless given) and build the trainer; every bad input raises a CharRNNError here.
+    ``run_id`` goes into every checkpoint, so ``train.resume=<file>`` knows which run a file continues."""
     corpus = corpus or load_corpus(str(cfg.data.name), cfg.data.path)
     # split_corpus rejects a seq_length below 1 or longer than the text, with the numbers involved
     train_text, val_text = split_corpus(corpus, cfg.train.val_fraction, cfg.train.seq_length)
@@ -108,6 +110,7 @@ def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | Non
     source = {key: OmegaConf.select(cfg, key) for key in DATA_KEYS}
     if source["data.path"] is not None:
         source["data.path"] = str(Path(source["data.path"]).resolve())
+    source[RUN_ID_KEY] = run_id
     return corpus, Trainer(model, train, optim, vocab, train_text, val_text, checkpoint_dir, params, source)
 
 
@@ -192,26 +195,46 @@ class Resume:
     """What a resume found in the store, checked before the run is claimed."""
 
     run_id: str
-    checkpoint: Path
+    checkpoint: Path  # the store's latest.npz, or the local file train.resume named
     corpus: Corpus
     changes: dict[str, tuple[object, object]]  # stop limit -> (was, now)
     logged_through: dict[str, int]  # per metric, the last step the store has
+    from_file: bool = False  # train.resume named a local checkpoint
 
 
 def refuse(run_id: str, why: str) -> JobFailed:
     return JobFailed(f"cannot resume run {run_id}: {why}")
 
 
-def prepare_resume(cfg: DictConfig, client, run_dir: Path) -> tuple[DictConfig, Resume]:
-    """Check that train.resume names a run that can continue, without changing it in the store.
+def resume_target(value: str) -> tuple[str, Path | None]:
+    """``train.resume``'s run id, and the local checkpoint to continue from when it names a ``.npz`` file (a run
+    whose process died while the store was away has a newer checkpoint in its folder than in the store)."""
+    if not value.endswith(".npz"):
+        return value, None
+    path = Path(value)
+    try:
+        checkpoint = load_checkpoint(path)
+    except CheckpointError as err:
+        raise JobFailed(f"train.resume={value}: {err}") from None
+    run_id = checkpoint.metadata.get(RUN_ID_KEY)
+    if not run_id:
+        raise JobFailed(f"train.resume={value}: the checkpoint does not name its run (it predates charrnn-train "
+                        f"writing that into checkpoints); resume by run id: train.resume=<run id>")
+    return str(run_id), path
+
+
+def prepare_resume(cfg: DictConfig, client, output_dir: Path, run_id: str,
+                   local: Path | None) -> tuple[DictConfig, Resume]:
+    """Check that run ``run_id`` (train.resume's, see :func:`resume_target`) can continue, without changing it in
+    the store.
 
     Returns the run's own config (with any new stop limits) and what the resume needs.
     """
-    run_id = str(cfg.train.resume)
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise JobFailed(f"train.resume={run_id}: no such run in this tracking store") from None
+        named = f"{local}: its run {run_id} is not" if local else f"{run_id}: no such run"
+        raise JobFailed(f"train.resume={named} in this tracking store") from None
     tags = run.data.tags
     if tracking.TAG_SWEEP in tags and tracking.TAG_JOB not in tags:
         raise refuse(run_id, "it is a sweep's parent run; resume one of its child runs")
@@ -219,10 +242,10 @@ def prepare_resume(cfg: DictConfig, client, run_dir: Path) -> tuple[DictConfig, 
     if alive:
         raise refuse(run_id, f"it is RUNNING ({alive}); stop that first")
     stored = {a.path for a in client.list_artifacts(run_id, tracking.CHECKPOINTS)}
-    if tracking.LATEST_CHECKPOINT not in stored:
+    if local is None and tracking.LATEST_CHECKPOINT not in stored:
         raise refuse(run_id, f"it has no checkpoint in the store (status {run.info.status}); "
                              "start a new run instead")
-    into = run_dir / "resume"
+    into = output_dir / run_id / "resume"
     into.mkdir(parents=True, exist_ok=True)
     saved = OmegaConf.load(client.download_artifacts(run_id, tracking.CONFIG_ARTIFACT, str(into)))
     changes = {}
@@ -238,6 +261,8 @@ def prepare_resume(cfg: DictConfig, client, run_dir: Path) -> tuple[DictConfig, 
     if trained_on and trained_on != corpus.sha256:
         raise refuse(run_id, f"its data changed: {corpus.source} has sha256 {corpus.sha256[:12]}..., the run "
                              f"was trained on {trained_on[:12]}...; restore that text or start a new run")
+    if local is not None:
+        return saved, Resume(run_id, local, corpus, changes, logged_through(client, run), from_file=True)
     checkpoint = Path(client.download_artifacts(run_id, tracking.LATEST_CHECKPOINT, str(into)))
     try:
         load_checkpoint(checkpoint)
@@ -249,9 +274,12 @@ def prepare_resume(cfg: DictConfig, client, run_dir: Path) -> tuple[DictConfig, 
         print(f"note: run {run_id}'s stored latest.npz is unreadable; resuming from its best.npz",
               file=sys.stderr, flush=True)
         checkpoint = Path(client.download_artifacts(run_id, tracking.BEST_CHECKPOINT, str(into)))
-    logged_through = {key: max(m.step for m in client.get_metric_history(run_id, key))
-                      for key in run.data.metrics}
-    return saved, Resume(run_id, checkpoint, corpus, changes, logged_through)
+    return saved, Resume(run_id, checkpoint, corpus, changes, logged_through(client, run))
+
+
+def logged_through(client, run) -> dict[str, int]:
+    """Per metric, the last step the store has: a resume does not log those steps again."""
+    return {key: max(m.step for m in client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics}
 
 
 def resume_overrides() -> list[str]:
@@ -276,10 +304,11 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
     Nothing that can fail runs between creating (or claiming) the run and the code that ends it.
     """
     store = tracking.Store.resolve(cfg.tracking.uri, job.base_dir)
+    target = resume_target(str(cfg.train.resume)) if cfg.train.resume else None  # a bad file: before the store
     client = store.client()
-    if cfg.train.resume:
-        run_id = str(cfg.train.resume)
-        cfg, resume = prepare_resume(cfg, client, job.output_dir / run_id)
+    if target:
+        cfg, resume = prepare_resume(cfg, client, job.output_dir, *target)
+        run_id = resume.run_id
         with stopper.shielded():
             tracking.MlflowTracker.claim(client, client.get_run(run_id))
             tracker = tracking.MlflowTracker(client, run_id, store_uri=store.uri,
@@ -309,7 +338,7 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
             with stopper.shielded():
                 tracker.log_config(config, config_yaml)
             stopper.raise_if_stopped()
-            corpus, trainer = build_trainer(cfg, run_dir / "checkpoints")
+            corpus, trainer = build_trainer(cfg, run_dir / "checkpoints", run_id=tracker.run_id)
             if corpus.differs:
                 print(f"note: {corpus.differs}", file=sys.stderr, flush=True)
             with stopper.shielded():
@@ -364,7 +393,15 @@ def say_resumed(tracker: tracking.MlflowTracker, cfg: DictConfig, trainer: Train
     (MLflow params cannot change, so the params keep the values the run started with)."""
     changed = ", ".join(f"{key}={now} (was {was})" for key, (was, now) in resume.changes.items())
     print(f"resuming run {resume.run_id} at iteration {trainer.iteration}"
+          + (f" from {resume.checkpoint}" if resume.from_file else "")
           + (f" with {changed}" if changed else ""), file=sys.stderr, flush=True)
+    stored_through = resume.logged_through.get("train/loss", 0)
+    if resume.from_file and stored_through + trainer.train_config.log_every <= trainer.iteration:
+        # the dead process logged these, but never delivered them; only a resume from an earlier checkpoint
+        # (train.resume=<run id>) computes them again
+        print(f"note: the store has train/loss through step {stored_through}: the points of steps "
+              f"{stored_through + 1}..{trainer.iteration} were never delivered and stay missing",
+              file=sys.stderr, flush=True)
     if changed:
         tracker.client.log_text(tracker.run_id, OmegaConf.to_yaml(cfg, resolve=True), tracking.CONFIG_ARTIFACT)
         tracker.client.set_tag(tracker.run_id, TAG_STOP_LIMITS, changed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -10,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn.checkpoint import load_checkpoint
+from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.data import Vocab
-from conftest import BIN, TINY, only_run, store_client, tiny
+from conftest import BIN, TINY, only_run, small_trainer, store_client, tiny
+
 
 def test_single_run_prints_results_and_tracks_everything(cli, small_text, tmp_path):
     out = cli("charrnn-train", *tiny(small_text))
@@ -206,3 +208,42 @@ def test_resume_refuses_what_it_cannot_continue_and_leaves_the_run_as_it_was(cli
     small_text.write_text(original)
     out = cli("charrnn-train", f"train.resume={finished}", "train.max_iters=60")
     assert out.returncode == 0 and f"resuming run {finished} at iteration 60\n" in out.stderr, out.stderr
+
+
+def test_resume_from_the_local_checkpoint_of_a_run_whose_store_never_got_it(cli, small_text, tmp_path):
+    # A process that died while the store was away leaves its newest checkpoint only in the run's folder.
+    assert cli("charrnn-train", *tiny(small_text)).returncode == 0
+    client = store_client(tmp_path)
+    run = only_run(client)
+    run_id = run.info.run_id
+    stored = Path(run.info.artifact_uri.removeprefix("file://")) / "checkpoints"
+    shutil.rmtree(stored)  # as if the store had never received them
+    [local] = tmp_path.glob(f"outputs/*/*/{run_id}/checkpoints/latest.npz")
+
+    out = cli("charrnn-train", f"train.resume={run_id}", "train.max_iters=120")
+    assert out.returncode == 2 and "it has no checkpoint in the store" in out.stderr, out.stderr
+    out = cli("charrnn-train", f"train.resume={local}", "train.max_iters=120")
+    assert out.returncode == 0, out.stderr
+    assert f"resuming run {run_id} at iteration 60 from {local} with train.max_iters=120 (was 60)" in out.stderr
+    resumed = only_run(client)
+    assert resumed.info.status == "FINISHED" and "checkpoints/latest.npz" in {
+        a.path for a in client.list_artifacts(run_id, "checkpoints")}
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert cli("charrnn-train", *tiny(small_text, "train.max_iters=120"), cwd=reference).returncode == 0
+    ref_client = store_client(reference)
+    ref = only_run(ref_client)
+    for key in ("train/loss", "grad/norm", "val/loss"):
+        assert _losses(client, run_id, key) == _losses(ref_client, ref.info.run_id, key), key
+
+
+@pytest.mark.parametrize("name, words", [("missing.npz", "does not exist"),
+                                         ("engine.npz", "does not name its run")])
+def test_resume_from_a_file_that_cannot_name_its_run_is_one_line(cli, tmp_path, name, words):
+    trainer = small_trainer()
+    trainer.train_step()
+    save_checkpoint(tmp_path / "engine.npz", trainer.checkpoint())  # the engine's own: no run id in it
+    out = cli("charrnn-train", f"train.resume={tmp_path / name}")
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert out.returncode == 2 and len(errors) == 1 and words in errors[0], out.stderr

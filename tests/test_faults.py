@@ -245,3 +245,57 @@ def test_six_runs_started_together_in_a_fresh_directory_all_succeed_each_in_its_
         assert load_checkpoint(stored).train_config["seed"] == int(run.data.params["train.seed"])
         assert len(list(tmp_path.glob(f"outputs/**/{run.info.run_id}/checkpoints/latest.npz"))) == 1
     assert re.search(r"run id:\s+[0-9a-f]{32}", outs[0])
+
+
+def test_a_run_ended_while_its_server_is_away_continues_from_its_local_checkpoint(start, cli, small_text, tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        args = tiny(small_text, "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100",
+                    "train.eval_every=200", "train.sample_every=0")
+        proc = start(*args, f"tracking.uri={server.url}", cwd=tmp_path)
+        output = Output(proc)
+        output.wait_for("| train/loss")
+        client = MlflowClient(server.url)
+        run_id = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])[0].info.run_id
+        while not client.get_metric_history(run_id, "train/loss"):
+            time.sleep(0.2)
+        server.stop()
+        output.wait_for("training goes on", timeout=120)
+        proc.send_signal(signal.SIGTERM)  # training stops and saves a checkpoint; the store is still away
+        output.wait_for("waiting up to")
+        proc.send_signal(signal.SIGINT)  # give up waiting
+        assert proc.wait(timeout=120) != 0
+        text = output.text
+        resume_line = re.search(r"from here with train\.resume=(\S+\.npz)", text)
+        assert resume_line and f"train.resume={run_id} (every metric point)" in text, text
+        local = Path(resume_line.group(1))
+        stopped_at = load_checkpoint(local).iteration
+
+        server.start()  # on the same port
+        assert client.get_run(run_id).info.status == "RUNNING"
+        stored_through = client.get_metric_history(run_id, "train/loss")[-1].step
+        limit = (stopped_at // 100 + 3) * 100
+        out = cli("charrnn-train", f"train.resume={local}", f"train.max_iters={limit}", "train.max_seconds=null",
+                  f"tracking.uri={server.url}")
+        assert out.returncode == 0, out.stderr
+        assert f"resuming run {run_id} at iteration {stopped_at} from {local}" in out.stderr
+        assert client.get_run(run_id).info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+        # trained on for seconds while the store was away: logged, never delivered
+        missing = list(range(stored_through + 100, stopped_at + 1, 100))
+        assert missing and "were never delivered and stay missing" in out.stderr, out.stderr
+        assert steps == [s for s in range(100, limit + 1, 100) if s not in missing], "once each, the rest"
+
+        reference = tmp_path / "reference"
+        reference.mkdir()
+        assert cli("charrnn-train", *args, f"train.max_iters={limit}", "train.max_seconds=null",
+                   cwd=reference).returncode == 0
+        ref_client = store_client(reference)
+        ref = only_run(ref_client).info.run_id
+        for key in ("train/loss", "val/loss"):
+            ours = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+            theirs = {m.step: m.value for m in ref_client.get_metric_history(ref, key)}
+            assert ours == {step: theirs[step] for step in ours}, key
+    finally:
+        server.stop()
