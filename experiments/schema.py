@@ -73,7 +73,7 @@ class TrainHarnessKeys:
     dtype: str = engine_default(ModelConfig, "dtype")  # float64 | float32: ModelConfig.dtype
     init_from: Optional[str] = None  # .npz of initial weights (the gist's Wxh, Whh, Why, bh, by)
     # an MLflow run id: continue that run from its last stored checkpoint, with its own config (only
-    # max_iters, max_seconds, target_val_loss may change)
+    # max_iters, max_seconds, target_val_loss may change); or a run's local checkpoint .npz: continue from it
     resume: Optional[str] = None
     val_fraction: float = 0.1  # the share of the text held out as validation text (charrnn.data.split_corpus)
 
