@@ -247,3 +247,23 @@ def test_resume_from_a_file_that_cannot_name_its_run_is_one_line(cli, tmp_path, 
     out = cli("charrnn-train", f"train.resume={tmp_path / name}")
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert out.returncode == 2 and len(errors) == 1 and words in errors[0], out.stderr
+
+
+def test_two_resumes_of_one_run_started_together_one_continues_the_other_refuses(cli, small_text, tmp_path):
+    assert cli("charrnn-train", *tiny(small_text)).returncode == 0
+    client = store_client(tmp_path)
+    run_id = only_run(client).info.run_id
+    # a budget of seconds, so the winner still trains whenever the loser gets to its claim
+    resume = [str(BIN / "charrnn-train"), f"train.resume={run_id}", "train.max_iters=null", "train.max_seconds=20"]
+    procs = [subprocess.Popen(resume, cwd=tmp_path, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=280) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    refused = outs[[p.returncode for p in procs].index(2)][1]
+    errors = [line for line in refused.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and (f"cannot resume run {run_id}: it is RUNNING" in errors[0]
+                                 or "is being resumed by another command right now" in errors[0]), refused
+    assert only_run(client).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert steps == sorted(set(steps)) and steps[0] == 10, "each step once"
