@@ -24,7 +24,7 @@ from charrnn.model import ModelConfig
 
 from .errors import AnalysisError
 from .ranking import rank_units
-from .record import Recording, record
+from .record import STORED_DTYPES, Recording, record
 from .tables import write_table
 
 ARTIFACT_DIR = "analysis"  # the run's artifact folder for everything analysis writes
@@ -49,6 +49,8 @@ class RecordSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "start" else 1):
                 low = "an integer >= 0" if key == "start" else "a positive integer"
                 raise AnalysisError(f"record.{key} must be {low}, got {value!r}")
+        if cfg["dtype"] not in STORED_DTYPES:
+            raise AnalysisError(f"record.dtype must be one of {', '.join(STORED_DTYPES)}, got {cfg['dtype']!r}")
         return cls(cfg["start"], cfg["length"], cfg["chunk"], str(cfg["dtype"]))
 
 

@@ -31,7 +31,7 @@ from charrnn.data import Corpus, Vocab, load_corpus, split_corpus
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError
 from charrnn.model import ModelConfig, count_params
 from charrnn.train import OptimConfig, TrainConfig, Trainer
-from charrnn_analysis.trained_run import ARTIFACT_DIR, record_finished_run
+from charrnn_analysis.trained_run import ARTIFACT_DIR, RecordSettings, record_finished_run
 from charrnn_experiments import tracking
 from charrnn_experiments.progress import ProgressCallback
 from charrnn_experiments.schema import TrainAppSchema, run_reporting_config_errors
@@ -79,12 +79,32 @@ class JobKilled(Exception):
 
 
 def engine_configs(cfg: DictConfig, vocab_size: int) -> tuple[ModelConfig, TrainConfig, OptimConfig]:
-    """The engine's dataclasses from the config, whose schema they are; their ``__post_init__`` checks ranges."""
+    """The engine's dataclasses from the config, whose schema they are; their ``__post_init__`` checks ranges,
+    and a value out of range is reported under its key (``optim.lr``, not the engine's ``lr``)."""
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     train = plain["train"]
-    return (ModelConfig(**engine_keys(ModelConfig, plain["model"]), vocab_size=vocab_size, dtype=train["dtype"]),
-            TrainConfig(**engine_keys(TrainConfig, train)),
-            OptimConfig(**engine_keys(OptimConfig, plain["optim"])))
+    with keys_named("model", ModelConfig, {"dtype": "train.dtype"}):
+        model = ModelConfig(**engine_keys(ModelConfig, plain["model"]), vocab_size=vocab_size, dtype=train["dtype"])
+    with keys_named("train", TrainConfig):
+        train_config = TrainConfig(**engine_keys(TrainConfig, train))
+    options = {name: f"optim.options.{name}" for name in plain["optim"].get("options") or {}}
+    with keys_named("optim", OptimConfig, options):
+        optim = OptimConfig(**engine_keys(OptimConfig, plain["optim"]))
+    return model, train_config, optim
+
+
+@contextmanager
+def keys_named(section: str, engine_class: type, elsewhere: dict[str, str] | None = None):
+    """An engine ConfigError that starts with a field of ``engine_class`` (or a name in ``elsewhere``) names the
+    config key instead."""
+    try:
+        yield
+    except ConfigError as err:
+        name, _, rest = str(err).partition(" ")
+        keys = {f.name: f"{section}.{f.name}" for f in fields(engine_class)} | (elsewhere or {})
+        if name not in keys:
+            raise
+        raise ConfigError(f"{keys[name]} {rest}") from None
 
 
 def engine_keys(engine_class: type, section: dict) -> dict:
@@ -98,6 +118,8 @@ def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | Non
                   corpus: Corpus | None = None, run_id: str | None = None):
     """Load the data (unless given) and build the trainer; every bad input raises a CharRNNError here.
     ``run_id`` goes into every checkpoint, so ``train.resume=<file>`` knows which run a file continues."""
+    if cfg.get("record") is not None and cfg.record.enabled:
+        RecordSettings.from_config(cfg.record)  # a bad record.* key fails now, not after the training it follows
     corpus = corpus or load_corpus(str(cfg.data.name), cfg.data.path)
     # split_corpus rejects a seq_length below 1 or longer than the text, with the numbers involved
     train_text, val_text = split_corpus(corpus, cfg.train.val_fraction, cfg.train.seq_length)

@@ -91,7 +91,7 @@ def test_2x2_sweep_in_parallel_from_a_fresh_store(cli, small_text, tmp_path, mon
 def test_a_failing_job_does_not_stop_the_sweep_but_fails_the_command(cli, small_text, tmp_path):
     out = cli("charrnn-train", "-m", *tiny(small_text), "optim.lr=0,0.1")
     assert out.returncode == 1, out.stderr[-3000:]
-    assert "error: lr must be positive" in out.stderr
+    assert "error: optim.lr must be positive" in out.stderr
     assert "1 of 2 jobs did not finish" in out.stdout
     client, parent, children = sweep_runs(tmp_path)
     status = {c.data.params["optim.lr"]: c.info.status for c in children}

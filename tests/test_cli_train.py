@@ -53,8 +53,14 @@ def test_runs_are_deterministic(cli, small_text, tmp_path):
 
 
 @pytest.mark.parametrize("override, words", [
-    ("model.hidden_size=0", "hidden_size must be a positive integer, got 0"),
-    ("optim.lr=0", "lr must be positive, got 0"),
+    ("model.hidden_size=0", "model.hidden_size must be a positive integer, got 0"),
+    ("optim.lr=0", "optim.lr must be positive, got 0"),
+    ("optim.lr=nan", "optim.lr must be a finite number, got nan"),
+    ("train.max_seconds=inf", "train.max_seconds must be a finite number, got inf"),
+    ("train.dtype=float16", "train.dtype must be one of float64, float32, got 'float16'"),
+    # found before training, not after it
+    ("record.length=-1", "record.length must be a positive integer, got -1"),
+    ("record.dtype=int8", "record.dtype must be one of float16, float32, got 'int8'"),
     ("model.cell=transformer", "unknown cell 'transformer'"),
     ("train.seq_length=100000", "seq_length=100000 needs at least"),
     ("data.path=/nonexistent/input.txt", "/nonexistent/input.txt"),

@@ -115,15 +115,18 @@ def test_optuna_preset_uses_an_in_memory_study():
     assert cfg.hydra.sweeper.direction == "minimize"
 
 
-@pytest.mark.parametrize("override, words", [
-    ("model.hidden_size=0", "hidden_size"),
-    ("optim.lr=0", "lr must be positive"),
-    ("optim.clip_mode=sideways", "clip_mode"),
-    ("model.cell=transformer", "unknown cell"),
+@pytest.mark.parametrize("overrides, words", [
+    (["model.hidden_size=0"], "^model.hidden_size must be a positive integer"),
+    (["optim.lr=0"], "^optim.lr must be positive"),
+    (["optim.clip_mode=sideways"], "^optim.clip_mode must be one of"),
+    (["train.dtype=float16"], "^train.dtype must be one of"),
+    (["train.log_every=0"], "^train.log_every must be a positive integer"),
+    (["optim=rmsprop", "+optim.options.decay=1.5"], r"^optim.options.decay must be in \[0, 1\)"),
+    (["model.cell=transformer"], "^unknown cell"),
 ])
-def test_bad_values_raise_one_line_config_errors(override, words):
+def test_bad_values_raise_one_line_config_errors_naming_the_key(overrides, words):
     with pytest.raises(ConfigError, match=words) as err:
-        engine_configs(compose_cfg(override), vocab_size=10)
+        engine_configs(compose_cfg(*overrides), vocab_size=10)
     assert "\n" not in str(err.value)
 
 
