@@ -241,6 +241,29 @@ def test_kill_9_at_random_iterations_then_resume_continues_with_the_uninterrupte
     assert steps == list(range(50, budget + 1, 50)), why()  # every point, once
 
 
+def test_a_few_metric_points_reach_the_store_within_seconds_while_the_run_runs(tmp_path):
+    from charrnn_experiments.tracking import METRICS_PER_BATCH, MlflowTracker, Store
+
+    # A run that logs rarely (a big model, a long log_every) must not hold its points until a batch fills, a
+    # checkpoint is queued or the run ends: the sender delivers on a time bound. Three points, no file, no end.
+    store = Store.resolve(None, tmp_path)
+    tracker = MlflowTracker.start(store, store.ensure_experiment("flush"))
+    logged = time.monotonic()
+    for step in (1, 2, 3):
+        tracker.on_metrics({"train/loss": 1.0 / step}, step)
+    assert 3 < METRICS_PER_BATCH
+    reader = store_client(tmp_path)
+    try:
+        while len(reader.get_metric_history(tracker.run_id, "train/loss")) < 3:
+            # seconds are the bound (FLUSH_SECONDS); 30 s leaves room for a loaded machine
+            assert time.monotonic() - logged < 30, "points logged 30 s ago are not in the store yet"
+            time.sleep(0.1)
+        assert reader.get_run(tracker.run_id).info.status == "RUNNING"
+    finally:
+        tracker.finish("FINISHED")
+    assert history(reader, tracker.run_id, "train/loss") == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+
+
 def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, small_text, tmp_path):
     server = MlflowServer(tmp_path)
     server.start()
