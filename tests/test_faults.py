@@ -286,6 +286,12 @@ def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, 
         assert proc.wait(timeout=300) == 130, output.text
         text = output.text
         assert len([line for line in text.splitlines() if "unreachable" in line]) == 1, text
+        # training went on while the store was away: evaluations printed between the sender's two words
+        lines = text.splitlines()
+        away = next(i for i, line in enumerate(lines) if "unreachable" in line)
+        back = next(i for i, line in enumerate(lines) if "is back after" in line)
+        outage = [int(m[1]) for line in lines[away:back] if (m := re.search(r"\] - iter (\d+) \| .*val/loss", line))]
+        assert len(outage) >= 2, text  # the restart alone takes seconds: thousands of iterations
         run = client.get_run(run_id)
         assert run.info.status == "KILLED"
         steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
@@ -293,6 +299,7 @@ def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, 
         assert steps == list(range(100, last + 1, 100)), "every point, once"
         evals = [m.step for m in client.get_metric_history(run_id, "val/loss")]
         assert evals == list(range(200, last + 1, 200))
+        assert set(outage) <= set(evals), "what was trained during the outage reached the store"
         assert "checkpoints/latest.npz" in {a.path for a in client.list_artifacts(run_id, "checkpoints")}
     finally:
         server.stop()
