@@ -25,6 +25,7 @@ from charrnn.checkpoint import load_checkpoint
 from conftest import BIN, MlflowServer, free_port, only_run, store_client, tiny
 
 HISTORY_KEYS = ("train/loss", "train/smooth_loss", "grad/norm", "val/loss", "val/bpc")
+PROGRESS_LINE = re.compile(r"\] - iter (\d+) \|")  # charrnn-train's progress (and evaluation) log line
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ class Output:
     def iteration(self) -> int:
         """The last iteration the process reported in a progress line (0 before the first)."""
         for line in reversed(self.lines):
-            if found := re.search(r"\] - iter (\d+) \|", line):
+            if found := PROGRESS_LINE.search(line):
                 return int(found[1])
         return 0
 
@@ -290,7 +291,7 @@ def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, 
         lines = text.splitlines()
         away = next(i for i, line in enumerate(lines) if "unreachable" in line)
         back = next(i for i, line in enumerate(lines) if "is back after" in line)
-        outage = [int(m[1]) for line in lines[away:back] if (m := re.search(r"\] - iter (\d+) \| .*val/loss", line))]
+        outage = [int(m[1]) for line in lines[away:back] if (m := PROGRESS_LINE.search(line)) and "val/loss" in line]
         assert len(outage) >= 2, text  # the restart alone takes seconds: thousands of iterations
         run = client.get_run(run_id)
         assert run.info.status == "KILLED"
