@@ -253,6 +253,43 @@ def test_ctrl_c_stops_the_whole_serial_sweep(small_text, tmp_path):
     check_stopped(tmp_path, output, "SIGINT", in_flight=1)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_sweep_stopped_after_a_job_finished_keeps_that_job_as_its_best(small_text, tmp_path, signum):
+    # serial: job 0 (60 iterations) finishes, job 1 trains until the sweep is stopped
+    proc = start_sweep(tmp_path, *tiny(small_text, "train.eval_every=100", "train.log_every=100",
+                                       "train.sample_every=0"), "train.max_iters=60,1000000")
+    wait_for_output(tmp_path, proc, r"\t#1 : ")  # the basic launcher starts job 1 once job 0 has ended
+    deadline = time.monotonic() + 180
+    while True:  # job 1 is training (it has evaluated once) after job 0's run finished
+        client, _, children = sweep_runs(tmp_path)
+        by_job = {c.data.tags["charrnn.job"]: c for c in children}
+        if "1" in by_job and client.get_metric_history(by_job["1"].info.run_id, "val/loss"):
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()[-3000:]
+        time.sleep(0.5)
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)  # a terminal's Ctrl-C
+    else:
+        proc.send_signal(signum)
+    output = finish(proc, tmp_path)
+    assert proc.returncode == 128 + signum, output[-3000:]
+    assert "Traceback" not in output
+    name = signal.Signals(signum).name
+    client, parent, children = sweep_runs(tmp_path)
+    by_job = {c.data.tags["charrnn.job"]: c for c in children}
+    assert by_job["0"].info.status == "FINISHED"
+    assert (by_job["1"].info.status, by_job["1"].data.tags["charrnn.reason"]) == ("KILLED", f"received {name}")
+    assert (parent.info.status, parent.data.tags["charrnn.reason"]) == ("KILLED", f"stopped by {name}")
+    # the summary of what did finish: job 0 is the best child, with its loss and swept value
+    best = by_job["0"]
+    assert parent.data.tags["charrnn.best_child_run_id"] == best.info.run_id
+    assert parent.data.tags["charrnn.finished"] == "1" and parent.data.tags["charrnn.children"] == "2"
+    assert parent.data.metrics["best/val/loss"] == best_val_loss(client, best)
+    assert parent.data.params["best.train.max_iters"] == "60"
+    assert f"best (lowest val/loss during the run): {best.info.run_name}" in output
+    assert "1 of 2 jobs did not finish" in output
+
+
 def test_ctrl_c_stops_the_whole_parallel_sweep(small_text, tmp_path):
     proc = start_sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *tiny(small_text, *LONG),
                        "model.hidden_size=8,12,16")

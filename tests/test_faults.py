@@ -6,7 +6,9 @@ a faster or slower machine changes where a run is stopped, never whether the tes
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import random
 import re
 import signal
@@ -23,6 +25,7 @@ from charrnn.checkpoint import load_checkpoint
 from conftest import BIN, MlflowServer, free_port, only_run, store_client, tiny
 
 HISTORY_KEYS = ("train/loss", "train/smooth_loss", "grad/norm", "val/loss", "val/bpc")
+PROGRESS_LINE = re.compile(r"\] - iter (\d+) \|")  # charrnn-train's progress (and evaluation) log line
 
 
 @pytest.fixture
@@ -56,11 +59,22 @@ class Output:
             self.lines.append(line)
 
     def wait_for(self, words: str, timeout: float = 300) -> None:
+        self.wait_until(lambda: any(words in line for line in self.lines), f"printed {words!r}", timeout)
+
+    def wait_until(self, condition, what: str, timeout: float = 300, every: float = 0.05) -> None:
+        """Poll ``condition`` while the process runs; fail if it ends or ``timeout`` passes first."""
         deadline = time.monotonic() + timeout
-        while not any(words in line for line in self.lines):
+        while not condition():
             assert time.monotonic() < deadline and self._thread.is_alive(), \
-                f"never printed {words!r}:\n{''.join(self.lines[-30:])}"
-            time.sleep(0.05)
+                f"never {what}:\n{''.join(self.lines[-30:])}"
+            time.sleep(every)
+
+    def iteration(self) -> int:
+        """The last iteration the process reported in a progress line (0 before the first)."""
+        for line in reversed(self.lines):
+            if found := PROGRESS_LINE.search(line):
+                return int(found[1])
+        return 0
 
     @property
     def text(self) -> str:
@@ -75,6 +89,22 @@ def run_ids_in(db: Path) -> list[str]:
             return [row[0] for row in conn.execute("select run_uuid from runs")]
     except sqlite3.OperationalError:  # not created yet
         return []
+
+
+def read_store(db: Path, query: str, *args):
+    """The first row of a query on an existing SQLite store. Read-write: after a kill -9 mid-write the reader
+    must roll the dead writer's journal back (as any next writer would), which a read-only connection cannot."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=30)) as conn:
+        return conn.execute(query, args).fetchone()
+
+
+def run_status(db: Path, run_id: str) -> str:
+    return read_store(db, "select status from runs where run_uuid = ?", run_id)[0]
+
+
+def last_step(db: Path, run_id: str, key: str = "train/loss") -> int:
+    """The last step of ``key`` that the store has for the run (0 for none)."""
+    return read_store(db, "select max(step) from metrics where run_uuid = ? and key = ?", run_id, key)[0] or 0
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -147,9 +177,15 @@ def test_of_simultaneous_resumes_of_one_run_exactly_one_claims_it(tmp_path):
         tracker.client.set_terminated(tracker.run_id, "KILLED")  # the winner's run ends; the next trial
 
 
-def test_kill_9_at_random_points_then_resume_continues_with_the_uninterrupted_history(
+@pytest.mark.timeout(600)  # ten resumes' start-ups: some 2 min on a loaded 2-core machine
+def test_kill_9_at_random_iterations_then_resume_continues_with_the_uninterrupted_history(
         cli, start, small_text, tmp_path):
-    args = tiny(small_text, "train.max_iters=3000", "train.log_every=50", "train.eval_every=200",
+    # Kill points are iterations, not wall-clock times: each round kills its process once that process has
+    # printed an evaluation at or past a random target iteration and the store holds this round's progress,
+    # so every kill lands mid-training whatever the machine's speed. The budget is far beyond where the ten
+    # kills can get (targets advance at most `spacing` plus a few evaluations' overshoot per round).
+    budget, spacing = 15_000, 600
+    args = tiny(small_text, f"train.max_iters={budget}", "train.log_every=50", "train.eval_every=100",
                 "train.sample_every=0")
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -159,31 +195,74 @@ def test_kill_9_at_random_points_then_resume_continues_with_the_uninterrupted_hi
 
     work = tmp_path / "work"
     work.mkdir()
-    seed = random.randrange(1 << 30)
+    seed = int(os.environ.get("CHARRNN_FAULT_SEED") or random.randrange(1 << 30))  # set it to replay a failure
     rng = random.Random(seed)
-    proc = start(*args, cwd=work)
-    while not (stored := list(work.glob("mlartifacts/**/checkpoints/latest.npz"))):
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    run_id = stored[0].parts[-4]
-    kills = []
-    for attempt in range(10):  # the first start, then nine resumes, each killed at a random moment
-        if attempt:
-            proc = start(f"train.resume={run_id}", cwd=work)
-        time.sleep(rng.uniform(0, 1 if attempt == 0 else 8))
-        kills.append(proc.poll() is None)
+    db = work / "mlflow.db"
+    run_id, stored, rounds = None, 0, []  # stored: the last train/loss step the store had after a kill
+
+    def why() -> str:
+        return f"CHARRNN_FAULT_SEED={seed}, rounds so far {rounds}"
+
+    for attempt in range(10):  # the first start, then nine resumes, each killed mid-training
+        proc = start(*(args if run_id is None else [f"train.resume={run_id}"]), cwd=work)
+        output = Output(proc)
+        target = stored + rng.randint(1, spacing)
+        if run_id is None:
+            output.wait_until(lambda: run_ids_in(db), what="the run's creation")
+            run_id = run_ids_in(db)[0]
+            # both checkpoints reach the store as they are written, while the run is RUNNING (not at its end)
+            client = store_client(work)
+            output.wait_until(lambda: {"checkpoints/latest.npz", "checkpoints/best.npz"} <= {
+                a.path for a in client.list_artifacts(run_id, "checkpoints")}, what="both checkpoints in the store")
+            assert proc.poll() is None and run_status(db, run_id) == "RUNNING", why()
+        # this process trains past the target, and the store has its progress (it has not only restarted)
+        output.wait_until(lambda: output.iteration() >= target and last_step(db, run_id) > stored,
+                          what=f"iteration {target} in the output and a step past {stored} in the store",
+                          every=0.01)
+        time.sleep(rng.uniform(0, 0.05))  # a random phase between two evaluations
+        printed = output.iteration()
+        alive = proc.poll() is None
         proc.kill()
-        out = proc.communicate()[0]
-        assert proc.returncode in (0, -signal.SIGKILL), f"seed {seed}, attempt {attempt}:\n{out}"
+        proc.wait()
+        now = last_step(db, run_id)
+        resumed = re.search(r"resuming run \w+ at iteration (\d+)", output.text)
+        rounds.append({"target": target, "printed": printed, "resumed_from": resumed and int(resumed[1]),
+                       "stored": now})
+        assert alive and proc.returncode == -signal.SIGKILL, f"{why()}:\n{output.text[-3000:]}"
+        assert stored < now < budget, why()  # killed mid-training: after progress, before the budget's end
+        stored = now
     out = cli("charrnn-train", f"train.resume={run_id}", cwd=work)
-    assert out.returncode == 0, f"seed {seed}, kills {kills}:\n{out.stderr}"
+    assert out.returncode == 0, f"{why()}:\n{out.stderr}"
     client = store_client(work)
     run = only_run(client)
     assert run.info.status == "FINISHED"
     for key in HISTORY_KEYS:
-        assert history(client, run_id, key) == history(ref_client, ref, key), (key, seed, kills)
+        assert history(client, run_id, key) == history(ref_client, ref, key), (key, why())
     steps = [m.step for m in client.get_metric_history(run_id, "throughput/chars_per_s")]
-    assert steps == list(range(50, 3001, 50)), (seed, kills)
+    assert steps == list(range(50, budget + 1, 50)), why()  # every point, once
+
+
+def test_a_few_metric_points_reach_the_store_within_seconds_while_the_run_runs(tmp_path):
+    from charrnn_experiments.tracking import METRICS_PER_BATCH, MlflowTracker, Store
+
+    # A run that logs rarely (a big model, a long log_every) must not hold its points until a batch fills, a
+    # checkpoint is queued or the run ends: the sender delivers on a time bound. Three points, no file, no end.
+    store = Store.resolve(None, tmp_path)
+    tracker = MlflowTracker.start(store, store.ensure_experiment("flush"))
+    logged = time.monotonic()
+    for step in (1, 2, 3):
+        tracker.on_metrics({"train/loss": 1.0 / step}, step)
+    assert 3 < METRICS_PER_BATCH
+    reader = store_client(tmp_path)
+    try:
+        while len(reader.get_metric_history(tracker.run_id, "train/loss")) < 3:
+            # seconds are the bound (FLUSH_SECONDS); 30 s leaves room for a loaded machine
+            assert time.monotonic() - logged < 30, "points logged 30 s ago are not in the store yet"
+            time.sleep(0.1)
+        assert reader.get_run(tracker.run_id).info.status == "RUNNING"
+    finally:
+        tracker.finish("FINISHED")
+    assert history(reader, tracker.run_id, "train/loss") == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
 
 
 def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, small_text, tmp_path):
@@ -208,6 +287,12 @@ def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, 
         assert proc.wait(timeout=300) == 130, output.text
         text = output.text
         assert len([line for line in text.splitlines() if "unreachable" in line]) == 1, text
+        # training went on while the store was away: evaluations printed between the sender's two words
+        lines = text.splitlines()
+        away = next(i for i, line in enumerate(lines) if "unreachable" in line)
+        back = next(i for i, line in enumerate(lines) if "is back after" in line)
+        outage = [int(m[1]) for line in lines[away:back] if (m := PROGRESS_LINE.search(line)) and "val/loss" in line]
+        assert len(outage) >= 2, text  # the restart alone takes seconds: thousands of iterations
         run = client.get_run(run_id)
         assert run.info.status == "KILLED"
         steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
@@ -215,6 +300,7 @@ def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, 
         assert steps == list(range(100, last + 1, 100)), "every point, once"
         evals = [m.step for m in client.get_metric_history(run_id, "val/loss")]
         assert evals == list(range(200, last + 1, 200))
+        assert set(outage) <= set(evals), "what was trained during the outage reached the store"
         assert "checkpoints/latest.npz" in {a.path for a in client.list_artifacts(run_id, "checkpoints")}
     finally:
         server.stop()
