@@ -211,6 +211,15 @@ def start_ray_first(config: DictConfig) -> None:
 # --- the callback ----------------------------------------------------------------------------------
 
 class MlflowSweepCallback(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Before Hydra makes the run's output folder: a store that does not answer leaves nothing behind. Exits
+        # here, since Hydra turns a callback's exception into a warning and goes on.
+        try:
+            tracking.Store.resolve(config.tracking.uri, os.getcwd()).check_reachable()
+        except tracking.TrackingError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         use_process_launcher(config)
         store = tracking.Store.resolve(config.tracking.uri, os.getcwd())
