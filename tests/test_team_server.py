@@ -23,7 +23,8 @@ import pytest
 from mlflow import MlflowClient
 
 from charrnn_experiments.team_server import ServerError, TeamServer, free_port, postgres_bindir
-from conftest import BIN, jobs_log_one_dataset_at_once, run_cli, tiny, write_small_text
+from conftest import (BIN, emitted_metric_counts, jobs_log_one_dataset_at_once, run_cli, tiny,
+                      write_small_text)
 
 ITERS, LOG_EVERY, EVAL_EVERY = 60, 10, 30  # tiny()'s budget and cadence
 GRID = ["model.hidden_size=8,16", "train.seq_length=8,16"]
@@ -82,8 +83,23 @@ def experiment_runs(url: str, name: str):
     return client, experiment.experiment_id, client.search_runs([experiment.experiment_id], max_results=1000)
 
 
-def check_sweep(server: TeamServer, url: str, experiment: str, n_jobs: int) -> list:
-    """One parent, n_jobs FINISHED children with every metric point, over REST and in PostgreSQL."""
+def metric_counts_over_rest(client: MlflowClient, run) -> dict[str, int]:
+    return {key: len(client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics}
+
+
+def metric_counts_in_postgres(server: TeamServer, experiment_id: str) -> dict[str, dict[str, int]]:
+    """run id -> metric key -> points, counted by PostgreSQL itself."""
+    counts: dict[str, dict[str, int]] = {}
+    for run, key, n in sql(server, "SELECT m.run_uuid, m.key, count(*) FROM metrics m JOIN runs r "
+                                   "ON r.run_uuid = m.run_uuid WHERE r.experiment_id = %s GROUP BY m.run_uuid, m.key",
+                           int(experiment_id)):
+        counts.setdefault(run, {})[key] = n
+    return counts
+
+
+def check_sweep(server: TeamServer, url: str, experiment: str, n_jobs: int, text: Path, folder: Path) -> list:
+    """One parent, n_jobs FINISHED children with every metric point their trainers emitted (each key, each
+    point), over REST and in PostgreSQL."""
     client, experiment_id, runs = experiment_runs(url, experiment)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1, [r.info.run_name for r in parents]
@@ -92,19 +108,20 @@ def check_sweep(server: TeamServer, url: str, experiment: str, n_jobs: int) -> l
     assert [c.info.status for c in children] == ["FINISHED"] * n_jobs, \
         [(c.info.status, c.data.tags.get("charrnn.reason")) for c in children]
     assert parents[0].info.status == "FINISHED"
-    expected = {"train/loss": ITERS // LOG_EVERY, "val/loss": ITERS // EVAL_EVERY}
-    for c in children:
-        for key, n in expected.items():
-            assert len(client.get_metric_history(c.info.run_id, key)) == n, (c.info.run_name, key)
+    emitted, expected = {}, {}
+    for c in children:  # the same job run here, untracked: what its trainer logs
+        grid = tuple(f"{key}={c.data.params[key]}" for key in ("model.hidden_size", "train.seq_length"))
+        if grid not in emitted:
+            emitted[grid] = emitted_metric_counts(folder / str(len(emitted)), *tiny(text), *grid)
+        expected[c.info.run_id] = emitted[grid]
+        assert emitted[grid]["train/loss"] == ITERS // LOG_EVERY, emitted[grid]  # the cadence it was given
+        assert metric_counts_over_rest(client, c) == emitted[grid], c.info.run_name
     # the database itself holds them
     rows = sql(server, "SELECT run_uuid, status FROM runs WHERE experiment_id = %s", int(experiment_id))
     assert sorted(rows) == sorted((r.info.run_id, r.info.status) for r in runs)
-    counts = dict(((run, key), n) for run, key, n in sql(
-        server, "SELECT m.run_uuid, m.key, count(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
-                "WHERE r.experiment_id = %s GROUP BY m.run_uuid, m.key", int(experiment_id)))
+    in_postgres = metric_counts_in_postgres(server, experiment_id)
     for c in children:
-        for key, n in expected.items():
-            assert counts[(c.info.run_id, key)] == n
+        assert in_postgres[c.info.run_id] == expected[c.info.run_id], c.info.run_name
     return children
 
 
@@ -140,7 +157,7 @@ def joblib_grid(tmp_path_factory, team_server, url):
 def test_2x2_joblib_sweep_lands_in_postgres(joblib_grid, team_server, url):
     out, where = joblib_grid
     assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-3000:]
-    children = check_sweep(team_server, url, "joblib-grid", 4)
+    children = check_sweep(team_server, url, "joblib-grid", 4, where / "small.txt", where / "emitted")
     grid = {(c.data.params["model.hidden_size"], c.data.params["train.seq_length"]) for c in children}
     assert grid == {("8", "8"), ("8", "16"), ("16", "8"), ("16", "16")}
     # artifacts went through the server into its folder: no store, no artifacts where the sweep ran
@@ -183,7 +200,7 @@ def test_a_long_job_name_still_makes_a_run(cli, small_text, tmp_path, url):
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
 
 
-def test_eight_trainings_started_at_once_all_succeed(small_text, tmp_path, url):
+def test_eight_trainings_started_at_once_all_succeed(small_text, tmp_path, team_server, url):
     procs = [subprocess.Popen([str(BIN / "charrnn-train"), *tiny(small_text), f"tracking.uri={url}",
                                "tracking.experiment=eight", f"hydra.run.dir={tmp_path / str(i)}"],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -192,11 +209,13 @@ def test_eight_trainings_started_at_once_all_succeed(small_text, tmp_path, url):
     results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     assert [rc for rc, _, _ in results] == [0] * 8, [err[-2000:] for rc, _, err in results if rc]
     run_ids = {re.search(r"run id:\s+(\w+)", out).group(1) for _, out, _ in results}
-    client, _, runs = experiment_runs(url, "eight")
+    client, experiment_id, runs = experiment_runs(url, "eight")
     assert {r.info.run_id for r in runs} == run_ids and len(run_ids) == 8
+    emitted = emitted_metric_counts(tmp_path / "emitted", *tiny(small_text))
+    in_postgres = metric_counts_in_postgres(team_server, experiment_id)
     for r in runs:
         assert r.info.status == "FINISHED"
-        assert len(client.get_metric_history(r.info.run_id, "train/loss")) == ITERS // LOG_EVERY
+        assert metric_counts_over_rest(client, r) == emitted == in_postgres[r.info.run_id], r.info.run_id
 
 
 def test_parallel_jobs_log_the_same_dataset_into_postgres(team_server, tmp_path):
@@ -253,9 +272,9 @@ def test_server_restart_mid_run_loses_no_metric_point(small_text, tmp_path, team
     cmd = [sys.executable, "-m", "charrnn_experiments.team_server"]
     where = ["--dir", str(team_server.folder)]
     iters, log_every = 20_000, 100
-    proc = subprocess.Popen([str(BIN / "charrnn-train"), *tiny(small_text), f"train.max_iters={iters}",
-                             f"train.log_every={log_every}", "train.eval_every=5000", "train.sample_every=0",
-                             f"tracking.uri={url}", "tracking.experiment=restart"],
+    job = tiny(small_text, f"train.max_iters={iters}", f"train.log_every={log_every}", "train.eval_every=5000",
+               "train.sample_every=0")
+    proc = subprocess.Popen([str(BIN / "charrnn-train"), *job, f"tracking.uri={url}", "tracking.experiment=restart"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # training is under way, its run open on the server
         if "| train/loss" in line:
@@ -269,9 +288,14 @@ def test_server_restart_mid_run_loses_no_metric_point(small_text, tmp_path, team
     assert proc.wait(timeout=600) == 0, rest[-3000:]
     run_id = re.search(r"run id:\s+(\w+)", rest).group(1)
     client = MlflowClient(url)
-    assert client.get_run(run_id).info.status == "FINISHED"
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
     assert sorted(steps) == list(range(log_every, iters + 1, log_every))
+    # every key's every point, against what the same job's trainer emits, over REST and in PostgreSQL
+    emitted = emitted_metric_counts(tmp_path / "emitted", *job)
+    assert metric_counts_over_rest(client, run) == emitted
+    assert metric_counts_in_postgres(team_server, run.info.experiment_id)[run_id] == emitted
 
 
 # --- a real 2-node Ray cluster -------------------------------------------------------------------
@@ -395,7 +419,7 @@ def test_sweep_on_a_two_node_ray_cluster_lands_in_postgres(small_text, tmp_path,
         cwd=tmp_path, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
         env=ray_cluster.env())
     assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-3000:]
-    children = check_sweep(team_server, url, "ray-grid", 4)
+    children = check_sweep(team_server, url, "ray-grid", 4, small_text, tmp_path / "emitted")
     assert sorted(int(c.data.tags["charrnn.job"]) for c in children) == [0, 1, 2, 3]
 
 
