@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from charrnn_experiments.team_server import ServerError, TeamServer, free_port, postgres_bindir
+from charrnn_experiments.team_server import ServerError, TeamServer, free_port, health, postgres_bindir
 from conftest import (BIN, emitted_metric_counts, jobs_log_one_dataset_at_once, run_cli, tiny,
                       write_small_text)
 
@@ -142,6 +142,89 @@ def test_missing_postgres_binaries_is_one_line(tmp_path):
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ")
     assert "install Debian's `postgresql` package" in out.stderr
     assert not (tmp_path / "team" / "pgdata").exists()
+
+
+MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
+
+
+def test_make_server_and_server_stop(tmp_path):
+    """The Makefile's own targets, run from another folder as a user would from the repo: everything lands in
+    ./team-server there. BIN points at this environment and the install stamps are emptied (no pip run)."""
+    reason = missing_postgres() or (None if shutil.which("make") else "make is not installed")
+    if reason:
+        pytest.skip(reason)
+    folder = Path(tempfile.mkdtemp(prefix="charrnn-make-"))
+    folder.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, which must enter it
+    make = ["make", "--no-print-directory", "-f", str(MAKEFILE), f"BIN={BIN}", "SERVER=", "CORE="]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        out = subprocess.run([*make, "server", f"PORT={port}"], cwd=folder, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert f"running at {url}" in out.stdout
+        assert (folder / "team-server" / "pgdata").is_dir() and (folder / "team-server" / "artifacts").is_dir()
+        assert MlflowClient(url).search_experiments()[0].name == "Default"  # PostgreSQL behind it answers
+        out = subprocess.run([*make, "server-stop"], cwd=folder, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == "stopped", out.stderr[-2000:]
+        assert not health(url)
+        server = TeamServer(folder / "team-server", port)
+        assert server.running_mlflow() is None and not server.postgres_running()
+    finally:
+        TeamServer(folder / "team-server", port).stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def ordinary_user_prefix() -> list[str] | None:
+    """How to run a command as an ordinary user: as is when we are one, else in a user namespace where we are
+    uid 1000 (PostgreSQL then runs as us, not through runuser); None where neither works."""
+    if os.geteuid() != 0:
+        return []
+    prefix = ["unshare", "-U", "--map-user=1000", "--map-group=1000"]
+    if shutil.which("unshare") and subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
+        return prefix
+    return None
+
+
+def process_ended(pid: int, wait_s: float = 10) -> bool:
+    """Whether process ``pid`` is gone or a zombie (whose parent has not collected it yet) within wait_s."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_an_ordinary_user_starts_and_stops_the_team_server():
+    prefix = ordinary_user_prefix()
+    reason = missing_postgres() or (None if prefix is not None else
+                                    "root without user namespaces (unshare -U): no ordinary user to run as")
+    if reason:
+        pytest.skip(reason)
+    folder = Path(tempfile.mkdtemp(prefix="charrnn-user-"))
+    folder.chmod(0o755)
+    cmd = [*prefix, sys.executable, "-m", "charrnn_experiments.team_server"]
+    where = ["--dir", str(folder / "team")]
+    port = free_port()
+    try:
+        assert subprocess.run([*prefix, "id", "-u"], capture_output=True, text=True).stdout.strip() != "0"
+        out = subprocess.run([*cmd, "start", *where, "--port", str(port), "--workers", "1"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert MlflowClient(f"http://127.0.0.1:{port}").search_experiments()[0].name == "Default"
+        # PostgreSQL runs as the user who started it (outside the namespace: us), not as `postgres`
+        postmaster = int((folder / "team" / "pgdata" / "postmaster.pid").read_text().split()[0])
+        assert Path(f"/proc/{postmaster}").stat().st_uid == os.getuid()
+        out = subprocess.run([*cmd, "stop", *where], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == "stopped", out.stderr[-2000:]
+        assert process_ended(postmaster) and not health(f"http://127.0.0.1:{port}")
+    finally:
+        subprocess.run([*cmd, "stop", *where], capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
