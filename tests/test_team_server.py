@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -141,7 +142,32 @@ def test_missing_postgres_binaries_is_one_line(tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ")
     assert "install Debian's `postgresql` package" in out.stderr
-    assert not (tmp_path / "team" / "pgdata").exists()
+    assert not (tmp_path / "team").exists()  # a failed start leaves no empty folder behind
+
+
+def test_a_failed_start_stops_the_postgresql_it_started_and_leaves_no_folder():
+    reason = missing_postgres()
+    if reason:
+        pytest.skip(reason)
+    folder = Path(tempfile.mkdtemp(prefix="charrnn-fail-"))
+    folder.chmod(0o755)
+    team = folder / "team"
+    try:
+        with socket.socket() as taken:
+            # bound but not listening: the port looks free, then mlflow server cannot bind it (a lost race)
+            taken.bind(("127.0.0.1", 0))
+            out = subprocess.run([sys.executable, "-m", "charrnn_experiments.team_server", "start",
+                                  "--dir", str(team), "--port", str(taken.getsockname()[1])],
+                                 capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and out.stderr.startswith("error: mlflow server did not start"), out.stderr
+        assert out.stderr.count("\n") == 1
+        left = [cmd for cmd in (entry[2] for entry in process_table().values()) if str(team) in cmd]
+        assert not left, left
+        assert not team.exists()
+    finally:
+        if team.exists():
+            TeamServer(team).stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
