@@ -375,6 +375,11 @@ def test_postgres_unreachable_at_start_is_one_line_and_leaves_nothing(cli, small
     except subprocess.TimeoutExpired:
         pytest.fail("charrnn-train still retrying after 30 s")
     check_nothing_made(out, tmp_path, str(dead))
+    # a sweep too: one line before any job starts (Hydra made its callback's error a warning and went on)
+    out = cli("charrnn-train", "-m", *tiny(small_text), "model.hidden_size=8,16",
+              f"tracking.uri=postgresql+psycopg2://mlflow@127.0.0.1:{dead}/mlflow", timeout=30)
+    check_nothing_made(out, tmp_path, str(dead))
+    assert not (tmp_path / "multirun").exists()
 
 
 def test_server_restart_mid_run_loses_no_metric_point(small_text, tmp_path, team_server, url):
