@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from mlflow import MlflowClient
@@ -51,7 +52,14 @@ def team_server():
     folder.chmod(0o755)
     server = TeamServer(folder, free_port(), workers=2)
     try:
-        server.start()
+        for attempt in range(5):  # a free port can be taken between picking and binding it: pick another
+            try:
+                server.start()
+                break
+            except ServerError:
+                if attempt == 4:
+                    raise
+                server = TeamServer(folder, free_port(), workers=2)  # a failed start stopped what it started
         yield server
     finally:
         server.stop()
@@ -474,16 +482,36 @@ def ray_cluster(team_server):
         cluster.roots.add(proc.pid)
         return proc
 
-    try:
-        head = node("--head", f"--port={cluster.address.rsplit(':', 1)[1]}", f"--temp-dir={temp}",
+    def head() -> subprocess.Popen:
+        cluster.address = f"127.0.0.1:{free_port()}"
+        return node("--head", f"--port={cluster.address.rsplit(':', 1)[1]}", f"--temp-dir={temp}",
                     "--include-dashboard=false", f"--ray-client-server-port={free_port()}", log="head.log")
-        wait_for_nodes(cluster, 1, [head])
-        worker = node(f"--address={cluster.address}", log="worker.log")
-        wait_for_nodes(cluster, 2, [head, worker])
+
+    try:
+        nodes = [start_node(cluster, head, [])]
+        start_node(cluster, lambda: node(f"--address={cluster.address}", log="worker.log"), nodes)
         yield cluster
     finally:
         stop_cluster(cluster.roots)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def start_node(cluster: RayCluster, start: Callable[[], subprocess.Popen], running: list[subprocess.Popen],
+               tries: int = 3) -> subprocess.Popen:
+    """Start a node (``start`` picks its free ports) and wait until it joined; a node that exits at once, as
+    when a port it picked was taken meanwhile, is started again on other ports."""
+    for attempt in range(tries):
+        proc = start()
+        try:
+            wait_for_nodes(cluster, len(running) + 1, [*running, proc])
+            running.append(proc)
+            return proc
+        except AssertionError:
+            if proc.poll() is None or attempt == tries - 1:
+                raise
+            stop_cluster({proc.pid})  # whatever it had started
+            cluster.roots.discard(proc.pid)
+    raise AssertionError("unreachable")
 
 
 def wait_for_nodes(cluster: RayCluster, n: int, nodes: list[subprocess.Popen]) -> None:
