@@ -20,6 +20,7 @@ waits for those runs to end before it stops the launcher.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
@@ -208,13 +209,30 @@ def start_ray_first(config: DictConfig) -> None:
         ray.init(**(OmegaConf.to_container(init, resolve=True) if init else {}))
 
 
+@contextlib.contextmanager
+def exit_on_tracking_error():
+    """A store that cannot be used ends the command with one error line: Hydra turns an exception in a callback
+    into a warning and goes on (a sweep then launched every job against the dead store)."""
+    try:
+        yield
+    except tracking.TrackingError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 # --- the callback ----------------------------------------------------------------------------------
 
 class MlflowSweepCallback(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Before Hydra makes the run's output folder: a store that does not answer leaves nothing behind.
+        with exit_on_tracking_error():
+            tracking.Store.resolve(config.tracking.uri, os.getcwd()).check_reachable()
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         use_process_launcher(config)
         store = tracking.Store.resolve(config.tracking.uri, os.getcwd())
-        experiment_id = store.ensure_experiment(config.tracking.experiment)
+        with exit_on_tracking_error():  # before any job or the sweep's folder
+            experiment_id = store.ensure_experiment(config.tracking.experiment)
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         space = swept_space(config)
         choices = config.hydra.runtime.choices

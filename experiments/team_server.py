@@ -15,6 +15,7 @@ PostgreSQL refuses to run as root: as root its binaries run as the ``postgres`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -287,15 +288,27 @@ class TeamServer:
 
     def start(self) -> tuple[str, bool]:
         """Start both servers; returns (url, whether it was already running)."""
+        created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         running = self.running_mlflow()
         if running is not None and health(running[1]):
             self.start_postgres()  # stopped behind the tracking server's back: bring it back
             return running[1], True
-        self._check_can_run_postgres()
-        self.init_cluster()
-        self.start_postgres()
-        return self.start_mlflow(), False
+        started_postgres = False
+        try:
+            self._check_can_run_postgres()
+            self.init_cluster()
+            started_postgres = not self.postgres_running()
+            self.start_postgres()
+            return self.start_mlflow(), False
+        except BaseException:
+            # a failed start leaves nothing it started running, and no folder it made
+            if started_postgres:
+                with contextlib.suppress(ServerError):
+                    self.stop_postgres()
+            if created:
+                shutil.rmtree(self.folder, ignore_errors=True)
+            raise
 
     def stop(self) -> bool:
         """Stop both; returns whether anything was running."""

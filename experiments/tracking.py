@@ -62,6 +62,10 @@ STALE_SECONDS = 60.0         # a RUNNING run whose owner is silent this long els
 END_WAIT_SECONDS = 600.0     # at its end a run waits this long for an absent store
 UI_PORT = 5000               # mlflow ui's default port
 CONNECT_SECONDS = 5.0        # an unreachable tracking server fails the command this fast
+# A tracking server whose database is down holds each request for ~100 s while it retries the database, and
+# MLflow's client retries that: minutes before an error. One request without retries shows it in this time,
+# which must leave room for a healthy server's cold first request (it opens its store: a few seconds).
+PROBE_SECONDS = 20.0
 # Stores reached over the network, by URI scheme: their default ports, for the reachability check.
 DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
 # One request is tried three times (a few seconds of back-off), not MLflow's default of seven times
@@ -118,7 +122,7 @@ class Store:
         """
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
-        self._check_server_reachable()
+        self.check_reachable()
         db = self.sqlite_path
         try:
             if db is None:
@@ -138,7 +142,7 @@ class Store:
             raise TrackingError(f"tracking store {self.uri} does not answer: {first_line(err)}") from None
         return client
 
-    def _check_server_reachable(self) -> None:
+    def check_reachable(self) -> None:
         """A tracking server or database that does not answer fails in seconds, not after MLflow's retries."""
         url = urlparse(self.uri)
         default_port = DEFAULT_PORTS.get(url.scheme.split("+")[0])  # postgresql+psycopg2 -> postgresql
@@ -151,6 +155,30 @@ class Store:
             raise TrackingError(f"cannot reach the tracking {what} {_without_password(url)} "
                                 f"({err.strerror or err}); start it, or set tracking.uri (or "
                                 "MLFLOW_TRACKING_URI) to a store that runs") from None
+        if url.scheme in ("http", "https"):
+            self._check_server_answers(url)
+
+    def _check_server_answers(self, url) -> None:
+        """One REST request, no retries: a server that answers 5xx or not at all in PROBE_SECONDS has lost its
+        database. Through MLflow's own request helper, so that its credentials and TLS settings apply."""
+        from mlflow.tracking._tracking_service.utils import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
+
+        try:
+            response = http_request(get_default_host_creds(self.uri), "/api/2.0/mlflow/experiments/search",
+                                    "POST", json={"max_results": 1}, max_retries=0, timeout=PROBE_SECONDS,
+                                    raise_on_status=False)
+        except MlflowException as err:
+            if not _timed_out(err):
+                return  # not this check's to judge: MLflow's client reports it below
+            why = f"no answer in {PROBE_SECONDS:.0f} s"
+        else:
+            if response.status_code < 500:
+                return
+            why = f"HTTP {response.status_code}"
+        raise TrackingError(f"the tracking server {_without_password(url)} answers but its database does not "
+                            f"({why}); see the server's log (make server: team-server/mlflow.log, "
+                            "team-server/postgres.log)")
 
     def ensure_experiment(self, name: str, client: MlflowClient | None = None) -> str:
         """Return the id of experiment ``name``, creating it (and a fresh store) if needed."""
@@ -175,6 +203,20 @@ class Store:
         if self.uri.startswith(("http://", "https://")):
             return f"open {self.uri.rstrip('/')}/{page}"
         return f"mlflow ui --backend-store-uri {self.uri}, then open http://127.0.0.1:{UI_PORT}/{page}"
+
+
+def _timed_out(err: BaseException | None) -> bool:
+    """Whether a request failed for want of an answer: requests raises a read timeout as a Timeout, or as a
+    ConnectionError over urllib3's MaxRetryError (even with no retries), which MLflow wraps again."""
+    import requests
+    import urllib3
+
+    while err is not None:
+        if isinstance(err, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError)) or isinstance(
+                getattr(err, "reason", None), urllib3.exceptions.TimeoutError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def create_sqlite_store(db: Path, artifact_root: Path | None) -> None:

@@ -81,6 +81,23 @@ def tiny(text: Path, *more: str) -> list[str]:
     return [*TINY, "data=file", f"data.path={text}", *more]
 
 
+def emitted_metric_counts(folder: Path, *overrides: str) -> dict[str, int]:
+    """Per metric key, how many points a charrnn-train job with ``overrides`` logs: its trainer run here
+    (the engine is deterministic in what it emits per iteration) with a Recorder, plus the one
+    model/num_params point the harness adds. The truth a tracked run's store is counted against."""
+    from collections import Counter
+
+    from charrnn_experiments.tracking import METRIC_NUM_PARAMS
+    from charrnn_experiments.train import build_trainer
+
+    trainer = build_trainer(compose_cfg(*overrides), folder / "checkpoints")[1]
+    recorder = Recorder()
+    trainer.run([recorder])
+    counts = Counter(key for _, metrics in recorder.metrics for key in metrics)
+    counts[METRIC_NUM_PARAMS] += 1
+    return dict(counts)
+
+
 def compose_cfg(*overrides: str, hydra: bool = False):
     """The charrnn-train config as Hydra composes it, without running the app."""
     with initialize_config_module("charrnn_conf", version_base="1.3"):

@@ -31,3 +31,12 @@ def test_readme_engine_example_trains_resumes_and_samples(tmp_path, monkeypatch,
     assert [" ".join(line.split()[:3]) for line in progress.splitlines() if line.startswith("iter ")] == [
         "iter 100: train/loss", "iter 100: val/loss", "iter 200: train/loss", "iter 200: val/loss"]
     assert out.endswith("\n") and len(printed_sample) == 200 and set(printed_sample) <= set(vocab.chars)
+
+
+def test_readme_team_section_has_the_done_when_commands():
+    """The issue's done-when: on a fresh machine these two commands, exactly, in the Team server section."""
+    section = README.read_text(encoding="utf-8").split("## Team server", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in re.findall(r"```bash\n(.*?)```", section, re.S)[0]
+                .splitlines()]
+    assert "make server" in commands
+    assert "charrnn-train tracking.uri=http://127.0.0.1:5000 experiment=grid hydra/launcher=joblib" in commands

@@ -12,18 +12,21 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from mlflow import MlflowClient
 
-from charrnn_experiments.team_server import ServerError, TeamServer, free_port, postgres_bindir
-from conftest import BIN, jobs_log_one_dataset_at_once, run_cli, tiny, write_small_text
+from charrnn_experiments.team_server import ServerError, TeamServer, free_port, health, postgres_bindir
+from conftest import (BIN, emitted_metric_counts, jobs_log_one_dataset_at_once, run_cli, tiny,
+                      write_small_text)
 
 ITERS, LOG_EVERY, EVAL_EVERY = 60, 10, 30  # tiny()'s budget and cadence
 GRID = ["model.hidden_size=8,16", "train.seq_length=8,16"]
@@ -49,7 +52,14 @@ def team_server():
     folder.chmod(0o755)
     server = TeamServer(folder, free_port(), workers=2)
     try:
-        server.start()
+        for attempt in range(5):  # a free port can be taken between picking and binding it: pick another
+            try:
+                server.start()
+                break
+            except ServerError:
+                if attempt == 4:
+                    raise
+                server = TeamServer(folder, free_port(), workers=2)  # a failed start stopped what it started
         yield server
     finally:
         server.stop()
@@ -82,8 +92,23 @@ def experiment_runs(url: str, name: str):
     return client, experiment.experiment_id, client.search_runs([experiment.experiment_id], max_results=1000)
 
 
-def check_sweep(server: TeamServer, url: str, experiment: str, n_jobs: int) -> list:
-    """One parent, n_jobs FINISHED children with every metric point, over REST and in PostgreSQL."""
+def metric_counts_over_rest(client: MlflowClient, run) -> dict[str, int]:
+    return {key: len(client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics}
+
+
+def metric_counts_in_postgres(server: TeamServer, experiment_id: str) -> dict[str, dict[str, int]]:
+    """run id -> metric key -> points, counted by PostgreSQL itself."""
+    counts: dict[str, dict[str, int]] = {}
+    for run, key, n in sql(server, "SELECT m.run_uuid, m.key, count(*) FROM metrics m JOIN runs r "
+                                   "ON r.run_uuid = m.run_uuid WHERE r.experiment_id = %s GROUP BY m.run_uuid, m.key",
+                           int(experiment_id)):
+        counts.setdefault(run, {})[key] = n
+    return counts
+
+
+def check_sweep(server: TeamServer, url: str, experiment: str, n_jobs: int, text: Path, folder: Path) -> list:
+    """One parent, n_jobs FINISHED children with every metric point their trainers emitted (each key, each
+    point), over REST and in PostgreSQL."""
     client, experiment_id, runs = experiment_runs(url, experiment)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1, [r.info.run_name for r in parents]
@@ -92,19 +117,20 @@ def check_sweep(server: TeamServer, url: str, experiment: str, n_jobs: int) -> l
     assert [c.info.status for c in children] == ["FINISHED"] * n_jobs, \
         [(c.info.status, c.data.tags.get("charrnn.reason")) for c in children]
     assert parents[0].info.status == "FINISHED"
-    expected = {"train/loss": ITERS // LOG_EVERY, "val/loss": ITERS // EVAL_EVERY}
-    for c in children:
-        for key, n in expected.items():
-            assert len(client.get_metric_history(c.info.run_id, key)) == n, (c.info.run_name, key)
+    emitted, expected = {}, {}
+    for c in children:  # the same job run here, untracked: what its trainer logs
+        grid = tuple(f"{key}={c.data.params[key]}" for key in ("model.hidden_size", "train.seq_length"))
+        if grid not in emitted:
+            emitted[grid] = emitted_metric_counts(folder / str(len(emitted)), *tiny(text), *grid)
+        expected[c.info.run_id] = emitted[grid]
+        assert emitted[grid]["train/loss"] == ITERS // LOG_EVERY, emitted[grid]  # the cadence it was given
+        assert metric_counts_over_rest(client, c) == emitted[grid], c.info.run_name
     # the database itself holds them
     rows = sql(server, "SELECT run_uuid, status FROM runs WHERE experiment_id = %s", int(experiment_id))
     assert sorted(rows) == sorted((r.info.run_id, r.info.status) for r in runs)
-    counts = dict(((run, key), n) for run, key, n in sql(
-        server, "SELECT m.run_uuid, m.key, count(*) FROM metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
-                "WHERE r.experiment_id = %s GROUP BY m.run_uuid, m.key", int(experiment_id)))
+    in_postgres = metric_counts_in_postgres(server, experiment_id)
     for c in children:
-        for key, n in expected.items():
-            assert counts[(c.info.run_id, key)] == n
+        assert in_postgres[c.info.run_id] == expected[c.info.run_id], c.info.run_name
     return children
 
 
@@ -124,7 +150,115 @@ def test_missing_postgres_binaries_is_one_line(tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ")
     assert "install Debian's `postgresql` package" in out.stderr
-    assert not (tmp_path / "team" / "pgdata").exists()
+    assert not (tmp_path / "team").exists()  # a failed start leaves no empty folder behind
+
+
+def test_a_failed_start_stops_the_postgresql_it_started_and_leaves_no_folder():
+    reason = missing_postgres()
+    if reason:
+        pytest.skip(reason)
+    folder = Path(tempfile.mkdtemp(prefix="charrnn-fail-"))
+    folder.chmod(0o755)
+    team = folder / "team"
+    try:
+        with socket.socket() as taken:
+            # bound but not listening: the port looks free, then mlflow server cannot bind it (a lost race)
+            taken.bind(("127.0.0.1", 0))
+            out = subprocess.run([sys.executable, "-m", "charrnn_experiments.team_server", "start",
+                                  "--dir", str(team), "--port", str(taken.getsockname()[1])],
+                                 capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and out.stderr.startswith("error: mlflow server did not start"), out.stderr
+        assert out.stderr.count("\n") == 1
+        left = [cmd for cmd in (entry[2] for entry in process_table().values()) if str(team) in cmd]
+        assert not left, left
+        assert not team.exists()
+    finally:
+        if team.exists():
+            TeamServer(team).stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
+
+
+def test_make_server_and_server_stop(tmp_path):
+    """The Makefile's own targets, run from another folder as a user would from the repo: everything lands in
+    ./team-server there. BIN points at this environment and the install stamps are emptied (no pip run)."""
+    reason = missing_postgres() or (None if shutil.which("make") else "make is not installed")
+    if reason:
+        pytest.skip(reason)
+    folder = Path(tempfile.mkdtemp(prefix="charrnn-make-"))
+    folder.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, which must enter it
+    make = ["make", "--no-print-directory", "-f", str(MAKEFILE), f"BIN={BIN}", "SERVER=", "CORE="]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        out = subprocess.run([*make, "server", f"PORT={port}"], cwd=folder, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert f"running at {url}" in out.stdout
+        assert (folder / "team-server" / "pgdata").is_dir() and (folder / "team-server" / "artifacts").is_dir()
+        assert MlflowClient(url).search_experiments()[0].name == "Default"  # PostgreSQL behind it answers
+        out = subprocess.run([*make, "server-stop"], cwd=folder, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == "stopped", out.stderr[-2000:]
+        assert not health(url)
+        server = TeamServer(folder / "team-server", port)
+        assert server.running_mlflow() is None and not server.postgres_running()
+    finally:
+        TeamServer(folder / "team-server", port).stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def ordinary_user_prefix() -> list[str] | None:
+    """How to run a command as an ordinary user: as is when we are one, else in a user namespace where we are
+    uid 1000 (PostgreSQL then runs as us, not through runuser); None where neither works."""
+    if os.geteuid() != 0:
+        return []
+    prefix = ["unshare", "-U", "--map-user=1000", "--map-group=1000"]
+    if shutil.which("unshare") and subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
+        return prefix
+    return None
+
+
+def process_ended(pid: int, wait_s: float = 10) -> bool:
+    """Whether process ``pid`` is gone or a zombie (whose parent has not collected it yet) within wait_s."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (OSError, IndexError):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_an_ordinary_user_starts_and_stops_the_team_server():
+    prefix = ordinary_user_prefix()
+    reason = missing_postgres() or (None if prefix is not None else
+                                    "root without user namespaces (unshare -U): no ordinary user to run as")
+    if reason:
+        pytest.skip(reason)
+    folder = Path(tempfile.mkdtemp(prefix="charrnn-user-"))
+    folder.chmod(0o755)
+    cmd = [*prefix, sys.executable, "-m", "charrnn_experiments.team_server"]
+    where = ["--dir", str(folder / "team")]
+    port = free_port()
+    try:
+        assert subprocess.run([*prefix, "id", "-u"], capture_output=True, text=True).stdout.strip() != "0"
+        out = subprocess.run([*cmd, "start", *where, "--port", str(port), "--workers", "1"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert MlflowClient(f"http://127.0.0.1:{port}").search_experiments()[0].name == "Default"
+        # PostgreSQL runs as the user who started it (outside the namespace: us), not as `postgres`
+        postmaster = int((folder / "team" / "pgdata" / "postmaster.pid").read_text().split()[0])
+        assert Path(f"/proc/{postmaster}").stat().st_uid == os.getuid()
+        out = subprocess.run([*cmd, "stop", *where], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == "stopped", out.stderr[-2000:]
+        assert process_ended(postmaster) and not health(f"http://127.0.0.1:{port}")
+    finally:
+        subprocess.run([*cmd, "stop", *where], capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +274,7 @@ def joblib_grid(tmp_path_factory, team_server, url):
 def test_2x2_joblib_sweep_lands_in_postgres(joblib_grid, team_server, url):
     out, where = joblib_grid
     assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-3000:]
-    children = check_sweep(team_server, url, "joblib-grid", 4)
+    children = check_sweep(team_server, url, "joblib-grid", 4, where / "small.txt", where / "emitted")
     grid = {(c.data.params["model.hidden_size"], c.data.params["train.seq_length"]) for c in children}
     assert grid == {("8", "8"), ("8", "16"), ("16", "8"), ("16", "16")}
     # artifacts went through the server into its folder: no store, no artifacts where the sweep ran
@@ -183,7 +317,7 @@ def test_a_long_job_name_still_makes_a_run(cli, small_text, tmp_path, url):
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
 
 
-def test_eight_trainings_started_at_once_all_succeed(small_text, tmp_path, url):
+def test_eight_trainings_started_at_once_all_succeed(small_text, tmp_path, team_server, url):
     procs = [subprocess.Popen([str(BIN / "charrnn-train"), *tiny(small_text), f"tracking.uri={url}",
                                "tracking.experiment=eight", f"hydra.run.dir={tmp_path / str(i)}"],
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -192,11 +326,13 @@ def test_eight_trainings_started_at_once_all_succeed(small_text, tmp_path, url):
     results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     assert [rc for rc, _, _ in results] == [0] * 8, [err[-2000:] for rc, _, err in results if rc]
     run_ids = {re.search(r"run id:\s+(\w+)", out).group(1) for _, out, _ in results}
-    client, _, runs = experiment_runs(url, "eight")
+    client, experiment_id, runs = experiment_runs(url, "eight")
     assert {r.info.run_id for r in runs} == run_ids and len(run_ids) == 8
+    emitted = emitted_metric_counts(tmp_path / "emitted", *tiny(small_text))
+    in_postgres = metric_counts_in_postgres(team_server, experiment_id)
     for r in runs:
         assert r.info.status == "FINISHED"
-        assert len(client.get_metric_history(r.info.run_id, "train/loss")) == ITERS // LOG_EVERY
+        assert metric_counts_over_rest(client, r) == emitted == in_postgres[r.info.run_id], r.info.run_id
 
 
 def test_parallel_jobs_log_the_same_dataset_into_postgres(team_server, tmp_path):
@@ -218,21 +354,24 @@ def check_nothing_made(out, tmp_path, words: str) -> None:
     assert len(errors) == 1 and words in errors[0], out.stderr[-2000:]
     assert "Traceback" not in out.stderr + out.stdout
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
-    assert not list(tmp_path.glob("outputs/**/checkpoints/*.npz")), "no training without tracking"
+    assert not (tmp_path / "outputs").exists(), "the store is checked before Hydra makes the run's folder"
 
 
 def test_team_server_without_its_database_is_one_line_and_leaves_nothing(small_text, tmp_path,
                                                                         team_server, url):
     team_server.stop_postgres()
+    started = time.monotonic()
     try:
-        # MLflow's client would retry the server's 500s for minutes; a user can say how often
+        # the server holds each request ~100 s retrying its database, and MLflow's client retries that
         out = subprocess.run([str(BIN / "charrnn-train"), *tiny(small_text), f"tracking.uri={url}",
                               "tracking.experiment=no-db"], cwd=tmp_path, capture_output=True, text=True,
-                             env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}, timeout=120,
-                             stdin=subprocess.DEVNULL)
+                             timeout=400, stdin=subprocess.DEVNULL)
     finally:
         team_server.start_postgres()
-    check_nothing_made(out, tmp_path, url)  # the server answers 503 to every request
+    seconds = time.monotonic() - started
+    check_nothing_made(out, tmp_path, url)
+    assert "its database does not" in out.stderr, out.stderr[-2000:]
+    assert seconds < 40, f"{seconds:.0f} s before the error line"
     assert MlflowClient(url).get_experiment_by_name("no-db") is None
 
 
@@ -244,15 +383,20 @@ def test_postgres_unreachable_at_start_is_one_line_and_leaves_nothing(cli, small
     except subprocess.TimeoutExpired:
         pytest.fail("charrnn-train still retrying after 30 s")
     check_nothing_made(out, tmp_path, str(dead))
+    # a sweep too: one line before any job starts (Hydra made its callback's error a warning and went on)
+    out = cli("charrnn-train", "-m", *tiny(small_text), "model.hidden_size=8,16",
+              f"tracking.uri=postgresql+psycopg2://mlflow@127.0.0.1:{dead}/mlflow", timeout=30)
+    check_nothing_made(out, tmp_path, str(dead))
+    assert not (tmp_path / "multirun").exists()
 
 
 def test_server_restart_mid_run_loses_no_metric_point(small_text, tmp_path, team_server, url):
     cmd = [sys.executable, "-m", "charrnn_experiments.team_server"]
     where = ["--dir", str(team_server.folder)]
     iters, log_every = 20_000, 100
-    proc = subprocess.Popen([str(BIN / "charrnn-train"), *tiny(small_text), f"train.max_iters={iters}",
-                             f"train.log_every={log_every}", "train.eval_every=5000", "train.sample_every=0",
-                             f"tracking.uri={url}", "tracking.experiment=restart"],
+    job = tiny(small_text, f"train.max_iters={iters}", f"train.log_every={log_every}", "train.eval_every=5000",
+               "train.sample_every=0")
+    proc = subprocess.Popen([str(BIN / "charrnn-train"), *job, f"tracking.uri={url}", "tracking.experiment=restart"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # training is under way, its run open on the server
         if "| train/loss" in line:
@@ -266,9 +410,14 @@ def test_server_restart_mid_run_loses_no_metric_point(small_text, tmp_path, team
     assert proc.wait(timeout=600) == 0, rest[-3000:]
     run_id = re.search(r"run id:\s+(\w+)", rest).group(1)
     client = MlflowClient(url)
-    assert client.get_run(run_id).info.status == "FINISHED"
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
     assert sorted(steps) == list(range(log_every, iters + 1, log_every))
+    # every key's every point, against what the same job's trainer emits, over REST and in PostgreSQL
+    emitted = emitted_metric_counts(tmp_path / "emitted", *job)
+    assert metric_counts_over_rest(client, run) == emitted
+    assert metric_counts_in_postgres(team_server, run.info.experiment_id)[run_id] == emitted
 
 
 # --- a real 2-node Ray cluster -------------------------------------------------------------------
@@ -333,16 +482,36 @@ def ray_cluster(team_server):
         cluster.roots.add(proc.pid)
         return proc
 
-    try:
-        head = node("--head", f"--port={cluster.address.rsplit(':', 1)[1]}", f"--temp-dir={temp}",
+    def head() -> subprocess.Popen:
+        cluster.address = f"127.0.0.1:{free_port()}"
+        return node("--head", f"--port={cluster.address.rsplit(':', 1)[1]}", f"--temp-dir={temp}",
                     "--include-dashboard=false", f"--ray-client-server-port={free_port()}", log="head.log")
-        wait_for_nodes(cluster, 1, [head])
-        worker = node(f"--address={cluster.address}", log="worker.log")
-        wait_for_nodes(cluster, 2, [head, worker])
+
+    try:
+        nodes = [start_node(cluster, head, [])]
+        start_node(cluster, lambda: node(f"--address={cluster.address}", log="worker.log"), nodes)
         yield cluster
     finally:
         stop_cluster(cluster.roots)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def start_node(cluster: RayCluster, start: Callable[[], subprocess.Popen], running: list[subprocess.Popen],
+               tries: int = 3) -> subprocess.Popen:
+    """Start a node (``start`` picks its free ports) and wait until it joined; a node that exits at once, as
+    when a port it picked was taken meanwhile, is started again on other ports."""
+    for attempt in range(tries):
+        proc = start()
+        try:
+            wait_for_nodes(cluster, len(running) + 1, [*running, proc])
+            running.append(proc)
+            return proc
+        except AssertionError:
+            if proc.poll() is None or attempt == tries - 1:
+                raise
+            stop_cluster({proc.pid})  # whatever it had started
+            cluster.roots.discard(proc.pid)
+    raise AssertionError("unreachable")
 
 
 def wait_for_nodes(cluster: RayCluster, n: int, nodes: list[subprocess.Popen]) -> None:
@@ -392,7 +561,7 @@ def test_sweep_on_a_two_node_ray_cluster_lands_in_postgres(small_text, tmp_path,
         cwd=tmp_path, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
         env=ray_cluster.env())
     assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-3000:]
-    children = check_sweep(team_server, url, "ray-grid", 4)
+    children = check_sweep(team_server, url, "ray-grid", 4, small_text, tmp_path / "emitted")
     assert sorted(int(c.data.tags["charrnn.job"]) for c in children) == [0, 1, 2, 3]
 
 
