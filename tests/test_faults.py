@@ -82,6 +82,20 @@ class Output:
         return "".join(self.lines)
 
 
+def train_until_the_server_goes_away(start, server: MlflowServer, args: list[str], cwd: Path):
+    """charrnn-train ``args`` into ``server``, which is stopped once the run has stored its first points;
+    returns the process, its Output, a client of the server and the run id."""
+    proc = start(*args, f"tracking.uri={server.url}", cwd=cwd)
+    output = Output(proc)
+    output.wait_for("| train/loss")
+    client = MlflowClient(server.url)
+    run_id = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])[0].info.run_id
+    while not client.get_metric_history(run_id, "train/loss"):
+        time.sleep(0.2)
+    server.stop()
+    return proc, output, client, run_id
+
+
 def run_ids_in(db: Path) -> list[str]:
     """Run ids in a SQLite store, read without opening it through MLflow (which would migrate it)."""
     try:
@@ -265,45 +279,35 @@ def test_a_few_metric_points_reach_the_store_within_seconds_while_the_run_runs(t
     assert history(reader, tracker.run_id, "train/loss") == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
 
 
-def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, small_text, tmp_path):
-    server = MlflowServer(tmp_path)
-    server.start()
-    try:
-        proc = start(*tiny(small_text, "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100",
-                           "train.eval_every=200", "train.sample_every=200"),
-                     f"tracking.uri={server.url}", cwd=tmp_path)
-        output = Output(proc)
-        output.wait_for("| train/loss")
-        client = MlflowClient(server.url)
-        run_id = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])[0].info.run_id
-        while not client.get_metric_history(run_id, "train/loss"):
-            time.sleep(0.2)
-        server.stop()
-        output.wait_for("tracking store", timeout=120)
-        assert any("unreachable" in line and "training goes on" in line for line in output.lines), output.lines
-        server.start()  # on the same port
-        output.wait_for("is back after")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=300) == 130, output.text
-        text = output.text
-        assert len([line for line in text.splitlines() if "unreachable" in line]) == 1, text
-        # training went on while the store was away: evaluations printed between the sender's two words
-        lines = text.splitlines()
-        away = next(i for i, line in enumerate(lines) if "unreachable" in line)
-        back = next(i for i, line in enumerate(lines) if "is back after" in line)
-        outage = [int(m[1]) for line in lines[away:back] if (m := PROGRESS_LINE.search(line)) and "val/loss" in line]
-        assert len(outage) >= 2, text  # the restart alone takes seconds: thousands of iterations
-        run = client.get_run(run_id)
-        assert run.info.status == "KILLED"
-        steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
-        last = steps[-1]
-        assert steps == list(range(100, last + 1, 100)), "every point, once"
-        evals = [m.step for m in client.get_metric_history(run_id, "val/loss")]
-        assert evals == list(range(200, last + 1, 200))
-        assert set(outage) <= set(evals), "what was trained during the outage reached the store"
-        assert "checkpoints/latest.npz" in {a.path for a in client.list_artifacts(run_id, "checkpoints")}
-    finally:
-        server.stop()
+def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, mlflow_server, small_text,
+                                                                         tmp_path):
+    server = mlflow_server
+    args = tiny(small_text, "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100",
+                "train.eval_every=200", "train.sample_every=200")
+    proc, output, client, run_id = train_until_the_server_goes_away(start, server, args, tmp_path)
+    output.wait_for("tracking store", timeout=120)
+    assert any("unreachable" in line and "training goes on" in line for line in output.lines), output.lines
+    server.start()  # on the same port
+    output.wait_for("is back after")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 130, output.text
+    text = output.text
+    assert len([line for line in text.splitlines() if "unreachable" in line]) == 1, text
+    # training went on while the store was away: evaluations printed between the sender's two words
+    lines = text.splitlines()
+    away = next(i for i, line in enumerate(lines) if "unreachable" in line)
+    back = next(i for i, line in enumerate(lines) if "is back after" in line)
+    outage = [int(m[1]) for line in lines[away:back] if (m := PROGRESS_LINE.search(line)) and "val/loss" in line]
+    assert len(outage) >= 2, text  # the restart alone takes seconds: thousands of iterations
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    last = steps[-1]
+    assert steps == list(range(100, last + 1, 100)), "every point, once"
+    evals = [m.step for m in client.get_metric_history(run_id, "val/loss")]
+    assert evals == list(range(200, last + 1, 200))
+    assert set(outage) <= set(evals), "what was trained during the outage reached the store"
+    assert "checkpoints/latest.npz" in {a.path for a in client.list_artifacts(run_id, "checkpoints")}
 
 
 def test_an_unreachable_tracking_server_fails_at_once_with_one_line(cli, small_text, tmp_path):
@@ -333,55 +337,45 @@ def test_six_runs_started_together_in_a_fresh_directory_all_succeed_each_in_its_
     assert re.search(r"run id:\s+[0-9a-f]{32}", outs[0])
 
 
-def test_a_run_ended_while_its_server_is_away_continues_from_its_local_checkpoint(start, cli, small_text, tmp_path):
-    server = MlflowServer(tmp_path)
-    server.start()
-    try:
-        args = tiny(small_text, "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100",
-                    "train.eval_every=200", "train.sample_every=0")
-        proc = start(*args, f"tracking.uri={server.url}", cwd=tmp_path)
-        output = Output(proc)
-        output.wait_for("| train/loss")
-        client = MlflowClient(server.url)
-        run_id = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])[0].info.run_id
-        while not client.get_metric_history(run_id, "train/loss"):
-            time.sleep(0.2)
-        server.stop()
-        output.wait_for("training goes on", timeout=120)
-        proc.send_signal(signal.SIGTERM)  # training stops and saves a checkpoint; the store is still away
-        output.wait_for("waiting up to")
-        proc.send_signal(signal.SIGINT)  # give up waiting
-        assert proc.wait(timeout=120) != 0
-        text = output.text
-        resume_line = re.search(r"from here with train\.resume=(\S+\.npz)", text)
-        assert resume_line and f"train.resume={run_id} (every metric point)" in text, text
-        local = Path(resume_line.group(1))
-        stopped_at = load_checkpoint(local).iteration
+def test_a_run_ended_while_its_server_is_away_continues_from_its_local_checkpoint(start, mlflow_server, cli,
+                                                                                 small_text, tmp_path):
+    server = mlflow_server
+    args = tiny(small_text, "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100",
+                "train.eval_every=200", "train.sample_every=0")
+    proc, output, client, run_id = train_until_the_server_goes_away(start, server, args, tmp_path)
+    output.wait_for("training goes on", timeout=120)
+    proc.send_signal(signal.SIGTERM)  # training stops and saves a checkpoint; the store is still away
+    output.wait_for("waiting up to")
+    proc.send_signal(signal.SIGINT)  # give up waiting
+    assert proc.wait(timeout=120) != 0
+    text = output.text
+    resume_line = re.search(r"from here with train\.resume=(\S+\.npz)", text)
+    assert resume_line and f"train.resume={run_id} (every metric point)" in text, text
+    local = Path(resume_line.group(1))
+    stopped_at = load_checkpoint(local).iteration
 
-        server.start()  # on the same port
-        assert client.get_run(run_id).info.status == "RUNNING"
-        stored_through = client.get_metric_history(run_id, "train/loss")[-1].step
-        limit = (stopped_at // 100 + 3) * 100
-        out = cli("charrnn-train", f"train.resume={local}", f"train.max_iters={limit}", "train.max_seconds=null",
-                  f"tracking.uri={server.url}")
-        assert out.returncode == 0, out.stderr
-        assert f"resuming run {run_id} at iteration {stopped_at} from {local}" in out.stderr
-        assert client.get_run(run_id).info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
-        # trained on for seconds while the store was away: logged, never delivered
-        missing = list(range(stored_through + 100, stopped_at + 1, 100))
-        assert missing and "were never delivered and stay missing" in out.stderr, out.stderr
-        assert steps == [s for s in range(100, limit + 1, 100) if s not in missing], "once each, the rest"
+    server.start()  # on the same port
+    assert client.get_run(run_id).info.status == "RUNNING"
+    stored_through = client.get_metric_history(run_id, "train/loss")[-1].step
+    limit = (stopped_at // 100 + 3) * 100
+    out = cli("charrnn-train", f"train.resume={local}", f"train.max_iters={limit}", "train.max_seconds=null",
+              f"tracking.uri={server.url}")
+    assert out.returncode == 0, out.stderr
+    assert f"resuming run {run_id} at iteration {stopped_at} from {local}" in out.stderr
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    # trained on for seconds while the store was away: logged, never delivered
+    missing = list(range(stored_through + 100, stopped_at + 1, 100))
+    assert missing and "were never delivered and stay missing" in out.stderr, out.stderr
+    assert steps == [s for s in range(100, limit + 1, 100) if s not in missing], "once each, the rest"
 
-        reference = tmp_path / "reference"
-        reference.mkdir()
-        assert cli("charrnn-train", *args, f"train.max_iters={limit}", "train.max_seconds=null",
-                   cwd=reference).returncode == 0
-        ref_client = store_client(reference)
-        ref = only_run(ref_client).info.run_id
-        for key in ("train/loss", "val/loss"):
-            ours = {m.step: m.value for m in client.get_metric_history(run_id, key)}
-            theirs = {m.step: m.value for m in ref_client.get_metric_history(ref, key)}
-            assert ours == {step: theirs[step] for step in ours}, key
-    finally:
-        server.stop()
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert cli("charrnn-train", *args, f"train.max_iters={limit}", "train.max_seconds=null",
+               cwd=reference).returncode == 0
+    ref_client = store_client(reference)
+    ref = only_run(ref_client).info.run_id
+    for key in ("train/loss", "val/loss"):
+        ours = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+        theirs = {m.step: m.value for m in ref_client.get_metric_history(ref, key)}
+        assert ours == {step: theirs[step] for step in ours}, key

@@ -42,14 +42,20 @@ def missing_postgres() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def team_server():
-    reason = missing_postgres()
+def postgres_folder(prefix: str, also_missing: str | None = None) -> Path:
+    """A fresh folder for a team server, or a skip naming what this machine lacks. Not under pytest's private tmp
+    folder: as root, PostgreSQL runs as `postgres`, which must enter it."""
+    reason = missing_postgres() or also_missing
     if reason:
         pytest.skip(reason)
-    # Not under pytest's private tmp folder: as root, PostgreSQL runs as `postgres`, which must enter it.
-    folder = Path(tempfile.mkdtemp(prefix="charrnn-team-"))
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
     folder.chmod(0o755)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def team_server():
+    folder = postgres_folder("charrnn-team-")
     server = TeamServer(folder, free_port(), workers=2)
     try:
         for attempt in range(5):  # a free port can be taken between picking and binding it: pick another
@@ -154,11 +160,7 @@ def test_missing_postgres_binaries_is_one_line(tmp_path):
 
 
 def test_a_failed_start_stops_the_postgresql_it_started_and_leaves_no_folder():
-    reason = missing_postgres()
-    if reason:
-        pytest.skip(reason)
-    folder = Path(tempfile.mkdtemp(prefix="charrnn-fail-"))
-    folder.chmod(0o755)
+    folder = postgres_folder("charrnn-fail-")
     team = folder / "team"
     try:
         with socket.socket() as taken:
@@ -184,11 +186,7 @@ MAKEFILE = Path(__file__).resolve().parents[1] / "Makefile"
 def test_make_server_and_server_stop(tmp_path):
     """The Makefile's own targets, run from another folder as a user would from the repo: everything lands in
     ./team-server there. BIN points at this environment and the install stamps are emptied (no pip run)."""
-    reason = missing_postgres() or (None if shutil.which("make") else "make is not installed")
-    if reason:
-        pytest.skip(reason)
-    folder = Path(tempfile.mkdtemp(prefix="charrnn-make-"))
-    folder.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, which must enter it
+    folder = postgres_folder("charrnn-make-", None if shutil.which("make") else "make is not installed")
     make = ["make", "--no-print-directory", "-f", str(MAKEFILE), f"BIN={BIN}", "SERVER=", "CORE="]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -235,12 +233,8 @@ def process_ended(pid: int, wait_s: float = 10) -> bool:
 
 def test_an_ordinary_user_starts_and_stops_the_team_server():
     prefix = ordinary_user_prefix()
-    reason = missing_postgres() or (None if prefix is not None else
-                                    "root without user namespaces (unshare -U): no ordinary user to run as")
-    if reason:
-        pytest.skip(reason)
-    folder = Path(tempfile.mkdtemp(prefix="charrnn-user-"))
-    folder.chmod(0o755)
+    folder = postgres_folder("charrnn-user-", None if prefix is not None else
+                             "root without user namespaces (unshare -U): no ordinary user to run as")
     cmd = [*prefix, sys.executable, "-m", "charrnn_experiments.team_server"]
     where = ["--dir", str(folder / "team")]
     port = free_port()
