@@ -158,6 +158,11 @@ def store_client(cwd: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{cwd}/mlflow.db")
 
 
+def metric_history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    """A run's (step, value) points of metric ``key``, in step order."""
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
 def only_run(client: MlflowClient, experiment: str = "charrnn"):
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert len(runs) == 1

@@ -13,7 +13,7 @@ import pytest
 
 from charrnn.checkpoint import load_checkpoint, save_checkpoint
 from charrnn.data import Vocab
-from conftest import BIN, TINY, only_run, small_trainer, store_client, tiny
+from conftest import BIN, TINY, metric_history, only_run, small_trainer, store_client, tiny
 
 
 def test_single_run_prints_results_and_tracks_everything(cli, small_text, tmp_path):
@@ -134,10 +134,6 @@ def test_divergence_ends_the_run_failed_with_its_reason(cli, small_text, tmp_pat
     assert run.data.tags["charrnn.status"] == "diverged" and "lr" in run.data.tags["charrnn.reason"]
 
 
-def _losses(client, run_id, key):
-    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-
-
 def test_sigterm_kills_with_checkpoint_and_resume_with_a_stop_limit_logs_the_uninterrupted_numbers(
         cli, small_text, tmp_path):
     # No iteration limit the machine's speed could race: the run trains until the signal, and the
@@ -158,7 +154,7 @@ def test_sigterm_kills_with_checkpoint_and_resume_with_a_stop_limit_logs_the_uni
     assert killed.info.status == "KILLED" and "SIGTERM" in killed.data.tags["charrnn.reason"]
     assert "checkpoints/latest.npz" in {a.path for a in client.list_artifacts(killed.info.run_id,
                                                                               "checkpoints")}
-    stopped_at = max(s for s, _ in _losses(client, killed.info.run_id, "train/loss"))
+    stopped_at = max(s for s, _ in metric_history(client, killed.info.run_id, "train/loss"))
     limit = (stopped_at // 500 + 2) * 500
 
     out = cli("charrnn-train", f"train.resume={killed.info.run_id}", f"train.max_iters={limit}",
@@ -174,7 +170,7 @@ def test_sigterm_kills_with_checkpoint_and_resume_with_a_stop_limit_logs_the_uni
     ref_client = store_client(reference)
     ref = only_run(ref_client)
     for key in ("train/loss", "train/smooth_loss", "grad/norm", "val/loss"):
-        assert _losses(client, resumed.info.run_id, key) == _losses(ref_client, ref.info.run_id, key), key
+        assert metric_history(client, resumed.info.run_id, key) == metric_history(ref_client, ref.info.run_id, key), key
     steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "throughput/chars_per_s")]
     assert steps == list(range(100, limit + 1, 100)), "one point per step"
 
@@ -241,7 +237,7 @@ def test_resume_from_the_local_checkpoint_of_a_run_whose_store_never_got_it(cli,
     ref_client = store_client(reference)
     ref = only_run(ref_client)
     for key in ("train/loss", "grad/norm", "val/loss"):
-        assert _losses(client, run_id, key) == _losses(ref_client, ref.info.run_id, key), key
+        assert metric_history(client, run_id, key) == metric_history(ref_client, ref.info.run_id, key), key
 
 
 @pytest.mark.parametrize("name, words", [("missing.npz", "does not exist"),

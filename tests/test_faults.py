@@ -22,7 +22,7 @@ import pytest
 from mlflow import MlflowClient
 
 from charrnn.checkpoint import load_checkpoint
-from conftest import BIN, MlflowServer, free_port, only_run, store_client, tiny
+from conftest import BIN, MlflowServer, free_port, metric_history, only_run, store_client, tiny
 
 HISTORY_KEYS = ("train/loss", "train/smooth_loss", "grad/norm", "val/loss", "val/bpc")
 PROGRESS_LINE = re.compile(r"\] - iter (\d+) \|")  # charrnn-train's progress (and evaluation) log line
@@ -119,10 +119,6 @@ def run_status(db: Path, run_id: str) -> str:
 def last_step(db: Path, run_id: str, key: str = "train/loss") -> int:
     """The last step of ``key`` that the store has for the run (0 for none)."""
     return read_store(db, "select max(step) from metrics where run_uuid = ? and key = ?", run_id, key)[0] or 0
-
-
-def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
-    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
 def test_sigterm_from_the_moment_the_run_exists_ends_it_killed(start, tmp_path):
@@ -251,7 +247,7 @@ def test_kill_9_at_random_iterations_then_resume_continues_with_the_uninterrupte
     run = only_run(client)
     assert run.info.status == "FINISHED"
     for key in HISTORY_KEYS:
-        assert history(client, run_id, key) == history(ref_client, ref, key), (key, why())
+        assert metric_history(client, run_id, key) == metric_history(ref_client, ref, key), (key, why())
     steps = [m.step for m in client.get_metric_history(run_id, "throughput/chars_per_s")]
     assert steps == list(range(50, budget + 1, 50)), why()  # every point, once
 
@@ -276,7 +272,7 @@ def test_a_few_metric_points_reach_the_store_within_seconds_while_the_run_runs(t
         assert reader.get_run(tracker.run_id).info.status == "RUNNING"
     finally:
         tracker.finish("FINISHED")
-    assert history(reader, tracker.run_id, "train/loss") == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+    assert metric_history(reader, tracker.run_id, "train/loss") == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
 
 
 def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, mlflow_server, small_text,
@@ -376,6 +372,5 @@ def test_a_run_ended_while_its_server_is_away_continues_from_its_local_checkpoin
     ref_client = store_client(reference)
     ref = only_run(ref_client).info.run_id
     for key in ("train/loss", "val/loss"):
-        ours = {m.step: m.value for m in client.get_metric_history(run_id, key)}
-        theirs = {m.step: m.value for m in ref_client.get_metric_history(ref, key)}
+        ours, theirs = dict(metric_history(client, run_id, key)), dict(metric_history(ref_client, ref, key))
         assert ours == {step: theirs[step] for step in ours}, key
