@@ -357,7 +357,7 @@ def main(argv=None) -> int:
     if have_torch:
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     else:
-        why = "--no-torch given" if args.no_torch else "torch is not installed (pip install -e '.[bench]')"
+        why = "--no-torch given" if args.no_torch else "torch is not installed (make extra NAME=bench)"
         print(f"PyTorch comparison skipped: {why}")
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
           f"{'quick' if args.quick else 'full'} run: {rounds} alternating rounds, ~{seconds:g} s per contender")

@@ -25,7 +25,9 @@ from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
-BIN = Path(sys.executable).parent
+# The console scripts the tests start: this environment's, or the one CHARRNN_APP_BIN names (`make test-user-env`
+# points it at the core-only environment `make train` builds).
+BIN = Path(os.environ.get("CHARRNN_APP_BIN") or Path(sys.executable).parent)
 
 # A job of a few seconds: 60 iterations of an 8-unit RNN, logging, evaluating and sampling along the way.
 TINY = ["model.hidden_size=8", "train.seq_length=8", "train.max_seconds=null", "train.max_iters=60",

@@ -461,7 +461,7 @@ def ray_cluster(team_server):
     Both run with --block in process groups of their own, so teardown stops exactly this cluster
     (`ray stop` would stop every Ray on the machine)."""
     if not (BIN / "ray").exists():
-        pytest.skip("the ray CLI is not installed (pip install -e '.[test]')")
+        pytest.skip("the ray CLI is not installed (make test installs it)")
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths are limited
     cluster = RayCluster(f"127.0.0.1:{free_port()}", temp, set())
 
