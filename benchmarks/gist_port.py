@@ -7,7 +7,8 @@ What differs is only what a benchmark needs: no sampling; the loop's state lives
 globals; the initial weights and the vocabulary's order are given (the gist draws ``np.random.randn * 0.01``
 and takes ``list(set(data))``, whose order changes between runs), so that a run can be repeated and compared;
 and the progress ``print`` becomes a ``yield`` of each iteration's loss and smoothed loss, at the end of the
-iteration, so that one ``next`` is one whole iteration.
+iteration, so that one ``next`` is one whole iteration. N iterations' losses:
+``[loss for loss, _ in itertools.islice(gist_training(text, chars, weights), N)]``.
 
 ``charrnn.reference.GistRNN`` is the same algorithm kept as the parity oracle of the engine's tests;
 ``tests/test_gist_port.py`` checks that both give the same losses.
