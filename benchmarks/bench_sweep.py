@@ -28,6 +28,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from logged_throughput import training_steps
+
 BIN = Path(sys.executable).parent
 GRID = ["experiment=grid", "model.hidden_size=32,64", "train.seq_length=16,32", "optim.lr=0.1", "optim.clip=5"]
 
@@ -54,13 +56,7 @@ def run_sweep(launcher: list[str], iters: int) -> Sweep:
                                   filter_string="tags.`mlflow.parentRunId` != ''")
         jobs = []
         for run in runs:
-            chars_per_iter = int(run.data.params["train.seq_length"]) * int(run.data.params["train.batch_size"])
-            history = sorted(client.get_metric_history(run.info.run_id, "throughput/chars_per_s"),
-                             key=lambda m: m.step)
-            steps, previous = 0.0, 0
-            for point in history:  # each point: characters per second over the steps since the previous one
-                steps += (point.step - previous) * chars_per_iter / point.value
-                previous = point.step
+            _, steps = training_steps(client, run)
             jobs.append((run.info.run_name, (run.info.end_time - run.info.start_time) / 1000, steps))
         first = min(run.info.start_time for run in runs) / 1000
         last = max(run.info.end_time for run in runs) / 1000
