@@ -23,7 +23,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .checks import check_int, check_number
 from .data import BatchStream, Vocab, iter_eval_batches
 from .errors import ConfigError, DataError
-from .model import ModelConfig, init_params, init_state, loss_and_grads, loss_only
+from .model import ModelConfig, dropout_masks, init_params, init_state, loss_and_grads, loss_only
 from .optim import CLIP_MODES, clip_gradients, flat_views, make_optimizer
 from .sample import sample
 
@@ -177,6 +177,8 @@ class Trainer:
         self.state = init_state(model_config, train_config.batch_size)
         # sampling has its own stream so that sampling more or less often never changes training
         self.sample_rng = np.random.default_rng([train_config.seed, 1])
+        # and dropout its own, so that dropout changes neither the batches nor the samples' random draws
+        self.dropout_rng = np.random.default_rng([train_config.seed, 2])
         self.iteration = 0
         self.smooth_loss = math.log(vocab.size)  # the loss of a uniform guess, as in the gist
         self.val_loss: float | None = None
@@ -201,6 +203,7 @@ class Trainer:
             "eval_seconds": self.eval_seconds,
             "stream": self.stream.state(),
             "sample_rng": self.sample_rng.bit_generator.state,
+            "dropout_rng": self.dropout_rng.bit_generator.state,
             "window": self._window,
         }
         return Checkpoint(
@@ -251,6 +254,8 @@ class Trainer:
         trainer.eval_seconds = p.get("eval_seconds", 0.0)
         trainer.stream.load_state(p["stream"])
         trainer.sample_rng.bit_generator.state = p["sample_rng"]
+        if "dropout_rng" in p:  # absent from checkpoints written before dropout, which never drew from it
+            trainer.dropout_rng.bit_generator.state = p["dropout_rng"]
         trainer._window = dict(p["window"])
         return trainer
 
@@ -266,9 +271,11 @@ class Trainer:
         inputs, targets, reset = self.stream.next_batch()
         if reset:
             self.state = init_state(self.model_config, self.train_config.batch_size)
+        masks = dropout_masks(self.dropout_rng, self.model_config, *inputs.shape)
         # overflow shows up as a non-finite loss or norm, which run() reports as divergence with a reason
         with np.errstate(over="ignore", invalid="ignore"):
-            loss, grads, self.state = loss_and_grads(self.params, self.model_config, inputs, targets, self.state)
+            loss, grads, self.state = loss_and_grads(self.params, self.model_config, inputs, targets, self.state,
+                                                     masks)
             flat_grad = np.concatenate([grads[name].ravel() for name in self.params])  # same layout as flat_params
             norm = clip_gradients(flat_grad, self.optim_config.clip, self.optim_config.clip_mode)
         loss_per_char = loss / inputs.shape[0]

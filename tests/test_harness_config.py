@@ -24,7 +24,7 @@ PUBLIC_KEYS = [
     "model.hidden_size", "model.num_layers", "train.seq_length", "train.batch_size",
     "train.max_iters", "train.max_seconds", "train.seed", "train.dtype", "train.init_from",
     "train.log_every", "train.sample_every", "train.eval_every", "optim.lr", "optim.clip",
-    "optim.clip_mode", "data.path", "tracking.uri", "tracking.experiment",
+    "optim.clip_mode", "data.path", "tracking.uri", "tracking.experiment", "model.dropout",
 ]
 
 
@@ -61,6 +61,12 @@ def test_train_keys_reach_the_engine():
     assert (train.eval_max_chars, train.eval_every, train.seed) == (5000, 7, 3)
     _, train, _ = engine_configs(compose_cfg("train.eval_max_chars=null"), vocab_size=10)
     assert train.eval_max_chars is None
+
+
+def test_model_keys_reach_the_engine():
+    model, _, _ = engine_configs(compose_cfg("model=lstm", "model.dropout=0.25"), vocab_size=10)
+    assert (model.cell, model.dropout) == ("lstm", 0.25)
+    assert engine_configs(compose_cfg(), vocab_size=10)[0].dropout == 0.0
 
 
 def test_grid_preset_sweeps_the_four_card_parameters():
@@ -117,6 +123,8 @@ def test_optuna_preset_uses_an_in_memory_study():
 
 @pytest.mark.parametrize("overrides, words", [
     (["model.hidden_size=0"], "^model.hidden_size must be a positive integer"),
+    (["model.dropout=-0.1"], r"^model.dropout must be in \[0, 1\), got -0.1"),
+    (["model.dropout=1"], r"^model.dropout must be in \[0, 1\), got 1.0"),
     (["optim.lr=0"], "^optim.lr must be positive"),
     (["optim.clip_mode=sideways"], "^optim.clip_mode must be one of"),
     (["train.dtype=float16"], "^train.dtype must be one of"),
