@@ -55,7 +55,8 @@ def small_trainer(cell="rnn", layers=1, batch_size=2, checkpoint_dir=None, optim
                sample_every=10, sample_length=30, eval_batch_size=4)
     cfg.update(train)
     return Trainer(ModelConfig(cell, vocab.size, 16, layers, dropout=dropout), TrainConfig(**cfg),
-                   OptimConfig(optim, 0.05 if optim == "adagrad" else 0.01, 5.0, **(optim_extra or {})), vocab,
+                   OptimConfig(**{"name": optim, "lr": 0.05 if optim == "adagrad" else 0.01, "clip": 5.0,
+                                  **(optim_extra or {})}), vocab,
                    TEXT[:split], TEXT[split:], checkpoint_dir)
 
 

@@ -296,7 +296,7 @@ def test_gist_parity_free_running_50_iterations():
     assert (error <= bound).all(), f"iteration {worst + 1}: {error[worst]:.1e} > bound {bound[worst]:.1e}"
     # the bound has teeth: a learning rate off by 0.1% leaves it
     _, off, _ = gist_pair(PARITY_TEXT, seed=1)
-    off.optimizer.lr *= 1.001
+    off.optim_config.lr *= 1.001  # the lr of each update comes from the config (and its schedule)
     off_error = np.abs(np.array([off.train_step()[0] * 25 for _ in range(50)]) - gist_losses) / gist_losses
     assert (off_error > bound).any()
 
@@ -376,6 +376,9 @@ def test_training_reduces_loss_and_is_deterministic():
 @pytest.mark.parametrize("cell,layers,optim,extra", [
     ("rnn", 1, "adagrad", {}), ("lstm", 2, "adam", {}), ("gru", 2, "rmsprop", {}),
     ("lstm", 2, "adam", {"dropout": 0.3}), ("rnn", 2, "adagrad", {"dropout": 0.5}),
+    ("lstm", 2, "adam", {"dropout": 0.3, "patience": 10, "optim_extra": {
+        "weight_decay": 0.1, "schedule": {"name": "cosine", "warmup_iters": 5, "decay_iters": 40}}}),
+    ("gru", 1, "adam", {"optim_extra": {"schedule": {"name": "step", "step_start": 25, "step_every": 3}}}),
 ])
 def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path, cell, layers, optim, extra):
     full = Recorder()
