@@ -100,7 +100,7 @@ def test_grid_preset_sweeps_the_four_card_parameters():
                                              "optim.clip"}
 
 
-@pytest.mark.parametrize("preset", ["grid", "optuna", "paper_cells"])
+@pytest.mark.parametrize("preset", ["grid", "optuna", "paper_cells", "paper_cells_search"])
 def test_sweep_presets_compare_at_equal_iterations_with_time_only_as_a_cap(preset):
     cfg = compose_cfg(f"experiment={preset}")
     assert cfg.train.max_iters > 0
