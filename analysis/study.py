@@ -1,8 +1,8 @@
 """The paper's table from a study: the runs of a sweep that repeats each configuration over ``train.seed``,
 grouped by configuration, with the best validation loss as mean and spread over seeds; and its two figures.
 
-A configuration is its corpus, cell, depth and hidden size (always shown, as in the paper) plus any other swept
-param except the seed. Only FINISHED runs enter the statistics: a FAILED or KILLED run trained for less, so its
+A configuration is its corpus, cell, depth, hidden size, lr and dropout (always shown: the paper's columns and
+each model's setting) plus any other swept param except the seed. Only FINISHED runs enter the statistics: a FAILED or KILLED run trained for less, so its
 loss is no sample of the same thing; it is listed in the row's ``not finished`` column instead of dropped.
 """
 
@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from .compare import NUM_PARAMS, RANK_BY, ordered_labels, swept_params
 
 SEED = "train.seed"
-CONFIG_KEYS = ("data.name", "model.cell", "model.num_layers", "model.hidden_size")
+# the lr and dropout too: a study that gives each model its own (paper_cells) shows each row's setting
+CONFIG_KEYS = ("data.name", "model.cell", "model.num_layers", "model.hidden_size", "optim.lr", "model.dropout")
 CELL_ORDER = ("rnn", "lstm", "gru")  # the paper's order
 MEAN, STD, LOW, HIGH, N_SEEDS, UNFINISHED = ("best val/loss mean", "best val/loss std", "best val/loss min",
                                              "best val/loss max", "n seeds", "not finished")
