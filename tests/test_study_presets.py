@@ -123,3 +123,28 @@ def test_a_run_on_another_pythons_pystdlib_is_tagged_with_why_its_text_differs(t
     assert tags["charrnn.dataset.differs"] == corpus.differs and tags["charrnn.dataset.version"] == "pystdlib-v1"
     assert tags["charrnn.dataset.sha256"] == corpus.sha256 != data.PYSTDLIB_REFERENCE_SHA256
     tracker.finish("FINISHED", "test")
+
+
+def test_a_tiny_paper_cells_search_names_each_models_best_lr_in_the_tables_paper_cells_reads(cli, tmp_path):
+    # the search narrowed to one model (its three lrs), each job cut to 3 updates
+    out = cli("charrnn-train", "experiment=paper_cells_search", "data=pystdlib", "study.budget=50k", "model=lstm",
+              "model.num_layers=1", *SHRINK)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = store_client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("paper_cells_search").experiment_id])
+    [parent] = [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.info.run_id != parent]
+    assert sorted(float(r.data.params["optim.lr"]) for r in children) == [0.002, 0.005, 0.01]
+    best = min(children, key=lambda r: min(m.value for m in client.get_metric_history(r.info.run_id, "val/loss")))
+
+    compared = cli("charrnn-compare", f"parent={parent}", f"out={tmp_path / 'cmp'}",
+                   "tracking.uri=sqlite:///mlflow.db")
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    chosen = OmegaConf.load(tmp_path / "cmp" / "chosen_settings.yaml")
+    assert OmegaConf.to_container(chosen) == {"study": {
+        "lr": {"pystdlib": {"lstm": {"layers1": {"50k": float(best.data.params["optim.lr"])}}}},
+        "dropout": {"pystdlib": {"lstm": {"layers1": {"50k": 0.0}}}}}}
+    # pasted under study: in paper_cells.yaml, the table's job for that model trains at the chosen lr
+    job = OmegaConf.merge(compose_cfg("experiment=paper_cells", "data=pystdlib", "model=lstm",
+                                      "study.budget=50k"), chosen)
+    assert job.optim.lr == float(best.data.params["optim.lr"]) and job.model.dropout == 0.0
