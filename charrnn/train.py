@@ -127,9 +127,9 @@ class Callback:
     """Hooks the trainer calls; override what you need. Metric names: train/loss, train/smooth_loss (nats per
     character), grad/norm (before clipping), optim/lr (the lr of the latest update), throughput/chars_per_s,
     val/loss, val/bpc, val/best_loss (the lowest val/loss so far: a run's best validation loss is its last
-    val/best_loss), and
-    throughput/train_fraction and throughput/eval_fraction: the shares of the run's wall time so far spent in
-    training steps and in evaluation, sampling and checkpoints (wall-clock figures, like chars_per_s)."""
+    val/best_loss), and throughput/train_fraction and throughput/eval_fraction: the shares of the run's wall time
+    so far spent in training steps and in evaluation, sampling and checkpoints (wall-clock figures, like
+    chars_per_s)."""
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
 
