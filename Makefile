@@ -24,7 +24,7 @@ test: $(TEST)
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
 
 sweep: $(CORE)
-	$(BIN)/charrnn-train experiment=grid hydra/launcher=joblib
+	$(BIN)/charrnn-train experiment=grid hydra/launcher=charrnn
 
 ui: $(CORE)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -251,15 +251,15 @@ class MlflowSweepCallback(Callback):
             self._start_sweep(config)
 
     def _start_sweep(self, config: DictConfig) -> None:
+        space = swept_space(config)
+        jobs = planned_jobs(config, space)
+        threads = blas_threads(config, jobs)  # a bad n_jobs fails here, before anything is created
         start_process_launcher(config)
         store = tracking.Store.resolve(config.tracking.uri, os.getcwd())
         experiment_id = store.ensure_experiment(config.tracking.experiment)  # before any job or the sweep's folder
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        space = swept_space(config)
         choices = config.hydra.runtime.choices
         preset = choices.get("experiment") or "sweep"
-        jobs = planned_jobs(config, space)
-        threads = blas_threads(config, jobs)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"keys": list(space), "blas_threads": threads}))
         tags = {tracking.TAG_SWEEP: str(sweep_dir), TAG_LAUNCHER: str(choices.get("hydra/launcher")),
