@@ -46,7 +46,7 @@ test-user-env: $(TEST) $(UV)
 		-k "not ray and not submitit and not optuna and not cluster_launchers"
 
 sweep: $(CORE)
-	$(BIN)/charrnn-train experiment=grid hydra/launcher=joblib
+	$(BIN)/charrnn-train experiment=grid hydra/launcher=charrnn
 
 ui: $(CORE)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -59,7 +59,8 @@ def schema_fields(source: type, omit: tuple[str, ...] = (),
 
 
 def schema_class(name: str, fields: list[tuple[str, Any, dataclasses.Field]]) -> type:
-    """A dataclass of ``fields`` that lives in this module, so a config holding it pickles (joblib's workers)."""
+    """A dataclass of ``fields`` that lives in this module, so a config holding it pickles (a parallel launcher
+    sends the config to each job's process)."""
     made = make_dataclass(name, fields)
     made.__module__ = __name__
     return made

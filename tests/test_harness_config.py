@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 from hydra.errors import HydraException
+from hydra.plugins.launcher import Launcher
+from hydra.utils import get_class
 from omegaconf import OmegaConf, read_write
 
 from charrnn.errors import ConfigError
@@ -14,7 +17,7 @@ from charrnn.model import ModelConfig
 from charrnn.schedule import ScheduleConfig
 from charrnn.train import OptimConfig, TrainConfig
 from charrnn_experiments.schema import TrainAppSchema, boolean_override_error, config_error_line
-from charrnn_experiments.sweep_callback import short_name, swept_space
+from charrnn_experiments.sweep_callback import parallel_jobs, short_name, swept_space
 from charrnn_experiments.train import build_trainer, engine_configs
 from charrnn_experiments.tracking import Store, flatten
 from conftest import compose_cfg
@@ -120,6 +123,22 @@ def test_a_preset_sweep_narrowed_to_one_value_is_not_swept():
     space = swept_space(cfg)
     assert "data" not in space
     assert space["model"] == "rnn,lstm,gru" and space["train.seed"] == "1,2"
+
+
+def test_hydra_launcher_charrnn_is_the_projects_launcher_and_joblib_is_hydras():
+    launcher = compose_cfg("hydra/launcher=charrnn", hydra=True).hydra.launcher
+    assert launcher.n_jobs == -1
+    assert issubclass(get_class(launcher._target_), Launcher)
+    assert get_class(launcher._target_).__module__ == "hydra_plugins.charrnn_launcher.process_launcher"
+    joblib = compose_cfg("hydra/launcher=joblib", hydra=True).hydra.launcher
+    assert joblib._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+
+
+def test_n_jobs_counts_as_joblib_counts_from_the_usable_cores():
+    cores = len(os.sched_getaffinity(0))
+    assert [parallel_jobs(n) for n in (3, -1, -2, -cores - 5)] == [3, cores, max(1, cores - 1), 1]
+    with pytest.raises(ConfigError, match="n_jobs=0 runs no job"):
+        parallel_jobs(0)
 
 
 @pytest.mark.parametrize("overrides, keys, name", [
