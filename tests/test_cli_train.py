@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,34 @@ def test_divergence_ends_the_run_failed_with_its_reason(cli, small_text, tmp_pat
     run = only_run(store_client(tmp_path))
     assert run.info.status == "FAILED"
     assert run.data.tags["charrnn.status"] == "diverged" and "lr" in run.data.tags["charrnn.reason"]
+
+
+# charrnn-train with a bug planted in the engine's sampler, which the trainer calls at iteration 30 of tiny()
+CHARRNN_TRAIN_WITH_A_BUG = """
+import sys
+import charrnn.train
+from charrnn_experiments.train import main
+
+def sample(*args, **kwargs):
+    raise ZeroDivisionError("a planted bug")
+
+charrnn.train.sample = sample
+sys.argv[0] = "charrnn-train"
+main()
+"""
+
+
+def test_a_bug_that_stops_training_ends_the_run_failed_with_the_exception(small_text, tmp_path):
+    """An exception no check foresaw is a bug: the run ends FAILED naming it, never FINISHED or RUNNING, and
+    the command fails with its traceback (a bug is not a user's error line)."""
+    out = subprocess.run([sys.executable, "-c", CHARRNN_TRAIN_WITH_A_BUG, *tiny(small_text)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" in out.stderr and out.stderr.rstrip().endswith("ZeroDivisionError: a planted bug")
+    client = store_client(tmp_path)
+    run = only_run(client)
+    assert (run.info.status, run.data.tags["charrnn.reason"]) == ("FAILED", "ZeroDivisionError: a planted bug")
+    assert [step for step, _ in metric_history(client, run.info.run_id, "train/loss")] == [10, 20, 30]
 
 
 def test_sigterm_kills_with_checkpoint_and_resume_with_a_stop_limit_logs_the_uninterrupted_numbers(
