@@ -21,6 +21,8 @@ from charrnn.sample import sample
 from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer
 from conftest import PARITY_TEXT, SHAKESPEARE, TEXT, Recorder, compose_cfg, small_trainer, write_small_text
 
+pytestmark = pytest.mark.fast  # the engine and config tests: pytest -m fast -n 2
+
 
 def numbers(recorder):
     """Everything a run reports except wall-clock throughput, which no two runs share."""
