@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -292,17 +293,33 @@ def test_two_resumes_of_one_run_started_together_one_continues_the_other_refuses
     assert cli("charrnn-train", *tiny(small_text)).returncode == 0
     client = store_client(tmp_path)
     run_id = only_run(client).info.run_id
-    # a budget of seconds, so the winner still trains whenever the loser gets to its claim
-    resume = [str(BIN / "charrnn-train"), f"train.resume={run_id}", "train.max_iters=null", "train.max_seconds=20"]
+    # no stop limit the machine's speed could race: the winner trains until the loser has refused and the
+    # winner has trained on, then the test stops it
+    resume = [str(BIN / "charrnn-train"), f"train.resume={run_id}", "train.max_iters=null", "train.max_seconds=1e9"]
     procs = [subprocess.Popen(resume, cwd=tmp_path, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE) for _ in range(2)]
-    outs = [p.communicate(timeout=280) for p in procs]
-    codes = sorted(p.returncode for p in procs)
-    assert codes == [0, 2], outs
-    refused = outs[[p.returncode for p in procs].index(2)][1]
-    errors = [line for line in refused.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and (f"cannot resume run {run_id}: it is RUNNING" in errors[0]
-                                 or "is being resumed by another command right now" in errors[0]), refused
-    assert only_run(client).info.status == "FINISHED"
+                              stderr=subprocess.STDOUT) for _ in range(2)]
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.1)
+        [loser] = [p for p in procs if p.poll() is not None]
+        [winner] = [p for p in procs if p is not loser]
+        refused = loser.communicate()[0]
+        assert loser.returncode == 2, refused
+        errors = [line for line in refused.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and (f"cannot resume run {run_id}: it is RUNNING" in errors[0]
+                                     or "is being resumed by another command right now" in errors[0]), refused
+        for line in winner.stdout:  # the winner trains past the iteration the run had reached
+            if (progress := re.search(r"\] - iter (\d+) \| ", line)) and int(progress[1]) > 60:
+                break
+        winner.send_signal(signal.SIGTERM)
+        rest = winner.communicate(timeout=120)[0]
+        assert winner.returncode == 130, rest
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    run = only_run(client)
+    assert (run.info.status, run.data.tags["charrnn.reason"]) == ("KILLED", "received SIGTERM")
     steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
-    assert steps == sorted(set(steps)) and steps[0] == 10, "each step once"
+    assert steps == list(range(10, steps[-1] + 1, 10)) and steps[-1] > 60, "each step once, on past 60"
