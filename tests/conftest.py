@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -156,6 +157,19 @@ def cli(tmp_path):
 def run_cli(name: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / name), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+# MLflow's own lines on stderr: creating a fresh SQLite store, and its progress bar of a download (whose carriage
+# returns a text-mode pipe turns into line ends)
+MLFLOW_LINES = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow\.store\.db\.utils: "
+                          r"(Creating initial MLflow database tables\.\.\.|Updating database tables)\n"
+                          r"|\n?(Downloading artifacts: [^\n]*\n)+)", re.MULTILINE)
+
+
+def own_stderr(out: subprocess.CompletedProcess) -> str:
+    """What a command printed on stderr itself: its output without MLflow's own lines. An error test compares it
+    whole, so an error printed over several lines fails."""
+    return MLFLOW_LINES.sub("", out.stderr)
 
 
 def store_client(cwd: Path) -> MlflowClient:

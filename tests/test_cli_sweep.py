@@ -137,6 +137,21 @@ def test_a_failing_job_does_not_stop_the_sweep_but_fails_the_command(cli, small_
                                                              if c.info.status == "FINISHED"}
 
 
+def test_a_sweep_s_best_is_the_lowest_validation_loss_of_a_job_not_its_last(cli, tmp_path):
+    # validated (the last 10%) on characters it never trains on: the better the job learns its text, the higher
+    # its val/loss, whatever order BLAS sums in
+    text = tmp_path / "ab-then-cd.txt"
+    text.write_text("ab" * 900 + "cd" * 100)
+    out = cli("charrnn-train", "-m", *tiny(text), "optim.lr=0.1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, parent, [child] = sweep_runs(tmp_path)
+    history = [m.value for m in client.get_metric_history(child.info.run_id, "val/loss")]
+    assert min(history) < history[-1], history  # the history this test is about
+    assert parent.data.metrics["best/val/loss"] == min(history) == best_val_loss(client, child)
+    assert re.search(rf"FINISHED +{min(history):.4f} +60  {re.escape(child.info.run_name)}\n", out.stdout)
+    assert f"best (lowest val/loss during the run): {child.info.run_name}  {min(history):.4f}" in out.stdout
+
+
 CLUSTER_LAUNCHERS = [
     ["hydra/launcher=submitit_local"],
     # a new local Ray instance, never a cluster another process left running on this machine

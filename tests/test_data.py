@@ -19,6 +19,8 @@ from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from conftest import SHAKESPEARE, SHARED_DATA, compose_cfg, copy_pystdlib_files
 
+pytestmark = pytest.mark.fast  # the engine and config tests: pytest -m fast -n 2
+
 
 # --------------------------------------------------------------------------- vocab
 

@@ -21,6 +21,8 @@ from charrnn.sample import sample
 from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer
 from conftest import PARITY_TEXT, SHAKESPEARE, TEXT, Recorder, compose_cfg, small_trainer, write_small_text
 
+pytestmark = pytest.mark.fast  # the engine and config tests: pytest -m fast -n 2
+
 
 def numbers(recorder):
     """Everything a run reports except wall-clock throughput, which no two runs share."""
@@ -134,6 +136,40 @@ def test_forward_returns_internals_per_layer(cell, names):
         assert all(((a > 0) & (a < 1)).all() for a in internals[gate])
 
 
+def test_an_lstm_starts_with_its_forget_gates_open_and_its_other_gates_unbiased():
+    """Forget gate bias 1 (Jozefowicz et al. 2015): with the weights zeroed, only the biases speak, so every
+    step's f is sigmoid(1) and i, o are sigmoid(0), in both layers."""
+    cfg = ModelConfig("lstm", 5, 4, 2)
+    params = init_params(cfg, np.random.default_rng(0))
+    for name in params:
+        if name.startswith(("Wxh", "Whh")):
+            params[name][...] = 0.0
+    inputs = np.random.default_rng(1).integers(0, 5, (6, 3))
+    internals = forward(params, cfg, inputs, init_state(cfg, 3), return_internals=True)[3]
+    for layer in range(2):
+        np.testing.assert_allclose(internals["f"][layer], 1 / (1 + math.exp(-1.0)), rtol=1e-15)
+        np.testing.assert_allclose(internals["i"][layer], 0.5, rtol=1e-15)
+        np.testing.assert_allclose(internals["o"][layer], 0.5, rtol=1e-15)
+        np.testing.assert_array_equal(internals["g"][layer], 0.0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_a_sequence_fed_in_two_pieces_gives_the_logits_of_one_pass(cell):
+    """The state carried between two pieces holds one entry per layer, and each layer continues from its own:
+    truncated BPTT's windows and the sampler rely on it."""
+    cfg = ModelConfig(cell, 5, 4, 3)
+    params = init_params(cfg, np.random.default_rng(0))
+    inputs = np.random.default_rng(1).integers(0, 5, (9, 2))
+    whole, _, end_state = forward(params, cfg, inputs, init_state(cfg, 2))
+    first, _, carried = forward(params, cfg, inputs[:4], init_state(cfg, 2))
+    second, _, pieces_end_state = forward(params, cfg, inputs[4:], carried)
+    # the same sums, maybe grouped otherwise by BLAS for another number of columns
+    np.testing.assert_allclose(np.concatenate([first, second]), whole, rtol=1e-12, atol=1e-14)
+    for layer, (ours, theirs) in enumerate(zip(pieces_end_state, end_state)):
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=f"layer {layer}")
+
+
 # ----------------------------------------------------------------------------------- optimizers, clipping
 P0, G1, G2 = [1.0, -2.0], [0.5, -1.0], [-0.25, 2.0]  # start, then two gradients (the second flips signs)
 EPS = 1e-8
@@ -199,6 +235,13 @@ def test_clip_modes_on_small_arrays():
     for clip in (None, 0.0):  # no clipping
         grad = np.array([30.0, -40.0])
         assert clip_gradients(grad, clip, "value") == 50.0 and grad.tolist() == [30.0, -40.0]
+
+
+@pytest.mark.parametrize("norm", [1.001, 1.5, 1.999, 3.0])
+def test_norm_clipping_scales_any_gradient_longer_than_the_threshold_to_it(norm):
+    grad = np.array([0.6, -0.8]) * norm  # direction (0.6, -0.8), length ``norm``
+    assert clip_gradients(grad, 1.0, "norm") == pytest.approx(norm, rel=1e-15)
+    np.testing.assert_allclose(grad, [0.6, -0.8], rtol=1e-14)
 
 
 @pytest.mark.parametrize("clip,clip_mode", [(0.05, "norm"), (0.01, "value"), (None, "value"), (0.0, "norm")])
@@ -421,6 +464,29 @@ def test_the_final_model_is_evaluated_when_the_budget_ends_between_evaluations(t
     assert not rec.metrics
 
 
+def test_best_npz_is_the_model_of_the_lowest_validation_loss_even_when_later_ones_are_higher(tmp_path):
+    # validated on characters it never trains on: the better it learns its text, the higher its val/loss, in any
+    # order BLAS sums
+    train_text, val_text = "ab" * 300, "cd" * 30
+    vocab = Vocab.from_text(train_text + val_text)
+    trainer = Trainer(ModelConfig("rnn", vocab.size, 16),
+                      TrainConfig(seq_length=10, batch_size=2, max_iters=60, log_every=5, eval_every=10,
+                                  sample_every=0, eval_batch_size=4),
+                      OptimConfig("adagrad", 0.1, 5.0), vocab, train_text, val_text, tmp_path)
+    rec = Recorder()
+    result = trainer.run([rec])
+    history = [(step, m["val/loss"]) for step, m in rec.metrics if "val/loss" in m]
+    lowest_step, lowest = min(history, key=lambda point: point[1])
+    assert lowest_step < history[-1][0], history  # the history this test is about: its lowest point is not last
+    best = load_checkpoint(tmp_path / "best.npz")
+    assert (best.iteration, best.progress["val_loss"]) == (lowest_step, lowest)
+    assert (result.best_checkpoint, result.best_val_loss) == (str(tmp_path / "best.npz"), lowest)
+    improved = [step for step, loss in history if loss == min(v for s, v in history if s <= step)]
+    assert [step for step, is_best in rec.checkpoints if is_best] == improved
+    # and its weights are that model's: evaluated again, they give the lowest loss
+    assert Trainer.from_checkpoint(tmp_path / "best.npz", train_text, val_text).evaluate() == lowest
+
+
 def test_training_without_validation_text_finishes_with_a_checkpoint(tmp_path):
     vocab = Vocab.from_text(TEXT)
     trainer = Trainer(ModelConfig("rnn", vocab.size, 8), TrainConfig(seq_length=10, max_iters=23, log_every=5,
@@ -540,6 +606,36 @@ def test_sampling():
         sample(p, cfg, vocab, 10, prime="email@home")
     with pytest.raises(ConfigError, match="temperature"):
         sample(p, cfg, vocab, 10, temperature=0)
+
+
+LOGITS = np.array([2.0, 1.0, 0.5, 0.0, -1.0, -2.0])
+
+
+def model_that_always_predicts(logits):
+    """A one-layer RNN whose every prediction is ``logits`` (Why = 0: the hidden state never reaches the
+    output), so its samples are independent draws from one distribution."""
+    cfg = ModelConfig("rnn", logits.size, 4)
+    params = init_params(cfg, np.random.default_rng(0))
+    params["Why"][...] = 0.0
+    params["by"][...] = logits
+    return params, cfg, Vocab("abcdefghij"[: logits.size])
+
+
+@pytest.mark.parametrize("temperature,top_k", [(2.0, None), (0.5, None), (0.5, 3), (2.0, 4)])
+def test_samples_follow_the_softmax_of_the_logits_over_the_temperature(temperature, top_k):
+    """Character frequencies of N draws against softmax(logits / T) over the top_k most likely characters: a
+    fixed seed, and a bound of 5 standard errors, sqrt(p (1 - p) / N), per character. The temperature applied
+    twice (T^2) or inverted (1/T) moves some probability by 0.08 or more; 5 standard errors are at most 0.018."""
+    params, cfg, vocab = model_that_always_predicts(LOGITS)
+    n = 20_000
+    text = sample(params, cfg, vocab, n, temperature=temperature, top_k=top_k, seed=0)
+    frequency = np.array([text.count(c) for c in vocab.chars]) / n
+    kept = np.argsort(-LOGITS)[: top_k or LOGITS.size]
+    p = np.zeros(LOGITS.size)
+    p[kept] = np.exp(LOGITS[kept] / temperature)
+    p /= p.sum()
+    bound = 5 * np.sqrt(p * (1 - p) / n)  # 0 where top_k leaves a character out: it never appears
+    assert (np.abs(frequency - p) <= bound).all(), (frequency.round(4), p.round(4))
 
 
 def test_sampling_from_a_checkpoint(tmp_path):

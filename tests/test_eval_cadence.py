@@ -9,6 +9,8 @@ from charrnn.model import ModelConfig
 from charrnn.train import Callback, TrainConfig, blas_threads
 from conftest import Recorder, small_trainer
 
+pytestmark = pytest.mark.fast  # the engine and config tests: pytest -m fast -n 2
+
 
 def train_numbers(recorder):
     return [(s, {k: v for k, v in m.items() if k.startswith(("train/", "grad/"))}) for s, m in recorder.metrics

@@ -155,12 +155,14 @@ def test_ctrl_c_again_and_again_while_the_run_ends_still_ends_it_killed(start, s
     assert "checkpoints/latest.npz" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
 
 
-def _claim(store_dir: str, run_id: str, go: str) -> bool:
-    """One resume's claim of run_id, started when the file ``go`` appears."""
+def _claim(store_dir: str, run_id: str, ready: str, go: str) -> bool:
+    """One resume's claim of run_id: it reads the run, says so with a file in ``ready``, and claims it when the
+    file ``go`` appears."""
     from charrnn_experiments.tracking import MlflowTracker, Store, TrackingError
 
     client = Store.resolve(None, store_dir).client()
     run = client.get_run(run_id)
+    (Path(ready) / str(os.getpid())).touch()
     while not Path(go).exists():
         time.sleep(0.001)
     try:
@@ -177,10 +179,12 @@ def test_of_simultaneous_resumes_of_one_run_exactly_one_claims_it(tmp_path):
     tracker = MlflowTracker.start(store, store.ensure_experiment("claims"))
     tracker.client.set_terminated(tracker.run_id, "KILLED")
     for trial in range(3):
-        go = tmp_path / f"go-{trial}"
+        ready, go = tmp_path / f"ready-{trial}", tmp_path / f"go-{trial}"
+        ready.mkdir()
         with multiprocessing.get_context("spawn").Pool(4) as pool:
-            pending = pool.starmap_async(_claim, [(str(tmp_path), tracker.run_id, str(go))] * 4)
-            time.sleep(3)  # most workers have read the run by now; whenever one reads it, one claim wins
+            pending = pool.starmap_async(_claim, [(str(tmp_path), tracker.run_id, str(ready), str(go))] * 4)
+            while len(list(ready.iterdir())) < 4 and not pending.ready():
+                time.sleep(0.01)  # until every worker has read the run: all four claim a run they saw unclaimed
             go.touch()
             claimed = pending.get(timeout=300)
         assert sum(claimed) == 1, claimed
@@ -259,15 +263,14 @@ def test_a_few_metric_points_reach_the_store_within_seconds_while_the_run_runs(t
     # checkpoint is queued or the run ends: the sender delivers on a time bound. Three points, no file, no end.
     store = Store.resolve(None, tmp_path)
     tracker = MlflowTracker.start(store, store.ensure_experiment("flush"))
-    logged = time.monotonic()
     for step in (1, 2, 3):
         tracker.on_metrics({"train/loss": 1.0 / step}, step)
     assert 3 < METRICS_PER_BATCH
     reader = store_client(tmp_path)
     try:
+        # nothing but the sender's time bound (FLUSH_SECONDS) can deliver them now: they arrive while the run is
+        # RUNNING, or the test's time limit fails it
         while len(reader.get_metric_history(tracker.run_id, "train/loss")) < 3:
-            # seconds are the bound (FLUSH_SECONDS); 30 s leaves room for a loaded machine
-            assert time.monotonic() - logged < 30, "points logged 30 s ago are not in the store yet"
             time.sleep(0.1)
         assert reader.get_run(tracker.run_id).info.status == "RUNNING"
     finally:
@@ -307,11 +310,22 @@ def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, 
 
 
 def test_an_unreachable_tracking_server_fails_at_once_with_one_line(cli, small_text, tmp_path):
-    out = cli("charrnn-train", *tiny(small_text), f"tracking.uri=http://127.0.0.1:{free_port()}", timeout=60)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "cannot reach the tracking server http://127.0.0.1:" in errors[0], out.stderr
+    # "at once" measured against the same job on a working store, just before, under the same load
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    started = time.monotonic()
+    assert cli("charrnn-train", *tiny(small_text), cwd=healthy).returncode == 0
+    healthy_seconds = time.monotonic() - started
+    started = time.monotonic()
+    port = free_port()
+    out = cli("charrnn-train", *tiny(small_text), f"tracking.uri=http://127.0.0.1:{port}")
+    seconds = time.monotonic() - started
+    assert out.returncode == 2 and re.fullmatch(
+        rf"error: cannot reach the tracking server http://127\.0\.0\.1:{port} \([^\n]*\); start it, or set "
+        r"tracking\.uri \(or MLFLOW_TRACKING_URI\) to a store that runs\n", out.stderr), out.stderr
     assert not list(tmp_path.glob("outputs/**/checkpoints"))
+    # MLflow's client would retry for minutes: the error comes before the job could have run anywhere
+    assert seconds < 2 * healthy_seconds, (seconds, healthy_seconds)
 
 
 def test_six_runs_started_together_in_a_fresh_directory_all_succeed_each_in_its_own_folder(

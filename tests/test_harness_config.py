@@ -22,6 +22,8 @@ from charrnn_experiments.train import build_trainer, engine_configs
 from charrnn_experiments.tracking import Store, flatten
 from conftest import compose_cfg
 
+pytestmark = pytest.mark.fast  # the engine and config tests: pytest -m fast -n 2
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 PUBLIC_KEYS = [
