@@ -12,6 +12,8 @@ from charrnn.schedule import ScheduleConfig, learning_rate
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from conftest import TEXT, Recorder, small_trainer
 
+pytestmark = pytest.mark.fast  # engine tests: pytest -m fast -n 2
+
 
 # ------------------------------------------------------------------------------------------------ schedules
 def lrs(schedule, updates, base_lr=1.0):
