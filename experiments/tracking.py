@@ -10,6 +10,7 @@ complete metric history up to its iteration, and resume after a crash can contin
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from filelock import FileLock
 from mlflow import MlflowClient
@@ -73,8 +74,32 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "m
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
+# Local refusals that waiting cannot cure: the run fails at once instead of waiting for "the store" to return.
+LOCAL_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
 class TrackingError(CharRNNError):
     """The tracking store cannot be reached or refuses the run; the message is one line."""
+
+
+class StoreWriteError(TrackingError):
+    """A file of the run could not be written into the store for a local reason (a full disk, a read-only
+    folder); the message is one line naming the file, the reason and the path."""
+
+
+def local_fault(err: BaseException | None) -> OSError | None:
+    """The OSError behind ``err`` when it is one of LOCAL_FAULTS, else None."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in LOCAL_FAULTS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def describe_fault(fault: OSError) -> str:
+    """``No space left on device: /path``: the reason in the system's words, then the file."""
+    return f"{fault.strerror or os.strerror(fault.errno)}: {fault.filename}" if fault.filename else \
+        (fault.strerror or str(fault))
 
 
 def _without_password(url) -> str:
@@ -387,6 +412,7 @@ class MlflowTracker(Callback):
         self._away_since: float | None = None
         self._last_heartbeat = 0.0
         self._copies = 0
+        self.failure: str | None = None  # the first file that could never be stored, and why (one line)
 
     @classmethod
     def start(cls, store: Store, experiment_id: str, run_name: str | None = None,
@@ -480,6 +506,7 @@ class MlflowTracker(Callback):
     # --- engine Callback: queue, never wait for the store -----------------------------------
 
     def on_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._raise_if_failed()
         now = int(time.time() * 1000)
         points = [Metric(k, float(v), now, step) for k, v in metrics.items()
                   if step > self._logged_through.get(k, -1)]
@@ -529,7 +556,13 @@ class MlflowTracker(Callback):
         folder.mkdir(parents=True, exist_ok=True)
         return folder / name
 
+    def _raise_if_failed(self) -> None:
+        """Training stops at its next report once a file could not be stored: the run has failed."""
+        if self.failure is not None:
+            raise StoreWriteError(self.failure)
+
     def _enqueue(self, artifact: _Artifact) -> None:
+        self._raise_if_failed()
         with self._lock:
             # a newer copy of the same artifact replaces one still waiting: only the newest matters, and
             # it comes after every metric the older one came after
@@ -564,13 +597,38 @@ class MlflowTracker(Callback):
                 self._say(f"error: tracking store refused {getattr(dropped, 'name', 'an update')} of run "
                           f"{self.run_id}: {first_line(err)[:300]}")
                 continue
-            except Exception as err:  # the store is away: keep everything and try again
-                self._away(err)
+            except Exception as err:
+                fault = local_fault(err)
+                if fault is not None and self._sending is not None:
+                    self._drop_unwritable(fault)
+                    continue
+                self._away(err)  # the store is away: keep everything and try again
                 continue
             self._back()
             with self._lock:
                 if self._closing and not self._queue:
                     return
+
+    def _drop_unwritable(self, fault: OSError) -> None:
+        """The file being sent can never be written (a full disk, no permission): drop it and go on with the
+        metric points queued behind it; the run ends FAILED with the first such cause."""
+        with self._lock:
+            dropped = self._sending
+            self._queue.remove(dropped)
+            self._sending = None
+        shutil.rmtree(dropped.local.parent, ignore_errors=True)
+        if fault.filename is None:  # a failed write names no file: the place in the store it was going to
+            fault.filename = self._artifact_path(dropped.name)
+        line = f"cannot store {dropped.name} of run {self.run_id}: {describe_fault(fault)}"
+        self.failure = self.failure or line
+        self._say(f"error: {line}")
+
+    def _artifact_path(self, name: str) -> str:
+        """Where artifact ``name`` of this run lives: a path for a local store, else its URI."""
+        root = urlparse(self.client.get_run(self.run_id).info.artifact_uri)
+        if root.scheme == "file":
+            return str(Path(unquote(root.path)) / name)
+        return f"{root.geturl()}/{name}"
 
     def _back(self) -> None:
         if self._away_since is not None:
@@ -668,13 +726,19 @@ class MlflowTracker(Callback):
 
     def finish(self, status: str, reason: str = "", engine_status: str | None = None,
                give_up: threading.Event | None = None) -> None:
-        """Deliver everything queued, then end the run: FINISHED, FAILED or KILLED."""
+        """Deliver everything queued, then end the run: FINISHED, FAILED or KILLED. A file that could never be
+        stored fails a run that would have ended otherwise, and raises StoreWriteError once the run has ended."""
         self.drain(give_up)
         if self.outbox is not None:
             shutil.rmtree(self.outbox, ignore_errors=True)  # every queued copy is in the store now
+        failed_here = self.failure is not None and status != "FAILED"
+        if failed_here:
+            status, reason = "FAILED", self.failure
         tags = [RunTag(TAG_REASON, reason[:5000])] if reason else []
         if engine_status:
             tags.append(RunTag(TAG_STATUS, engine_status))
         if tags:
             self.client.log_batch(self.run_id, tags=tags)
         self.client.set_terminated(self.run_id, status=status)
+        if failed_here:
+            raise StoreWriteError(self.failure)

@@ -388,6 +388,13 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         stopper.end_run(tracker, "FAILED", str(err))
         raise JobFailed(str(err)) from None
     except BaseException as err:  # a bug or an interrupt outside the loop: never leave it RUNNING
+        fault = tracking.local_fault(err)
+        if fault is not None:  # a full disk or a read-only folder under the run's own files
+            fault.filename = fault.filename or str(run_dir)
+            # the first cause: an upload the same full disk refused earlier, else this write
+            why = tracker.failure or f"cannot write the run's files: {tracking.describe_fault(fault)}"
+            stopper.end_run(tracker, "FAILED", why)
+            raise JobFailed(why) from None
         interrupted = isinstance(err, KeyboardInterrupt)
         stopper.end_run(tracker, "KILLED" if interrupted else "FAILED",
                         tracking.first_line(err) if interrupted else f"{type(err).__name__}: {err}")
