@@ -131,8 +131,10 @@ def planned_jobs(config: DictConfig, space: dict[str, str]) -> int | None:
 
 
 def _short_value(value: Any) -> str:
+    """Three significant digits, or as many as tell the value apart (0.9999 must not read as 1)."""
     if isinstance(value, float):
-        return f"{value:.3g}"
+        short = f"{value:.3g}"
+        return short if float(short) == value else repr(value)
     return str(value)
 
 
@@ -403,14 +405,17 @@ def end_sweep(sweep_dir: Path) -> int:
             client.set_terminated(child.info.run_id, status=status)
         best, iters = best_val_loss(client, child)
         rows.append((status, best, iters, child, reason))
-    finished = [r for r in rows if r[0] == "FINISHED" and r[1] is not None and math.isfinite(r[1])]
+    # a job finished when its run did; only runs with a validation loss can be ranked (a preset without a
+    # validation split, like minchar, has none)
+    finished = [r for r in rows if r[0] == "FINISHED"]
+    ranked = [r for r in finished if r[1] is not None and math.isfinite(r[1])]
     capped = [r for r in rows if r[4].startswith(TIME_CAP_REASON)]
     summary = {"charrnn.children": str(len(rows)), "charrnn.finished": str(len(finished)),
                "charrnn.failed": str(len(rows) - len(finished)), "charrnn.hit_time_cap": str(len(capped))}
     for key, value in summary.items():
         client.set_tag(parent_id, key, value)
-    if finished:
-        _, best_loss, _, best, _ = min(finished, key=lambda r: r[1])
+    if ranked:
+        _, best_loss, _, best, _ = min(ranked, key=lambda r: r[1])
         client.set_tag(parent_id, tracking.TAG_BEST_CHILD, best.info.run_id)
         client.log_metric(parent_id, "best/val/loss", best_loss)
         tracking.log_params(client, parent_id, {f"best.{k}": best.data.params[k]
@@ -422,7 +427,7 @@ def end_sweep(sweep_dir: Path) -> int:
         status = "FINISHED" if finished else "FAILED"
     client.set_terminated(parent_id, status=status)
     unfinished = int(parent.data.tags.get(TAG_JOBS, len(rows))) - _jobs_in(finished)
-    _print_leaderboard(parent, rows, finished, capped, record, parent_id, status, unfinished)
+    _print_leaderboard(parent, rows, ranked, capped, record, parent_id, status, unfinished)
     return unfinished
 
 
@@ -431,14 +436,14 @@ def _jobs_in(rows) -> int:
     return len({row[3].data.tags.get(tracking.TAG_JOB, row[3].info.run_id) for row in rows})
 
 
-def _print_leaderboard(parent, rows, finished, capped, record, parent_id, status, unfinished) -> None:
+def _print_leaderboard(parent, rows, ranked, capped, record, parent_id, status, unfinished) -> None:
     planned = int(parent.data.tags.get(TAG_JOBS, len(rows)))
     counts = {state: sum(r[0] == state for r in rows) for state in ("FINISHED", "FAILED", "KILLED")}
     counts["not started"] = max(0, planned - len(rows))
     lines = [f"\nsweep {parent.info.run_name}: {status}, "
              + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n) + f" of {planned} jobs",
              f"  {'status':<9} {'best val/loss':>13} {'iters':>6}  job"]
-    for state, best, iters, child, reason in sorted(rows, key=lambda r: (r not in finished, r[1] or 0.0)):
+    for state, best, iters, child, reason in sorted(rows, key=lambda r: (r not in ranked, r[1] or 0.0)):
         loss = f"{best:.4f}" if best is not None else "-"
         note = "  (hit the train.max_seconds safety cap)" if reason.startswith(TIME_CAP_REASON) else (
             f"  ({reason})" if state != "FINISHED" and reason else "")
@@ -447,8 +452,8 @@ def _print_leaderboard(parent, rows, finished, capped, record, parent_id, status
     if capped:
         lines.append(f"{len(capped)} job(s) stopped on the wall-clock safety cap before train.max_iters: they did "
                      "less work than the others; raise train.max_seconds to compare at equal iterations")
-    if finished:
-        best = min(finished, key=lambda r: r[1])
+    if ranked:
+        best = min(ranked, key=lambda r: r[1])
         lines.append(f"best (lowest val/loss during the run): {best[3].info.run_name}  {best[1]:.4f} nats/char")
     if unfinished:
         lines.append(f"{unfinished} of {planned} jobs did not finish")

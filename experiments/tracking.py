@@ -10,11 +10,11 @@ complete metric history up to its iteration, and resume after a crash can contin
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from filelock import FileLock
 from mlflow import MlflowClient
@@ -30,6 +30,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, Ru
 from mlflow.exceptions import MlflowException
 
 from charrnn.errors import CharRNNError
+from charrnn_experiments.faults import describe_fault, local_fault, unwritable
 from charrnn.train import Callback
 
 # Tag names, shared with the sweep callback and read back by the analysis tools.
@@ -74,10 +75,6 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "m
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
-# Local refusals that waiting cannot cure: the run fails at once instead of waiting for "the store" to return.
-LOCAL_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
-
-
 class TrackingError(CharRNNError):
     """The tracking store cannot be reached or refuses the run; the message is one line."""
 
@@ -85,21 +82,6 @@ class TrackingError(CharRNNError):
 class StoreWriteError(TrackingError):
     """A file of the run could not be written into the store for a local reason (a full disk, a read-only
     folder); the message is one line naming the file, the reason and the path."""
-
-
-def local_fault(err: BaseException | None) -> OSError | None:
-    """The OSError behind ``err`` when it is one of LOCAL_FAULTS, else None."""
-    while err is not None:
-        if isinstance(err, OSError) and err.errno in LOCAL_FAULTS:
-            return err
-        err = err.__cause__ or err.__context__
-    return None
-
-
-def describe_fault(fault: OSError) -> str:
-    """``No space left on device: /path``: the reason in the system's words, then the file."""
-    return f"{fault.strerror or os.strerror(fault.errno)}: {fault.filename}" if fault.filename else \
-        (fault.strerror or str(fault))
 
 
 def _without_password(url) -> str:
@@ -127,16 +109,16 @@ class Store:
         base = Path(base_dir).resolve()
         uri = uri if uri is not None else os.environ.get("MLFLOW_TRACKING_URI") or None
         if uri is None:
-            return cls(f"sqlite:///{base / 'mlflow.db'}", base / "mlartifacts")
-        if uri.startswith("sqlite:///"):
-            db = Path(uri[len("sqlite:///"):])
+            return cls(sqlite_uri(base / "mlflow.db"), base / "mlartifacts")
+        if uri.startswith(SQLITE_PREFIX):
+            db = Path(unquote(uri[len(SQLITE_PREFIX):]))
             db = db if db.is_absolute() else base / db
-            return cls(f"sqlite:///{db}", db.parent / "mlartifacts")
+            return cls(sqlite_uri(db), db.parent / "mlartifacts")
         return cls(uri, None)  # a server decides where artifacts go
 
     @property
     def sqlite_path(self) -> Path | None:
-        return Path(self.uri[len("sqlite:///"):]) if self.uri.startswith("sqlite:///") else None
+        return Path(unquote(self.uri[len(SQLITE_PREFIX):])) if self.uri.startswith(SQLITE_PREFIX) else None
 
     def client(self, create: bool = True) -> MlflowClient:
         """A client of a store that exists and answers, or a one-line :class:`TrackingError` within seconds.
@@ -164,8 +146,31 @@ class Store:
                 client = MlflowClient(tracking_uri=self.uri)
                 client.search_experiments(max_results=1)  # opening the store creates or upgrades its schema
         except MlflowException as err:
+            if db is not None and sqlite_error(err) is not None:
+                raise TrackingError(sqlite_store_fault(db, sqlite_error(err))) from None
             raise TrackingError(f"tracking store {self.uri} does not answer: {first_line(err)}") from None
+        except Exception as err:
+            if db is None or sqlite_error(err) is None:
+                raise
+            raise TrackingError(sqlite_store_fault(db, sqlite_error(err))) from None
         return client
+
+    def check_writable(self) -> None:
+        """A SQLite store that cannot be written (a read-only file or folder, a full disk) fails with one line
+        before a run is created, not with the database's refusal of its first insert."""
+        db = self.sqlite_path
+        if db is None or not db.exists():
+            return
+        try:
+            with open(db, "ab"):  # nothing is written: the open alone asks for write access
+                pass
+        except OSError as err:
+            fault = err
+        else:
+            fault = unwritable(db.parent)  # SQLite's journal is a file beside the store
+        if fault is not None:
+            raise TrackingError(f"tracking store {db} cannot be written ({describe_fault(fault)}); make it "
+                                "writable or set tracking.uri (or MLFLOW_TRACKING_URI) to a store that is")
 
     def check_reachable(self) -> None:
         """A tracking server or database that does not answer fails in seconds, not after MLflow's retries."""
@@ -208,6 +213,7 @@ class Store:
     def ensure_experiment(self, name: str, client: MlflowClient | None = None) -> str:
         """Return the id of experiment ``name``, creating it (and a fresh store) if needed."""
         client = client or self.client()
+        self.check_writable()
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
@@ -228,6 +234,35 @@ class Store:
         if self.uri.startswith(("http://", "https://")):
             return f"open {self.uri.rstrip('/')}/{page}"
         return f"mlflow ui --backend-store-uri {self.uri}, then open http://127.0.0.1:{UI_PORT}/{page}"
+
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def sqlite_uri(db: Path) -> str:
+    """The store URI of SQLite file ``db``: a path holding ``?``, ``#`` or ``%`` is percent-encoded, which
+    SQLAlchemy decodes (raw, ``?`` began the URI's query and ``%41`` read as ``A``)."""
+    return f"{SQLITE_PREFIX}{quote(str(db))}"
+
+
+def sqlite_error(err: BaseException | None) -> sqlite3.Error | None:
+    """The SQLite error behind ``err`` (through SQLAlchemy's and MLflow's wrappers), if one is."""
+    while err is not None:
+        if isinstance(err, sqlite3.Error):
+            return err
+        err = err.__cause__ or err.__context__ or getattr(err, "orig", None)
+    return None
+
+
+def sqlite_store_fault(db: Path, err: sqlite3.Error) -> str:
+    """One line for a SQLite store the database refuses, by SQLite's error code."""
+    name = getattr(err, "sqlite_errorname", "")
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+        return (f"tracking store {db} is not a readable MLflow database ({err}); move it aside "
+                f"(mv {db} {db}.broken) or set tracking.uri (or MLFLOW_TRACKING_URI) to another store")
+    if name.startswith("SQLITE_READONLY"):
+        return f"tracking store {db} is read-only ({err}); make it writable or set tracking.uri to another store"
+    return f"tracking store {db} fails: {err}"
 
 
 def _timed_out(err: BaseException | None) -> bool:
@@ -266,7 +301,7 @@ def create_sqlite_store(db: Path, artifact_root: Path | None) -> None:
     try:
         # opening an empty store runs the migrations and creates the Default experiment
         root = artifact_root or db.parent / "mlartifacts"
-        SqlAlchemyStore(f"sqlite:///{building}", root.as_uri()).engine.dispose()
+        SqlAlchemyStore(sqlite_uri(building), root.as_uri()).engine.dispose()
         with open(building, "rb+") as built:
             os.fsync(built.fileno())
         try:

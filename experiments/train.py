@@ -33,6 +33,7 @@ from charrnn.model import ModelConfig, count_params
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_analysis.trained_run import ARTIFACT_DIR, RecordSettings, record_finished_run
 from charrnn_experiments import tracking
+from charrnn_experiments.faults import describe_fault, local_fault
 from charrnn_experiments.progress import ProgressCallback
 from charrnn_experiments.schema import TrainAppSchema, run_reporting_config_errors
 from charrnn_experiments.sweep_callback import job_label
@@ -231,6 +232,9 @@ def refuse(run_id: str, why: str) -> JobFailed:
 def resume_target(value: str) -> tuple[str, Path | None]:
     """``train.resume``'s run id, and the local checkpoint to continue from when it names a ``.npz`` file (a run
     whose process died while the store was away has a newer checkpoint in its folder than in the store)."""
+    if not value.strip():  # `train.resume=` with nothing after it must not start a new run on the defaults
+        raise JobFailed("train.resume is empty: give the run id (or the local .npz checkpoint) of the run to "
+                        "continue, or leave train.resume out to start a new run")
     if not value.endswith(".npz"):
         return value, None
     path = Path(value)
@@ -326,8 +330,10 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
     Nothing that can fail runs between creating (or claiming) the run and the code that ends it.
     """
     store = tracking.Store.resolve(cfg.tracking.uri, job.base_dir)
-    target = resume_target(str(cfg.train.resume)) if cfg.train.resume else None  # a bad file: before the store
+    # a bad file or an empty value: before the store
+    target = resume_target(str(cfg.train.resume)) if cfg.train.resume is not None else None
     client = store.client()
+    store.check_writable()
     if target:
         cfg, resume = prepare_resume(cfg, client, job.output_dir, *target)
         run_id = resume.run_id
@@ -388,11 +394,11 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         stopper.end_run(tracker, "FAILED", str(err))
         raise JobFailed(str(err)) from None
     except BaseException as err:  # a bug or an interrupt outside the loop: never leave it RUNNING
-        fault = tracking.local_fault(err)
+        fault = local_fault(err)
         if fault is not None:  # a full disk or a read-only folder under the run's own files
             fault.filename = fault.filename or str(run_dir)
             # the first cause: an upload the same full disk refused earlier, else this write
-            why = tracker.failure or f"cannot write the run's files: {tracking.describe_fault(fault)}"
+            why = tracker.failure or f"cannot write the run's files: {describe_fault(fault)}"
             stopper.end_run(tracker, "FAILED", why)
             raise JobFailed(why) from None
         interrupted = isinstance(err, KeyboardInterrupt)
