@@ -142,14 +142,14 @@ def test_a_sweep_without_validation_text_counts_its_jobs_finished_and_names_them
 
 
 def interrupted(command: list[str], cwd: Path, blocked) -> subprocess.CompletedProcess:
-    """Start ``command``, wait until ``blocked()`` says it is inside its work, send SIGINT, and return how it
-    ended."""
+    """Start ``command``, wait until ``blocked()`` (a context manager) says it is inside its work, send SIGINT
+    while it stays blocked, and return how the command ended."""
     proc = subprocess.Popen(command, cwd=cwd, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
-        blocked()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        with blocked():
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -162,13 +162,19 @@ def test_ctrl_c_in_charrnn_analyze_stops_with_one_line(tmp_path):
     fifo = tmp_path / "text"
     os.mkfifo(fifo)  # the analysis blocks reading it: it is inside its work, past every import
 
-    def reading() -> None:
+    @contextlib.contextmanager
+    def reading():
         for _ in range(600):
             with contextlib.suppress(OSError):  # ENXIO until a reader has it open
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-                return
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
             time.sleep(0.1)
-        raise AssertionError("charrnn-analyze never opened the text")
+        else:
+            raise AssertionError("charrnn-analyze never opened the text")
+        try:
+            yield  # the write end stays open: the reader waits for text
+        finally:
+            os.close(writer)
 
     done = interrupted([str(BIN / "charrnn-analyze"), f"checkpoint={tmp_path}/checkpoints/latest.npz",
                         f"text={fifo}"], tmp_path, reading)
@@ -181,15 +187,17 @@ def test_ctrl_c_in_charrnn_compare_stops_with_one_line(tmp_path):
         port = server.getsockname()[1]
         server.settimeout(60)
 
-        def asking() -> None:
+        @contextlib.contextmanager
+        def asking():
             while True:  # the reachability check connects and leaves; the request then waits for an answer
                 conn, _ = server.accept()
                 if conn.recv(4096).startswith(b"POST"):
-                    return
+                    break
                 conn.close()
+            with conn:  # held open, unanswered
+                yield
 
         done = interrupted([str(BIN / "charrnn-compare"), f"tracking.uri=http://127.0.0.1:{port}",
-                            "tracking.experiment=charrnn"], tmp_path,
-                           asking)
+                            "tracking.experiment=charrnn"], tmp_path, asking)
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "stopped: interrupted" and "Traceback" not in done.stderr
