@@ -183,9 +183,16 @@ class CompareAppSchema:
     tracking: CompareTrackingSchema = field(default_factory=CompareTrackingSchema)
 
 
+@dataclass
+class EndSweepAppSchema:
+    parent: Any = None  # the parent run id of the sweep to end
+    tracking: TrackingSchema = field(default_factory=TrackingSchema)
+
+
 # Each command's YAML (conf/<name>.yaml) lists its schema first in its defaults.
 for schema_name, schema in {"train_schema": TrainAppSchema, "sample_schema": SampleAppSchema,
-                            "analyze_schema": AnalyzeAppSchema, "compare_schema": CompareAppSchema}.items():
+                            "analyze_schema": AnalyzeAppSchema, "compare_schema": CompareAppSchema,
+                            "end_sweep_schema": EndSweepAppSchema}.items():
     ConfigStore.instance().store(name=schema_name, node=schema)
 
 

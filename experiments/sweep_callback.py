@@ -88,6 +88,13 @@ class SweepStop:
 STOP = SweepStop()
 
 
+def stop_serial_sweep(signum: int) -> None:
+    """A signal that a job inside the launching process took while ending its run stops the sweep there too (the
+    job's own handler had it, not _on_signal); a job in a process of its own has nothing to stop."""
+    if STOP.serial:
+        STOP.request(signum)
+
+
 def _on_signal(signum, frame) -> None:
     STOP.request(signum)
     if STOP.launcher_forwards or (STOP.serial and not STOP.in_job):
@@ -231,6 +238,8 @@ class MlflowSweepCallback(Callback):
             tracking.Store.resolve(config.tracking.uri, os.getcwd()).check_reachable()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # noted until the parent run exists and can be ended
+            signal.signal(sig, lambda signum, frame: STOP.request(signum))
         use_process_launcher(config)
         store = tracking.Store.resolve(config.tracking.uri, os.getcwd())
         with exit_on_tracking_error():  # before any job or the sweep's folder
@@ -264,6 +273,8 @@ class MlflowSweepCallback(Callback):
         start_ray_first(config)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)
+        if STOP.signum is not None:  # a signal while the sweep started: the exit ends its parent KILLED
+            raise SystemExit(STOP.exit_code())
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if os.getpid() == getattr(self, "_pid", None):  # a job inside the launching process
@@ -374,13 +385,15 @@ def best_val_loss(client, run) -> tuple[float | None, int | None]:
     return min(m.value for m in history), max(m.step for m in history)
 
 
-def end_sweep(sweep_dir: Path) -> int:
+def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str | None = None) -> int:
     """End every run of the sweep truthfully, summarise it on the parent and print the leaderboard.
 
+    ``record``: the parent's record, when not read from ``sweep_dir``; ``closed``: why a sweep whose process is
+    gone is ended from outside (charrnn-end-sweep): the parent and the children still RUNNING end KILLED.
     Returns the number of jobs that did not finish: a job a launcher retried (Ray does, after its worker
     died) counts as finished when one of its runs finished.
     """
-    record = tracking.read_parent(sweep_dir)
+    record = record or tracking.read_parent(sweep_dir)
     if record is None:
         return 0
     client = tracking.Store(record["tracking_uri"], None).client()
@@ -396,7 +409,9 @@ def end_sweep(sweep_dir: Path) -> int:
         reason = child.data.tags.get(tracking.TAG_REASON, "")
         if status == "RUNNING":  # its job is gone: the sweep stopped it or its process died
             died = STOP.deaths.get(int(child.data.tags.get(tracking.TAG_JOB, -1)), "for no known reason")
-            if STOP.signum is not None:
+            if closed is not None:
+                status, reason = "KILLED", closed
+            elif STOP.signum is not None:
                 status = "KILLED"
                 reason = f"the sweep was stopped ({signal.Signals(STOP.signum).name}) before this job ended its run"
             else:
@@ -420,8 +435,8 @@ def end_sweep(sweep_dir: Path) -> int:
         client.log_metric(parent_id, "best/val/loss", best_loss)
         tracking.log_params(client, parent_id, {f"best.{k}": best.data.params[k]
                                                 for k in keys if k in best.data.params})
-    if STOP.signum is not None:
-        client.set_tag(parent_id, tracking.TAG_REASON, f"stopped by {signal.Signals(STOP.signum).name}")
+    if closed is not None or STOP.signum is not None:
+        client.set_tag(parent_id, tracking.TAG_REASON, closed or f"stopped by {signal.Signals(STOP.signum).name}")
         status = "KILLED"
     else:
         status = "FINISHED" if finished else "FAILED"

@@ -36,7 +36,7 @@ from charrnn_experiments import tracking
 from charrnn_experiments.faults import describe_fault, local_fault
 from charrnn_experiments.progress import ProgressCallback
 from charrnn_experiments.schema import TrainAppSchema, run_reporting_config_errors
-from charrnn_experiments.sweep_callback import job_label
+from charrnn_experiments.sweep_callback import job_label, stop_serial_sweep
 
 log = logging.getLogger("charrnn")
 
@@ -151,6 +151,7 @@ class Stopper:
         ended, signals are ignored until the exit status is out."""
         self.exits_after = exits_after
         self.reason: str | None = None
+        self.signum: int | None = None  # the first signal received
         self.trainer: Trainer | None = None
         self.give_up = threading.Event()
         self._shielded = 0
@@ -172,6 +173,7 @@ class Stopper:
     def _handle(self, signum, frame) -> None:
         reason = f"received {signal.Signals(signum).name}"
         self.reason = self.reason or reason
+        self.signum = self.signum or signum
         if self._ending:
             if not self.give_up.is_set():
                 print(f"{reason}: ending the run's record in the store first", file=sys.stderr, flush=True)
@@ -381,7 +383,9 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         stopper.trainer = trainer
         progress = ProgressCallback(trainer.train_config.max_iters)
         result = trainer.run([tracker, progress])
+        stopper.trainer = None  # a signal from now on interrupts what follows training (a long recording)
         if result.status == "finished":  # analysis hook: record the hidden state on the validation slice
+            stopper.raise_if_stopped()
             record_finished_run(trainer.params, trainer.model_config, trainer.vocab, trainer.val_ix,
                                 len(trainer.train_ix), cfg.get("record"), run_dir / ARTIFACT_DIR,
                                 lambda folder: tracker.queue_folder(folder, ARTIFACT_DIR),
@@ -459,8 +463,12 @@ def app(cfg: DictConfig) -> float:
     """The Hydra task: returns the validation loss, the objective a sweeper minimises."""
     job = Job.from_hydra()
     stopper = Stopper(exits_after=not job.multirun)
-    with stopper.installed():
-        return run_app(cfg, job, stopper)
+    try:
+        with stopper.installed():
+            return run_app(cfg, job, stopper)
+    finally:
+        if job.multirun and stopper.signum is not None:
+            stop_serial_sweep(stopper.signum)  # a signal this job only noted (its run was ending) stops the sweep
 
 
 def run_app(cfg: DictConfig, job: Job, stopper: Stopper) -> float:
