@@ -138,11 +138,17 @@ def planned_jobs(config: DictConfig, space: dict[str, str]) -> int | None:
 
 
 def _short_value(value: Any) -> str:
-    """Three significant digits, or as many as tell the value apart (0.9999 must not read as 1)."""
-    if isinstance(value, float):
-        short = f"{value:.3g}"
-        return short if float(short) == value else repr(value)
-    return str(value)
+    """Three significant digits; more where rounding to three would carry into a rounder number (0.9999 must
+    not read as 1)."""
+    if not isinstance(value, float):
+        return str(value)
+    digits = 3
+    while True:  # ends by 17 digits, which give any float back exactly
+        short = f"{value:.{digits}g}"
+        mantissa = short.split("e")[0].replace("-", "").replace(".", "").lstrip("0")
+        if float(short) == value or len(mantissa) >= 3:
+            return short
+        digits += 1
 
 
 def short_name(overrides: list[str], keys: list[str]) -> str:
