@@ -30,8 +30,8 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, Ru
 from mlflow.exceptions import MlflowException
 
 from charrnn.errors import CharRNNError
-from charrnn_experiments.faults import describe_fault, local_fault, unwritable
 from charrnn.train import Callback
+from charrnn_experiments.faults import describe_fault, local_fault, unwritable
 
 # Tag names, shared with the sweep callback and read back by the analysis tools.
 TAG_SWEEP = "charrnn.sweep"              # sweep directory of a multirun job
