@@ -42,7 +42,7 @@ def open_client(tracking_uri: str | None) -> MlflowClient:
     """
     uri = tracking_uri or MLFLOW_TRACKING_URI.get()
     store = Store.resolve(uri, Path.cwd())
-    if store.uri.startswith("sqlite:///") and not Path(store.uri[len("sqlite:///"):]).is_file():
+    if store.sqlite_path is not None and not store.sqlite_path.is_file():
         raise AnalysisError(f"no MLflow store at {store.uri} (run from where charrnn-train ran, or set tracking.uri=)")
     return store.client()
 

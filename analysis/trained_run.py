@@ -87,6 +87,7 @@ def record_finished_run(params: dict[str, np.ndarray], config: ModelConfig, voca
     try:
         settings = RecordSettings.from_config(record_cfg)
         start, end = slice_bounds(len(val_ix), settings)
+        print(f"recording the hidden state on {end - start} validation characters", flush=True)
         recording = record(params, config, vocab, vocab.decode(val_ix[start:end]), settings.chunk, settings.dtype,
                            val_offset + start, {"text_source": "validation split", "params": "final"})
     except CharRNNError as err:

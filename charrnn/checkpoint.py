@@ -149,6 +149,10 @@ def _params_from(arrays, config: ModelConfig, path) -> dict[str, np.ndarray]:
         if not np.issubdtype(value.dtype, np.floating):
             raise CheckpointError(f"{str(path)!r}: {name} has dtype {value.dtype}, expected floating point")
         params[name] = np.ascontiguousarray(value, dtype=config.dtype)
+        if not np.isfinite(params[name]).all():  # training from it would "diverge" at once, blamed on the lr
+            bad = int(np.size(params[name]) - np.isfinite(params[name]).sum())
+            raise CheckpointError(f"{str(path)!r}: {name} holds {bad} non-finite values (nan or inf, in "
+                                  f"{config.dtype}); the file is corrupt or comes from a diverged run")
     return params
 
 

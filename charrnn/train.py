@@ -34,6 +34,9 @@ from .schedule import ScheduleConfig, learning_rate
 # a descheduled thread: with five other processes on two cores the gist's model trained 6x slower on two BLAS
 # threads than on one. Such models train on one thread.
 SINGLE_THREAD_MAX_STEP_FLOPS = 1e6
+# A validation loss over this many times that of guessing uniformly (ln V nats/char) is divergence: no model a
+# run should continue from is that sure of the wrong characters.
+DIVERGED_LOSS_FACTOR = 10
 
 
 def blas_threads(model_config: ModelConfig, batch_size: int) -> int | None:
@@ -374,6 +377,16 @@ class Trainer:
         return {"throughput/train_fraction": self.train_seconds / max(elapsed, 1e-9),
                 "throughput/eval_fraction": self.eval_seconds / max(elapsed, 1e-9)}
 
+    def _val_diverged(self) -> str | None:
+        """Why the validation loss just measured means divergence: over DIVERGED_LOSS_FACTOR times the loss of
+        guessing uniformly (ln V nats/char), or not finite. None when it is a loss a model can have."""
+        limit = DIVERGED_LOSS_FACTOR * math.log(max(self.vocab.size, 2))
+        if self.val_loss <= limit:
+            return None
+        return (f"validation loss {self.val_loss:.4g} nats/char at iteration {self.iteration} is over "
+                f"{DIVERGED_LOSS_FACTOR}x that of uniform guessing ({limit:.3g}); try a smaller lr "
+                f"(now {self.optim_config.lr}) or clipping")
+
     def _params_finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.params.values())
 
@@ -470,6 +483,9 @@ class Trainer:
             # evaluate and checkpoint last, so a checkpoint holds the state after everything iteration n did
             if round_due and self.val_ix is not None:
                 last_ckpt, best_ckpt = self._evaluate_and_save(callbacks, best_ckpt)
+                if (reason := self._val_diverged()) is not None:
+                    status = "diverged"
+                    break
             if round_due or sample_due:
                 round_end = time.perf_counter()
                 self.eval_seconds += round_end - round_start
@@ -482,6 +498,8 @@ class Trainer:
         if status == "finished" and self.val_ix is not None and self.evaluated_at != self.iteration:
             # the budget ended between evaluations: the final model is measured too
             last_ckpt, best_ckpt = self._evaluate_and_save(callbacks, best_ckpt)
+            if (diverged := self._val_diverged()) is not None:
+                status, reason = "diverged", diverged
         if status != "diverged":
             last_ckpt = self._save("latest.npz") or last_ckpt
             if last_ckpt is not None:

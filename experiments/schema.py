@@ -21,6 +21,7 @@ import os
 import sys
 import typing
 from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -32,8 +33,10 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from charrnn.model import ModelConfig
 from charrnn.schedule import ScheduleConfig
 from charrnn.train import OptimConfig, TrainConfig
+from charrnn_experiments.faults import describe_fault, local_fault, unwritable
 
 EXIT_BAD_CONFIG = 2  # as every other bad input of the four commands
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def engine_default(engine_class: type, name: str):
@@ -187,9 +190,16 @@ class CompareAppSchema:
     tracking: CompareTrackingSchema = field(default_factory=CompareTrackingSchema)
 
 
+@dataclass
+class EndSweepAppSchema:
+    parent: Any = None  # the parent run id of the sweep to end
+    tracking: TrackingSchema = field(default_factory=TrackingSchema)
+
+
 # Each command's YAML (conf/<name>.yaml) lists its schema first in its defaults.
 for schema_name, schema in {"train_schema": TrainAppSchema, "sample_schema": SampleAppSchema,
-                            "analyze_schema": AnalyzeAppSchema, "compare_schema": CompareAppSchema}.items():
+                            "analyze_schema": AnalyzeAppSchema, "compare_schema": CompareAppSchema,
+                            "end_sweep_schema": EndSweepAppSchema}.items():
     ConfigStore.instance().store(name=schema_name, node=schema)
 
 
@@ -278,4 +288,17 @@ def run_reporting_config_errors(app: Callable[[], None], schema: type) -> None:
         app()
     except (HydraException, OmegaConfBaseException) as err:
         print(f"error: {config_error_line(err, schema)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_BAD_CONFIG)
+    except KeyboardInterrupt:  # Ctrl-C where the command has no stop of its own (loading, analysing)
+        print("stopped: interrupted", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as err:
+        # a read-only or full working folder: Hydra cannot make its output folder (and says so only by a
+        # later missing file)
+        fault = local_fault(err) or unwritable(Path.cwd())
+        if fault is None:
+            raise
+        fault.filename = os.path.abspath(fault.filename)  # Hydra's folders are relative to the working folder
+        print(f"error: cannot write the command's files ({describe_fault(fault)}); run from a folder you can "
+              "write, or set hydra.run.dir (hydra.sweep.dir for -m) to one", file=sys.stderr, flush=True)
         sys.exit(EXIT_BAD_CONFIG)

@@ -91,6 +91,13 @@ class SweepStop:
 STOP = SweepStop()
 
 
+def stop_serial_sweep(signum: int) -> None:
+    """A signal that a job inside the launching process took while ending its run stops the sweep there too (the
+    job's own handler had it, not _on_signal); a job in a process of its own has nothing to stop."""
+    if STOP.serial:
+        STOP.request(signum)
+
+
 def _on_signal(signum, frame) -> None:
     STOP.request(signum)
     if STOP.launcher_forwards or (STOP.serial and not STOP.in_job):
@@ -134,9 +141,17 @@ def planned_jobs(config: DictConfig, space: dict[str, str]) -> int | None:
 
 
 def _short_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
+    """Three significant digits; more where rounding to three would carry into a rounder number (0.9999 must
+    not read as 1)."""
+    if not isinstance(value, float):
+        return str(value)
+    digits = 3
+    while True:  # ends by 17 digits, which give any float back exactly
+        short = f"{value:.{digits}g}"
+        mantissa = short.split("e")[0].replace("-", "").replace(".", "").lstrip("0")
+        if float(short) == value or len(mantissa) >= 3:
+            return short
+        digits += 1
 
 
 def short_name(overrides: list[str], keys: list[str]) -> str:
@@ -247,6 +262,8 @@ class MlflowSweepCallback(Callback):
             tracking.Store.resolve(config.tracking.uri, os.getcwd()).check_reachable()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # noted until the parent run exists and can be ended
+            signal.signal(sig, lambda signum, frame: STOP.request(signum))
         with exit_on_error("the sweep could not start"):  # before any job starts: none runs untracked
             self._start_sweep(config)
 
@@ -287,6 +304,8 @@ class MlflowSweepCallback(Callback):
         start_ray_first(config)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)
+        if STOP.signum is not None:  # a signal while the sweep started: the exit ends its parent KILLED
+            raise SystemExit(STOP.exit_code())
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if os.getpid() == getattr(self, "_pid", None):  # a job inside the launching process
@@ -397,13 +416,15 @@ def best_val_loss(client, run) -> tuple[float | None, int | None]:
     return min(m.value for m in history), max(m.step for m in history)
 
 
-def end_sweep(sweep_dir: Path) -> int:
+def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str | None = None) -> int:
     """End every run of the sweep truthfully, summarise it on the parent and print the leaderboard.
 
+    ``record``: the parent's record, when not read from ``sweep_dir``; ``closed``: why a sweep whose process is
+    gone is ended from outside (charrnn-end-sweep): the parent and the children still RUNNING end KILLED.
     Returns the number of jobs that did not finish: a job a launcher retried (Ray does, after its worker
     died) counts as finished when one of its runs finished.
     """
-    record = tracking.read_parent(sweep_dir)
+    record = record or tracking.read_parent(sweep_dir)
     if record is None:
         return 0
     client = tracking.Store(record["tracking_uri"], None).client()
@@ -419,7 +440,9 @@ def end_sweep(sweep_dir: Path) -> int:
         reason = child.data.tags.get(tracking.TAG_REASON, "")
         if status == "RUNNING":  # its job is gone: the sweep stopped it or its process died
             died = STOP.deaths.get(int(child.data.tags.get(tracking.TAG_JOB, -1)), "for no known reason")
-            if STOP.signum is not None:
+            if closed is not None:
+                status, reason = "KILLED", closed
+            elif STOP.signum is not None:
                 status = "KILLED"
                 reason = f"the sweep was stopped ({signal.Signals(STOP.signum).name}) before this job ended its run"
             else:
@@ -428,26 +451,29 @@ def end_sweep(sweep_dir: Path) -> int:
             client.set_terminated(child.info.run_id, status=status)
         best, iters = best_val_loss(client, child)
         rows.append((status, best, iters, child, reason))
-    finished = [r for r in rows if r[0] == "FINISHED" and r[1] is not None and math.isfinite(r[1])]
+    # a job finished when its run did; only runs with a validation loss can be ranked (a preset without a
+    # validation split, like minchar, has none)
+    finished = [r for r in rows if r[0] == "FINISHED"]
+    ranked = [r for r in finished if r[1] is not None and math.isfinite(r[1])]
     capped = [r for r in rows if r[4].startswith(TIME_CAP_REASON)]
     summary = {"charrnn.children": str(len(rows)), "charrnn.finished": str(len(finished)),
                "charrnn.failed": str(len(rows) - len(finished)), "charrnn.hit_time_cap": str(len(capped))}
     for key, value in summary.items():
         client.set_tag(parent_id, key, value)
-    if finished:
-        _, best_loss, _, best, _ = min(finished, key=lambda r: r[1])
+    if ranked:
+        _, best_loss, _, best, _ = min(ranked, key=lambda r: r[1])
         client.set_tag(parent_id, tracking.TAG_BEST_CHILD, best.info.run_id)
         client.log_metric(parent_id, "best/val/loss", best_loss)
         tracking.log_params(client, parent_id, {f"best.{k}": best.data.params[k]
                                                 for k in keys if k in best.data.params})
-    if STOP.signum is not None:
-        client.set_tag(parent_id, tracking.TAG_REASON, f"stopped by {signal.Signals(STOP.signum).name}")
+    if closed is not None or STOP.signum is not None:
+        client.set_tag(parent_id, tracking.TAG_REASON, closed or f"stopped by {signal.Signals(STOP.signum).name}")
         status = "KILLED"
     else:
         status = "FINISHED" if finished else "FAILED"
     client.set_terminated(parent_id, status=status)
     unfinished = int(parent.data.tags.get(TAG_JOBS, len(rows))) - _jobs_in(finished)
-    _print_leaderboard(parent, rows, finished, capped, record, parent_id, status, unfinished)
+    _print_leaderboard(parent, rows, ranked, capped, record, parent_id, status, unfinished)
     return unfinished
 
 
@@ -456,14 +482,14 @@ def _jobs_in(rows) -> int:
     return len({row[3].data.tags.get(tracking.TAG_JOB, row[3].info.run_id) for row in rows})
 
 
-def _print_leaderboard(parent, rows, finished, capped, record, parent_id, status, unfinished) -> None:
+def _print_leaderboard(parent, rows, ranked, capped, record, parent_id, status, unfinished) -> None:
     planned = int(parent.data.tags.get(TAG_JOBS, len(rows)))
     counts = {state: sum(r[0] == state for r in rows) for state in ("FINISHED", "FAILED", "KILLED")}
     counts["not started"] = max(0, planned - len(rows))
     lines = [f"\nsweep {parent.info.run_name}: {status}, "
              + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n) + f" of {planned} jobs",
              f"  {'status':<9} {'best val/loss':>13} {'iters':>6}  job"]
-    for state, best, iters, child, reason in sorted(rows, key=lambda r: (r not in finished, r[1] or 0.0)):
+    for state, best, iters, child, reason in sorted(rows, key=lambda r: (r not in ranked, r[1] or 0.0)):
         loss = f"{best:.4f}" if best is not None else "-"
         note = "  (hit the train.max_seconds safety cap)" if reason.startswith(TIME_CAP_REASON) else (
             f"  ({reason})" if state != "FINISHED" and reason else "")
@@ -472,8 +498,8 @@ def _print_leaderboard(parent, rows, finished, capped, record, parent_id, status
     if capped:
         lines.append(f"{len(capped)} job(s) stopped on the wall-clock safety cap before train.max_iters: they did "
                      "less work than the others; raise train.max_seconds to compare at equal iterations")
-    if finished:
-        best = min(finished, key=lambda r: r[1])
+    if ranked:
+        best = min(ranked, key=lambda r: r[1])
         lines.append(f"best (lowest val/loss during the run): {best[3].info.run_name}  {best[1]:.4f} nats/char")
     if unfinished:
         lines.append(f"{unfinished} of {planned} jobs did not finish")

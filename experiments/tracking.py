@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from filelock import FileLock
 from mlflow import MlflowClient
@@ -30,6 +31,7 @@ from mlflow.exceptions import MlflowException
 
 from charrnn.errors import CharRNNError
 from charrnn.train import Callback
+from charrnn_experiments.faults import describe_fault, local_fault, unwritable
 
 # Tag names, shared with the sweep callback and read back by the analysis tools.
 TAG_SWEEP = "charrnn.sweep"              # sweep directory of a multirun job
@@ -77,6 +79,11 @@ class TrackingError(CharRNNError):
     """The tracking store cannot be reached or refuses the run; the message is one line."""
 
 
+class StoreWriteError(TrackingError):
+    """A file of the run could not be written into the store for a local reason (a full disk, a read-only
+    folder); the message is one line naming the file, the reason and the path."""
+
+
 def _without_password(url) -> str:
     """The URI as it can be printed: a database password never reaches the console."""
     if url.password is None:
@@ -102,16 +109,16 @@ class Store:
         base = Path(base_dir).resolve()
         uri = uri if uri is not None else os.environ.get("MLFLOW_TRACKING_URI") or None
         if uri is None:
-            return cls(f"sqlite:///{base / 'mlflow.db'}", base / "mlartifacts")
-        if uri.startswith("sqlite:///"):
-            db = Path(uri[len("sqlite:///"):])
+            return cls(sqlite_uri(base / "mlflow.db"), base / "mlartifacts")
+        if uri.startswith(SQLITE_PREFIX):
+            db = Path(unquote(uri[len(SQLITE_PREFIX):]))
             db = db if db.is_absolute() else base / db
-            return cls(f"sqlite:///{db}", db.parent / "mlartifacts")
+            return cls(sqlite_uri(db), db.parent / "mlartifacts")
         return cls(uri, None)  # a server decides where artifacts go
 
     @property
     def sqlite_path(self) -> Path | None:
-        return Path(self.uri[len("sqlite:///"):]) if self.uri.startswith("sqlite:///") else None
+        return Path(unquote(self.uri[len(SQLITE_PREFIX):])) if self.uri.startswith(SQLITE_PREFIX) else None
 
     def client(self, create: bool = True) -> MlflowClient:
         """A client of a store that exists and answers, or a one-line :class:`TrackingError` within seconds.
@@ -139,8 +146,31 @@ class Store:
                 client = MlflowClient(tracking_uri=self.uri)
                 client.search_experiments(max_results=1)  # opening the store creates or upgrades its schema
         except MlflowException as err:
+            if db is not None and sqlite_error(err) is not None:
+                raise TrackingError(sqlite_store_fault(db, sqlite_error(err))) from None
             raise TrackingError(f"tracking store {self.uri} does not answer: {first_line(err)}") from None
+        except Exception as err:
+            if db is None or sqlite_error(err) is None:
+                raise
+            raise TrackingError(sqlite_store_fault(db, sqlite_error(err))) from None
         return client
+
+    def check_writable(self) -> None:
+        """A SQLite store that cannot be written (a read-only file or folder, a full disk) fails with one line
+        before a run is created, not with the database's refusal of its first insert."""
+        db = self.sqlite_path
+        if db is None or not db.exists():
+            return
+        try:
+            with open(db, "ab"):  # nothing is written: the open alone asks for write access
+                pass
+        except OSError as err:
+            fault = err
+        else:
+            fault = unwritable(db.parent)  # SQLite's journal is a file beside the store
+        if fault is not None:
+            raise TrackingError(f"tracking store {db} cannot be written ({describe_fault(fault)}); make it "
+                                "writable or set tracking.uri (or MLFLOW_TRACKING_URI) to a store that is")
 
     def check_reachable(self) -> None:
         """A tracking server or database that does not answer fails in seconds, not after MLflow's retries."""
@@ -183,6 +213,7 @@ class Store:
     def ensure_experiment(self, name: str, client: MlflowClient | None = None) -> str:
         """Return the id of experiment ``name``, creating it (and a fresh store) if needed."""
         client = client or self.client()
+        self.check_writable()
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             return exp.experiment_id
@@ -203,6 +234,35 @@ class Store:
         if self.uri.startswith(("http://", "https://")):
             return f"open {self.uri.rstrip('/')}/{page}"
         return f"mlflow ui --backend-store-uri {self.uri}, then open http://127.0.0.1:{UI_PORT}/{page}"
+
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def sqlite_uri(db: Path) -> str:
+    """The store URI of SQLite file ``db``: a path holding ``?``, ``#`` or ``%`` is percent-encoded, which
+    SQLAlchemy decodes (raw, ``?`` began the URI's query and ``%41`` read as ``A``)."""
+    return f"{SQLITE_PREFIX}{quote(str(db))}"
+
+
+def sqlite_error(err: BaseException | None) -> sqlite3.Error | None:
+    """The SQLite error behind ``err`` (through SQLAlchemy's and MLflow's wrappers), if one is."""
+    while err is not None:
+        if isinstance(err, sqlite3.Error):
+            return err
+        err = err.__cause__ or err.__context__ or getattr(err, "orig", None)
+    return None
+
+
+def sqlite_store_fault(db: Path, err: sqlite3.Error) -> str:
+    """One line for a SQLite store the database refuses, by SQLite's error code."""
+    name = getattr(err, "sqlite_errorname", "")
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+        return (f"tracking store {db} is not a readable MLflow database ({err}); move it aside "
+                f"(mv {db} {db}.broken) or set tracking.uri (or MLFLOW_TRACKING_URI) to another store")
+    if name.startswith("SQLITE_READONLY"):
+        return f"tracking store {db} is read-only ({err}); make it writable or set tracking.uri to another store"
+    return f"tracking store {db} fails: {err}"
 
 
 def _timed_out(err: BaseException | None) -> bool:
@@ -241,7 +301,7 @@ def create_sqlite_store(db: Path, artifact_root: Path | None) -> None:
     try:
         # opening an empty store runs the migrations and creates the Default experiment
         root = artifact_root or db.parent / "mlartifacts"
-        SqlAlchemyStore(f"sqlite:///{building}", root.as_uri()).engine.dispose()
+        SqlAlchemyStore(sqlite_uri(building), root.as_uri()).engine.dispose()
         with open(building, "rb+") as built:
             os.fsync(built.fileno())
         try:
@@ -387,6 +447,7 @@ class MlflowTracker(Callback):
         self._away_since: float | None = None
         self._last_heartbeat = 0.0
         self._copies = 0
+        self.failure: str | None = None  # the first file that could never be stored, and why (one line)
 
     @classmethod
     def start(cls, store: Store, experiment_id: str, run_name: str | None = None,
@@ -480,6 +541,7 @@ class MlflowTracker(Callback):
     # --- engine Callback: queue, never wait for the store -----------------------------------
 
     def on_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._raise_if_failed()
         now = int(time.time() * 1000)
         points = [Metric(k, float(v), now, step) for k, v in metrics.items()
                   if step > self._logged_through.get(k, -1)]
@@ -529,7 +591,13 @@ class MlflowTracker(Callback):
         folder.mkdir(parents=True, exist_ok=True)
         return folder / name
 
+    def _raise_if_failed(self) -> None:
+        """Training stops at its next report once a file could not be stored: the run has failed."""
+        if self.failure is not None:
+            raise StoreWriteError(self.failure)
+
     def _enqueue(self, artifact: _Artifact) -> None:
+        self._raise_if_failed()
         with self._lock:
             # a newer copy of the same artifact replaces one still waiting: only the newest matters, and
             # it comes after every metric the older one came after
@@ -564,13 +632,38 @@ class MlflowTracker(Callback):
                 self._say(f"error: tracking store refused {getattr(dropped, 'name', 'an update')} of run "
                           f"{self.run_id}: {first_line(err)[:300]}")
                 continue
-            except Exception as err:  # the store is away: keep everything and try again
-                self._away(err)
+            except Exception as err:
+                fault = local_fault(err)
+                if fault is not None and self._sending is not None:
+                    self._drop_unwritable(fault)
+                    continue
+                self._away(err)  # the store is away: keep everything and try again
                 continue
             self._back()
             with self._lock:
                 if self._closing and not self._queue:
                     return
+
+    def _drop_unwritable(self, fault: OSError) -> None:
+        """The file being sent can never be written (a full disk, no permission): drop it and go on with the
+        metric points queued behind it; the run ends FAILED with the first such cause."""
+        with self._lock:
+            dropped = self._sending
+            self._queue.remove(dropped)
+            self._sending = None
+        shutil.rmtree(dropped.local.parent, ignore_errors=True)
+        if fault.filename is None:  # a failed write names no file: the place in the store it was going to
+            fault.filename = self._artifact_path(dropped.name)
+        line = f"cannot store {dropped.name} of run {self.run_id}: {describe_fault(fault)}"
+        self.failure = self.failure or line
+        self._say(f"error: {line}")
+
+    def _artifact_path(self, name: str) -> str:
+        """Where artifact ``name`` of this run lives: a path for a local store, else its URI."""
+        root = urlparse(self.client.get_run(self.run_id).info.artifact_uri)
+        if root.scheme == "file":
+            return str(Path(unquote(root.path)) / name)
+        return f"{root.geturl()}/{name}"
 
     def _back(self) -> None:
         if self._away_since is not None:
@@ -668,13 +761,19 @@ class MlflowTracker(Callback):
 
     def finish(self, status: str, reason: str = "", engine_status: str | None = None,
                give_up: threading.Event | None = None) -> None:
-        """Deliver everything queued, then end the run: FINISHED, FAILED or KILLED."""
+        """Deliver everything queued, then end the run: FINISHED, FAILED or KILLED. A file that could never be
+        stored fails a run that would have ended otherwise, and raises StoreWriteError once the run has ended."""
         self.drain(give_up)
         if self.outbox is not None:
             shutil.rmtree(self.outbox, ignore_errors=True)  # every queued copy is in the store now
+        failed_here = self.failure is not None and status != "FAILED"
+        if failed_here:
+            status, reason = "FAILED", self.failure
         tags = [RunTag(TAG_REASON, reason[:5000])] if reason else []
         if engine_status:
             tags.append(RunTag(TAG_STATUS, engine_status))
         if tags:
             self.client.log_batch(self.run_id, tags=tags)
         self.client.set_terminated(self.run_id, status=status)
+        if failed_here:
+            raise StoreWriteError(self.failure)

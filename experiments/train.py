@@ -34,9 +34,10 @@ from charrnn.schedule import ScheduleConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_analysis.trained_run import ARTIFACT_DIR, RecordSettings, record_finished_run
 from charrnn_experiments import tracking
+from charrnn_experiments.faults import describe_fault, local_fault
 from charrnn_experiments.progress import ProgressCallback
 from charrnn_experiments.schema import TrainAppSchema, run_reporting_config_errors
-from charrnn_experiments.sweep_callback import job_label
+from charrnn_experiments.sweep_callback import job_label, stop_serial_sweep
 
 log = logging.getLogger("charrnn")
 
@@ -159,6 +160,7 @@ class Stopper:
         ended, signals are ignored until the exit status is out."""
         self.exits_after = exits_after
         self.reason: str | None = None
+        self.signum: int | None = None  # the first signal received
         self.trainer: Trainer | None = None
         self.give_up = threading.Event()
         self._shielded = 0
@@ -180,6 +182,7 @@ class Stopper:
     def _handle(self, signum, frame) -> None:
         reason = f"received {signal.Signals(signum).name}"
         self.reason = self.reason or reason
+        self.signum = self.signum or signum
         if self._ending:
             if not self.give_up.is_set():
                 print(f"{reason}: ending the run's record in the store first", file=sys.stderr, flush=True)
@@ -240,6 +243,9 @@ def refuse(run_id: str, why: str) -> JobFailed:
 def resume_target(value: str) -> tuple[str, Path | None]:
     """``train.resume``'s run id, and the local checkpoint to continue from when it names a ``.npz`` file (a run
     whose process died while the store was away has a newer checkpoint in its folder than in the store)."""
+    if not value.strip():  # `train.resume=` with nothing after it must not start a new run on the defaults
+        raise JobFailed("train.resume is empty: give the run id (or the local .npz checkpoint) of the run to "
+                        "continue, or leave train.resume out to start a new run")
     if not value.endswith(".npz"):
         return value, None
     path = Path(value)
@@ -335,8 +341,10 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
     Nothing that can fail runs between creating (or claiming) the run and the code that ends it.
     """
     store = tracking.Store.resolve(cfg.tracking.uri, job.base_dir)
-    target = resume_target(str(cfg.train.resume)) if cfg.train.resume else None  # a bad file: before the store
+    # a bad file or an empty value: before the store
+    target = resume_target(str(cfg.train.resume)) if cfg.train.resume is not None else None
     client = store.client()
+    store.check_writable()
     if target:
         cfg, resume = prepare_resume(cfg, client, job.output_dir, *target)
         run_id = resume.run_id
@@ -384,7 +392,9 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         stopper.trainer = trainer
         progress = ProgressCallback(trainer.train_config.max_iters)
         result = trainer.run([tracker, progress])
+        stopper.trainer = None  # a signal from now on interrupts what follows training (a long recording)
         if result.status == "finished":  # analysis hook: record the hidden state on the validation slice
+            stopper.raise_if_stopped()
             record_finished_run(trainer.params, trainer.model_config, trainer.vocab, trainer.val_ix,
                                 len(trainer.train_ix), cfg.get("record"), run_dir / ARTIFACT_DIR,
                                 lambda folder: tracker.queue_folder(folder, ARTIFACT_DIR),
@@ -397,6 +407,13 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         stopper.end_run(tracker, "FAILED", str(err))
         raise JobFailed(str(err)) from None
     except BaseException as err:  # a bug or an interrupt outside the loop: never leave it RUNNING
+        fault = local_fault(err)
+        if fault is not None:  # a full disk or a read-only folder under the run's own files
+            fault.filename = fault.filename or str(run_dir)
+            # the first cause: an upload the same full disk refused earlier, else this write
+            why = tracker.failure or f"cannot write the run's files: {describe_fault(fault)}"
+            stopper.end_run(tracker, "FAILED", why)
+            raise JobFailed(why) from None
         interrupted = isinstance(err, KeyboardInterrupt)
         stopper.end_run(tracker, "KILLED" if interrupted else "FAILED",
                         tracking.first_line(err) if interrupted else f"{type(err).__name__}: {err}")
@@ -455,8 +472,12 @@ def app(cfg: DictConfig) -> float:
     """The Hydra task: returns the validation loss, the objective a sweeper minimises."""
     job = Job.from_hydra()
     stopper = Stopper(exits_after=not job.multirun)
-    with stopper.installed():
-        return run_app(cfg, job, stopper)
+    try:
+        with stopper.installed():
+            return run_app(cfg, job, stopper)
+    finally:
+        if job.multirun and stopper.signum is not None:
+            stop_serial_sweep(stopper.signum)  # a signal this job only noted (its run was ending) stops the sweep
 
 
 def run_app(cfg: DictConfig, job: Job, stopper: Stopper) -> float:

@@ -151,6 +151,7 @@ def test_n_jobs_counts_as_joblib_counts_from_the_usable_cores():
     (["data=pystdlib", "train.seed=1", "study.budget=200k", "model.num_layers=2", "model=gru"],
      ["data", "model", "model.num_layers", "study.budget", "train.seed"], "gru L=2 200k seed=1 pystdlib"),
     (["optim.lr=0.023456789012", "model.hidden_size=128"], ["model.hidden_size", "optim.lr"], "h=128 lr=0.0235"),
+    (["optim.lr=0.9999", "optim.clip=1.9996"], ["optim.lr", "optim.clip"], "lr=0.9999 clip=1.9996"),  # not 1, 2
     (["train.eval_max_chars=100000", "train.sample_length=200", "train.sample_every=1000",
       "train.log_every=100", "train.target_val_loss=1.5"],
      ["train.eval_max_chars", "train.sample_length", "train.sample_every", "train.log_every",

@@ -1,0 +1,36 @@
+"""Local faults that waiting cannot cure (a full disk, a read-only folder), told apart from outages and put in
+one line: every command reports them as ``error: ...``, never as a traceback."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+LOCAL_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def local_fault(err: BaseException | None) -> OSError | None:
+    """The OSError behind ``err`` when it is one of LOCAL_FAULTS, else None."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in LOCAL_FAULTS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def describe_fault(fault: OSError) -> str:
+    """``No space left on device: /path``: the reason in the system's words, then the file."""
+    return f"{fault.strerror or os.strerror(fault.errno)}: {fault.filename}" if fault.filename else \
+        (fault.strerror or str(fault))
+
+
+def unwritable(folder: Path) -> OSError | None:
+    """Why no file can be created in ``folder`` (a read-only or full file system), or None when one can."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        err.filename = str(folder)  # not the probe's own name
+        return err if err.errno in LOCAL_FAULTS else None
+    return None

@@ -1,0 +1,61 @@
+"""A full disk under a run, on a real small filesystem (a tmpfs): the run fails at once with the first cause in
+one line and in charrnn.reason, the metric points it logged reach the store, and it never waits for "the store".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import metric_history, only_run, store_client, tiny
+
+# Checkpoints of a 64-unit model (some 100 kB) do not fit in 64 kB; the config and the samples do.
+FULL_SIZE = "64k"
+TRAIN = ("model.hidden_size=64", "train.max_iters=600")
+
+
+@contextlib.contextmanager
+def small_filesystem(folder: Path):
+    """A FULL_SIZE tmpfs mounted on ``folder``, unmounted at the end; the test is skipped where mounting is not
+    allowed (not root, or a container without CAP_SYS_ADMIN)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FULL_SIZE}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def assert_failed_on_the_full_disk(done: subprocess.CompletedProcess, cwd: Path, where: Path) -> None:
+    """Exit 2 with one error line naming the full disk and a path under ``where``, the same cause in the run's
+    charrnn.reason tag, the run FAILED, and every train/loss point up to the failure in the store."""
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "No space left on device" in last and str(where) in last, done.stderr
+    assert "Traceback" not in done.stderr and "unreachable" not in done.stderr, done.stderr
+    client = store_client(cwd)
+    run = only_run(client)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["charrnn.reason"] == last.removeprefix("error: ")
+    steps = [step for step, _ in metric_history(client, run.info.run_id, "train/loss")]
+    assert steps == list(range(10, steps[-1] + 1, 10)) and steps[-1] >= 30, steps  # through the first checkpoint
+
+
+def test_a_full_artifacts_folder_fails_the_run_at_once_and_still_delivers_its_metrics(cli, small_text, tmp_path):
+    with small_filesystem(tmp_path / "mlartifacts") as artifacts:
+        done = cli("charrnn-train", *tiny(small_text, *TRAIN))
+    assert_failed_on_the_full_disk(done, tmp_path, artifacts)
+    assert "cannot store checkpoints/" in done.stderr
+
+
+def test_a_full_run_folder_fails_the_run_with_the_checkpoint_path(cli, small_text, tmp_path):
+    with small_filesystem(tmp_path / "full") as folder:
+        done = cli("charrnn-train", *tiny(small_text, *TRAIN, f"hydra.run.dir={folder}/run"))
+    assert_failed_on_the_full_disk(done, tmp_path, folder)
+    assert "checkpoints/latest.npz" in done.stderr
