@@ -34,3 +34,10 @@ def unwritable(folder: Path) -> OSError | None:
         err.filename = str(folder)  # not the probe's own name
         return err if err.errno in LOCAL_FAULTS else None
     return None
+
+
+def unwritable_files_line(fault: OSError) -> str:
+    """The error line of a command that cannot write its own files (its store, its output folders)."""
+    fault.filename = os.path.abspath(fault.filename) if fault.filename else fault.filename  # Hydra's are relative
+    return (f"cannot write the command's files ({describe_fault(fault)}); run from a folder you can write, or set "
+            "hydra.run.dir (hydra.sweep.dir for -m) to one")

@@ -33,7 +33,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from charrnn.model import ModelConfig
 from charrnn.schedule import ScheduleConfig
 from charrnn.train import OptimConfig, TrainConfig
-from charrnn_experiments.faults import describe_fault, local_fault, unwritable
+from charrnn_experiments.faults import local_fault, unwritable, unwritable_files_line
 
 EXIT_BAD_CONFIG = 2  # as every other bad input of the four commands
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -298,7 +298,5 @@ def run_reporting_config_errors(app: Callable[[], None], schema: type) -> None:
         fault = local_fault(err) or unwritable(Path.cwd())
         if fault is None:
             raise
-        fault.filename = os.path.abspath(fault.filename)  # Hydra's folders are relative to the working folder
-        print(f"error: cannot write the command's files ({describe_fault(fault)}); run from a folder you can "
-              "write, or set hydra.run.dir (hydra.sweep.dir for -m) to one", file=sys.stderr, flush=True)
+        print(f"error: {unwritable_files_line(fault)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_BAD_CONFIG)

@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn_experiments import tracking
+from charrnn_experiments.faults import local_fault, unwritable_files_line
 
 SWEEP_FILE = "sweep.json"  # in the sweep dir: the swept keys and BLAS threads per job, read by every job
 MAX_NAME = 40              # characters of a child run's name
@@ -246,7 +247,8 @@ def exit_on_error(what: str):
     except CharRNNError as err:  # a store that cannot be used, a bad setting: its message says what to do
         message = str(err)
     except Exception as err:
-        message = f"{what}: {type(err).__name__}: {tracking.first_line(err)}"
+        fault = local_fault(err)  # a read-only or full folder: the user's to fix, in the same words as elsewhere
+        message = unwritable_files_line(fault) if fault else f"{what}: {type(err).__name__}: {tracking.first_line(err)}"
     else:
         return
     print(f"error: {message}", file=sys.stderr, flush=True)

@@ -141,13 +141,30 @@ def test_a_sweep_without_validation_text_counts_its_jobs_finished_and_names_them
     assert parent.info.status == "FINISHED"
 
 
-def interrupted(command: list[str], cwd: Path, blocked) -> subprocess.CompletedProcess:
-    """Start ``command``, wait until ``blocked()`` (a context manager) says it is inside its work, send SIGINT
-    while it stays blocked, and return how the command ended."""
+def wait_until_asleep_in(proc: subprocess.Popen, kernel_waits: tuple[str, ...]) -> None:
+    """Wait until the command's main thread sleeps in one of ``kernel_waits`` (its /proc wchan): a SIGINT that
+    lands just before a blocking read starts is taken by Python's handler and the read then blocks for good, so
+    the signal must come once the read is under way. Where the kernel hides wchan, return at once."""
+    wchan = Path(f"/proc/{proc.pid}/wchan")
+    for _ in range(600):
+        try:
+            where = wchan.read_text()
+        except OSError:
+            return
+        if where in ("", "0") or any(wait in where for wait in kernel_waits):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the command never blocked in {kernel_waits} (last: {where})")
+
+
+def interrupted(command: list[str], cwd: Path, blocked, kernel_waits: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """Start ``command``, wait until ``blocked()`` (a context manager) says it is inside its work and its main
+    thread sleeps in one of ``kernel_waits``, send SIGINT while it stays blocked, and return how it ended."""
     proc = subprocess.Popen(command, cwd=cwd, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
         with blocked():
+            wait_until_asleep_in(proc, kernel_waits)
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=60)
     finally:
@@ -177,7 +194,7 @@ def test_ctrl_c_in_charrnn_analyze_stops_with_one_line(tmp_path):
             os.close(writer)
 
     done = interrupted([str(BIN / "charrnn-analyze"), f"checkpoint={tmp_path}/checkpoints/latest.npz",
-                        f"text={fifo}"], tmp_path, reading)
+                        f"text={fifo}"], tmp_path, reading, ("pipe_read",))
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "stopped: interrupted" and "Traceback" not in done.stderr
 
@@ -198,6 +215,6 @@ def test_ctrl_c_in_charrnn_compare_stops_with_one_line(tmp_path):
                 yield
 
         done = interrupted([str(BIN / "charrnn-compare"), f"tracking.uri=http://127.0.0.1:{port}",
-                            "tracking.experiment=charrnn"], tmp_path, asking)
+                            "tracking.experiment=charrnn"], tmp_path, asking, ("poll_schedule_timeout", "wait_woken", "sk_wait_data"))
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "stopped: interrupted" and "Traceback" not in done.stderr
