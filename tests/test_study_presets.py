@@ -74,7 +74,9 @@ def test_single_run_presets(preset, cell, layers, corpus, stop):
 
 @pytest.mark.parametrize("preset", ["shakespeare_quick", "shakespeare_lstm"])
 def test_a_tiny_shakespeare_preset_run_finishes(preset, cli, small_text, tmp_path):
-    out = cli("charrnn-train", f"experiment={preset}", *SHRINK, "data=file", f"data.path={small_text}")
+    # 3 updates end before the presets' lr warmup, which charrnn-train refuses as a mistake
+    out = cli("charrnn-train", f"experiment={preset}", *SHRINK, "optim.schedule.warmup_iters=0", "data=file",
+              f"data.path={small_text}")
     assert out.returncode == 0, out.stderr[-3000:]
     run = only_run(store_client(tmp_path), experiment=preset)
     assert run.info.status == "FINISHED" and run.data.tags["charrnn.reason"] == "reached max_iters=3"
