@@ -170,28 +170,35 @@ def _colours(values: pd.Series):
     return [lookup[label] for label in labels], lookup, None
 
 
-def _check_param(table: pd.DataFrame, param: str, what: str) -> None:
+def check_param(table: pd.DataFrame, param: str, what: str) -> None:
     if param not in table.columns:
         raise AnalysisError(f"unknown param {param!r} {what} (params: {', '.join(swept_params(table))})")
 
 
-def curves_figure(table: pd.DataFrame, histories: dict, color_by: str) -> Figure:
-    """Training and validation loss of every run overlaid, coloured by the param ``color_by`` (legend)."""
-    _check_param(table, color_by, "to colour by")
-    colours, legend, mappable = _colours(table[color_by])
-    fig = Figure(figsize=(11, 4.2))
-    for i, key in enumerate(CURVE_METRICS):
-        ax = fig.add_subplot(1, 2, i + 1)
-        for run_id, colour in zip(table["run_id"], colours):
-            steps, values = histories[run_id][key]
-            ax.plot(steps, values, color=colour, lw=1, alpha=0.8, marker="." if len(steps) < 20 else None)
-        ax.set(xlabel="iteration", ylabel=f"{key} (nats/char)", title=key)
-    if legend:
-        handles = [matplotlib.lines.Line2D([], [], color=c, label=label) for label, c in legend.items()]
-        fig.axes[-1].legend(handles=handles, title=color_by, fontsize=7)
-    else:
-        fig.colorbar(mappable, ax=fig.axes, label=color_by)
-    fig.suptitle(f"learning curves of {len(table)} runs, coloured by {color_by}")
+def curves_figure(table: pd.DataFrame, histories: dict, keys: list[str]) -> Figure:
+    """Training and validation loss of every run overlaid, one row per param in ``keys``, each row coloured by its
+    param (a legend, or a colour bar for many numbers): runs that differ in any swept param differ in colour in
+    some row. No keys: one row in one colour."""
+    for key in keys:
+        check_param(table, key, "to colour by")
+    rows = keys or [None]
+    fig = Figure(figsize=(11, 3.6 * len(rows)))
+    for r, key in enumerate(rows):
+        colours, legend, mappable = _colours(table[key]) if key else (["tab:blue"] * len(table), None, None)
+        for c, metric in enumerate(CURVE_METRICS):
+            ax = fig.add_subplot(len(rows), 2, 2 * r + c + 1)
+            for run_id, colour in zip(table["run_id"], colours):
+                steps, values = histories[run_id][metric]
+                ax.plot(steps, values, color=colour, lw=1, alpha=0.8, marker="." if len(steps) < 20 else None)
+            ax.set(xlabel="iteration", ylabel=f"{metric} (nats/char)",
+                   title=f"{metric}, coloured by {key}" if key else metric)
+        if legend:
+            handles = [matplotlib.lines.Line2D([], [], color=c, label=label) for label, c in legend.items()]
+            fig.axes[-1].legend(handles=handles, title=key, fontsize=7, loc="upper right")
+        elif mappable is not None:
+            fig.colorbar(mappable, ax=fig.axes[-2:], label=key)
+    fig.suptitle(f"learning curves of {len(table)} runs")
+    fig.tight_layout()
     return fig
 
 
@@ -211,17 +218,22 @@ def _log_x_if_wide(ax, x: np.ndarray, categories) -> None:
 
 
 def metric_vs_params_figure(table: pd.DataFrame, params: list[str], metric: str = RANK_BY) -> Figure:
-    """``metric`` against each swept param, one panel per param, each point labelled with its run's name."""
+    """``metric`` against each swept param, one panel per param; the best run at each value is labelled."""
     if not params:
         raise AnalysisError("no swept params: every run has the same params")
     fig = Figure(figsize=(4.2 * len(params), 3.8))
     for i, param in enumerate(params):
         ax = fig.add_subplot(1, len(params), i + 1)
         x, categories = _x_positions(table[param])
-        ax.scatter(x, table[metric], zorder=2)
-        for xi, yi, name in zip(x, table[metric], table["run_name"]):
-            if np.isfinite(yi):
-                ax.annotate(str(name), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=6)
+        y = table[metric].to_numpy(float)
+        ax.scatter(x, y, zorder=2)
+        # one label per value, on its best run: the runs sharing a value sit in one column, where labels overlap
+        for xi in np.unique(x):
+            at = np.flatnonzero((x == xi) & np.isfinite(y))
+            if len(at):
+                best = at[np.argmin(y[at])]
+                ax.annotate(str(table["run_name"].iloc[best]), (xi, y[best]), xytext=(4, -10),
+                            textcoords="offset points", fontsize=7)
         if categories is not None:
             ax.set_xticks(range(len(categories)), categories)
         _log_x_if_wide(ax, x, categories)
@@ -233,7 +245,7 @@ def metric_vs_params_figure(table: pd.DataFrame, params: list[str], metric: str 
 def feature_scores_figure(table: pd.DataFrame, param: str) -> Figure:
     """Per feature, each run's best unit score against ``param`` (points) and its mean per value (line): does a
     unit tracking the feature appear as the param grows?"""
-    _check_param(table, param, "for the unit-score figure")
+    check_param(table, param, "for the unit-score figure")
     columns = feature_score_columns(table)
     x, categories = _x_positions(table[param])
     fig = Figure(figsize=(7.5, 4.5))
@@ -259,7 +271,7 @@ def feature_scores_figure(table: pd.DataFrame, param: str) -> Figure:
 def param_heatmap_figure(table: pd.DataFrame, x: str, y: str, metric: str = RANK_BY) -> Figure:
     """Mean ``metric`` over the runs in each (x, y) cell of two params, annotated with its value."""
     for param in (x, y):
-        _check_param(table, param, "for the heatmap")
+        check_param(table, param, "for the heatmap")
     grid = table.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
     grid = grid.loc[ordered_labels(list(grid.index)), ordered_labels(list(grid.columns))]
     fig = Figure(figsize=(1.2 * grid.shape[1] + 3, 0.9 * grid.shape[0] + 2))
