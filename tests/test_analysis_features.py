@@ -13,7 +13,10 @@ from charrnn_analysis.compare import (best_val_loss, curves_figure, feature_scor
 from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.features import FEATURES, compute_features, get_feature, register_feature
 from charrnn_analysis.figures import TEXT_CMAP, heatmap_figure, row_starts, text_activation_figure, varying_window
+from charrnn_analysis.explorer import write_explorer
 from charrnn_analysis.ranking import average_ranks, pearson_r, rank_units, roc_auc, select_units
+from charrnn_analysis.record import Recording
+from charrnn_analysis.report import explorer_title
 from charrnn_analysis.sweep_report import curve_multiples, write_sweep_report
 from charrnn_analysis.tables import markdown_table
 
@@ -184,6 +187,7 @@ def test_heatmap_labels_both_axes_and_its_colour_bar():
     fig = heatmap_figure(np.zeros((20, 4)), "x" * 20, "h (layer 0)", first_offset=300)
     heat, bar = fig.axes
     assert heat.get_title() == "h (layer 0)" and heat.get_ylabel() == "unit"
+    assert {t.get_fontsize() for t in heat.get_xticklabels()} == {9.0}, "character ticks a reader can read"
     assert heat.get_xlabel() == "character read (characters 300-319 of the corpus)"
     assert bar.get_ylabel() == "activation (red -1, blue +1)"
 
@@ -270,3 +274,17 @@ class ScriptTags(HTMLParser):
         if tag == "script":
             self.count += 1
             self.sources += [value for name, value in attrs if name == "src"]
+
+
+def test_the_explorer_opens_on_the_strongest_unit_and_is_titled_by_what_it_shows(tmp_path):
+    text = "ab" * 20
+    A = np.stack([np.linspace(-1, 1, len(text))] * 3, axis=1)
+    top = pd.DataFrame({"feature": ["f", "g", "g"], "kind": ["continuous"] * 3, "rank": [1, 1, 2],
+                        "unit": ["h.0:0", "h.0:2", "h.0:1"], "score": [0.2, 0.9, 0.5], "r": [0.2, 0.9, 0.5],
+                        "auc": [np.nan] * 3, "sign": [1, 1, 1]})
+    page = write_explorer(tmp_path / "explorer.html", text, A, ["h.0:0", "h.0:1", "h.0:2"], top, "t", 0, "corpus")
+    assert '"initial": 2' in page.read_text(), "h.0:2 scores 0.9, above the first feature's unit"
+    recording = Recording(text, np.arange(len(text)), np.zeros(len(text), np.float32), {"h.0": A},
+                          {"cell": "lstm", "num_layers": 2, "hidden_size": 64, "run_id": "abc123",
+                           "text_source": "the validation text of pystdlib"})
+    assert explorer_title(recording) == "lstm 2x64 on the validation text of pystdlib (run abc123)"

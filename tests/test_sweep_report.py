@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
+from charrnn_experiments.tracking import Store
 from conftest import tiny
 from test_cli_sweep import sweep_runs
 
@@ -19,6 +20,9 @@ def test_a_short_sweep_at_the_default_cadence_draws_curves_and_reports_on_its_pa
     client, parent, children = sweep_runs(tmp_path)
     for child in children:  # 60 iterations: a round at least every 6
         assert len(client.get_metric_history(child.info.run_id, "val/loss")) >= 10
+        assert "None" not in child.data.params.values(), "a null key is no param"
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "MLflow's model-training view"
     assert REPORT_FILES <= {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     page = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").download_artifacts(
         parent.info.run_id, "report/report.html", str(tmp_path))
@@ -38,3 +42,15 @@ def test_a_report_that_cannot_be_written_says_so_in_one_line_and_the_sweep_still
     assert warnings == [next(line for line in warnings if line.startswith("warning: no sweep report: "))]
     assert "Traceback" not in out.stderr
     assert "parent run id: " in out.stdout
+
+
+def test_an_experiment_made_elsewhere_without_a_kind_is_marked_as_model_training(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = Store(uri, None)
+    made_elsewhere = MlflowClient(uri).create_experiment("elsewhere")
+    assert store.ensure_experiment("elsewhere") == made_elsewhere
+    chosen = MlflowClient(uri).create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    store.ensure_experiment("chosen")
+    kinds = {e.name: e.tags.get("mlflow.experimentKind") for e in MlflowClient(uri).search_experiments()}
+    assert kinds["elsewhere"] == "custom_model_development"
+    assert kinds["chosen"] == "genai_development", "a kind someone chose stays"
