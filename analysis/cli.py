@@ -178,7 +178,7 @@ def compare(cfg: DictConfig) -> Path:
     color_by = str(cfg.color_by) if cfg.color_by is not None else (swept[0] if swept else None)
     if color_by is not None:
         check_param(table, color_by, "to colour by")
-    title = f"sweep {client.get_run(parent).info.run_name}" if parent else f"experiment {experiment}"
+    title = f"sweep report: {client.get_run(parent).info.run_name}" if parent else f"experiment {experiment}"
     keys = [color_by, *(k for k in swept if k != color_by)] if color_by else swept  # color_by's figures first
     files = write_sweep_report(table, histories, out, title, keys)  # the report a sweep's end logs on its parent
     print(markdown_table(leaderboard(table, top)), end="")

@@ -34,7 +34,8 @@ VAL_LOSS = "val/loss"
 CURVES_DIV = "val-curves-{}"  # the page's element id of the curves coloured by the i-th swept key
 PAGE_STYLE = """body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; font-size: 0.9em; } td, th { border: 1px solid #ccc; padding: 2px 8px; }
-td { text-align: right; } .multiples { display: flex; flex-wrap: wrap; gap: 8px; }"""
+td { text-align: right; white-space: nowrap; } .multiples { display: flex; flex-wrap: wrap; gap: 8px; }
+.wide { overflow-x: auto; }"""
 
 
 def _best_per_run(table: pd.DataFrame) -> pd.Series:
@@ -51,7 +52,7 @@ def curve_multiples(table: pd.DataFrame, histories: dict, key: str | None) -> go
         steps, values = histories[run_id][VAL_LOSS]
         group = f"{key}={label}" if key else "runs"
         fig.add_trace(go.Scatter(
-            x=steps, y=values, mode="lines+markers", name=group if key else str(name), legendgroup=group,
+            x=steps, y=values, mode="lines+markers", name=label if key else str(name), legendgroup=group,
             showlegend=bool(key) and group not in shown, marker={"size": 4},
             line={"color": to_hex(colour) if colour is not None else None, "width": 1.5},
             hovertemplate=f"{html.escape(str(name))}<br>iteration %{{x}}<br>val/loss %{{y:.4f}}<extra></extra>"))
@@ -163,7 +164,7 @@ def report_page(table: pd.DataFrame, histories: dict, title: str, keys: list[str
     parts = [f"<h1>{html.escape(title)}</h1>",
              f"<p>{len(table)} runs: {html.escape(summary)}. Best val/loss is the lowest val/loss during a run, "
              "in nats per character; hover a point to name its run.</p>",
-             "<h2>Leaderboard</h2>", board,
+             "<h2>Leaderboard</h2>", f'<div class="wide">{board}</div>',
              "<h2>Validation curves, coloured by each swept key in turn</h2>",
              f'<div class="multiples">{"".join(multiples)}</div>']
     if keys:
