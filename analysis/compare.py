@@ -130,13 +130,13 @@ def leaderboard(table: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     return board.rename(columns={c: c[len(SCORE_PREFIX):] for c in feature_score_columns(table)})
 
 
-def _as_numbers(column: pd.Series) -> pd.Series | None:
+def as_numbers(column: pd.Series) -> pd.Series | None:
     """The column as floats when every value parses (MLflow stores params as strings), else None."""
     numbers = pd.to_numeric(column, errors="coerce")
     return numbers if numbers.notna().all() else None
 
 
-def _labels(values: pd.Series) -> list[str]:
+def value_labels(values: pd.Series) -> list[str]:
     """Param values as category labels; a run that lacks the param gets "n/a"."""
     return [str(v) if pd.notna(v) else "n/a" for v in values]
 
@@ -144,19 +144,19 @@ def _labels(values: pd.Series) -> list[str]:
 def ordered_labels(values: list[str]) -> list[str]:
     """Distinct labels in order: numerically when they all parse ("100" after "32"), else alphabetically."""
     distinct = sorted(set(values))
-    numbers = _as_numbers(pd.Series(distinct))
+    numbers = as_numbers(pd.Series(distinct))
     return [distinct[i] for i in np.argsort(numbers.to_numpy(), kind="stable")] if numbers is not None else distinct
 
 
 MAX_LEGEND_ENTRIES = 10  # more distinct values than this: a colour bar instead of a legend
 
 
-def _colours(values: pd.Series):
+def param_colours(values: pd.Series):
     """One colour per run from a param: a legend entry per value (viridis for numbers, tab10 otherwise) when
     there are few values, a viridis colour bar for many numbers; returns (colours, legend or None, mappable or None)."""
-    labels = _labels(values)
+    labels = value_labels(values)
     distinct = ordered_labels(labels)
-    numbers = _as_numbers(values)
+    numbers = as_numbers(values)
     if numbers is not None and len(distinct) > MAX_LEGEND_ENTRIES:
         norm = Normalize(numbers.min(), numbers.max())
         cmap = matplotlib.colormaps["viridis"]
@@ -184,7 +184,7 @@ def curves_figure(table: pd.DataFrame, histories: dict, keys: list[str]) -> Figu
     rows = keys or [None]
     fig = Figure(figsize=(11, 3.6 * len(rows)))
     for r, key in enumerate(rows):
-        colours, legend, mappable = _colours(table[key]) if key else (["tab:blue"] * len(table), None, None)
+        colours, legend, mappable = param_colours(table[key]) if key else (["tab:blue"] * len(table), None, None)
         for c, metric in enumerate(CURVE_METRICS):
             ax = fig.add_subplot(len(rows), 2, 2 * r + c + 1)
             for run_id, colour in zip(table["run_id"], colours):
@@ -202,12 +202,12 @@ def curves_figure(table: pd.DataFrame, histories: dict, keys: list[str]) -> Figu
     return fig
 
 
-def _x_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
+def axis_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
     """Numbers stay numbers; categories become 0, 1, ... with their labels as ticks."""
-    numbers = _as_numbers(values)
+    numbers = as_numbers(values)
     if numbers is not None:
         return numbers.to_numpy(float), None
-    labels = _labels(values)
+    labels = value_labels(values)
     categories = ordered_labels(labels)
     return np.array([categories.index(label) for label in labels], float), categories
 
@@ -224,7 +224,7 @@ def metric_vs_params_figure(table: pd.DataFrame, params: list[str], metric: str 
     fig = Figure(figsize=(4.2 * len(params), 3.8))
     for i, param in enumerate(params):
         ax = fig.add_subplot(1, len(params), i + 1)
-        x, categories = _x_positions(table[param])
+        x, categories = axis_positions(table[param])
         y = table[metric].to_numpy(float)
         ax.scatter(x, y, zorder=2)
         # one label per value, on its best run: the runs sharing a value sit in one column, where labels overlap
@@ -247,7 +247,7 @@ def feature_scores_figure(table: pd.DataFrame, param: str) -> Figure:
     unit tracking the feature appear as the param grows?"""
     check_param(table, param, "for the unit-score figure")
     columns = feature_score_columns(table)
-    x, categories = _x_positions(table[param])
+    x, categories = axis_positions(table[param])
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     palette = matplotlib.colormaps["tab10"]

@@ -24,8 +24,8 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
-from .compare import (RANK_BY, _as_numbers, _colours, _labels, curves_figure, leaderboard, metric_vs_params_figure,
-                      ordered_labels, swept_params)
+from .compare import (RANK_BY, axis_positions, curves_figure, leaderboard, metric_vs_params_figure, param_colours,
+                      swept_params, value_labels)
 from .figures import save_figure
 from .tables import markdown_table
 
@@ -44,11 +44,11 @@ def _best_per_run(table: pd.DataFrame) -> pd.Series:
 
 def curve_multiples(table: pd.DataFrame, histories: dict, key: str | None) -> go.Figure:
     """Every run's validation curve in one panel, coloured by ``key``'s value (one colour when None)."""
-    colours, legend = (_colours(table[key])[:2] if key is not None else ([None] * len(table), None))
+    colours, legend = (param_colours(table[key])[:2] if key is not None else ([None] * len(table), None))
     fig = go.Figure()
     shown = set()
     for run_id, name, colour, label in zip(table["run_id"], table["run_name"], colours,
-                                           _labels(table[key]) if key else [""] * len(table)):
+                                           value_labels(table[key]) if key else [""] * len(table)):
         steps, values = histories[run_id][VAL_LOSS]
         group = f"{key}={label}" if key else "runs"
         fig.add_trace(go.Scatter(
@@ -66,22 +66,12 @@ def curve_multiples(table: pd.DataFrame, histories: dict, key: str | None) -> go
     return fig
 
 
-def _axis_values(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
-    """Numbers as numbers; otherwise category positions 0, 1, ... and their labels."""
-    numbers = _as_numbers(values)
-    if numbers is not None:
-        return numbers.to_numpy(float), None
-    labels = _labels(values)
-    categories = ordered_labels(labels)
-    return np.array([categories.index(label) for label in labels], float), categories
-
-
 def best_against_keys(table: pd.DataFrame, keys: list[str]) -> go.Figure:
     """Best val/loss against each swept key, one panel per key, each point naming its run on hover."""
     fig = make_subplots(rows=1, cols=len(keys), shared_yaxes=True, subplot_titles=keys)
     best = _best_per_run(table)
     for i, key in enumerate(keys, start=1):
-        x, categories = _axis_values(table[key])
+        x, categories = axis_positions(table[key])
         fig.add_trace(go.Scatter(x=x, y=best, mode="markers", marker={"size": 9, "color": "#1f77b4"},
                                  text=[str(n) for n in table["run_name"]], showlegend=False,
                                  hovertemplate="%{text}<br>" + key + " %{x}<br>best val/loss %{y:.4f}<extra></extra>"),
@@ -101,7 +91,7 @@ def parallel_keys(table: pd.DataFrame, keys: list[str]) -> go.Figure:
     runs = table[np.isfinite(_best_per_run(table))]
     dimensions = []
     for key in keys:
-        x, categories = _axis_values(runs[key])
+        x, categories = axis_positions(runs[key])
         dimension = {"label": key, "values": x}
         if categories is not None:
             dimension.update(tickvals=list(range(len(categories))), ticktext=categories)
@@ -121,7 +111,7 @@ def parallel_figure(table: pd.DataFrame, keys: list[str]) -> Figure:
     best = _best_per_run(runs).to_numpy()
     columns, ticks = [], []
     for key in [*keys, RANK_BY]:
-        x, categories = _axis_values(runs[key])
+        x, categories = axis_positions(runs[key])
         low, high = (x.min(), x.max()) if len(x) else (0.0, 1.0)
         span = high - low or 1.0
         columns.append((x - low) / span)
