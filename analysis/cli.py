@@ -17,7 +17,7 @@ import hydra
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from charrnn.errors import CharRNNError
@@ -33,9 +33,9 @@ from .figures import save_figure
 from .record import Recording, record
 from .report import ReportOptions, write_report
 from .sources import BEST_CHECKPOINT, choose_text, model_from_checkpoint, model_from_run, open_client
+from .study import (SPREAD_MEANING, chosen_settings, is_settings_search, is_study, study_curves_figure,
+                    study_loss_vs_params_figure, study_markdown_table, study_table)
 from .sweep_report import REPORT_PAGE, write_sweep_report
-from .study import (SPREAD_MEANING, is_study, study_curves_figure, study_loss_vs_params_figure,
-                    study_markdown_table, study_table)
 from .tables import markdown_table
 from .trained_run import RecordSettings, record_slice, slice_bounds
 
@@ -194,6 +194,8 @@ def compare(cfg: DictConfig) -> Path:
         files.append(save_figure(param_heatmap_figure(table, heatmap[0], heatmap[1]), out / "heatmap.png"))
     if is_study(table):
         files += write_study(table, histories, out)
+    if is_settings_search(table):
+        files.append(write_chosen_settings(table, out))
     print(f"wrote {len(files)} files to {out}/ ({len(table)} runs; the report: {out / REPORT_PAGE})")
     if parent is not None:
         for path in files:
@@ -214,6 +216,16 @@ def write_study(table: pd.DataFrame, histories: dict, out: Path) -> list[Path]:
     files.append(save_figure(study_curves_figure(table, histories, study), out / "study_val_curves.png"))
     files.append(save_figure(study_loss_vs_params_figure(study), out / "study_loss_vs_params.png"))
     return files
+
+
+def write_chosen_settings(table: pd.DataFrame, out: Path) -> Path:
+    """The runs search a study's settings: each model's winning lr and dropout, as the study preset reads them."""
+    path = out / "chosen_settings.yaml"
+    text = OmegaConf.to_yaml({"study": chosen_settings(table)})
+    path.write_text(text, encoding="utf-8")
+    print(f"\nchosen settings (lowest best val/loss per model), for the study preset's study.lr and "
+          f"study.dropout:\n{text}", end="")
+    return path
 
 
 def run_reporting_errors(body: Callable[[DictConfig], object], cfg: DictConfig) -> int:

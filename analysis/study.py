@@ -1,8 +1,8 @@
 """The paper's table from a study: the runs of a sweep that repeats each configuration over ``train.seed``,
 grouped by configuration, with the best validation loss as mean and spread over seeds; and its two figures.
 
-A configuration is its corpus, cell, depth and hidden size (always shown, as in the paper) plus any other swept
-param except the seed. Only FINISHED runs enter the statistics: a FAILED or KILLED run trained for less, so its
+A configuration is its corpus, cell, depth, hidden size, lr and dropout (always shown: the paper's columns and
+each model's setting) plus any other swept param except the seed. Only FINISHED runs enter the statistics: a FAILED or KILLED run trained for less, so its
 loss is no sample of the same thing; it is listed in the row's ``not finished`` column instead of dropped.
 """
 
@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from .compare import NUM_PARAMS, RANK_BY, ordered_labels, swept_params
 
 SEED = "train.seed"
-CONFIG_KEYS = ("data.name", "model.cell", "model.num_layers", "model.hidden_size")
+# the lr and dropout too: a study that gives each model its own (paper_cells) shows each row's setting
+CONFIG_KEYS = ("data.name", "model.cell", "model.num_layers", "model.hidden_size", "optim.lr", "model.dropout")
 CELL_ORDER = ("rnn", "lstm", "gru")  # the paper's order
 MEAN, STD, LOW, HIGH, N_SEEDS, UNFINISHED = ("best val/loss mean", "best val/loss std", "best val/loss min",
                                              "best val/loss max", "n seeds", "not finished")
@@ -147,3 +148,30 @@ def study_loss_vs_params_figure(study: pd.DataFrame) -> Figure:
     fig.suptitle("best validation loss vs parameters by depth (mean ± std over seeds)")
     fig.tight_layout()
     return fig
+
+
+# A search for a study's settings (paper_cells_search): the models it tunes and the settings it tries.
+SEARCH_MODEL_KEYS = ("data.name", "model.cell", "model.num_layers", "study.budget")
+SEARCH_SETTINGS = {"optim.lr": "lr", "model.dropout": "dropout"}  # param -> its table under study: in the preset
+
+
+def is_settings_search(table: pd.DataFrame) -> bool:
+    """Whether the runs try settings (lr, dropout) on each of a study's models: the search of a study preset."""
+    return (all(k in table.columns for k in SEARCH_MODEL_KEYS)
+            and any(p in swept_params(table) for p in SEARCH_SETTINGS))
+
+
+def chosen_settings(table: pd.DataFrame) -> dict:
+    """For each model of a settings search, the lr and dropout of its FINISHED run with the lowest best val/loss,
+    as the tables a study preset reads: {lr: {corpus: {cell: {layers<N>: {budget: value}}}}, dropout: ...}."""
+    finished = table[(table["status"] == "FINISHED") & np.isfinite(table[RANK_BY].astype(float))]
+    best = finished.sort_values(RANK_BY, kind="stable").groupby(list(SEARCH_MODEL_KEYS), sort=False).head(1)
+    best = best.sort_values(list(SEARCH_MODEL_KEYS), key=_sort_key, kind="stable")
+    chosen: dict = {name: {} for name in SEARCH_SETTINGS.values()}
+    for run in best.to_dict("records"):
+        corpus, cell, layers, budget = (str(run[k]) for k in SEARCH_MODEL_KEYS)
+        for param, name in SEARCH_SETTINGS.items():
+            value = run.get(param)
+            tree = chosen[name].setdefault(corpus, {}).setdefault(cell, {}).setdefault(f"layers{layers}", {})
+            tree[budget] = None if value is None or pd.isna(value) else float(value)
+    return chosen

@@ -7,10 +7,18 @@
 What it measures, all on tinyshakespeare ($CHARRNN_DATA_DIR, else ../shared/data beside the repo):
 
 1. The gist's settings (rnn, H=100, T=25, B=1, Adagrad lr 0.1, clip 5, float64): ``Trainer.train_step`` against
-   ``charrnn.reference.GistRNN``, the gist's per-character algorithm. Target >= 4x.
+   the gist's own training loop as the gist is written (``gist_port.py``: np.dot, dicts, one-hot columns, the
+   text encoded each iteration; sampling off), the yardstick, target >= 4x; and, beside it, against
+   ``charrnn.reference.GistRNN``, the same algorithm as the engine tests' parity oracle (its losses equal the
+   port's to the last bit: tests/test_gist_port.py).
+   Then what users feel: ``charrnn-train experiment=minchar data=tinyshakespeare`` run for a fixed number of
+   iterations in a subprocess, its logged ``throughput/chars_per_s`` (characters over the seconds in training
+   steps) read back from its store, against the gist port timed over as many iterations, in alternating
+   rounds. The share of the app's wall time spent in training steps (``throughput/train_fraction``) shows the
+   app's overhead around the steps.
 2. PyTorch CPU (optional extra ``bench``): nn.RNN(tanh)/nn.LSTM/nn.GRU between an nn.Embedding and an nn.Linear
    head, float32, same H, T, B, Adagrad lr 0.1, elementwise clipping at 5, truncated BPTT with the hidden state
-   carried and detached, torch.set_num_threads = the BLAS thread count NumPy uses. The embedding has V
+   carried and detached, torch.set_num_threads = the engine's BLAS thread count there. The embedding has V
    dimensions, so embedding + input weights form a V-row table like the engine's ``Wxh`` (the engine gathers
    rows where torch multiplies). Targets (engine/torch): B=32,H=100,T=25: rnn >= 3, lstm/gru >= 1.5;
    B=32,H=512,T=64: rnn >= 1.5, lstm >= 1.2, gru >= 1.5. torch runs nn.LSTM (not RNN or GRU) through oneDNN's fused
@@ -36,7 +44,10 @@ What it measures, all on tinyshakespeare ($CHARRNN_DATA_DIR, else ../shared/data
    softmax, the weight-gradient GEMMs over all T*B positions, the scatter-add), and clipping + Adagrad.
 
 Each pair of contenders is warmed up, then timed in alternating rounds (engine, peer, engine, peer, ...) so
-that noise from other processes hits both; the rate reported is the median over rounds.
+that noise from other processes hits both; the rate reported is the median over rounds. Every contender of a
+configuration runs on the BLAS (or torch) thread count the engine gets there in ``Trainer.run``: one thread
+for models whose per-step matmuls are too small to split (``charrnn.train.blas_threads``), else NumPy's count
+(``--threads``); the report prints each contender's settings.
 """
 from __future__ import annotations
 
@@ -48,10 +59,13 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +73,8 @@ if "CHARRNN_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is
     os.environ["CHARRNN_DATA_DIR"] = str(REPO.parent / "shared" / "data")
 
 import numpy as np  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from charrnn.cells import CELLS  # noqa: E402
 from charrnn.data import BatchStream, Vocab, load_corpus  # noqa: E402
@@ -66,7 +82,9 @@ from charrnn.model import (ModelConfig, _layer_params, backward, forward, init_p
                            input_projection, softmax_cross_entropy)
 from charrnn.optim import clip_gradients  # noqa: E402
 from charrnn.reference import GistRNN  # noqa: E402
-from charrnn.train import OptimConfig, Trainer, TrainConfig  # noqa: E402
+from charrnn.train import OptimConfig, Trainer, TrainConfig, blas_threads  # noqa: E402
+from gist_port import gist_training  # noqa: E402  (benchmarks/, beside this script)
+from logged_throughput import training_steps  # noqa: E402
 
 try:
     import torch
@@ -79,7 +97,8 @@ TORCH_TARGETS = {  # (B, H, T) -> cell -> minimum engine/torch ratio (issue 9)
     (32, 100, 25): {"rnn": 3.0, "lstm": 1.5, "gru": 1.5},
     (32, 512, 64): {"rnn": 1.5, "lstm": 1.2, "gru": 1.5},
 }
-GIST_TARGET = 4.0
+GIST_TARGET = 4.0  # engine / the gist's own loop (gist_port.py)
+GIST_PEERS = ("gist-port", "GistRNN")  # their step's peak memory is NumPy's, which tracemalloc sees
 FLOP_TARGET = 0.65
 
 
@@ -137,6 +156,23 @@ def matmul_flops(cell: str, hidden: int, seq: int, batch: int, vocab: int, layer
 
 
 # ---------------------------------------------------------------------------------------------- contenders
+def numpy_threads() -> int:
+    """The BLAS thread count NumPy runs with now (inside any threadpool_limits)."""
+    return blas_info()["threads"]
+
+
+def engine_threads(cell: str, hidden: int, batch: int, vocab_size: int, process_threads: int) -> int:
+    """The BLAS threads the engine trains this model on in ``Trainer.run``, which every contender gets."""
+    return blas_threads(ModelConfig(cell, vocab_size, hidden), batch) or process_threads
+
+
+def sizes(cell, dtype, batch, seq, hidden) -> str:
+    return f"{cell}, {dtype}, B={batch}, T={seq}, H={hidden}"
+
+
+GIST_OPTIM = "Adagrad lr 0.1, clip 5 by value"
+
+
 class EngineRunner:
     """charrnn's Trainer; one call = one ``train_step`` (batch, forward, backward, clip, Adagrad)."""
 
@@ -147,6 +183,8 @@ class EngineRunner:
                             sample_every=0, log_every=10**9, eval_every=10**9)
         self.trainer = Trainer(config, train, OptimConfig("adagrad", lr=0.1, clip=5.0), vocab, text)
         self.work_per_step = seq * batch  # characters
+        self.settings = f"charrnn Trainer.train_step, {sizes(cell, dtype, batch, seq, hidden)}, {GIST_OPTIM}"
+        self.threads = numpy_threads
 
     def step(self):
         self.trainer.train_step()
@@ -158,20 +196,25 @@ class EngineRunner:
 
 
 class GistRunner:
-    """The gist's algorithm, per character, from the same initial weights as the engine at H=100."""
+    """One of the gist's per-character trainers at B=1; one call = one whole iteration."""
 
-    def __init__(self, hidden, seq, vocab, data_ix):
-        self.name = "gist"
-        weights = init_params(ModelConfig("rnn", vocab.size, hidden, 1, "float64"), np.random.default_rng(42))
-        self.gist = GistRNN(data_ix, vocab.size, weights, seq_length=seq, learning_rate=0.1)
+    def __init__(self, name: str, description: str, step, hidden: int, seq: int):
+        self.name = name
+        self.step = step
         self.work_per_step = seq
+        self.settings = f"{description}, {sizes('rnn', 'float64', 1, seq, hidden)}, {GIST_OPTIM}"
+        self.threads = numpy_threads
 
-    def step(self):
-        self.gist.step()
 
-    def persistent_bytes(self) -> int:
-        g = self.gist
-        return sum(a.nbytes for a in (g.Wxh, g.Whh, g.Why, g.bh, g.by, *g.mem, g.hprev))
+def gist_runners(hidden, seq, vocab, text, data_ix) -> tuple[GistRunner, GistRunner]:
+    """The yardstick, the gist's training loop as written (gist_port.py), and the engine tests' parity oracle
+    GistRNN, both from the gist's initialisation (N(0, 0.01^2) weights, zero biases; each copies them)."""
+    weights = init_params(ModelConfig("rnn", vocab.size, hidden, 1, "float64"), np.random.default_rng(42))
+    loop = gist_training(text, vocab.chars, weights, seq_length=seq, learning_rate=0.1)
+    oracle = GistRNN(data_ix, vocab.size, weights, seq_length=seq, learning_rate=0.1)
+    return (GistRunner("gist-port", "the gist's loop as written (benchmarks/gist_port.py: np.dot, dicts, one-hot "
+                                    "columns, the text encoded each iteration)", loop.__next__, hidden, seq),
+            GistRunner("GistRNN", "charrnn.reference.GistRNN.step (the parity oracle)", oracle.step, hidden, seq))
 
 
 class TorchRunner:
@@ -195,6 +238,10 @@ class TorchRunner:
         self.cell, self.hidden, self.batch = cell, hidden, batch
         self.state = None
         self.work_per_step = seq * batch
+        self.settings = (f"torch {torch.__version__} Embedding + nn.{rnn_class.__name__} + Linear, "
+                         f"{sizes(cell, 'float32', batch, seq, hidden)}, torch.optim.Adagrad lr 0.1, "
+                         f"clip_grad_value_ 5{'' if onednn else ', oneDNN off'}")
+        self.threads = torch.get_num_threads
 
     def _zero_state(self):
         h = torch.zeros(1, self.batch, self.hidden)
@@ -260,6 +307,57 @@ def race(runners, seconds: float, rounds: int, warmup: float) -> dict[str, dict]
                "iters": iters_per_round[name] * rounds}
         for name, v in rates.items()
     }
+
+
+@contextmanager
+def contender_threads(n: int):
+    """NumPy's BLAS and torch on ``n`` threads for one configuration's contenders."""
+    previous = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(n, user_api="blas"):
+        if torch is not None:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            if torch is not None:
+                torch.set_num_threads(previous)
+
+
+APP_COMMAND = ["experiment=minchar", "data=tinyshakespeare", "train.max_seconds=null",
+               "record.enabled=false"]  # the end-of-run recording comes after training, outside the figure
+
+
+def app_round(iters: int) -> tuple[float, float]:
+    """One ``charrnn-train`` run of ``iters`` iterations into a fresh store. Returns its logged throughput
+    (characters per second in training steps, over all its logged windows) and its last logged share of wall
+    time in training steps."""
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        out = subprocess.run([str(Path(sys.executable).parent / "charrnn-train"), *APP_COMMAND,
+                              f"train.max_iters={iters}", f"tracking.uri={uri}"],
+                             cwd=tmp, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if out.returncode != 0:
+            last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+            sys.exit(f"error: charrnn-train {' '.join(APP_COMMAND)} failed (exit {out.returncode}): {last}")
+        client = MlflowClient(uri)
+        [run] = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
+        chars, seconds = training_steps(client, run)
+        fractions = client.get_metric_history(run.info.run_id, "throughput/train_fraction")
+        return chars / seconds, max(fractions, key=lambda m: m.step).value
+
+
+def race_app(port: GistRunner, iters: int, rounds: int) -> dict[str, dict]:
+    """The app's logged throughput against the gist port timed over as many iterations, alternating."""
+    app, port_rates, fractions = [], [], []
+    for _ in range(rounds):
+        rate, fraction = app_round(iters)
+        app.append(rate)
+        fractions.append(fraction)
+        port_rates.append(iters * port.work_per_step / _time(port, iters))
+    return {"app": {"rate": statistics.median(app), "spread": (min(app), max(app)), "iters": iters * rounds,
+                    "train_fraction": statistics.median(fractions)},
+            port.name: {"rate": statistics.median(port_rates), "spread": (min(port_rates), max(port_rates)),
+                        "iters": iters * rounds}}
 
 
 def step_peak_bytes(runner) -> int:
@@ -336,15 +434,12 @@ def main(argv=None) -> int:
                         help="limit NumPy's BLAS (threadpoolctl) and torch to N threads; default: as NumPy starts")
     args = parser.parse_args(argv)
     seconds, rounds, warmup, gemm_seconds = (0.6, 4, 0.2, 0.5) if args.quick else (4.0, 10, 1.0, 2.0)
+    app_iters, app_rounds = (1000, 2) if args.quick else (5000, 5)
 
     if args.threads:
-        from threadpoolctl import threadpool_limits
-
         limits = threadpool_limits(args.threads, user_api="blas")  # noqa: F841 (held for the whole run)
     blas = blas_info()
     have_torch = torch is not None and not args.no_torch
-    if have_torch:
-        torch.set_num_threads(blas["threads"])
     corpus = load_corpus("tinyshakespeare")
     vocab = Vocab.from_text(corpus.text)
     data_ix = vocab.encode(corpus.text)
@@ -355,12 +450,14 @@ def main(argv=None) -> int:
           f"kernel {blas['kernel']} threads {blas['threads']}"
           + (f", OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}" if "OPENBLAS_CORETYPE" in os.environ else ""))
     if have_torch:
-        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+        print(f"torch {torch.__version__}")
     else:
-        why = "--no-torch given" if args.no_torch else "torch is not installed (pip install -e '.[bench]')"
+        why = "--no-torch given" if args.no_torch else "torch is not installed (make extra NAME=bench)"
         print(f"PyTorch comparison skipped: {why}")
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
           f"{'quick' if args.quick else 'full'} run: {rounds} alternating rounds, ~{seconds:g} s per contender")
+    print("every contender of a configuration runs on the engine's thread count there (1 for small models, as "
+          "Trainer.run does, else NumPy's)")
 
     gemm_best = gemm_rate(gemm_seconds)
     print(f"float32 GEMM 2048^3 on this machine, best of {gemm_seconds:g} s: {gemm_best / 1e9:.1f} GFLOP/s "
@@ -381,7 +478,8 @@ def main(argv=None) -> int:
             "met": (eng / oth >= target) if (oth and target) else None,
             "engine_step_peak_bytes": step_peak_bytes(engine),
             "engine_persistent_bytes": engine.persistent_bytes(),
-            "peer_step_peak_bytes": step_peak_bytes(peer) if peer is not None and peer.name == "gist" else None,
+            "peer_step_peak_bytes": step_peak_bytes(peer) if peer is not None and peer.name in GIST_PEERS else None,
+            "settings": {r.name: f"{r.settings}, threads {r.threads()}" for r in (engine, peer) if r is not None},
         }
         if flops is not None:
             iters_per_s = eng / engine.work_per_step
@@ -398,29 +496,50 @@ def main(argv=None) -> int:
         if flops is not None:
             line += f"  GEMM fraction {row['gemm_fraction']:.0%} of {row['gemm_rate'] / 1e9:.0f} GF/s"
         print(line, flush=True)
+        for name, settings in row["settings"].items():
+            print(f"      {name}: {settings}")
 
-    # 1. the gist's settings against its per-character algorithm
-    engine = EngineRunner("rnn", 100, 25, 1, "float64", vocab, corpus.text)
-    gist = GistRunner(100, 25, vocab, data_ix)
-    record("gist B=1 H=100 T=25", "rnn", "float64", race([engine, gist], seconds, rounds, warmup),
-           engine, gist, GIST_TARGET)
+    # 1. the gist's settings: the engine against the gist's own loop and against the parity oracle, then the app
+    gist_threads = engine_threads("rnn", 100, 1, vocab.size, blas["threads"])
+    with contender_threads(gist_threads):
+        engine = EngineRunner("rnn", 100, 25, 1, "float64", vocab, corpus.text)
+        port, oracle = gist_runners(100, 25, vocab, corpus.text, data_ix)
+        result = race([engine, port, oracle], seconds, rounds, warmup)
+        record("gist B=1 H=100 T=25", "rnn", "float64", result, engine, port, GIST_TARGET)
+        record("gist B=1 H=100 T=25", "rnn", "float64", result, engine, oracle)
+        app = race_app(port, app_iters, app_rounds)
+        app_ratio = app["app"]["rate"] / app[port.name]["rate"]
+        app_settings = {"app": f"charrnn-train {' '.join(APP_COMMAND)} train.max_iters={app_iters}, "
+                               f"{sizes('rnn', 'float64', 1, 25, 100)}, {GIST_OPTIM}, threads {gist_threads} "
+                               "(Trainer.run's choice)",
+                        port.name: f"{port.settings}, threads {port.threads()}"}
+    print(f"  {'charrnn-train minchar':<28} app {app['app']['rate']:>10,.0f}/s (logged throughput/chars_per_s)"
+          f"  {port.name} {app[port.name]['rate']:>10,.0f}/s  ratio {app_ratio:5.2f}x"
+          f" (best rounds {app['app']['spread'][1] / app[port.name]['spread'][1]:.2f}x); "
+          f"{app['app']['train_fraction']:.0%} of the app's wall time in training steps", flush=True)
+    for name, settings in app_settings.items():
+        print(f"      {name}: {settings}")
+    del engine, port, oracle
+    gc.collect()
 
     # 2. and 3. PyTorch, and the GEMM fraction at H=512
     for (B, H, T), targets in TORCH_TARGETS.items():
         for cell, target in targets.items():
-            engine = EngineRunner(cell, H, T, B, "float32", vocab, corpus.text)
-            peer = TorchRunner(cell, H, T, B, vocab, data_ix) if have_torch else None
-            flops = matmul_flops(cell, H, T, B, vocab.size) if H == 512 else None
-            gemm = [GemmRunner()] if flops is not None else []
-            result = race([engine] + ([peer] if peer else []) + gemm, seconds, rounds, warmup)
-            record(f"B={B} H={H} T={T}", cell, "float32", result, engine, peer, target if peer else None, flops)
+            with contender_threads(engine_threads(cell, H, B, vocab.size, blas["threads"])):
+                engine = EngineRunner(cell, H, T, B, "float32", vocab, corpus.text)
+                peer = TorchRunner(cell, H, T, B, vocab, data_ix) if have_torch else None
+                flops = matmul_flops(cell, H, T, B, vocab.size) if H == 512 else None
+                gemm = [GemmRunner()] if flops is not None else []
+                result = race([engine] + ([peer] if peer else []) + gemm, seconds, rounds, warmup)
+                record(f"B={B} H={H} T={T}", cell, "float32", result, engine, peer, target if peer else None, flops)
             del engine, peer
             gc.collect()
         if have_torch:  # for the record: torch's LSTM without its fused oneDNN kernel (no target)
-            engine = EngineRunner("lstm", H, T, B, "float32", vocab, corpus.text)
-            peer = TorchRunner("lstm", H, T, B, vocab, data_ix, onednn=False)
-            record(f"B={B} H={H} T={T}", "lstm", "float32", race([engine, peer], seconds / 2, rounds, warmup),
-                   engine, peer)
+            with contender_threads(engine_threads("lstm", H, B, vocab.size, blas["threads"])):
+                engine = EngineRunner("lstm", H, T, B, "float32", vocab, corpus.text)
+                peer = TorchRunner("lstm", H, T, B, vocab, data_ix, onednn=False)
+                record(f"B={B} H={H} T={T}", "lstm", "float32", race([engine, peer], seconds / 2, rounds, warmup),
+                       engine, peer)
             del engine, peer
             gc.collect()
 
@@ -451,8 +570,8 @@ def main(argv=None) -> int:
             breakdowns.append({"config": f"B={B} H={H} T={T}", "cell": cell, "ms": ms})
             print(f"| B={B} H={H} T={T} | {cell} | " + " | ".join(f"{ms[k]:.2f}" for k in parts) + " |", flush=True)
 
-    gist_row = rows[0]
-    print(f"\ngist baseline step peak (tracemalloc): {mib(gist_row['peer_step_peak_bytes'])} MiB; "
+    peaks = ", ".join(f"{r['peer']} {mib(r['peer_step_peak_bytes'])} MiB" for r in rows if r["peer"] in GIST_PEERS)
+    print(f"\ngist baselines' step peak (tracemalloc): {peaks}; "
           f"torch memory not measured (its allocations bypass tracemalloc)")
     maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     load = os.getloadavg()
@@ -463,7 +582,9 @@ def main(argv=None) -> int:
         out = {"machine": {"blas": blas, "gemm_flops_best": gemm_best, "torch": torch.__version__ if have_torch else None,
                            "numpy": np.__version__, "load_after": load,
                            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")},
-               "quick": args.quick, "rows": rows, "breakdown_ms": breakdowns, "ru_maxrss_mib": maxrss_mib}
+               "quick": args.quick, "rows": rows,
+               "app": {"ratio": app_ratio, **app, "settings": app_settings},
+               "breakdown_ms": breakdowns, "ru_maxrss_mib": maxrss_mib}
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
     return 0

@@ -1,6 +1,6 @@
 """Should the engine's elementwise passes use numexpr? The LSTM cell's forward and backward, NumPy vs numexpr.
 
-    .venv/bin/python benchmarks/bench_numexpr.py     # needs `pip install numexpr` (not a dependency)
+    .venv/bin/python benchmarks/bench_numexpr.py     # needs numexpr: make extra NAME=bench
 
 numexpr evaluates a whole expression in one multi-threaded pass without temporaries. The engine's LSTM cell
 (charrnn.cells.LSTMCell) already writes every pass in place (``out=``), keeps each gate a contiguous block and

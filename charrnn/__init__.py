@@ -14,11 +14,12 @@ from .errors import CharRNNError, CheckpointError, ConfigError, DataError
 from .gradcheck import check_gradients
 from .model import ModelConfig
 from .sample import sample
+from .schedule import ScheduleConfig
 from .train import Callback, OptimConfig, PrintCallback, TrainConfig, Trainer, TrainResult
 
 __all__ = [
     "BatchStream", "Callback", "CharRNNError", "CheckpointError", "ConfigError", "Corpus", "DataError",
-    "ModelConfig", "OptimConfig", "PrintCallback", "TrainConfig", "TrainResult", "Trainer", "Vocab",
+    "ModelConfig", "OptimConfig", "PrintCallback", "ScheduleConfig", "TrainConfig", "TrainResult", "Trainer", "Vocab",
     "check_gradients", "load_checkpoint", "load_corpus", "load_model", "load_text", "sample",
     "save_checkpoint", "split_corpus", "split_train_val",
 ]

@@ -12,8 +12,8 @@ Layout (keys):
                                  parameters in the order above, and optim/t
     hidden/<layer>/<h|c>         the hidden state carried into the next iteration
 
-``progress`` holds the iteration, smoothed loss, best validation loss, data cursor, sampling RNG state,
-elapsed seconds and the partial logging window, so resuming gives exactly the numbers of an
+``progress`` holds the iteration, smoothed loss, best validation loss, data cursor, sampling and dropout RNG
+states, elapsed seconds and the partial logging window, so resuming gives exactly the numbers of an
 uninterrupted run.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .model import ModelConfig, init_params, init_state, loss_and_grads, loss_only
+from .model import ModelConfig, dropout_masks, init_params, init_state, loss_and_grads, loss_only
 
 
 def numerical_gradient(f: Callable[[], float], x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -44,14 +44,16 @@ def check_gradients(
     hidden_size: int = 4,
     seed: int = 0,
     params: dict[str, np.ndarray] | None = None,
+    dropout: float = 0.0,
 ) -> dict[str, float]:
     """Compare backprop with centred numerical gradients of the training loss for every parameter.
 
     Runs in float64 on random characters from a random (non-zero) initial state, so the gradient path into
     the carried state is exercised too. Returns {parameter name: relative error}; healthy code gives < 1e-6.
-    Pass ``params`` to check a model of your own (its shapes must match the other arguments).
+    Pass ``params`` to check a model of your own (its shapes must match the other arguments). With ``dropout``
+    > 0 one set of masks is drawn and held fixed, so the loss is a function of the parameters alone.
     """
-    config = ModelConfig(cell, vocab_size, hidden_size, num_layers, "float64")
+    config = ModelConfig(cell, vocab_size, hidden_size, num_layers, "float64", dropout)
     rng = np.random.default_rng(seed)
     if params is None:
         # larger weights than the training init so that every path carries a visible gradient
@@ -60,9 +62,11 @@ def check_gradients(
     targets = rng.integers(0, vocab_size, (seq_length, batch_size))
     state = [tuple(rng.normal(0.0, 0.5, s.shape) for s in layer) for layer in init_state(config, batch_size)]
 
-    _, grads, _ = loss_and_grads(params, config, inputs, targets, state)
+    masks = dropout_masks(rng, config, seq_length, batch_size)
+
+    _, grads, _ = loss_and_grads(params, config, inputs, targets, state, masks)
 
     def loss() -> float:
-        return loss_only(params, config, inputs, targets, state)[0]
+        return loss_only(params, config, inputs, targets, state, masks)[0]
 
     return {name: relative_error(grads[name], numerical_gradient(loss, params[name])) for name in params}

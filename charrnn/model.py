@@ -7,6 +7,11 @@ Parameters live in a flat dict named after the lecture's symbols. Layer 0 reads 
 the GRU adds ``bhn`` / ``bhn.l`` (H,); the output is ``Why`` (V,H), ``by`` (V,). For the one-layer vanilla RNN
 these are exactly the arrays of the min-char-rnn gist (with 1-D biases).
 
+Dropout (``ModelConfig.dropout`` > 0) sits on the non-recurrent connections only, where char-rnn and torch-rnn
+put it: on each layer's output sequence, which feeds the layer above or the output layer. The caller draws the
+masks (``dropout_masks``) and passes them to ``forward``/``loss_and_grads`` while training; without masks
+(evaluation, sampling, analysis) the model runs whole.
+
 Only the recurrence loops over time. The character input projection is a row gather (never a one-hot
 matmul), and the output layer, the softmax and every weight gradient cover all T*B positions at once.
 """
@@ -18,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .cells import CELLS
-from .checks import check_int
+from .checks import check_int, check_number
 from .errors import ConfigError
 
 DTYPES = ("float64", "float32")
@@ -31,6 +36,7 @@ class ModelConfig:
     hidden_size: int = 100
     num_layers: int = 1
     dtype: str = "float64"
+    dropout: float = 0.0  # probability of zeroing a unit of a layer's output while training
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -39,6 +45,7 @@ class ModelConfig:
             check_int(name, getattr(self, name), 1)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_number("dropout", self.dropout, minimum=0.0, below=1.0)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -117,10 +124,34 @@ def input_projection(p, x: np.ndarray) -> np.ndarray:
     return ax.reshape(-1, *x.shape[:2])
 
 
-def forward(params, config: ModelConfig, inputs: np.ndarray, state, return_internals: bool = False):
+def dropout_masks(rng: np.random.Generator, config: ModelConfig, T: int, B: int) -> list[np.ndarray] | None:
+    """One (T,B,H) mask per layer output for a training window, or None when ``config.dropout`` is 0: each
+    unit kept with probability 1-p and then scaled by 1/(1-p) (inverted dropout), so that the expected input
+    of the next layer is the same as in evaluation, which runs without masks."""
+    p = config.dropout
+    if p == 0:
+        return None
+    shape = (T, B, config.hidden_size)
+    return [(rng.random(shape) >= p).astype(config.dtype) / np.asarray(1.0 - p, dtype=config.dtype)
+            for _ in range(config.num_layers)]
+
+
+def dropout_forward(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """x * mask, (T,B,H); x itself without a mask."""
+    return x if mask is None else x * mask
+
+
+def dropout_backward(dout: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The gradient on x from the one on x * mask: the same mask, since it is a constant of the window."""
+    return dout if mask is None else dout * mask
+
+
+def forward(params, config: ModelConfig, inputs: np.ndarray, state, return_internals: bool = False,
+            masks: list[np.ndarray] | None = None):
     """inputs (T,B) int -> logits (T,B,V), cache, new state [, internals].
 
     internals maps a name (h; c i f o g for the LSTM; r z n for the GRU) to one (T,B,H) array per layer.
+    ``masks`` (from ``dropout_masks``, training only) drops units of each layer's output.
     """
     cell = CELLS[config.cell]
     caches, new_state = [], []
@@ -131,9 +162,9 @@ def forward(params, config: ModelConfig, inputs: np.ndarray, state, return_inter
         cache["x"] = x
         caches.append(cache)
         new_state.append(layer_state)
-        x = hs
+        x = dropout_forward(hs, None if masks is None else masks[layer])
     logits = x @ params["Why"].T + params["by"]
-    cache = {"config": config, "params": params, "layers": caches}
+    cache = {"config": config, "params": params, "layers": caches, "top": x, "masks": masks}
     if return_internals:
         per_layer = [cell.internals(c) for c in caches]
         internals = {name: [d[name] for d in per_layer] for name in per_layer[0]}
@@ -182,19 +213,20 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray):
 
 def backward(dlogits: np.ndarray, cache) -> dict[str, np.ndarray]:
     """Gradients of the loss on every parameter; weight gradients are single matmuls over all T*B."""
-    config, params, caches = cache["config"], cache["params"], cache["layers"]
+    config, params, caches, masks = cache["config"], cache["params"], cache["layers"], cache["masks"]
     cell = CELLS[config.cell]
     V = dlogits.shape[2]
-    top = caches[-1]["hs"]
+    top = cache["top"]  # the top layer's output as the output layer read it (after dropout)
     H = top.shape[2]
     flat_dlogits = dlogits.reshape(-1, V)
     grads = {
         "Why": flat_dlogits.T @ top.reshape(-1, H),
         "by": flat_dlogits.sum(axis=0),
     }
-    dhs = dlogits @ params["Why"]  # (T,B,H)
+    dx = dlogits @ params["Why"]  # (T,B,H), on the input of the output layer
     for layer in reversed(range(config.num_layers)):
         c = caches[layer]
+        dhs = dropout_backward(dx, None if masks is None else masks[layer])
         dax, dah, extra = cell.backward(dhs, c)
         GH = dax.shape[2]
         flat_dax = dax.reshape(-1, GH)
@@ -208,20 +240,22 @@ def backward(dlogits: np.ndarray, cache) -> dict[str, np.ndarray]:
             grads["Wxh"] = _scatter_rows(c["x"].reshape(-1), flat_dax, Wxh.shape[1]).T.copy()
         else:
             grads[layer_key("Wxh", layer)] = flat_dax.T @ c["x"].reshape(-1, H)
-            dhs = dax @ Wxh
+            dx = dax @ Wxh
     return grads
 
 
-def loss_and_grads(params, config: ModelConfig, inputs, targets, state):
-    """One truncated-BPTT window: (loss summed over time, mean over batch, in nats; grads; state after it)."""
-    logits, cache, new_state = forward(params, config, inputs, state)
+def loss_and_grads(params, config: ModelConfig, inputs, targets, state, masks=None):
+    """One truncated-BPTT window: (loss summed over time, mean over batch, in nats; grads; state after it).
+    ``masks``: the window's dropout masks (``dropout_masks``), None without dropout."""
+    logits, cache, new_state = forward(params, config, inputs, state, masks=masks)
     loss, dlogits = softmax_cross_entropy(logits, targets)
     return loss, backward(dlogits, cache), new_state
 
 
-def loss_only(params, config: ModelConfig, inputs, targets, state):
-    """Forward pass only, for evaluation: (summed loss as in ``loss_and_grads``, new state)."""
-    logits, _, new_state = forward(params, config, inputs, state)
+def loss_only(params, config: ModelConfig, inputs, targets, state, masks=None):
+    """Forward pass only, for evaluation (no ``masks``) and gradient checks (fixed masks): (summed loss as in
+    ``loss_and_grads``, new state)."""
+    logits, _, new_state = forward(params, config, inputs, state, masks=masks)
     T, B, V = logits.shape
     shifted, _, sumexp = _log_softmax_parts(logits)
     at_target = (np.arange(T * B), targets.reshape(-1))

@@ -124,6 +124,14 @@ def make_optimizer(name: str, lr: float, **options) -> Optimizer:
     return OPTIMIZERS[name](lr, **options)
 
 
+def decay_weights(weights: list[np.ndarray], lr: float, weight_decay: float) -> None:
+    """Decoupled weight decay (Loshchilov & Hutter's AdamW, as torch.optim.AdamW does it): w *= 1 - lr * wd,
+    in place, before the optimizer's own update."""
+    shrink = 1.0 - lr * weight_decay
+    for w in weights:
+        w *= shrink
+
+
 def clip_gradients(grad: np.ndarray, clip: float | None, mode: str = "value") -> float:
     """Clip the flat gradient in place, elementwise to [-clip, clip] (the gist's ±5) or by its norm. Returns
     the norm before clipping (NaN/inf when the gradient is not finite, which the trainer treats as

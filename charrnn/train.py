@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +24,10 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .checks import check_int, check_number
 from .data import BatchStream, Vocab, iter_eval_batches
 from .errors import ConfigError, DataError
-from .model import ModelConfig, init_params, init_state, loss_and_grads, loss_only
-from .optim import CLIP_MODES, clip_gradients, flat_views, make_optimizer
+from .model import ModelConfig, dropout_masks, init_params, init_state, loss_and_grads, loss_only
+from .optim import CLIP_MODES, clip_gradients, decay_weights, flat_views, make_optimizer
 from .sample import sample
+from .schedule import ScheduleConfig, learning_rate
 
 
 # Below this many FLOPs in one time step's recurrent matmul (2*B*H*G*H) a BLAS call lasts microseconds, the
@@ -64,6 +65,8 @@ class TrainConfig:
     sample_every: int | None = None  # None: with each evaluation; 0 disables samples
     sample_length: int = 200
     sample_temperature: float = 1.0
+    # early stopping: stop once this many evaluations in a row have not lowered the best validation loss
+    patience: int | None = None
 
     def __post_init__(self):
         for name in ("seq_length", "batch_size", "log_every", "eval_batch_size"):
@@ -73,6 +76,7 @@ class TrainConfig:
         for name in ("seed", "sample_length"):
             check_int(name, getattr(self, name), 0)
         check_int("sample_every", self.sample_every, 0, allow_none=True)  # None: with each evaluation
+        check_int("patience", self.patience, 1, allow_none=True)
         check_int("max_iters", self.max_iters, 0, allow_none=True)
         check_int("eval_max_chars", self.eval_max_chars, 2, allow_none=True)  # one input and its target
         check_number("max_seconds", self.max_seconds, positive=True, allow_none=True)
@@ -89,12 +93,22 @@ class OptimConfig:
     clip: float | None = 5.0  # 0 or None: no clipping
     clip_mode: str = "value"  # "value": elementwise to [-clip, clip] as in the gist; "norm": global norm
     options: dict = field(default_factory=dict)  # extra optimizer arguments (betas, decay, eps)
+    # decoupled weight decay (AdamW): each update first shrinks the weight matrices, not the biases, by
+    # lr * weight_decay of themselves, outside the gradient and so outside Adam's moments
+    weight_decay: float = 0.0
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # the lr of each update, from lr
 
     def __post_init__(self):
         make_optimizer(self.name, self.lr, **self.options)  # checks the name, lr and options in one place
         if self.clip_mode not in CLIP_MODES:
             raise ConfigError(f"clip_mode must be one of {', '.join(CLIP_MODES)}, got {self.clip_mode!r}")
         check_number("clip", self.clip, minimum=0.0, allow_none=True)
+        check_number("weight_decay", self.weight_decay, minimum=0.0)
+        if self.weight_decay and self.name != "adam":
+            raise ConfigError(f"weight_decay is decoupled weight decay for adam (AdamW), not for {self.name}: "
+                              "use adam or weight_decay=0")
+        if isinstance(self.schedule, dict):  # from a config file or a checkpoint's JSON
+            self.schedule = ScheduleConfig(**self.schedule)
 
 
 @dataclass
@@ -113,10 +127,11 @@ class TrainResult:
 
 class Callback:
     """Hooks the trainer calls; override what you need. Metric names: train/loss, train/smooth_loss (nats per
-    character), grad/norm (before clipping), throughput/chars_per_s, val/loss, val/bpc, val/best_loss (the
-    lowest val/loss so far: a run's best validation loss is its last val/best_loss), and
-    throughput/train_fraction and throughput/eval_fraction: the shares of the run's wall time so far spent in
-    training steps and in evaluation, sampling and checkpoints (wall-clock figures, like chars_per_s)."""
+    character), grad/norm (before clipping), optim/lr (the lr of the latest update), throughput/chars_per_s,
+    val/loss, val/bpc, val/best_loss (the lowest val/loss so far: a run's best validation loss is its last
+    val/best_loss), and throughput/train_fraction and throughput/eval_fraction: the shares of the run's wall time
+    so far spent in training steps and in evaluation, sampling and checkpoints (wall-clock figures, like
+    chars_per_s)."""
 
     def on_train_start(self, trainer: "Trainer") -> None: ...
 
@@ -162,7 +177,11 @@ class Trainer:
         the text came from, so tools reading the checkpoint later can find the same text."""
         if model_config.vocab_size != vocab.size:
             raise ConfigError(f"model vocab_size={model_config.vocab_size} but the vocabulary has {vocab.size}")
+        if train_config.patience is not None and not val_text:
+            raise ConfigError("patience stops on the validation loss, but there is no validation text to "
+                              "measure it on")
         keep_freed_memory()
+        optim_config = replace(optim_config, schedule=optim_config.schedule.for_run(train_config.max_iters))
         self.model_config, self.train_config, self.optim_config = model_config, train_config, optim_config
         self.vocab = vocab
         self.train_ix = vocab.encode(train_text)
@@ -174,15 +193,20 @@ class Trainer:
         # in place (trainer.params["Why"][...] = ...), never rebind them
         params = params if params is not None else init_params(model_config, init_rng)
         self.flat_params, self.params = flat_views(params)
+        self.weights = [value for value in self.params.values() if value.ndim == 2]  # what weight decay shrinks
         self.optimizer = make_optimizer(optim_config.name, optim_config.lr, **optim_config.options)
         self.stream = BatchStream(self.train_ix, train_config.batch_size, train_config.seq_length)
         self.state = init_state(model_config, train_config.batch_size)
         # sampling has its own stream so that sampling more or less often never changes training
         self.sample_rng = np.random.default_rng([train_config.seed, 1])
+        # and dropout its own, so that dropout changes neither the batches nor the samples' random draws
+        self.dropout_rng = np.random.default_rng([train_config.seed, 2])
         self.iteration = 0
         self.smooth_loss = math.log(vocab.size)  # the loss of a uniform guess, as in the gist
         self.val_loss: float | None = None
         self.best_val_loss: float | None = None
+        self.best_at: int | None = None  # the iteration best_val_loss was measured at
+        self.evals_since_best = 0  # evaluations since the best one, which early stopping counts
         self.evaluated_at: int | None = None  # the iteration val_loss was measured at
         self.elapsed_seconds = 0.0
         self.train_seconds = 0.0  # within elapsed_seconds: in train_step
@@ -197,12 +221,15 @@ class Trainer:
             "smooth_loss": self.smooth_loss,
             "val_loss": self.val_loss,
             "best_val_loss": self.best_val_loss,
+            "best_at": self.best_at,
+            "evals_since_best": self.evals_since_best,
             "evaluated_at": self.evaluated_at,
             "elapsed_seconds": self.elapsed_seconds,
             "train_seconds": self.train_seconds,
             "eval_seconds": self.eval_seconds,
             "stream": self.stream.state(),
             "sample_rng": self.sample_rng.bit_generator.state,
+            "dropout_rng": self.dropout_rng.bit_generator.state,
             "window": self._window,
         }
         return Checkpoint(
@@ -247,12 +274,15 @@ class Trainer:
         trainer.smooth_loss = p["smooth_loss"]
         trainer.val_loss, trainer.best_val_loss = p["val_loss"], p["best_val_loss"]
         trainer.evaluated_at = p.get("evaluated_at")  # absent from checkpoints written before it was kept
+        trainer.best_at, trainer.evals_since_best = p.get("best_at"), p.get("evals_since_best", 0)  # likewise
         trainer.elapsed_seconds = p["elapsed_seconds"]
         # checkpoints written before these were kept count their time as training
         trainer.train_seconds = p.get("train_seconds", p["elapsed_seconds"])
         trainer.eval_seconds = p.get("eval_seconds", 0.0)
         trainer.stream.load_state(p["stream"])
         trainer.sample_rng.bit_generator.state = p["sample_rng"]
+        if "dropout_rng" in p:  # absent from checkpoints written before dropout, which never drew from it
+            trainer.dropout_rng.bit_generator.state = p["dropout_rng"]
         trainer._window = dict(p["window"])
         return trainer
 
@@ -268,13 +298,19 @@ class Trainer:
         inputs, targets, reset = self.stream.next_batch()
         if reset:
             self.state = init_state(self.model_config, self.train_config.batch_size)
+        masks = dropout_masks(self.dropout_rng, self.model_config, *inputs.shape)
         # overflow shows up as a non-finite loss or norm, which run() reports as divergence with a reason
         with np.errstate(over="ignore", invalid="ignore"):
-            loss, grads, self.state = loss_and_grads(self.params, self.model_config, inputs, targets, self.state)
+            loss, grads, self.state = loss_and_grads(self.params, self.model_config, inputs, targets, self.state,
+                                                     masks)
             flat_grad = np.concatenate([grads[name].ravel() for name in self.params])  # same layout as flat_params
             norm = clip_gradients(flat_grad, self.optim_config.clip, self.optim_config.clip_mode)
         loss_per_char = loss / inputs.shape[0]
         if math.isfinite(loss_per_char) and math.isfinite(norm):
+            cfg = self.optim_config
+            self.optimizer.lr = learning_rate(cfg.schedule, cfg.lr, self.iteration)
+            if cfg.weight_decay:
+                decay_weights(self.weights, self.optimizer.lr, cfg.weight_decay)
             self.optimizer.step(self.flat_params, flat_grad)
         return loss_per_char, norm
 
@@ -318,6 +354,10 @@ class Trainer:
         if (cfg.target_val_loss is not None and self.val_loss is not None
                 and self.val_loss <= cfg.target_val_loss):
             return f"validation loss {self.val_loss:.4f} reached target_val_loss={cfg.target_val_loss}"
+        if cfg.patience is not None and self.evals_since_best >= cfg.patience:
+            kept = ", kept in best.npz" if self.checkpoint_dir is not None else ""
+            return (f"stopped early: validation loss has not improved for patience={cfg.patience} evaluations "
+                    f"(best {self.best_val_loss:.4f} at iteration {self.best_at}{kept})")
         return None
 
     def _evaluation_due(self, n: int, elapsed: float, last_round_seconds: float,
@@ -351,7 +391,9 @@ class Trainer:
         self.evaluated_at = n
         improved = self.best_val_loss is None or self.val_loss < self.best_val_loss
         if improved:
-            self.best_val_loss = self.val_loss
+            self.best_val_loss, self.best_at, self.evals_since_best = self.val_loss, n, 0
+        else:
+            self.evals_since_best += 1
         for cb in callbacks:
             cb.on_metrics({"val/loss": self.val_loss, "val/bpc": self.val_loss / math.log(2),
                            "val/best_loss": self.best_val_loss}, n)
@@ -415,6 +457,7 @@ class Trainer:
                     "train/loss": w["loss_sum"] / w["count"],
                     "train/smooth_loss": self.smooth_loss,
                     "grad/norm": norm,
+                    "optim/lr": self.optimizer.lr,
                     "throughput/chars_per_s": w["chars"] / max(w["seconds"], 1e-9),
                     **self._time_shares(time.perf_counter() - started),
                 }

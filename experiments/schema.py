@@ -2,7 +2,7 @@
 
 The engine's dataclasses are the schema of the ``model.*``, ``optim.*`` and ``train.*`` keys: their fields,
 types and defaults are read from :class:`charrnn.model.ModelConfig`, :class:`charrnn.train.TrainConfig` and
-:class:`charrnn.train.OptimConfig`, so each default is written once (in the engine) and OmegaConf rejects a value
+:class:`charrnn.train.OptimConfig` (``optim.schedule.*``: :class:`charrnn.schedule.ScheduleConfig`), so each default is written once (in the engine) and OmegaConf rejects a value
 of the wrong type while Hydra composes the config, naming the key. The engine's ``__post_init__`` checks ranges.
 The harness's own keys (``data``, ``tracking``, ``record`` and train's harness-only keys) are declared here, and
 charrnn-sample, charrnn-analyze and charrnn-compare share them. ``charrnn/`` never imports Hydra or OmegaConf: the
@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from charrnn.model import ModelConfig
+from charrnn.schedule import ScheduleConfig
 from charrnn.train import OptimConfig, TrainConfig
 
 EXIT_BAD_CONFIG = 2  # as every other bad input of the four commands
@@ -40,21 +41,26 @@ def engine_default(engine_class: type, name: str):
     return next(f.default for f in dataclasses.fields(engine_class) if f.name == name)
 
 
-def schema_fields(source: type, omit: tuple[str, ...] = ()) -> list[tuple[str, Any, dataclasses.Field]]:
-    """``source``'s fields with their types and defaults, minus ``omit``, for ``make_dataclass``.
+def schema_fields(source: type, omit: tuple[str, ...] = (),
+                  nested: dict[str, type] | None = None) -> list[tuple[str, Any, dataclasses.Field]]:
+    """``source``'s fields with their types and defaults, minus ``omit``, for ``make_dataclass``; a field named in
+    ``nested`` holds an engine dataclass and gets the given schema copy of it instead.
 
     A copy rather than a subclass: the engine's ``__post_init__`` must not run on the schema (it would reject
     ``vocab_size=0``, which only the data can set), and omitted fields must not exist at all.
     """
     types = typing.get_type_hints(source)
-    return [(f.name, types[f.name],
-             field(default=f.default) if f.default is not dataclasses.MISSING
-             else field(default_factory=f.default_factory))
+    nested = nested or {}
+    return [(f.name, nested[f.name], field(default_factory=nested[f.name])) if f.name in nested
+            else (f.name, types[f.name],
+                  field(default=f.default) if f.default is not dataclasses.MISSING
+                  else field(default_factory=f.default_factory))
             for f in dataclasses.fields(source) if f.name not in omit]
 
 
 def schema_class(name: str, fields: list[tuple[str, Any, dataclasses.Field]]) -> type:
-    """A dataclass of ``fields`` that lives in this module, so a config holding it pickles (joblib's workers)."""
+    """A dataclass of ``fields`` that lives in this module, so a config holding it pickles (a parallel launcher
+    sends the config to each job's process)."""
     made = make_dataclass(name, fields)
     made.__module__ = __name__
     return made
@@ -63,7 +69,8 @@ def schema_class(name: str, fields: list[tuple[str, Any, dataclasses.Field]]) ->
 # ModelConfig.vocab_size comes from the data. ModelConfig.dtype is the public key train.dtype, where it has always
 # been: it is how the run computes (weights, optimizer state, gradients), chosen per run like the other train keys.
 ModelSchema = schema_class("ModelSchema", schema_fields(ModelConfig, omit=("vocab_size", "dtype")))
-OptimSchema = schema_class("OptimSchema", schema_fields(OptimConfig))
+ScheduleSchema = schema_class("ScheduleSchema", schema_fields(ScheduleConfig))
+OptimSchema = schema_class("OptimSchema", schema_fields(OptimConfig, nested={"schedule": ScheduleSchema}))
 
 
 @dataclass

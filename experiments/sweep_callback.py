@@ -35,8 +35,12 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, read_write
+# Importing it registers hydra/launcher=charrnn before the config is composed, also in an editable install
+# (pip install -e), whose hydra_plugins folder Hydra's plugin scan does not see.
+from hydra_plugins.charrnn_launcher.config import ProcessLauncherConf
+from omegaconf import DictConfig, OmegaConf
 
+from charrnn.errors import CharRNNError, ConfigError
 from charrnn_experiments import tracking
 
 SWEEP_FILE = "sweep.json"  # in the sweep dir: the swept keys and BLAS threads per job, read by every job
@@ -52,8 +56,7 @@ TAG_LAUNCHER = "charrnn.launcher"
 TAG_SWEEPER = "charrnn.sweeper"
 TAG_JOBS = "charrnn.jobs"
 TAG_BLAS_THREADS = "charrnn.blas_threads"
-JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
-PROCESS_LAUNCHER = "hydra_plugins.charrnn_launcher.process_launcher.JobProcessLauncher"
+PROCESS_LAUNCHER = ProcessLauncherConf._target_
 RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
 
 
@@ -162,17 +165,28 @@ def job_label(sweep_dir: Path, overrides: list[str]) -> str | None:
     return short_name(overrides, keys) or None
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or taskset narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parallel_jobs(n_jobs: int) -> int:
+    """Jobs at once for a launcher's ``n_jobs``, counted as joblib counts them: -1 one per usable core, -2 all
+    but one, and so on, never fewer than one."""
+    if n_jobs == 0:
+        raise ConfigError("hydra.launcher.n_jobs=0 runs no job: give a count, or -1 for one per core")
+    return n_jobs if n_jobs > 0 else max(1, usable_cores() + 1 + n_jobs)
+
+
 def blas_threads(config: DictConfig, jobs: int | None) -> int | None:
     """BLAS threads per job, the cores over the jobs that run at once, so that parallel jobs never
     oversubscribe the cores; None: jobs run one at a time. ``jobs``: how many the sweep has, if known."""
-    from joblib import cpu_count, effective_n_jobs
-
     target = str(config.hydra.launcher._target_)
     if target.endswith("BasicLauncher"):
         return None
     n_jobs = OmegaConf.select(config, "hydra.launcher.n_jobs")
-    parallel = effective_n_jobs(n_jobs) if n_jobs is not None else cpu_count()  # Ray, submitit: one per core
-    return max(1, cpu_count() // min(parallel, jobs or parallel))
+    parallel = parallel_jobs(n_jobs) if n_jobs is not None else usable_cores()  # Ray, submitit: one per core
+    return max(1, usable_cores() // min(parallel, jobs or parallel))
 
 
 def limit_blas_threads(threads: int) -> int:
@@ -183,18 +197,16 @@ def limit_blas_threads(threads: int) -> int:
     return max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=threads)
 
 
-def use_process_launcher(config: DictConfig) -> None:
-    """Run ``hydra/launcher=joblib`` sweeps with charrnn's launcher: its settings, each job in its own
-    process, so that one job that dies stops neither the others nor the sweep (on loky's pool it does)."""
-    if str(config.hydra.launcher._target_) != JOBLIB_LAUNCHER:
+def start_process_launcher(config: DictConfig) -> None:
+    """Under ``hydra/launcher=charrnn``, import the launcher's body and start its fork server now: a broken
+    install fails before anything is created, and the server's imports overlap with the store's creation."""
+    if str(config.hydra.launcher._target_) != PROCESS_LAUNCHER:
         return
     from hydra.core.plugins import Plugins
     from hydra_plugins.charrnn_launcher.process_launcher import JobProcessLauncher, start_fork_server
 
+    Plugins.instance().register(JobProcessLauncher)  # the plugin scan misses an editable install's, as above
     start_fork_server()
-    Plugins.instance().register(JobProcessLauncher)
-    with read_write(config.hydra.launcher):
-        config.hydra.launcher._target_ = PROCESS_LAUNCHER
 
 
 def start_ray_first(config: DictConfig) -> None:
@@ -211,14 +223,20 @@ def start_ray_first(config: DictConfig) -> None:
 
 
 @contextlib.contextmanager
-def exit_on_tracking_error():
-    """A store that cannot be used ends the command with one error line: Hydra turns an exception in a callback
-    into a warning and goes on (a sweep then launched every job against the dead store)."""
+def exit_on_error(what: str):
+    """Any exception ends the command with one error line and exit status 2: Hydra turns an exception in a
+    callback into a warning and goes on (a sweep whose start failed ran every job with no parent run, or
+    against a dead store). ``what`` names the step for an error that is not the user's to fix."""
     try:
         yield
-    except tracking.TrackingError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    except CharRNNError as err:  # a store that cannot be used, a bad setting: its message says what to do
+        message = str(err)
+    except Exception as err:
+        message = f"{what}: {type(err).__name__}: {tracking.first_line(err)}"
+    else:
+        return
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 # --- the callback ----------------------------------------------------------------------------------
@@ -226,20 +244,23 @@ def exit_on_tracking_error():
 class MlflowSweepCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Before Hydra makes the run's output folder: a store that does not answer leaves nothing behind.
-        with exit_on_tracking_error():
+        with exit_on_error("the run could not start"):
             tracking.Store.resolve(config.tracking.uri, os.getcwd()).check_reachable()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        use_process_launcher(config)
-        store = tracking.Store.resolve(config.tracking.uri, os.getcwd())
-        with exit_on_tracking_error():  # before any job or the sweep's folder
-            experiment_id = store.ensure_experiment(config.tracking.experiment)
-        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        with exit_on_error("the sweep could not start"):  # before any job starts: none runs untracked
+            self._start_sweep(config)
+
+    def _start_sweep(self, config: DictConfig) -> None:
         space = swept_space(config)
+        jobs = planned_jobs(config, space)
+        threads = blas_threads(config, jobs)  # a bad n_jobs fails here, before anything is created
+        start_process_launcher(config)
+        store = tracking.Store.resolve(config.tracking.uri, os.getcwd())
+        experiment_id = store.ensure_experiment(config.tracking.experiment)  # before any job or the sweep's folder
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
         choices = config.hydra.runtime.choices
         preset = choices.get("experiment") or "sweep"
-        jobs = planned_jobs(config, space)
-        threads = blas_threads(config, jobs)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"keys": list(space), "blas_threads": threads}))
         tags = {tracking.TAG_SWEEP: str(sweep_dir), TAG_LAUNCHER: str(choices.get("hydra/launcher")),
@@ -248,8 +269,12 @@ class MlflowSweepCallback(Callback):
             tags[TAG_JOBS] = str(jobs)
         parent = tracking.MlflowTracker.start(
             store, experiment_id, run_name=f"{preset} {datetime.now():%m-%d %H:%M}", tags=tags)
-        tracking.log_params(parent.client, parent.run_id, {f"sweep.{k}": v for k, v in space.items()})
-        tracking.write_parent(sweep_dir, store, experiment_id, parent.run_id)
+        try:
+            tracking.log_params(parent.client, parent.run_id, {f"sweep.{k}": v for k, v in space.items()})
+            tracking.write_parent(sweep_dir, store, experiment_id, parent.run_id)
+        except Exception as err:  # no job will start: the parent must not stay RUNNING
+            parent.finish("FAILED", reason=f"the sweep could not start: {tracking.first_line(err)}")
+            raise
         self._pid = os.getpid()
         # Registered first, run last: a sweep stopped inside Ray's or submitit's launcher exits 128 + the signal
         # whatever the launcher made of the SystemExit that stopped it (Ray turns it into SystemExit(1)).

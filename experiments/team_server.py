@@ -199,7 +199,7 @@ class TeamServer:
         try:
             import psycopg2
         except ImportError:
-            raise ServerError("the PostgreSQL driver is missing: pip install -e '.[server]'") from None
+            raise ServerError("the PostgreSQL driver is missing: make extra NAME=server") from None
         try:
             conn = psycopg2.connect(host="127.0.0.1", port=self.pg_port, user=DB_USER,
                                     password=self.password(), dbname="postgres")

@@ -165,7 +165,7 @@ class Store:
     def _check_server_answers(self, url) -> None:
         """One REST request, no retries: a server that answers 5xx or not at all in PROBE_SECONDS has lost its
         database. Through MLflow's own request helper, so that its credentials and TLS settings apply."""
-        from mlflow.tracking._tracking_service.utils import get_default_host_creds
+        from mlflow.utils.credentials import get_default_host_creds
         from mlflow.utils.rest_utils import http_request
 
         try:

@@ -30,6 +30,7 @@ from charrnn.checkpoint import load_checkpoint, load_initial_weights
 from charrnn.data import Corpus, Vocab, load_corpus, split_corpus
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError
 from charrnn.model import ModelConfig, count_params
+from charrnn.schedule import ScheduleConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_analysis.trained_run import ARTIFACT_DIR, RecordSettings, record_finished_run
 from charrnn_experiments import tracking
@@ -87,10 +88,15 @@ def engine_configs(cfg: DictConfig, vocab_size: int) -> tuple[ModelConfig, Train
         model = ModelConfig(**engine_keys(ModelConfig, plain["model"]), vocab_size=vocab_size, dtype=train["dtype"])
     with keys_named("train", TrainConfig):
         train_config = TrainConfig(**engine_keys(TrainConfig, train))
-    options = {name: f"optim.options.{name}" for name in plain["optim"].get("options") or {}}
-    with keys_named("optim", OptimConfig, options):
+    with optim_keys_named(plain["optim"].get("options")):
         optim = OptimConfig(**engine_keys(OptimConfig, plain["optim"]))
     return model, train_config, optim
+
+
+def optim_keys_named(options: dict | None):
+    """``keys_named`` for the optim section, its options and its schedule."""
+    nested = {f"schedule.{f.name}": f"optim.schedule.{f.name}" for f in fields(ScheduleConfig)}
+    return keys_named("optim", OptimConfig, {name: f"optim.options.{name}" for name in options or {}} | nested)
 
 
 @contextmanager
@@ -125,15 +131,18 @@ def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | Non
     train_text, val_text = split_corpus(corpus, cfg.train.val_fraction, cfg.train.seq_length)
     vocab = Vocab.from_text(corpus.text)
     model, train, optim = engine_configs(cfg, vocab.size)
-    if resume_from is not None:
-        return corpus, Trainer.from_checkpoint(resume_from, train_text, val_text, checkpoint_dir, train)
-    params = load_initial_weights(cfg.train.init_from, model, vocab) if cfg.train.init_from else None
-    # checkpoints name their text, so charrnn-analyze checkpoint=... finds the same validation split
-    source = {key: OmegaConf.select(cfg, key) for key in DATA_KEYS}
-    if source["data.path"] is not None:
-        source["data.path"] = str(Path(source["data.path"]).resolve())
-    source[RUN_ID_KEY] = run_id
-    return corpus, Trainer(model, train, optim, vocab, train_text, val_text, checkpoint_dir, params, source)
+    # the trainer checks the settings that depend on each other or on the data (warmup against max_iters,
+    # patience against a validation text)
+    with keys_named("train", TrainConfig), optim_keys_named(optim.options):
+        if resume_from is not None:
+            return corpus, Trainer.from_checkpoint(resume_from, train_text, val_text, checkpoint_dir, train)
+        params = load_initial_weights(cfg.train.init_from, model, vocab) if cfg.train.init_from else None
+        # checkpoints name their text, so charrnn-analyze checkpoint=... finds the same validation split
+        source = {key: OmegaConf.select(cfg, key) for key in DATA_KEYS}
+        if source["data.path"] is not None:
+            source["data.path"] = str(Path(source["data.path"]).resolve())
+        source[RUN_ID_KEY] = run_id
+        return corpus, Trainer(model, train, optim, vocab, train_text, val_text, checkpoint_dir, params, source)
 
 
 class Stopper:

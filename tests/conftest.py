@@ -25,7 +25,9 @@ from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
-BIN = Path(sys.executable).parent
+# The console scripts the tests start: this environment's, or the one CHARRNN_APP_BIN names (`make test-user-env`
+# points it at the core-only environment `make train` builds).
+BIN = Path(os.environ.get("CHARRNN_APP_BIN") or Path(sys.executable).parent)
 
 # A job of a few seconds: 60 iterations of an 8-unit RNN, logging, evaluating and sampling along the way.
 TINY = ["model.hidden_size=8", "train.seq_length=8", "train.max_seconds=null", "train.max_iters=60",
@@ -45,15 +47,18 @@ PARITY_TEXT = (
 TEXT = PARITY_TEXT * 6
 
 
-def small_trainer(cell="rnn", layers=1, batch_size=2, checkpoint_dir=None, optim="adagrad", **train):
-    """An engine Trainer of a 16-unit model on TEXT (90% train, 10% validation), 40 iterations by default."""
+def small_trainer(cell="rnn", layers=1, batch_size=2, checkpoint_dir=None, optim="adagrad", dropout=0.0,
+                  optim_extra=None, **train):
+    """An engine Trainer of a 16-unit model on TEXT (90% train, 10% validation), 40 iterations by default;
+    ``optim_extra``: more OptimConfig fields."""
     vocab = Vocab.from_text(TEXT)
     split = len(TEXT) * 9 // 10
     cfg = dict(seq_length=10, batch_size=batch_size, max_iters=40, log_every=5, eval_every=10,
                sample_every=10, sample_length=30, eval_batch_size=4)
     cfg.update(train)
-    return Trainer(ModelConfig(cell, vocab.size, 16, layers), TrainConfig(**cfg),
-                   OptimConfig(optim, 0.05 if optim == "adagrad" else 0.01, 5.0), vocab,
+    return Trainer(ModelConfig(cell, vocab.size, 16, layers, dropout=dropout), TrainConfig(**cfg),
+                   OptimConfig(**{"name": optim, "lr": 0.05 if optim == "adagrad" else 0.01, "clip": 5.0,
+                                  **(optim_extra or {})}), vocab,
                    TEXT[:split], TEXT[split:], checkpoint_dir)
 
 

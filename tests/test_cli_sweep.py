@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from joblib import cpu_count
 from mlflow import MlflowClient
 
 from conftest import BIN, jobs_log_one_dataset_at_once, tiny
 
 GRID = ["model.hidden_size=8,16", "train.seq_length=8,16"]
 LONG = ["train.max_iters=1000000", "train.eval_every=100", "train.log_every=100"]  # stopped by the test
+CORES = len(os.sched_getaffinity(0))  # the cores this process may use: what n_jobs=-1 and BLAS threads share
 
 
 def sweep_runs(cwd: Path, experiment: str = "charrnn"):
@@ -52,7 +52,7 @@ def best_val_loss(client, run) -> float:
 def test_2x2_sweep_in_parallel_from_a_fresh_store(cli, small_text, tmp_path, monkeypatch):
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)  # the launcher, not the caller, must keep BLAS within the cores
-    out = cli("charrnn-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
+    out = cli("charrnn-train", "-m", "hydra/launcher=charrnn", "hydra.launcher.n_jobs=4",
               *tiny(small_text), *GRID)
     assert out.returncode == 0, out.stderr[-3000:]
     client, parent, children = sweep_runs(tmp_path)
@@ -63,12 +63,12 @@ def test_2x2_sweep_in_parallel_from_a_fresh_store(cli, small_text, tmp_path, mon
     names = {c.info.run_name for c in children}
     assert names == {"h=8 T=8", "h=8 T=16", "h=16 T=8", "h=16 T=16"}
     # four jobs at once on this machine's cores: each gets its share of them as BLAS threads, at least one
-    assert {c.data.tags["charrnn.blas_threads"] for c in children} == {str(max(1, cpu_count() // 4))}
+    assert {c.data.tags["charrnn.blas_threads"] for c in children} == {str(max(1, CORES // 4))}
     # the parent: named by preset and time, records the space, launcher and job count, and the best child
     assert re.fullmatch(r"sweep \d\d-\d\d \d\d:\d\d", parent.info.run_name)
     assert parent.data.params["sweep.model.hidden_size"] == "8,16"
     assert parent.data.params["sweep.train.seq_length"] == "8,16"
-    assert (parent.data.tags["charrnn.launcher"], parent.data.tags["charrnn.jobs"]) == ("joblib", "4")
+    assert (parent.data.tags["charrnn.launcher"], parent.data.tags["charrnn.jobs"]) == ("charrnn", "4")
     best = min(children, key=lambda c: best_val_loss(client, c))
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["charrnn.best_child_run_id"] == best.info.run_id
@@ -86,6 +86,43 @@ def test_2x2_sweep_in_parallel_from_a_fresh_store(cli, small_text, tmp_path, mon
             f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning") in out.stdout
     # each job's output lines carry its short name
     assert re.search(r"^\[h=16 T=8\] .*iter 60 \| .*val/bpc", out.stdout, re.MULTILINE)
+
+
+def test_hydra_launcher_joblib_is_hydras_own_launcher_and_still_tracked(cli, small_text, tmp_path):
+    out = cli("charrnn-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *tiny(small_text),
+              "model.hidden_size=8,16")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Joblib.Parallel(" in out.stderr + out.stdout, "Hydra's joblib launcher ran the jobs"
+    assert not re.search(r"^\[h=", out.stdout, re.MULTILINE), "not charrnn's launcher, which labels job output"
+    client, parent, children = sweep_runs(tmp_path)
+    check_children(client, children, 2)
+    assert {c.info.run_name for c in children} == {"h=8", "h=16"}
+    assert parent.data.tags["charrnn.launcher"] == "joblib"
+    assert parent.data.tags["charrnn.best_child_run_id"] in {c.info.run_id for c in children}
+    assert f"parent run id: {parent.info.run_id}" in out.stdout
+
+
+def test_a_sweep_that_cannot_start_ends_with_one_error_line_and_runs_no_job(small_text, tmp_path):
+    # A cloudpickle that raises on import, first on the path: the launcher's body cannot be imported. Hydra turns
+    # an exception in a callback into a warning and goes on; the sweep must stop before its first job instead.
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "cloudpickle.py").write_text('raise ImportError("this cloudpickle is broken")\n')
+    out = subprocess.run([str(BIN / "charrnn-train"), "-m", "hydra/launcher=charrnn", *tiny(small_text),
+                          "model.hidden_size=8,16"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(shim)})
+    assert (out.returncode, out.stderr) == (
+        2, "error: the sweep could not start: ImportError: this cloudpickle is broken\n"), out.stdout[-3000:]
+    assert not (tmp_path / "mlflow.db").exists(), "no store, so no parent run and no child run"
+    assert not (tmp_path / "multirun").exists(), "no job output folder"
+
+
+def test_n_jobs_0_is_refused_with_one_error_line_before_anything_is_created(cli, small_text, tmp_path):
+    out = cli("charrnn-train", "-m", "hydra/launcher=charrnn", "hydra.launcher.n_jobs=0", *tiny(small_text),
+              "model.hidden_size=8,16")
+    assert (out.returncode, out.stderr) == (
+        2, "error: hydra.launcher.n_jobs=0 runs no job: give a count, or -1 for one per core\n")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
 
 
 def test_a_failing_job_does_not_stop_the_sweep_but_fails_the_command(cli, small_text, tmp_path):
@@ -119,7 +156,7 @@ def test_the_same_sweep_runs_through_cluster_launchers(cli, small_text, tmp_path
     assert parent.data.tags["charrnn.best_child_run_id"] in {c.info.run_id for c in children}
     assert {c.info.run_name for c in children} == {"h=8", "h=16"}
     # the two jobs may run at once: each gets half the cores as BLAS threads (the count its BLAS reported)
-    assert {c.data.tags["charrnn.blas_threads"] for c in children} == {str(max(1, cpu_count() // 2))}
+    assert {c.data.tags["charrnn.blas_threads"] for c in children} == {str(max(1, CORES // 2))}
 
 
 def test_optuna_preset_searches_and_reports_the_best_trial(cli, small_text, tmp_path):
@@ -231,7 +268,7 @@ def check_stopped(tmp_path: Path, output: str, signame: str, in_flight: int):
 
 
 def test_sigterm_stops_the_whole_parallel_sweep(small_text, tmp_path):
-    proc = start_sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *tiny(small_text, *LONG),
+    proc = start_sweep(tmp_path, "hydra/launcher=charrnn", "hydra.launcher.n_jobs=2", *tiny(small_text, *LONG),
                        "model.hidden_size=8,12,16")
     for label in ("h=8", "h=12"):  # both jobs in flight are training
         wait_for_output(tmp_path, proc, rf"^\[{label}\] .*iter \d+ \| .*val/bpc")
@@ -293,7 +330,7 @@ def test_a_sweep_stopped_after_a_job_finished_keeps_that_job_as_its_best(small_t
 
 
 def test_ctrl_c_stops_the_whole_parallel_sweep(small_text, tmp_path):
-    proc = start_sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *tiny(small_text, *LONG),
+    proc = start_sweep(tmp_path, "hydra/launcher=charrnn", "hydra.launcher.n_jobs=2", *tiny(small_text, *LONG),
                        "model.hidden_size=8,12,16")
     for label in ("h=8", "h=12"):
         wait_for_output(tmp_path, proc, rf"^\[{label}\] .*iter \d+ \| .*val/bpc")
@@ -354,7 +391,7 @@ def test_ctrl_c_stops_a_submitit_sweep(small_text, tmp_path):
 
 def test_kill_9_of_one_job_fails_that_job_only(small_text, tmp_path):
     # job 0 trains until it is killed; job 1 has a bounded budget and must finish despite its sibling's death
-    proc = start_sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+    proc = start_sweep(tmp_path, "hydra/launcher=charrnn", "hydra.launcher.n_jobs=2",
                        *tiny(small_text, "train.eval_every=100", "train.log_every=100"),
                        "train.max_iters=1000000,3000")
     pid = int(wait_for_output(tmp_path, proc, r"started #0 .*\(pid (\d+)\)")[0])

@@ -8,13 +8,13 @@ import pickle
 import numpy as np
 import pytest
 
-from charrnn import cells
+from charrnn import cells, model
 from charrnn.checkpoint import load_checkpoint, load_initial_weights, load_model, save_checkpoint
 from charrnn.data import BatchStream, DataError, Vocab, load_corpus, split_train_val
 from charrnn.errors import CheckpointError, ConfigError
 from charrnn.gradcheck import check_gradients
-from charrnn.model import (ModelConfig, forward, init_params, init_state, loss_and_grads, param_shapes,
-                           softmax_cross_entropy)
+from charrnn.model import (ModelConfig, dropout_masks, forward, init_params, init_state, loss_and_grads,
+                           param_shapes, softmax_cross_entropy)
 from charrnn.optim import clip_gradients, make_optimizer
 from charrnn.reference import GistRNN
 from charrnn.sample import sample
@@ -52,6 +52,42 @@ def test_gradient_check_catches_a_broken_backward(monkeypatch):
     monkeypatch.setattr(cells, "rnn_step_backward", lambda dh, dtanh_t, out: np.multiply(dh, dtanh_t * 1.01, out=out))
     errors = check_gradients("rnn")
     assert errors["Whh"] > 1e-4 and errors["Wxh"] > 1e-4
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_gradients_match_numerical_with_dropout_masks_held_fixed(cell, layers):
+    errors = check_gradients(cell, num_layers=layers, batch_size=3, seq_length=4, dropout=0.4)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-6, f"{worst}: {errors[worst]:.2e}"
+
+
+def test_gradient_check_catches_a_dropout_mask_missing_from_backward(monkeypatch):
+    monkeypatch.setattr(model, "dropout_backward", lambda dout, mask: dout)
+    errors = check_gradients("lstm", num_layers=2, batch_size=3, seq_length=4, dropout=0.4)
+    assert errors["Wxh"] > 1e-3 and errors["Wxh.1"] > 1e-3
+
+
+def test_dropout_masks_are_inverted_and_drawn_only_when_asked():
+    config = ModelConfig("gru", 5, 8, 2, "float32", dropout=0.25)
+    masks = dropout_masks(np.random.default_rng(0), config, 50, 4)
+    assert len(masks) == 2 and all(m.shape == (50, 4, 8) and m.dtype == np.float32 for m in masks)
+    assert set(np.unique(np.concatenate(masks))) == {0.0, np.float32(1 / 0.75)}
+    assert 0.2 < np.mean(np.concatenate(masks) == 0) < 0.3
+    rng = np.random.default_rng(0)
+    assert dropout_masks(rng, ModelConfig("gru", 5, 8, 2), 50, 4) is None
+    assert rng.bit_generator.state == np.random.default_rng(0).bit_generator.state
+
+
+def test_dropout_changes_training_but_not_evaluation_sampling_or_the_other_random_streams():
+    dropped, whole = small_trainer("lstm", 2, dropout=0.5), small_trainer("lstm", 2)
+    for name in whole.params:  # the same weights, whatever ModelConfig says
+        np.testing.assert_array_equal(dropped.params[name], whole.params[name])
+    assert dropped.evaluate() == whole.evaluate()
+    assert dropped.sample(40) == whole.sample(40)
+    assert dropped.train_step()[0] != whole.train_step()[0]
+    assert dropped.stream.state() == whole.stream.state()
+    assert dropped.sample_rng.bit_generator.state == whole.sample_rng.bit_generator.state
 
 
 def test_batch_gradient_is_the_mean_of_the_streams():
@@ -260,7 +296,7 @@ def test_gist_parity_free_running_50_iterations():
     assert (error <= bound).all(), f"iteration {worst + 1}: {error[worst]:.1e} > bound {bound[worst]:.1e}"
     # the bound has teeth: a learning rate off by 0.1% leaves it
     _, off, _ = gist_pair(PARITY_TEXT, seed=1)
-    off.optimizer.lr *= 1.001
+    off.optim_config.lr *= 1.001  # the lr of each update comes from the config (and its schedule)
     off_error = np.abs(np.array([off.train_step()[0] * 25 for _ in range(50)]) - gist_losses) / gist_losses
     assert (off_error > bound).any()
 
@@ -337,17 +373,23 @@ def test_training_reduces_loss_and_is_deterministic():
     assert val[-1] < val[0] < math.log(Vocab.from_text(TEXT).size) + 0.1
 
 
-@pytest.mark.parametrize("cell,layers,optim", [("rnn", 1, "adagrad"), ("lstm", 2, "adam"), ("gru", 2, "rmsprop")])
-def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path, cell, layers, optim):
+@pytest.mark.parametrize("cell,layers,optim,extra", [
+    ("rnn", 1, "adagrad", {}), ("lstm", 2, "adam", {}), ("gru", 2, "rmsprop", {}),
+    ("lstm", 2, "adam", {"dropout": 0.3}), ("rnn", 2, "adagrad", {"dropout": 0.5}),
+    ("lstm", 2, "adam", {"dropout": 0.3, "patience": 10, "optim_extra": {
+        "weight_decay": 0.1, "schedule": {"name": "cosine", "warmup_iters": 5, "decay_iters": 40}}}),
+    ("gru", 1, "adam", {"optim_extra": {"schedule": {"name": "step", "step_start": 25, "step_every": 3}}}),
+])
+def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path, cell, layers, optim, extra):
     full = Recorder()
-    uninterrupted = small_trainer(cell, layers, batch_size=3, optim=optim, max_iters=40, log_every=4)
+    uninterrupted = small_trainer(cell, layers, batch_size=3, optim=optim, max_iters=40, log_every=4, **extra)
     uninterrupted.run([full])
 
     # stopped mid-way through a logging window (iteration 30 of windows of 4), on an evaluation (a budget ending
     # between evaluations adds one, which the uninterrupted run has not), then resumed
     first = Recorder()
     trainer = small_trainer(cell, layers, batch_size=3, optim=optim, max_iters=30, log_every=4,
-                            checkpoint_dir=tmp_path)
+                            checkpoint_dir=tmp_path, **extra)
     trainer.run([first])
     second = Recorder()
     split = len(TEXT) * 9 // 10
@@ -435,6 +477,9 @@ NAN, INF = float("nan"), float("inf")
     (lambda: ModelConfig("rnn", 5, NAN), "hidden_size must be a positive integer, got nan"),
     (lambda: ModelConfig("rnn", 5, 4, True), "num_layers must be a positive integer, got True"),
     (lambda: ModelConfig("rnn", 0, 4), "vocab_size must be a positive integer"),
+    (lambda: ModelConfig("rnn", 5, 4, dropout=-0.1), r"dropout must be in \[0, 1\), got -0.1"),
+    (lambda: ModelConfig("rnn", 5, 4, dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+    (lambda: ModelConfig("rnn", 5, 4, dropout=NAN), "dropout must be a finite number, got nan"),
     (lambda: OptimConfig("adagrad", 0.0), "lr must be positive, got 0"),
     (lambda: OptimConfig("adagrad", NAN), "lr must be a finite number, got nan"),
     (lambda: OptimConfig("adagrad", INF), "lr must be a finite number, got inf"),

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
 from hydra.errors import HydraException
+from hydra.plugins.launcher import Launcher
+from hydra.utils import get_class
 from omegaconf import OmegaConf, read_write
 
 from charrnn.errors import ConfigError
 from charrnn.model import ModelConfig
+from charrnn.schedule import ScheduleConfig
 from charrnn.train import OptimConfig, TrainConfig
 from charrnn_experiments.schema import TrainAppSchema, boolean_override_error, config_error_line
-from charrnn_experiments.sweep_callback import short_name, swept_space
-from charrnn_experiments.train import engine_configs
+from charrnn_experiments.sweep_callback import parallel_jobs, short_name, swept_space
+from charrnn_experiments.train import build_trainer, engine_configs
 from charrnn_experiments.tracking import Store, flatten
 from conftest import compose_cfg
 
@@ -24,7 +28,9 @@ PUBLIC_KEYS = [
     "model.hidden_size", "model.num_layers", "train.seq_length", "train.batch_size",
     "train.max_iters", "train.max_seconds", "train.seed", "train.dtype", "train.init_from",
     "train.log_every", "train.sample_every", "train.eval_every", "optim.lr", "optim.clip",
-    "optim.clip_mode", "data.path", "tracking.uri", "tracking.experiment",
+    "optim.clip_mode", "data.path", "tracking.uri", "tracking.experiment", "model.dropout", "optim.weight_decay",
+    "optim.schedule.name", "optim.schedule.warmup_iters", "optim.schedule.step_start", "optim.schedule.step_every",
+    "optim.schedule.step_factor", "optim.schedule.decay_iters", "optim.schedule.min_lr_fraction", "train.patience",
 ]
 
 
@@ -63,13 +69,41 @@ def test_train_keys_reach_the_engine():
     assert train.eval_max_chars is None
 
 
+def test_model_keys_reach_the_engine():
+    model, _, _ = engine_configs(compose_cfg("model=lstm", "model.dropout=0.25"), vocab_size=10)
+    assert (model.cell, model.dropout) == ("lstm", 0.25)
+    assert engine_configs(compose_cfg(), vocab_size=10)[0].dropout == 0.0
+
+
+def test_schedule_weight_decay_and_patience_keys_reach_the_engine():
+    _, train, optim = engine_configs(compose_cfg(
+        "optim=adam", "optim.weight_decay=0.1", "optim.schedule.name=step", "optim.schedule.step_start=500",
+        "optim.schedule.step_every=100", "optim.schedule.step_factor=0.9", "train.patience=4"), vocab_size=10)
+    assert (optim.weight_decay, train.patience) == (0.1, 4)
+    assert optim.schedule == ScheduleConfig("step", step_start=500, step_every=100, step_factor=0.9)
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["optim=adam", "optim.schedule.warmup_iters=50", "train.max_iters=20"],
+     "optim.schedule.warmup_iters must be at most max_iters=20"),
+    (["optim=adam", "optim.schedule.name=cosine", "train.max_iters=null", "train.max_seconds=10"],
+     "optim.schedule.decay_iters must be set for the cosine schedule"),
+    (["train.patience=3", "train.val_fraction=0"], "train.patience stops on the validation loss, but there is no"),
+])
+def test_settings_checked_against_each_other_or_the_data_name_their_keys(tmp_path, overrides, line):
+    text = tmp_path / "text.txt"
+    text.write_text("hello world, " * 200)
+    with pytest.raises(ConfigError, match=f"^{line}"):
+        build_trainer(compose_cfg("data=file", f"data.path={text}", "train.seq_length=8", *overrides), tmp_path)
+
+
 def test_grid_preset_sweeps_the_four_card_parameters():
     cfg = compose_cfg("experiment=grid", hydra=True)
     assert set(cfg.hydra.sweeper.params) == {"model.hidden_size", "train.seq_length", "optim.lr",
                                              "optim.clip"}
 
 
-@pytest.mark.parametrize("preset", ["grid", "optuna", "paper_cells"])
+@pytest.mark.parametrize("preset", ["grid", "optuna", "paper_cells", "paper_cells_search"])
 def test_sweep_presets_compare_at_equal_iterations_with_time_only_as_a_cap(preset):
     cfg = compose_cfg(f"experiment={preset}")
     assert cfg.train.max_iters > 0
@@ -89,6 +123,22 @@ def test_a_preset_sweep_narrowed_to_one_value_is_not_swept():
     space = swept_space(cfg)
     assert "data" not in space
     assert space["model"] == "rnn,lstm,gru" and space["train.seed"] == "1,2"
+
+
+def test_hydra_launcher_charrnn_is_the_projects_launcher_and_joblib_is_hydras():
+    launcher = compose_cfg("hydra/launcher=charrnn", hydra=True).hydra.launcher
+    assert launcher.n_jobs == -1
+    assert issubclass(get_class(launcher._target_), Launcher)
+    assert get_class(launcher._target_).__module__ == "hydra_plugins.charrnn_launcher.process_launcher"
+    joblib = compose_cfg("hydra/launcher=joblib", hydra=True).hydra.launcher
+    assert joblib._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+
+
+def test_n_jobs_counts_as_joblib_counts_from_the_usable_cores():
+    cores = len(os.sched_getaffinity(0))
+    assert [parallel_jobs(n) for n in (3, -1, -2, -cores - 5)] == [3, cores, max(1, cores - 1), 1]
+    with pytest.raises(ConfigError, match="n_jobs=0 runs no job"):
+        parallel_jobs(0)
 
 
 @pytest.mark.parametrize("overrides, keys, name", [
@@ -117,6 +167,14 @@ def test_optuna_preset_uses_an_in_memory_study():
 
 @pytest.mark.parametrize("overrides, words", [
     (["model.hidden_size=0"], "^model.hidden_size must be a positive integer"),
+    (["model.dropout=-0.1"], r"^model.dropout must be in \[0, 1\), got -0.1"),
+    (["model.dropout=1"], r"^model.dropout must be in \[0, 1\), got 1.0"),
+    (["optim.schedule.name=linear"], "^optim.schedule.name must be one of constant, step, cosine, got 'linear'"),
+    (["optim.schedule.warmup_iters=-5"], "^optim.schedule.warmup_iters must be an integer >= 0, got -5"),
+    (["optim.schedule.step_factor=nan"], "^optim.schedule.step_factor must be a finite number, got nan"),
+    (["optim=adam", "optim.weight_decay=-1"], "^optim.weight_decay must be >= 0, got -1"),
+    (["optim.weight_decay=0.1"], "^optim.weight_decay is decoupled weight decay for adam .AdamW., not for adagrad"),
+    (["train.patience=0"], "^train.patience must be a positive integer"),
     (["optim.lr=0"], "^optim.lr must be positive"),
     (["optim.clip_mode=sideways"], "^optim.clip_mode must be one of"),
     (["train.dtype=float16"], "^train.dtype must be one of"),

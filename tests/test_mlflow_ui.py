@@ -66,7 +66,7 @@ def test_the_printed_address_opens_the_runs_table_with_short_child_names(cli, sm
     from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
 
-    out = cli("charrnn-train", "-m", "hydra/launcher=joblib", *tiny(small_text), "model.hidden_size=8,16",
+    out = cli("charrnn-train", "-m", "hydra/launcher=charrnn", *tiny(small_text), "model.hidden_size=8,16",
               "train.seq_length=8,16")
     assert out.returncode == 0, out.stderr[-3000:]
     store, url = re.search(r"mlflow ui --backend-store-uri (\S+), then open (\S+)", out.stdout).groups()

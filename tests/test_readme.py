@@ -39,4 +39,4 @@ def test_readme_team_section_has_the_done_when_commands():
     commands = [line.split("#", 1)[0].strip() for line in re.findall(r"```bash\n(.*?)```", section, re.S)[0]
                 .splitlines()]
     assert "make server" in commands
-    assert "charrnn-train tracking.uri=http://127.0.0.1:5000 experiment=grid hydra/launcher=joblib" in commands
+    assert "charrnn-train tracking.uri=http://127.0.0.1:5000 experiment=grid hydra/launcher=charrnn" in commands

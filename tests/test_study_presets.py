@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, read_write
 
 from charrnn.data import Vocab, load_corpus, split_corpus
 from charrnn.model import ModelConfig, count_params
@@ -22,12 +22,13 @@ SHRINK = ["train.max_iters=3", "train.batch_size=2", "train.seq_length=16", "tra
           "train.eval_max_chars=500", "train.sample_length=10", "record.length=200"]
 
 
-def test_paper_cells_matches_each_budget_within_two_percent_at_one_optimizer_batch_and_number_of_updates():
+def test_paper_cells_matches_each_budget_within_two_percent_with_its_chosen_lr_and_one_batch_and_budget():
     cfg = compose_cfg("experiment=paper_cells", hydra=True)
     assert OmegaConf.to_container(cfg.hydra.sweeper.params) == {
         "data": "tinyshakespeare,pystdlib", "model": "rnn,lstm,gru", "model.num_layers": "1,2",
         "study.budget": "50k,200k", "train.seed": "1,2"}
-    assert cfg.optim.name == "adam" and cfg.train.max_iters == 2000 and cfg.tracking.experiment == "paper_cells"
+    assert cfg.optim.name == "adam" and cfg.train.max_iters == 4000 and cfg.tracking.experiment == "paper_cells"
+    assert cfg.train.patience == 4 and cfg.train.eval_every == 250
     vocab = {"tinyshakespeare": TINYSHAKESPEARE_VOCAB, "pystdlib": Vocab.from_text(load_corpus("pystdlib").text).size}
     shared = set()
     for corpus, (budget, target) in itertools.product(vocab, BUDGETS.items()):
@@ -37,9 +38,26 @@ def test_paper_cells_matches_each_budget_within_two_percent_at_one_optimizer_bat
                               f"model.num_layers={depth}", f"study.budget={budget}")
             assert (job.model.cell, job.model.num_layers, job.data.name) == (cell, depth, corpus)
             counts[cell, depth] = count_params(ModelConfig(cell, vocab[corpus], int(job.model.hidden_size), depth))
+            chosen = (corpus, cell, f"layers{depth}", budget)
+            assert job.optim.lr == OmegaConf.select(job, "study.lr." + ".".join(chosen))
+            assert job.model.dropout == OmegaConf.select(job, "study.dropout." + ".".join(chosen))
+            with read_write(job):
+                del job.optim.lr
             shared.add(OmegaConf.to_yaml(OmegaConf.masked_copy(job, ["optim", "train"])))
         assert all(abs(n / target - 1) < 0.02 for n in counts.values()), (corpus, budget, counts)
-    assert len(shared) == 1  # every job: the same optimizer, lr, clipping, batch, seq_length, updates and dtype
+    assert len(shared) == 1  # every job: the same optimizer, clipping, batch, seq_length, updates and dtype
+
+
+def test_paper_cells_search_tries_each_lr_on_every_model_of_the_table_at_equal_updates():
+    search = compose_cfg("experiment=paper_cells_search", hydra=True)
+    table = compose_cfg("experiment=paper_cells", hydra=True)
+    assert OmegaConf.to_container(search.hydra.sweeper.params) == {
+        **OmegaConf.to_container(table.hydra.sweeper.params), "train.seed": "1", "optim.lr": "0.002,0.005,0.01"}
+    assert (search.train.max_iters, search.train.patience, search.tracking.experiment) == (2000, None,
+                                                                                          "paper_cells_search")
+    assert search.model.dropout == 0.0 and search.study.hidden_size == table.study.hidden_size
+    job = compose_cfg("experiment=paper_cells_search", "model=gru", "optim.lr=0.01", "study.budget=200k")
+    assert (job.optim.lr, job.model.hidden_size) == (0.01, 201)  # pystdlib's 200k GRU
 
 
 @pytest.mark.parametrize("preset, cell, layers, corpus, stop", [
@@ -105,3 +123,28 @@ def test_a_run_on_another_pythons_pystdlib_is_tagged_with_why_its_text_differs(t
     assert tags["charrnn.dataset.differs"] == corpus.differs and tags["charrnn.dataset.version"] == "pystdlib-v1"
     assert tags["charrnn.dataset.sha256"] == corpus.sha256 != data.PYSTDLIB_REFERENCE_SHA256
     tracker.finish("FINISHED", "test")
+
+
+def test_a_tiny_paper_cells_search_names_each_models_best_lr_in_the_tables_paper_cells_reads(cli, tmp_path):
+    # the search narrowed to one model (its three lrs), each job cut to 3 updates
+    out = cli("charrnn-train", "experiment=paper_cells_search", "data=pystdlib", "study.budget=50k", "model=lstm",
+              "model.num_layers=1", *SHRINK)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = store_client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("paper_cells_search").experiment_id])
+    [parent] = [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.info.run_id != parent]
+    assert sorted(float(r.data.params["optim.lr"]) for r in children) == [0.002, 0.005, 0.01]
+    best = min(children, key=lambda r: min(m.value for m in client.get_metric_history(r.info.run_id, "val/loss")))
+
+    compared = cli("charrnn-compare", f"parent={parent}", f"out={tmp_path / 'cmp'}",
+                   "tracking.uri=sqlite:///mlflow.db")
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    chosen = OmegaConf.load(tmp_path / "cmp" / "chosen_settings.yaml")
+    assert OmegaConf.to_container(chosen) == {"study": {
+        "lr": {"pystdlib": {"lstm": {"layers1": {"50k": float(best.data.params["optim.lr"])}}}},
+        "dropout": {"pystdlib": {"lstm": {"layers1": {"50k": 0.0}}}}}}
+    # pasted under study: in paper_cells.yaml, the table's job for that model trains at the chosen lr
+    job = OmegaConf.merge(compose_cfg("experiment=paper_cells", "data=pystdlib", "model=lstm",
+                                      "study.budget=50k"), chosen)
+    assert job.optim.lr == float(best.data.params["optim.lr"]) and job.model.dropout == 0.0

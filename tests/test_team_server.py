@@ -256,19 +256,19 @@ def test_an_ordinary_user_starts_and_stops_the_team_server():
 
 
 @pytest.fixture(scope="session")
-def joblib_grid(tmp_path_factory, team_server, url):
-    """A 2x2 sweep with joblib into the server, run once for the tests that read it: (cli output, its folder)."""
-    where = tmp_path_factory.mktemp("joblib-grid")
-    out = run_cli("charrnn-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4",
+def parallel_grid(tmp_path_factory, team_server, url):
+    """A 2x2 sweep with charrnn's launcher into the server, run once for the tests that read it: (output, folder)."""
+    where = tmp_path_factory.mktemp("parallel-grid")
+    out = run_cli("charrnn-train", "-m", "hydra/launcher=charrnn", "hydra.launcher.n_jobs=4",
                   *tiny(write_small_text(where)), *GRID, f"tracking.uri={url}",
-                  "tracking.experiment=joblib-grid", cwd=where)
+                  "tracking.experiment=parallel-grid", cwd=where)
     return out, where
 
 
-def test_2x2_joblib_sweep_lands_in_postgres(joblib_grid, team_server, url):
-    out, where = joblib_grid
+def test_2x2_parallel_sweep_lands_in_postgres(parallel_grid, team_server, url):
+    out, where = parallel_grid
     assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-3000:]
-    children = check_sweep(team_server, url, "joblib-grid", 4, where / "small.txt", where / "emitted")
+    children = check_sweep(team_server, url, "parallel-grid", 4, where / "small.txt", where / "emitted")
     grid = {(c.data.params["model.hidden_size"], c.data.params["train.seq_length"]) for c in children}
     assert grid == {("8", "8"), ("8", "16"), ("16", "8"), ("16", "16")}
     # artifacts went through the server into its folder: no store, no artifacts where the sweep ran
@@ -277,10 +277,10 @@ def test_2x2_joblib_sweep_lands_in_postgres(joblib_grid, team_server, url):
     assert len(list(stored.glob("*/artifacts/checkpoints/latest.npz"))) == 4
 
 
-def test_sample_analyze_compare_and_resume_work_against_the_team_server(cli, joblib_grid, tmp_path, url):
+def test_sample_analyze_compare_and_resume_work_against_the_team_server(cli, parallel_grid, tmp_path, url):
     """The commands that read a store work on the sweep above through the server, unchanged."""
-    assert joblib_grid[0].returncode == 0, joblib_grid[0].stderr[-3000:]
-    client, _, runs = experiment_runs(url, "joblib-grid")
+    assert parallel_grid[0].returncode == 0, parallel_grid[0].stderr[-3000:]
+    client, _, runs = experiment_runs(url, "parallel-grid")
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
     where = f"tracking.uri={url}"
@@ -461,7 +461,7 @@ def ray_cluster(team_server):
     Both run with --block in process groups of their own, so teardown stops exactly this cluster
     (`ray stop` would stop every Ray on the machine)."""
     if not (BIN / "ray").exists():
-        pytest.skip("the ray CLI is not installed (pip install -e '.[test]')")
+        pytest.skip("the ray CLI is not installed (make test installs it)")
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths are limited
     cluster = RayCluster(f"127.0.0.1:{free_port()}", temp, set())
 

@@ -1,177 +1,42 @@
-"""``hydra/launcher=joblib`` for charrnn: the joblib launcher's settings, each job in its own process.
+"""``hydra/launcher=charrnn``: each sweep job in a process of its own, forked from a server that has already
+imported the harness, at most ``n_jobs`` at a time. A job that dies is reported and the others go on.
 
-Hydra's joblib launcher runs jobs on a loky pool, where one worker that dies (``kill -9``, the OOM
-killer) breaks the pool: every job in flight is killed and the sweep ends in a traceback, leaving
-runs RUNNING. Here each job is a process of its own, forked from a server that has already imported
-the harness (so a job pays no import time), at most ``n_jobs`` at a time: a job that dies is reported
-and its run ended FAILED by the sweep callback, and the others go on. Each job's output lines start
-with its short name, and each job gets its share of the cores as BLAS threads.
-
-Job processes are in their own process group: Ctrl-C at the terminal reaches only the launching
-process, whose sweep callback forwards one signal to each job in flight and starts no new one.
+This module is imported whenever Hydra discovers its plugins, at every command's start, so it stays light:
+the launcher's body (``_core.py``) is imported when a sweep starts.
 """
 
 from __future__ import annotations
 
-import gc
-import io
-import logging
-import multiprocessing
-import multiprocessing.connection
-import multiprocessing.forkserver
-import os
-import signal
-import sys
-from collections import deque
-from pathlib import Path
 from typing import Sequence
 
-from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
-from hydra_plugins.hydra_joblib_launcher._core import execute_job
-from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
-from joblib import effective_n_jobs
-from joblib.externals import cloudpickle
-
-from charrnn_experiments.sweep_callback import STOP, job_label
-from charrnn_experiments.train import FAILED_OBJECTIVE
-
-log = logging.getLogger(__name__)
-
-# Imported once by the fork server, so that jobs start with them loaded (this module too: jobs run its
-# _job_process).
-PRELOAD = ["charrnn_experiments.train", "mlflow.store.tracking.sqlalchemy_store",
-           "hydra_plugins.charrnn_launcher.process_launcher"]
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
 
 
-class LabelledStream(io.TextIOBase):
-    """A text stream that starts every line with ``[label] ``: parallel jobs' output stays readable."""
+class JobProcessLauncher(Launcher):
+    def __init__(self, n_jobs: int = -1) -> None:
+        self.n_jobs = n_jobs
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
 
-    def __init__(self, stream, label: str) -> None:
-        self._stream = stream
-        self._prefix = f"[{label}] "
-        self._at_line_start = True
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.task_function = task_function
+        self.hydra_context = hydra_context
 
-    def write(self, text: str) -> int:
-        for piece in text.splitlines(keepends=True):
-            if self._at_line_start:
-                self._stream.write(self._prefix)
-            self._stream.write(piece)
-            self._at_line_start = piece.endswith("\n")
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def isatty(self) -> bool:
-        return self._stream.isatty()
-
-    def fileno(self) -> int:
-        return self._stream.fileno()
-
-
-def _job_process(payload: bytes, conn, label: str) -> None:
-    """One job, in its own process: run it and send its JobReturn back."""
-    os.setpgrp()
-    # SIGTERM before the trainer installs its own handler interrupts like Ctrl-C: the run still ends KILLED
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    sys.stdout = LabelledStream(sys.stdout, label)
-    sys.stderr = LabelledStream(sys.stderr, label)
-    job = cloudpickle.loads(payload)
-    try:
-        ret = execute_job(*job)
-    except KeyboardInterrupt:  # stopped outside the task's own handling; the sweep ends its run KILLED
-        ret = _died(job[1])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    conn.send_bytes(cloudpickle.dumps(ret))
-
-
-def start_fork_server():
-    """Start the server jobs are forked from, which imports PRELOAD: called as the sweep starts, so that
-    those imports overlap with the store's creation; the first job waits for them to finish."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    multiprocessing.forkserver.ensure_running()
-    return ctx
-
-
-def _died(overrides: Sequence[str]) -> JobReturn:
-    """What a job that ended without its own JobReturn reports to the sweeper: what a failed job reports."""
-    ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
-    ret.return_value = FAILED_OBJECTIVE
-    return ret
-
-
-def _how(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        return f"killed by {signal.Signals(-exitcode).name}"
-    return f"exit status {exitcode}"
-
-
-class JobProcessLauncher(JoblibLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        setup_globals()
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        n_jobs = effective_n_jobs(self.joblib.get("n_jobs", -1))
-        log.info(f"Launching {len(job_overrides)} jobs, {n_jobs} at a time, each in its own process; "
-                 f"sweep output dir: {sweep_dir}")
-        labels = []
-        for idx, overrides in enumerate(job_overrides):
-            labels.append(job_label(sweep_dir.resolve(), list(overrides)) or f"#{initial_job_idx + idx}")
-            log.info(f"\t#{initial_job_idx + idx} {labels[-1]} : {' '.join(filter_overrides(overrides))}")
-        ctx = start_fork_server()  # already running when the sweep callback started it
-        state = Singleton.get_state()
-        waiting = deque(range(len(job_overrides)))
-        running: dict[int, tuple] = {}  # index -> (process, receiving end of its pipe)
-        results: dict[int, JobReturn] = {}
-        STOP.launcher_forwards = True
-        try:
-            while (waiting and STOP.signum is None) or running:
-                while waiting and len(running) < n_jobs and STOP.signum is None:
-                    idx = waiting.popleft()
-                    receive, send = ctx.Pipe(duplex=False)
-                    payload = cloudpickle.dumps((initial_job_idx + idx, job_overrides[idx], self.hydra_context,
-                                                 self.config, self.task_function, state))
-                    process = ctx.Process(target=_job_process, args=(payload, send, labels[idx]))
-                    process.start()
-                    send.close()
-                    STOP.job_pids.add(process.pid)
-                    log.info(f"started #{initial_job_idx + idx} {labels[idx]} (pid {process.pid})")
-                    running[idx] = (process, receive)
-                if not running:
-                    break
-                multiprocessing.connection.wait([end for p, r in running.values() for end in (p.sentinel, r)],
-                                                timeout=1.0)
-                for idx, (process, receive) in list(running.items()):
-                    if idx not in results and receive.poll():  # read before the job exits: a full pipe blocks it
-                        try:
-                            results[idx] = cloudpickle.loads(receive.recv_bytes())
-                        except EOFError:  # it died before sending
-                            pass
-                    if process.is_alive():
-                        continue
-                    process.join()
-                    del running[idx]
-                    STOP.job_pids.discard(process.pid)
-                    if idx not in results:
-                        how = _how(process.exitcode)
-                        STOP.deaths[initial_job_idx + idx] = how
-                        log.error(f"job #{initial_job_idx + idx} {labels[idx]} died ({how}); the other jobs go on")
-                        results[idx] = _died(job_overrides[idx])
-                    receive.close()
-        finally:
-            STOP.launcher_forwards = False
-            for process, _ in running.values():  # only on an error in this loop
-                process.kill()
-        if STOP.signum is not None:
-            raise SystemExit(STOP.exit_code())
-        return [results[i] for i in range(len(job_overrides))]
+        from . import _core
+
+        return _core.launch(self, job_overrides, initial_job_idx)
 
 
-# The last of the fork server's preloads: what it has imported is never garbage, so the collector skips it from
-# now on, in the server and in every job forked from it; the server's exit at the end of a sweep, which the
-# sweep's output waits for, no longer walks it (seconds).
-gc.freeze()
+def start_fork_server() -> None:
+    """Import the launcher's body and start the server its jobs are forked from: the sweep callback calls this as
+    the sweep starts, so that a broken install fails before anything is created, and the server's imports overlap
+    with the store's creation."""
+    from . import _core
+
+    _core.start_fork_server()
