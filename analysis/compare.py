@@ -63,14 +63,15 @@ def feature_scores(client: MlflowClient, run_id: str) -> dict[str, float]:
     return top.groupby("feature", sort=False)["score"].max().to_dict()
 
 
-def load_runs(client: MlflowClient, experiment: str | None, parent: str | None = None):
+def load_runs(client: MlflowClient, experiment: str | None, parent: str | None = None, unit_scores: bool = True):
     """The runs of ``experiment`` (only ``parent``'s children when given) as one row each, their histories, and
     the experiment's name (the parent's when ``experiment`` is None).
 
     Table columns: run_id, run_name, status, then every param under its own name, ``num params`` (nan for a run
     that never built its model), ``final train/loss``,
     ``final val/loss`` (the last logged values), ``best val/loss`` (:func:`best_val_loss`) and, for runs whose
-    training logged its recording's top-units table, ``unit score: <feature>`` per feature; sorted by best
+    training logged its recording's top-units table, ``unit score: <feature>`` per feature (not with
+    ``unit_scores=False``, which downloads nothing); sorted by best
     validation loss. Sweep parents are left out: they summarise their children rather than train.
     Histories: {run_id: {metric: (steps, values)}} for the learning-curve figure.
     """
@@ -106,7 +107,8 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
     for key in CURVE_METRICS:
         table[f"final {key}"] = [h[key][1][-1] if len(h[key][1]) else np.nan for h in histories.values()]
     table[RANK_BY] = [best_val_loss(h) for h in histories.values()]
-    scores = pd.DataFrame([feature_scores(client, run_id) for run_id in table["run_id"]], index=table.index)
+    scores = pd.DataFrame([feature_scores(client, run_id) if unit_scores else {} for run_id in table["run_id"]],
+                          index=table.index)
     table = pd.concat([table, scores.add_prefix(SCORE_PREFIX)], axis=1)
     table = table.sort_values(RANK_BY, na_position="last", kind="stable").reset_index(drop=True)
     return table, histories, exp.name

@@ -4,6 +4,7 @@ it on the parent under ``report/``. ``charrnn-compare parent=<id>`` makes the sa
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,9 +19,11 @@ REPORT_DIR = "report"  # the folder of the sweep's folder, and of the parent's a
 def report_on_parent(client: MlflowClient, parent_id: str, sweep_dir: Path) -> Path:
     """Write the report of ``parent_id``'s children into ``sweep_dir/report/`` and log it on the parent; returns
     the page."""
-    table, histories, _ = load_runs(client, None, parent_id)
+    # no unit scores: their download needs threads, which a sweep stopped by a signal, ending in its exit
+    # handlers, can no longer start
+    table, histories, _ = load_runs(client, None, parent_id, unit_scores=False)
     out = sweep_dir / REPORT_DIR
-    title = f"sweep {client.get_run(parent_id).info.run_name}"
+    title = f"sweep report: {client.get_run(parent_id).info.run_name}"
     files = write_sweep_report(table, histories, out, title)
     for path in files:
         client.log_artifact(parent_id, str(path), REPORT_DIR)
@@ -29,6 +32,7 @@ def report_on_parent(client: MlflowClient, parent_id: str, sweep_dir: Path) -> P
 
 def report_or_say_why(client: MlflowClient, parent_id: str, sweep_dir: Path) -> None:
     """The report, or one line saying why there is none: the report never changes how the sweep ended."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars under the leaderboard
     try:
         page = report_on_parent(client, parent_id, sweep_dir)
     except Exception as err:  # whatever went wrong, the sweep's exit status stands
