@@ -49,7 +49,7 @@ def test_an_experiment_made_elsewhere_without_a_kind_is_marked_as_model_training
     store = Store(uri, None)
     made_elsewhere = MlflowClient(uri).create_experiment("elsewhere")
     assert store.ensure_experiment("elsewhere") == made_elsewhere
-    chosen = MlflowClient(uri).create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    MlflowClient(uri).create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
     store.ensure_experiment("chosen")
     kinds = {e.name: e.tags.get("mlflow.experimentKind") for e in MlflowClient(uri).search_experiments()}
     assert kinds["elsewhere"] == "custom_model_development"
