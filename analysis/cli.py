@@ -24,8 +24,8 @@ from charrnn.errors import CharRNNError
 from charrnn_experiments.schema import (EXIT_BAD_CONFIG as EXIT_BAD_INPUT, AnalyzeAppSchema, CompareAppSchema,
                                         run_reporting_config_errors)
 
-from .compare import (curves_figure, feature_score_columns, feature_scores_figure, leaderboard, load_runs,
-                      metric_vs_params_figure, param_heatmap_figure, swept_params)
+from .compare import (check_param, feature_score_columns, feature_scores_figure, leaderboard, load_runs,
+                      param_heatmap_figure, swept_params)
 from .control import SCORE_CONVENTION
 from .errors import AnalysisError
 from .features import get_feature
@@ -35,6 +35,7 @@ from .report import ReportOptions, write_report
 from .sources import BEST_CHECKPOINT, choose_text, model_from_checkpoint, model_from_run, open_client
 from .study import (SPREAD_MEANING, chosen_settings, is_settings_search, is_study, study_curves_figure,
                     study_loss_vs_params_figure, study_markdown_table, study_table)
+from .sweep_report import REPORT_PAGE, write_sweep_report
 from .tables import markdown_table
 from .trained_run import RecordSettings, record_slice, slice_bounds
 
@@ -173,16 +174,15 @@ def compare(cfg: DictConfig) -> Path:
     table, histories, experiment = load_runs(client, experiment, parent)
     swept = swept_params(table)
     out = Path(str(cfg.out)) if cfg.out is not None else Path("outputs") / "compare" / experiment
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "runs.csv", index=False)
-    board = leaderboard(table, _number(cfg, "top", int, 1))
-    (out / "leaderboard.md").write_text(markdown_table(board), encoding="utf-8")
-    files = [out / "runs.csv", out / "leaderboard.md"]
-    print(markdown_table(board), end="")
+    top = _number(cfg, "top", int, 1)
     color_by = str(cfg.color_by) if cfg.color_by is not None else (swept[0] if swept else None)
+    if color_by is not None:
+        check_param(table, color_by, "to colour by")
+    title = f"sweep report: {client.get_run(parent).info.run_name}" if parent else f"experiment {experiment}"
+    keys = [color_by, *(k for k in swept if k != color_by)] if color_by else swept  # color_by's figures first
+    files = write_sweep_report(table, histories, out, title, keys)  # the report a sweep's end logs on its parent
+    print(markdown_table(leaderboard(table, top)), end="")
     if swept:
-        files.append(save_figure(curves_figure(table, histories, color_by), out / "curves.png"))
-        files.append(save_figure(metric_vs_params_figure(table, swept), out / "val_loss_vs_params.png"))
         if feature_score_columns(table):
             files.append(save_figure(feature_scores_figure(table, color_by), out / "unit_scores_vs_param.png"))
     else:
@@ -196,7 +196,7 @@ def compare(cfg: DictConfig) -> Path:
         files += write_study(table, histories, out)
     if is_settings_search(table):
         files.append(write_chosen_settings(table, out))
-    print(f"wrote {len(files)} files to {out}/ ({len(table)} runs)")
+    print(f"wrote {len(files)} files to {out}/ ({len(table)} runs; the report: {out / REPORT_PAGE})")
     if parent is not None:
         for path in files:
             client.log_artifact(parent, str(path), "compare")

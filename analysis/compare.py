@@ -63,14 +63,15 @@ def feature_scores(client: MlflowClient, run_id: str) -> dict[str, float]:
     return top.groupby("feature", sort=False)["score"].max().to_dict()
 
 
-def load_runs(client: MlflowClient, experiment: str | None, parent: str | None = None):
+def load_runs(client: MlflowClient, experiment: str | None, parent: str | None = None, unit_scores: bool = True):
     """The runs of ``experiment`` (only ``parent``'s children when given) as one row each, their histories, and
     the experiment's name (the parent's when ``experiment`` is None).
 
     Table columns: run_id, run_name, status, then every param under its own name, ``num params`` (nan for a run
     that never built its model), ``final train/loss``,
     ``final val/loss`` (the last logged values), ``best val/loss`` (:func:`best_val_loss`) and, for runs whose
-    training logged its recording's top-units table, ``unit score: <feature>`` per feature; sorted by best
+    training logged its recording's top-units table, ``unit score: <feature>`` per feature (not with
+    ``unit_scores=False``, which downloads nothing); sorted by best
     validation loss. Sweep parents are left out: they summarise their children rather than train.
     Histories: {run_id: {metric: (steps, values)}} for the learning-curve figure.
     """
@@ -106,7 +107,8 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
     for key in CURVE_METRICS:
         table[f"final {key}"] = [h[key][1][-1] if len(h[key][1]) else np.nan for h in histories.values()]
     table[RANK_BY] = [best_val_loss(h) for h in histories.values()]
-    scores = pd.DataFrame([feature_scores(client, run_id) for run_id in table["run_id"]], index=table.index)
+    scores = pd.DataFrame([feature_scores(client, run_id) if unit_scores else {} for run_id in table["run_id"]],
+                          index=table.index)
     table = pd.concat([table, scores.add_prefix(SCORE_PREFIX)], axis=1)
     table = table.sort_values(RANK_BY, na_position="last", kind="stable").reset_index(drop=True)
     return table, histories, exp.name
@@ -130,13 +132,13 @@ def leaderboard(table: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     return board.rename(columns={c: c[len(SCORE_PREFIX):] for c in feature_score_columns(table)})
 
 
-def _as_numbers(column: pd.Series) -> pd.Series | None:
+def as_numbers(column: pd.Series) -> pd.Series | None:
     """The column as floats when every value parses (MLflow stores params as strings), else None."""
     numbers = pd.to_numeric(column, errors="coerce")
     return numbers if numbers.notna().all() else None
 
 
-def _labels(values: pd.Series) -> list[str]:
+def value_labels(values: pd.Series) -> list[str]:
     """Param values as category labels; a run that lacks the param gets "n/a"."""
     return [str(v) if pd.notna(v) else "n/a" for v in values]
 
@@ -144,19 +146,19 @@ def _labels(values: pd.Series) -> list[str]:
 def ordered_labels(values: list[str]) -> list[str]:
     """Distinct labels in order: numerically when they all parse ("100" after "32"), else alphabetically."""
     distinct = sorted(set(values))
-    numbers = _as_numbers(pd.Series(distinct))
+    numbers = as_numbers(pd.Series(distinct))
     return [distinct[i] for i in np.argsort(numbers.to_numpy(), kind="stable")] if numbers is not None else distinct
 
 
 MAX_LEGEND_ENTRIES = 10  # more distinct values than this: a colour bar instead of a legend
 
 
-def _colours(values: pd.Series):
+def param_colours(values: pd.Series):
     """One colour per run from a param: a legend entry per value (viridis for numbers, tab10 otherwise) when
     there are few values, a viridis colour bar for many numbers; returns (colours, legend or None, mappable or None)."""
-    labels = _labels(values)
+    labels = value_labels(values)
     distinct = ordered_labels(labels)
-    numbers = _as_numbers(values)
+    numbers = as_numbers(values)
     if numbers is not None and len(distinct) > MAX_LEGEND_ENTRIES:
         norm = Normalize(numbers.min(), numbers.max())
         cmap = matplotlib.colormaps["viridis"]
@@ -170,37 +172,44 @@ def _colours(values: pd.Series):
     return [lookup[label] for label in labels], lookup, None
 
 
-def _check_param(table: pd.DataFrame, param: str, what: str) -> None:
+def check_param(table: pd.DataFrame, param: str, what: str) -> None:
     if param not in table.columns:
         raise AnalysisError(f"unknown param {param!r} {what} (params: {', '.join(swept_params(table))})")
 
 
-def curves_figure(table: pd.DataFrame, histories: dict, color_by: str) -> Figure:
-    """Training and validation loss of every run overlaid, coloured by the param ``color_by`` (legend)."""
-    _check_param(table, color_by, "to colour by")
-    colours, legend, mappable = _colours(table[color_by])
-    fig = Figure(figsize=(11, 4.2))
-    for i, key in enumerate(CURVE_METRICS):
-        ax = fig.add_subplot(1, 2, i + 1)
-        for run_id, colour in zip(table["run_id"], colours):
-            steps, values = histories[run_id][key]
-            ax.plot(steps, values, color=colour, lw=1, alpha=0.8, marker="." if len(steps) < 20 else None)
-        ax.set(xlabel="iteration", ylabel=f"{key} (nats/char)", title=key)
-    if legend:
-        handles = [matplotlib.lines.Line2D([], [], color=c, label=label) for label, c in legend.items()]
-        fig.axes[-1].legend(handles=handles, title=color_by, fontsize=7)
-    else:
-        fig.colorbar(mappable, ax=fig.axes, label=color_by)
-    fig.suptitle(f"learning curves of {len(table)} runs, coloured by {color_by}")
+def curves_figure(table: pd.DataFrame, histories: dict, keys: list[str]) -> Figure:
+    """Training and validation loss of every run overlaid, one row per param in ``keys``, each row coloured by its
+    param (a legend, or a colour bar for many numbers): runs that differ in any swept param differ in colour in
+    some row. No keys: one row in one colour."""
+    for key in keys:
+        check_param(table, key, "to colour by")
+    rows = keys or [None]
+    fig = Figure(figsize=(11, 3.6 * len(rows)))
+    for r, key in enumerate(rows):
+        colours, legend, mappable = param_colours(table[key]) if key else (["tab:blue"] * len(table), None, None)
+        for c, metric in enumerate(CURVE_METRICS):
+            ax = fig.add_subplot(len(rows), 2, 2 * r + c + 1)
+            for run_id, colour in zip(table["run_id"], colours):
+                steps, values = histories[run_id][metric]
+                ax.plot(steps, values, color=colour, lw=1, alpha=0.8, marker="." if len(steps) < 20 else None)
+            ax.set(xlabel="iteration", ylabel=f"{metric} (nats/char)",
+                   title=f"{metric}, coloured by {key}" if key else metric)
+        if legend:
+            handles = [matplotlib.lines.Line2D([], [], color=c, label=label) for label, c in legend.items()]
+            fig.axes[-1].legend(handles=handles, title=key, fontsize=7, loc="upper right")
+        elif mappable is not None:
+            fig.colorbar(mappable, ax=fig.axes[-2:], label=key)
+    fig.suptitle(f"learning curves of {len(table)} runs")
+    fig.tight_layout()
     return fig
 
 
-def _x_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
+def axis_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
     """Numbers stay numbers; categories become 0, 1, ... with their labels as ticks."""
-    numbers = _as_numbers(values)
+    numbers = as_numbers(values)
     if numbers is not None:
         return numbers.to_numpy(float), None
-    labels = _labels(values)
+    labels = value_labels(values)
     categories = ordered_labels(labels)
     return np.array([categories.index(label) for label in labels], float), categories
 
@@ -211,17 +220,22 @@ def _log_x_if_wide(ax, x: np.ndarray, categories) -> None:
 
 
 def metric_vs_params_figure(table: pd.DataFrame, params: list[str], metric: str = RANK_BY) -> Figure:
-    """``metric`` against each swept param, one panel per param, each point labelled with its run's name."""
+    """``metric`` against each swept param, one panel per param; the best run at each value is labelled."""
     if not params:
         raise AnalysisError("no swept params: every run has the same params")
     fig = Figure(figsize=(4.2 * len(params), 3.8))
     for i, param in enumerate(params):
         ax = fig.add_subplot(1, len(params), i + 1)
-        x, categories = _x_positions(table[param])
-        ax.scatter(x, table[metric], zorder=2)
-        for xi, yi, name in zip(x, table[metric], table["run_name"]):
-            if np.isfinite(yi):
-                ax.annotate(str(name), (xi, yi), xytext=(3, 3), textcoords="offset points", fontsize=6)
+        x, categories = axis_positions(table[param])
+        y = table[metric].to_numpy(float)
+        ax.scatter(x, y, zorder=2)
+        # one label per value, on its best run: the runs sharing a value sit in one column, where labels overlap
+        for xi in np.unique(x):
+            at = np.flatnonzero((x == xi) & np.isfinite(y))
+            if len(at):
+                best = at[np.argmin(y[at])]
+                ax.annotate(str(table["run_name"].iloc[best]), (xi, y[best]), xytext=(4, -10),
+                            textcoords="offset points", fontsize=7)
         if categories is not None:
             ax.set_xticks(range(len(categories)), categories)
         _log_x_if_wide(ax, x, categories)
@@ -233,9 +247,9 @@ def metric_vs_params_figure(table: pd.DataFrame, params: list[str], metric: str 
 def feature_scores_figure(table: pd.DataFrame, param: str) -> Figure:
     """Per feature, each run's best unit score against ``param`` (points) and its mean per value (line): does a
     unit tracking the feature appear as the param grows?"""
-    _check_param(table, param, "for the unit-score figure")
+    check_param(table, param, "for the unit-score figure")
     columns = feature_score_columns(table)
-    x, categories = _x_positions(table[param])
+    x, categories = axis_positions(table[param])
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     palette = matplotlib.colormaps["tab10"]
@@ -259,7 +273,7 @@ def feature_scores_figure(table: pd.DataFrame, param: str) -> Figure:
 def param_heatmap_figure(table: pd.DataFrame, x: str, y: str, metric: str = RANK_BY) -> Figure:
     """Mean ``metric`` over the runs in each (x, y) cell of two params, annotated with its value."""
     for param in (x, y):
-        _check_param(table, param, "for the heatmap")
+        check_param(table, param, "for the heatmap")
     grid = table.pivot_table(index=y, columns=x, values=metric, aggfunc="mean")
     grid = grid.loc[ordered_labels(list(grid.index)), ordered_labels(list(grid.columns))]
     fig = Figure(figsize=(1.2 * grid.shape[1] + 3, 0.9 * grid.shape[0] + 2))

@@ -103,7 +103,7 @@ def write_explorer(
 ) -> Path:
     """Write the explorer for text (N chars) and activations ``A`` (N, U) in [-1, 1] named by ``labels``.
 
-    ``top_units`` is a table from :func:`ranking.rank_units`; its first unit is shown on opening. ``offset`` is the
+    ``top_units`` is a table from :func:`ranking.rank_units`; its strongest unit is shown on opening. ``offset`` is the
     position of ``text`` in ``source``, shown on hover.
     """
     A = np.asarray(A, dtype=np.float32)
@@ -127,7 +127,9 @@ def write_explorer(
                 f"<td>{row.rank}</td><td>{html.escape(row.unit)}</td><td>{'+' if row.sign > 0 else '&minus;'}</td>"
                 f"<td>{value}</td><td>{row.score:.2f}</td></tr>"
             )
-    initial = index.get(top_units["unit"].iloc[0], 0) if len(top_units) else 0
+    # open on the strongest unit of the table, whichever feature it tracks
+    initial = index.get(top_units["unit"].iloc[int(np.argmax(top_units["score"].to_numpy(float)))], 0) \
+        if len(top_units) else 0
     red, blue = (np.round(np.asarray(TEXT_CMAP(x)[:3]) * 255).astype(int).tolist() for x in (0.0, 1.0))
     data = {
         "text": text[:shown],

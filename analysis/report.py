@@ -105,7 +105,7 @@ def write_report(recording: Recording, out: Path, options: ReportOptions, model:
             files.append(save_figure(gradient_flow_figure(model.params, model.config, *batch),
                                      figures / "gradient_flow.png"))
 
-    title = f"charrnn explorer: {recording.meta.get('run_id') or recording.meta.get('checkpoint', '')}"
+    title = explorer_title(recording)
     files.append(write_explorer(out / "explorer.html", text, A, labels, top, title, offset0,
                                 recording.meta.get("text_source", "its source text")))
     return Report(top, selection, files, control, saturation)
@@ -134,3 +134,11 @@ def _gradient_batch(model: Model, text: str, steps: int, batch: int):
         return None
     ix = model.vocab.encode(text[: batch * (steps + 1)]).reshape(batch, steps + 1).T  # (T+1, B)
     return ix[:-1], ix[1:]
+
+
+def explorer_title(recording: Recording) -> str:
+    """What the page shows, as a reader names it: the model, the text, then where it came from."""
+    meta = recording.meta
+    where = f"run {meta['run_id']}" if meta.get("run_id") else Path(meta.get("checkpoint", "")).name or "a recording"
+    return (f"{recording.cell} {recording.num_layers}x{meta.get('hidden_size', '?')} on "
+            f"{meta.get('text_source', 'its text')} ({where})")

@@ -18,6 +18,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .allocator import keep_freed_memory
+from .cadence import sure_round_due
 from .cells import CELLS
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .checks import check_int, check_number
@@ -57,8 +58,9 @@ class TrainConfig:
     target_val_loss: float | None = None  # nats per character
     seed: int = 42
     log_every: int = 100
-    # None: automatic -- evaluate (and sample and checkpoint) at a logging step whenever the time spent outside
-    # training steps stays within eval_max_fraction of the run's wall time; an integer: every that many iterations
+    # None: automatic -- at least MIN_EVAL_ROUNDS rounds over the run's max_iters or max_seconds (charrnn.cadence),
+    # and at a logging step whenever the time spent outside training steps stays within eval_max_fraction of the
+    # run's wall time; an integer: every that many iterations
     eval_every: int | None = None
     eval_max_fraction: float = 0.05
     eval_batch_size: int = 32  # evaluation runs this many parallel streams over the validation text
@@ -361,13 +363,17 @@ class Trainer:
                     f"(best {self.best_val_loss:.4f} at iteration {self.best_at}{kept})")
         return None
 
-    def _evaluation_due(self, n: int, elapsed: float, last_round_seconds: float) -> bool:
-        """Every eval_every iterations when set. Otherwise at a logging step, when a round as costly as the last
-        one keeps the time spent outside training steps within eval_max_fraction of the wall time so far: the
-        first round is timed, later ones are spaced by what they cost."""
+    def _evaluation_due(self, n: int, elapsed: float, last_round_seconds: float,
+                        seconds_since_round: float = 0.0) -> bool:
+        """Every eval_every iterations when set. Otherwise at the rounds the run's length calls for
+        (:func:`charrnn.cadence.sure_round_due`), and at a logging step when a round as costly as the last one keeps
+        the time spent outside training steps within eval_max_fraction of the wall time so far: the first round is
+        timed, later ones are spaced by what they cost."""
         cfg = self.train_config
         if cfg.eval_every is not None:
             return n % cfg.eval_every == 0
+        if sure_round_due(n, seconds_since_round, cfg.max_iters, cfg.max_seconds, cfg.log_every):
+            return True
         if n % cfg.log_every:
             return False
         outside = elapsed - self.train_seconds
@@ -428,6 +434,7 @@ class Trainer:
             cb.on_train_start(self)
         started = time.perf_counter() - self.elapsed_seconds
         last_round_seconds = 0.0  # the cost of the latest evaluation round, which spaces the automatic ones
+        last_round_end = self.elapsed_seconds  # run time when it ended
         status, reason = "finished", None
         while True:
             reason = self._limit_reached()
@@ -472,7 +479,8 @@ class Trainer:
                     cb.on_metrics(metrics, n)
 
             round_start = time.perf_counter()
-            round_due = self._evaluation_due(n, round_start - started, last_round_seconds)
+            round_due = self._evaluation_due(n, round_start - started, last_round_seconds,
+                                             round_start - started - last_round_end)
             sample_due = (round_due if cfg.sample_every is None
                           else cfg.sample_every > 0 and n % cfg.sample_every == 0)
             if sample_due:
@@ -491,6 +499,7 @@ class Trainer:
                 self.eval_seconds += round_end - round_start
                 if round_due:
                     last_round_seconds = round_end - round_start
+                    last_round_end = round_end - started
 
             self.elapsed_seconds = time.perf_counter() - started
 

@@ -6,7 +6,8 @@ before any job starts; each job reads the parent from ``<sweep dir>/mlflow_paren
 a nested child run named by its swept values only (``h=64 T=16 lr=0.1 clip=5``).
 
 At the end the parent gets the sweep's summary (the best child by its lowest ``val/loss`` during
-the run, its swept values as ``best.*`` params) and the console a leaderboard, the parent run id
+the run, its swept values as ``best.*`` params) and its report (``report/report.html`` and figures,
+:mod:`charrnn_experiments.sweep_report`), and the console a leaderboard, the parent run id
 and the MLflow UI address of the experiment's runs table.
 
 One SIGINT or SIGTERM to the launching process stops the whole sweep: no new job starts, jobs in
@@ -476,6 +477,10 @@ def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str
     client.set_terminated(parent_id, status=status)
     unfinished = int(parent.data.tags.get(TAG_JOBS, len(rows))) - _jobs_in(finished)
     _print_leaderboard(parent, rows, ranked, capped, record, parent_id, status, unfinished)
+    # imported here: plotly and the figures cost a second that a sweep's start and its jobs need not pay
+    from charrnn_experiments.sweep_report import report_or_say_why
+
+    report_or_say_why(client, parent_id, sweep_dir)
     return unfinished
 
 

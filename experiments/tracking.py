@@ -45,6 +45,10 @@ TAG_BEST_CHILD = "charrnn.best_child_run_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_OWNER = "charrnn.owner"              # "<host> <pid> <token> <unix time>" of the process writing the run
 TAG_HEARTBEAT = "charrnn.heartbeat"      # unix time the owner last reached the store
+# MLflow 3's marker of an experiment's kind (the UI's ExperimentKind): "custom_model_development" opens the runs,
+# their pages and Compare in the model-training view; without it the UI guesses, and falls back to GenAI pages
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # The model's parameter count, logged once at step 0: a study's table sets cells against it (a metric, not a
 # param, because it is no config key and would read as a swept param).
 METRIC_NUM_PARAMS = "model/num_params"
@@ -211,15 +215,19 @@ class Store:
                             "team-server/postgres.log)")
 
     def ensure_experiment(self, name: str, client: MlflowClient | None = None) -> str:
-        """Return the id of experiment ``name``, creating it (and a fresh store) if needed."""
+        """Return the id of experiment ``name``, creating it (and a fresh store) if needed, marked as a model-training
+        experiment (:data:`EXPERIMENT_KIND`); one found without a kind gets the mark."""
         client = client or self.client()
         self.check_writable()
         exp = client.get_experiment_by_name(name)
         if exp is not None:
+            if TAG_EXPERIMENT_KIND not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
             return exp.experiment_id
         location = self.artifact_root.as_uri() if self.artifact_root else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
         except MlflowException:  # another command created it a moment ago
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -497,7 +505,8 @@ class MlflowTracker(Callback):
     # --- what is known before training -------------------------------------------------
 
     def log_config(self, config: dict, yaml_text: str) -> None:
-        log_params(self.client, self.run_id, flatten(config))
+        # a null key is no param: MLflow would show the string "None" (config.yaml keeps every key)
+        log_params(self.client, self.run_id, {k: v for k, v in flatten(config).items() if v is not None})
         self.client.log_text(self.run_id, yaml_text, CONFIG_ARTIFACT)
 
     def log_dataset(self, name: str, source: str, sha256: str, n_chars: int, version: str | None = None,

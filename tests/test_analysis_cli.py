@@ -200,11 +200,13 @@ def test_compare_sweep_has_one_row_per_child_and_logs_figures_to_parent(workspac
     assert printed[0].startswith("| run_name | status | model.hidden_size | optim.lr | best val/loss | final "
                                  "val/loss | line_position | in_comment |")
     assert "h64-lr0.1" in printed[2]  # the leaderboard's first row
-    for name in ("curves.png", "val_loss_vs_params.png", "heatmap.png", "unit_scores_vs_param.png"):
+    for name in ("report.html", "curves.png", "val_loss_vs_params.png", "parallel.png", "heatmap.png",
+                 "unit_scores_vs_param.png"):
         assert (out / name).stat().st_size > 5000
+    assert all(name in (out / "report.html").read_text() for name in table["run_name"])  # the sweep's report
     logged = {a.path for a in MlflowClient(workspace["uri"]).list_artifacts(parent, "compare")}
-    assert {"compare/runs.csv", "compare/leaderboard.md", "compare/curves.png", "compare/heatmap.png",
-            "compare/unit_scores_vs_param.png"} <= logged
+    assert {"compare/report.html", "compare/runs.csv", "compare/leaderboard.md", "compare/curves.png",
+            "compare/heatmap.png", "compare/unit_scores_vs_param.png"} <= logged
 
     # Without a parent the whole experiment is listed, minus the sweep's parent itself.
     assert compare_main(["tracking.experiment=study", f"tracking.uri={workspace['uri']}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,11 @@ from charrnn_analysis.compare import (best_val_loss, curves_figure, feature_scor
 from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.features import FEATURES, compute_features, get_feature, register_feature
 from charrnn_analysis.figures import TEXT_CMAP, heatmap_figure, row_starts, text_activation_figure, varying_window
+from charrnn_analysis.explorer import write_explorer
 from charrnn_analysis.ranking import average_ranks, pearson_r, rank_units, roc_auc, select_units
+from charrnn_analysis.record import Recording
+from charrnn_analysis.report import explorer_title
+from charrnn_analysis.sweep_report import curve_multiples, write_sweep_report
 from charrnn_analysis.tables import markdown_table
 
 
@@ -181,6 +187,7 @@ def test_heatmap_labels_both_axes_and_its_colour_bar():
     fig = heatmap_figure(np.zeros((20, 4)), "x" * 20, "h (layer 0)", first_offset=300)
     heat, bar = fig.axes
     assert heat.get_title() == "h (layer 0)" and heat.get_ylabel() == "unit"
+    assert {t.get_fontsize() for t in heat.get_xticklabels()} == {9.0}, "character ticks a reader can read"
     assert heat.get_xlabel() == "character read (characters 300-319 of the corpus)"
     assert bar.get_ylabel() == "activation (red -1, blue +1)"
 
@@ -190,7 +197,7 @@ def sweep_table() -> tuple[pd.DataFrame, dict]:
     for i, (hidden, lr) in enumerate([(32, 0.1), (64, 0.1), (128, 0.01), (64, 0.01)]):
         run_id = f"run{i}"
         rows.append({"run_id": run_id, "run_name": f"h={hidden} lr={lr}", "status": "FINISHED",
-                     "model.hidden_size": str(hidden), "optim.lr": str(lr), "best val/loss": 2.0 - hidden / 1000,
+                     "model.hidden_size": str(hidden), "optim.lr": str(lr), "best val/loss": 2.0 - hidden / 1000, "final val/loss": 2.0,
                      "unit score: line_position": hidden / 200, "unit score: in_comment": lr})
         histories[run_id] = {key: (np.array([0, 100]), np.array([3.0, 2.0])) for key in ("train/loss", "val/loss")}
     return pd.DataFrame(rows), histories
@@ -198,17 +205,23 @@ def sweep_table() -> tuple[pd.DataFrame, dict]:
 
 def test_compare_figures_say_what_they_show():
     table, histories = sweep_table()
-    curves = curves_figure(table, histories, "model.hidden_size")
-    assert curves.get_suptitle() == "learning curves of 4 runs, coloured by model.hidden_size"
-    legend = curves.axes[-1].get_legend()
-    assert legend.get_title().get_text() == "model.hidden_size"
-    assert [t.get_text() for t in legend.get_texts()] == ["32", "64", "128"]  # numeric order, one entry per value
+    curves = curves_figure(table, histories, ["model.hidden_size", "optim.lr"])
+    assert curves.get_suptitle() == "learning curves of 4 runs"
+    assert [ax.get_title() for ax in curves.axes] == [f"{m}, coloured by {k}" for k in ("model.hidden_size", "optim.lr")
+                                                      for m in ("train/loss", "val/loss")]
+    legends = [ax.get_legend() for ax in curves.axes if ax.get_legend()]
+    assert [legend.get_title().get_text() for legend in legends] == ["model.hidden_size", "optim.lr"]
+    assert [t.get_text() for t in legends[0].get_texts()] == ["32", "64", "128"]  # numeric order, one per value
+    lr_colours = [line.get_color() for line in curves.axes[3].get_lines()]
+    assert lr_colours[0] != lr_colours[3], "h=32 lr=0.1 and h=64 lr=0.01 differ in colour where lr colours"
 
     scatter = metric_vs_params_figure(table, ["model.hidden_size", "optim.lr"])
     for ax, param in zip(scatter.axes, ["model.hidden_size", "optim.lr"]):
         assert ax.get_title() == f"best val/loss vs {param}" and ax.get_xlabel() == param
         assert ax.get_ylabel() == "best val/loss (nats/char)"
-        assert sorted(t.get_text() for t in ax.texts) == sorted(table["run_name"])  # every point named
+    # one label per value, on its best run: no two labels in one column
+    assert sorted(t.get_text() for t in scatter.axes[0].texts) == ["h=128 lr=0.01", "h=32 lr=0.1", "h=64 lr=0.1"]
+    assert sorted(t.get_text() for t in scatter.axes[1].texts) == ["h=128 lr=0.01", "h=64 lr=0.1"]
 
     scores = feature_scores_figure(table, "model.hidden_size")
     ax = scores.axes[0]
@@ -230,3 +243,48 @@ def test_best_validation_loss_is_the_lowest_logged_whatever_came_last():
     history = {"val/loss": (np.array([0, 100, 200]), np.array([2.5, 2.1, 2.3]))}
     assert best_val_loss(history) == 2.1
     assert np.isnan(best_val_loss({"val/loss": (np.array([]), np.array([]))}))
+
+
+def test_the_sweep_report_is_one_page_that_needs_no_network(tmp_path):
+    table, histories = sweep_table()
+    keys = ["model.hidden_size", "optim.lr"]
+    by_lr = curve_multiples(table, histories, "optim.lr")
+    assert len(by_lr.data) == 4 and by_lr.layout.legend.title.text == "optim.lr"
+    assert [t.showlegend for t in by_lr.data].count(True) == 2, "one legend entry per lr"
+    assert len(set(t.line.color for t in by_lr.data)) == 2
+    files = write_sweep_report(table, histories, tmp_path, "sweep demo", keys)
+    assert [f.name for f in files] == ["report.html", "runs.csv", "leaderboard.md", "curves.png",
+                                       "val_loss_vs_params.png", "parallel.png"]
+    page = (tmp_path / "report.html").read_text()
+    scripts = ScriptTags()
+    scripts.feed(page)
+    assert scripts.count >= 1 and scripts.sources == [], "plotly.js is inline: no script loads anything"
+    assert all(f'id="val-curves-{i}"' in page for i in range(len(keys))) and '"type":"parcoords"' in page
+    assert all(name in page for name in table["run_name"])
+
+
+class ScriptTags(HTMLParser):
+    """Counts a page's script elements and keeps the src of those that load one (the parser skips script bodies)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count, self.sources = 0, []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "script":
+            self.count += 1
+            self.sources += [value for name, value in attrs if name == "src"]
+
+
+def test_the_explorer_opens_on_the_strongest_unit_and_is_titled_by_what_it_shows(tmp_path):
+    text = "ab" * 20
+    A = np.stack([np.linspace(-1, 1, len(text))] * 3, axis=1)
+    top = pd.DataFrame({"feature": ["f", "g", "g"], "kind": ["continuous"] * 3, "rank": [1, 1, 2],
+                        "unit": ["h.0:0", "h.0:2", "h.0:1"], "score": [0.2, 0.9, 0.5], "r": [0.2, 0.9, 0.5],
+                        "auc": [np.nan] * 3, "sign": [1, 1, 1]})
+    page = write_explorer(tmp_path / "explorer.html", text, A, ["h.0:0", "h.0:1", "h.0:2"], top, "t", 0, "corpus")
+    assert '"initial": 2' in page.read_text(), "h.0:2 scores 0.9, above the first feature's unit"
+    recording = Recording(text, np.arange(len(text)), np.zeros(len(text), np.float32), {"h.0": A},
+                          {"cell": "lstm", "num_layers": 2, "hidden_size": 64, "run_id": "abc123",
+                           "text_source": "the validation text of pystdlib"})
+    assert explorer_title(recording) == "lstm 2x64 on the validation text of pystdlib (run abc123)"

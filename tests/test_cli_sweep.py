@@ -135,6 +135,7 @@ def test_a_failing_job_does_not_stop_the_sweep_but_fails_the_command(cli, small_
     assert status == {"0.0": "FAILED", "0.1": "FINISHED"}  # params hold the typed value: optim.lr is a float
     assert parent.data.tags["charrnn.best_child_run_id"] in {c.info.run_id for c in children
                                                              if c.info.status == "FINISHED"}
+    assert "report/report.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
 
 def test_a_sweep_s_best_is_the_lowest_validation_loss_of_a_job_not_its_last(cli, tmp_path):
@@ -340,6 +341,7 @@ def test_a_sweep_stopped_after_a_job_finished_keeps_that_job_as_its_best(small_t
     assert parent.data.params["best.train.max_iters"] == "60"
     assert f"best (lowest val/loss during the run): {best.info.run_name}" in output
     assert "1 of 2 jobs did not finish" in output
+    assert "report/report.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
 
 def test_ctrl_c_stops_the_whole_parallel_sweep(small_text, tmp_path):

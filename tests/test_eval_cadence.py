@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from charrnn.cadence import MIN_EVAL_ROUNDS, iterations_between_rounds, sure_round_due
 from charrnn.errors import ConfigError
 from charrnn.model import ModelConfig
 from charrnn.train import Callback, TrainConfig, blas_threads
@@ -17,14 +18,14 @@ def train_numbers(recorder):
             if any(k.startswith("train/") for k in m)]
 
 
-def test_automatic_cadence_evaluates_at_logging_steps_and_leaves_training_unchanged():
+def test_automatic_cadence_evaluates_at_sure_and_logging_steps_and_leaves_training_unchanged():
     fixed, auto = Recorder(), Recorder()
     small_trainer("lstm", max_iters=40, eval_every=10, sample_every=10).run([fixed])
     small_trainer("lstm", max_iters=40, eval_every=None, sample_every=None).run([auto])
     assert train_numbers(auto) == train_numbers(fixed)
     val_steps = [s for s, m in auto.metrics if "val/loss" in m]
-    assert val_steps[0] == 5, "the first round is timed at the first logging step"
-    assert all(s % 5 == 0 for s in val_steps)
+    assert set(range(4, 41, 4)) <= set(val_steps), "a round every 40 // MIN_EVAL_ROUNDS iterations, sure"
+    assert all(s % 4 == 0 or s % 5 == 0 for s in val_steps), "the budget's rounds come at logging steps"
     assert val_steps[-1] == 40, "the final model is measured when the budget ends"
     before_end = [s for s, _ in auto.samples if s < 40]
     assert before_end == [s for s in val_steps if s < 40], "samples come with each periodic evaluation"
@@ -47,6 +48,33 @@ def test_a_round_is_due_only_while_the_time_outside_training_stays_within_the_fr
     trainer.train_seconds = train_seconds
     assert trainer._evaluation_due(10, 10.0, last_round) is due
     assert trainer._evaluation_due(11, 10.0, last_round) is False, "only at logging steps"
+
+
+@pytest.mark.parametrize("max_iters,log_every,spacing", [
+    (5000, 100, 500),   # the grid preset: 10 rounds at logging steps
+    (1500, 100, 100),   # 150 rounded down to a logging step: 15 rounds
+    (200, 100, 20),     # shorter than MIN_EVAL_ROUNDS logging steps: between them
+    (40, 5, 4),
+    (5, 100, 1),
+    (None, 100, None),  # no iteration limit: spaced by time, or by the budget alone
+])
+def test_a_run_of_known_length_has_at_least_min_eval_rounds(max_iters, log_every, spacing):
+    assert iterations_between_rounds(max_iters, log_every) == spacing
+    if spacing is not None and max_iters >= MIN_EVAL_ROUNDS:
+        assert max_iters // spacing >= MIN_EVAL_ROUNDS
+
+
+def test_a_time_limited_run_has_a_round_every_tenth_of_its_budget():
+    assert not sure_round_due(7, 11.9, None, 120.0, 100)
+    assert sure_round_due(7, 12.0, None, 120.0, 100), "120 s / MIN_EVAL_ROUNDS since the last round"
+    assert not sure_round_due(7, 1e6, None, None, 100), "no length known: the budget alone decides"
+
+
+def test_the_sure_rounds_happen_when_the_budget_allows_none():
+    run = Recorder()
+    small_trainer(max_iters=200, log_every=100, eval_every=None, eval_max_fraction=1e-9).run([run])
+    val_steps = [s for s, m in run.metrics if "val/loss" in m]
+    assert set(range(20, 201, 20)) <= set(val_steps) and len(val_steps) >= MIN_EVAL_ROUNDS
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, float("nan")])

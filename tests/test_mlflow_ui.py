@@ -1,5 +1,6 @@
 """The MLflow UI as a user opens it after a sweep, in a real headless Chromium: the address the sweep prints
-opens the experiment on its runs table (not MLflow 3's GenAI overview), with the children's short names.
+opens the experiment on its runs table (not MLflow 3's GenAI overview), with the children's short names; a
+child's run page shows its validation curve, and the parent's artifacts hold the sweep's report.
 
 Deselect with ``-m "not browser"`` where no browser can be installed (.ci/run installs Debian's chromium)."""
 
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 SCREENSHOT = "mlflow_runs.png"  # in the test's tmp dir: the runs table as the browser drew it
+RUN_SCREENSHOT, REPORT_SCREENSHOT = "mlflow_run.png", "sweep_report.png"  # a child's charts, the parent's report
 
 
 def serve(store: str, cwd: Path) -> tuple[subprocess.Popen, int]:
@@ -43,7 +45,7 @@ def serve(store: str, cwd: Path) -> tuple[subprocess.Popen, int]:
 
 
 @pytest.fixture
-def browser():
+def browser(tmp_path):
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("no chromium + chromedriver on this machine (apt-get install chromium chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
@@ -52,7 +54,7 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,900"):
+                "--window-size=1400,900", f"--user-data-dir={tmp_path / 'profile'}"):  # a fresh profile
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -86,3 +88,60 @@ def test_the_printed_address_opens_the_runs_table_with_short_child_names(cli, sm
         browser.save_screenshot(str(tmp_path / SCREENSHOT))
     finally:
         stop_process_group(server)
+
+
+def test_a_child_run_shows_its_validation_curve_and_the_parent_its_report(cli, small_text, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # the default evaluation cadence, as a user's sweep has it
+    out = cli("charrnn-train", "-m", "hydra/launcher=joblib", *tiny(small_text, "train.eval_every=null"),
+              "model.hidden_size=8,16")
+    assert out.returncode == 0, out.stderr[-3000:]
+    store, url = re.search(r"mlflow ui --backend-store-uri (\S+), then open (\S+)", out.stdout).groups()
+    parent_id = re.search(r"parent run id: (\w+)", out.stdout).group(1)
+    children = ("h=8", "h=16")
+    server, port = serve(store, tmp_path)
+    try:
+        browser.get(url.replace("127.0.0.1:5000", f"127.0.0.1:{port}"))
+        wait = WebDriverWait(browser, 120)
+        parent = wait.until(seen.visibility_of_element_located((By.XPATH, "//a[starts-with(., 'sweep ')]")))
+        parent.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]//button").click()
+        wait.until(seen.element_to_be_clickable((By.XPATH, f"//a[.='{children[0]}']"))).click()
+        # the model-training run page: its metric tabs, then the val/loss chart found by its key
+        wait.until(seen.element_to_be_clickable((By.XPATH, "//*[@role='tab'][.='Model metrics']"))).click()
+        assert browser.find_element(By.XPATH, "//*[@role='tab'][.='System metrics']").is_displayed()
+        search = wait.until(seen.visibility_of_element_located(
+            (By.XPATH, "//input[@placeholder='Search metric charts']")))
+        search.send_keys("val/loss")
+        # the search leaves one chart, whose legend names the metric: "h=8 (val/loss)"
+        points = wait.until(lambda b: b.execute_script(
+            "const plots = [...document.querySelectorAll('.js-plotly-plot')];"
+            "if (plots.length !== 1 || !(plots[0].data || []).length) return false;"
+            "let card = plots[0];"
+            "for (let i = 0; i < 8 && !card.innerText.includes('(val/loss)'); i++) card = card.parentElement;"
+            "return card.innerText.includes('(val/loss)') && plots[0].data[0].x.length;"))
+        assert points > 2, f"val/loss has {points} points"
+        browser.save_screenshot(str(tmp_path / RUN_SCREENSHOT))
+
+        # the parent's report in MLflow's artifact view: a curve per child, with no network needed
+        experiment = re.search(r"#/experiments/(\d+)/", url).group(1)
+        browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs/{parent_id}/artifacts/report/"
+                    "report.html")
+        browser.switch_to.frame(wait.until(seen.presence_of_element_located((By.TAG_NAME, "iframe"))))
+        curves = wait.until(lambda b: b.execute_script(
+            "const e = document.getElementById('val-curves-0'); return e && e.data ? e.data.length : false;"))
+        assert curves == len(children)
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#val-curves-0 .scatterlayer .trace")) == len(children)
+        board = browser.find_element(By.TAG_NAME, "table").text
+        assert all(name in board for name in children)
+        browser.switch_to.default_content()
+    finally:
+        stop_process_group(server)
+    # the same page as a file: it draws with no server at all
+    page = next((tmp_path / "multirun").glob("*/*/report/report.html"))
+    browser.get(page.as_uri())
+    assert WebDriverWait(browser, 60).until(lambda b: b.execute_script(
+        "const e = document.getElementById('parallel'); return e && e.data && e.data[0].type === 'parcoords';"))
+    browser.save_screenshot(str(tmp_path / REPORT_SCREENSHOT))

@@ -1,0 +1,56 @@
+"""The sweep's own report on its parent, made at every sweep's end, and the evaluation cadence that gives its
+curves a shape: real sweeps through charrnn-train into a real SQLite store."""
+
+from __future__ import annotations
+
+from mlflow import MlflowClient
+
+from charrnn_experiments.tracking import Store
+from conftest import tiny
+from test_cli_sweep import sweep_runs
+
+REPORT_FILES = {"report/report.html", "report/runs.csv", "report/leaderboard.md", "report/curves.png",
+                "report/val_loss_vs_params.png", "report/parallel.png"}
+
+
+def test_a_short_sweep_at_the_default_cadence_draws_curves_and_reports_on_its_parent(cli, small_text, tmp_path):
+    out = cli("charrnn-train", "-m", *tiny(small_text, "train.eval_every=null", "train.sample_every=0"),
+              "model.hidden_size=8,16")
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, parent, children = sweep_runs(tmp_path)
+    for child in children:  # 60 iterations: a round at least every 6
+        assert len(client.get_metric_history(child.info.run_id, "val/loss")) >= 10
+        assert "None" not in child.data.params.values(), "a null key is no param"
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "MLflow's model-training view"
+    assert REPORT_FILES <= {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    page = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").download_artifacts(
+        parent.info.run_id, "report/report.html", str(tmp_path))
+    text = open(page, encoding="utf-8").read()
+    assert all(child.info.run_name in text for child in children)
+    assert f"report: {tmp_path}" in out.stdout and "(on the parent run under report/report.html)" in out.stdout
+
+
+def test_a_report_that_cannot_be_written_says_so_in_one_line_and_the_sweep_still_succeeds(cli, small_text,
+                                                                                         tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "report").write_text("a file where the report's folder goes")
+    out = cli("charrnn-train", "-m", *tiny(small_text), "model.hidden_size=8,16", f"hydra.sweep.dir={sweep_dir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    warnings = [line for line in out.stderr.splitlines() if "sweep report" in line]
+    assert warnings == [next(line for line in warnings if line.startswith("warning: no sweep report: "))]
+    assert "Traceback" not in out.stderr
+    assert "parent run id: " in out.stdout
+
+
+def test_an_experiment_made_elsewhere_without_a_kind_is_marked_as_model_training(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = Store(uri, None)
+    made_elsewhere = MlflowClient(uri).create_experiment("elsewhere")
+    assert store.ensure_experiment("elsewhere") == made_elsewhere
+    MlflowClient(uri).create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    store.ensure_experiment("chosen")
+    kinds = {e.name: e.tags.get("mlflow.experimentKind") for e in MlflowClient(uri).search_experiments()}
+    assert kinds["elsewhere"] == "custom_model_development"
+    assert kinds["chosen"] == "genai_development", "a kind someone chose stays"
