@@ -276,6 +276,7 @@ class MlflowSweepCallback(Callback):
         threads = blas_threads(config, jobs)  # a bad n_jobs fails here, before anything is created
         start_process_launcher(config)
         store = tracking.Store.resolve(config.tracking.uri, os.getcwd())
+        store.check_writable()
         experiment_id = store.ensure_experiment(config.tracking.experiment)  # before any job or the sweep's folder
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         choices = config.hydra.runtime.choices

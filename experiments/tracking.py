@@ -149,14 +149,14 @@ class Store:
                     create_sqlite_store(db, self.artifact_root)
                 client = MlflowClient(tracking_uri=self.uri)
                 client.search_experiments(max_results=1)  # opening the store creates or upgrades its schema
-        except MlflowException as err:
-            if db is not None and sqlite_error(err) is not None:
-                raise TrackingError(sqlite_store_fault(db, sqlite_error(err))) from None
-            raise TrackingError(f"tracking store {self.uri} does not answer: {first_line(err)}") from None
         except Exception as err:
-            if db is None or sqlite_error(err) is None:
-                raise
-            raise TrackingError(sqlite_store_fault(db, sqlite_error(err))) from None
+            # SQLite's refusal (a corrupt or read-only file) may come wrapped by MLflow or SQLAlchemy, or bare
+            refusal = sqlite_error(err) if db is not None else None
+            if refusal is not None:
+                raise TrackingError(sqlite_store_fault(db, refusal)) from None
+            if isinstance(err, MlflowException):
+                raise TrackingError(f"tracking store {self.uri} does not answer: {first_line(err)}") from None
+            raise
         return client
 
     def check_writable(self) -> None:
@@ -218,7 +218,6 @@ class Store:
         """Return the id of experiment ``name``, creating it (and a fresh store) if needed, marked as a model-training
         experiment (:data:`EXPERIMENT_KIND`); one found without a kind gets the mark."""
         client = client or self.client()
-        self.check_writable()
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             if TAG_EXPERIMENT_KIND not in exp.tags:
