@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import signal
 import sys
 import typing
 from dataclasses import dataclass, field, make_dataclass
@@ -37,6 +38,14 @@ from charrnn_experiments.faults import local_fault, unwritable, unwritable_files
 
 EXIT_BAD_CONFIG = 2  # as every other bad input of the four commands
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+class SignalStop(KeyboardInterrupt):
+    """A stop by ``signum`` that no job's own handler took: the command exits 128 + signum, as a shell reports it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"received {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum
 
 
 def engine_default(engine_class: type, name: str):
@@ -289,9 +298,9 @@ def run_reporting_config_errors(app: Callable[[], None], schema: type) -> None:
     except (HydraException, OmegaConfBaseException) as err:
         print(f"error: {config_error_line(err, schema)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_BAD_CONFIG)
-    except KeyboardInterrupt:  # Ctrl-C where the command has no stop of its own (loading, analysing)
-        print("stopped: interrupted", file=sys.stderr, flush=True)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as err:  # Ctrl-C where the command has no stop of its own (loading, analysing)
+        print(f"stopped: {err or 'interrupted'}", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code if isinstance(err, SignalStop) else EXIT_INTERRUPTED)
     except Exception as err:
         # a read-only or full working folder: Hydra cannot make its output folder (and says so only by a
         # later missing file)

@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn_experiments import tracking
 from charrnn_experiments.faults import local_fault, unwritable_files_line
+from charrnn_experiments.schema import SignalStop
 
 SWEEP_FILE = "sweep.json"  # in the sweep dir: the swept keys and BLAS threads per job, read by every job
 MAX_NAME = 40              # characters of a child run's name
@@ -105,7 +106,9 @@ def _on_signal(signum, frame) -> None:
     if STOP.launcher_forwards or (STOP.serial and not STOP.in_job):
         return  # the launcher or the next job's start ends the sweep
     if STOP.serial:
-        raise KeyboardInterrupt  # the job in this process ends KILLED
+        # the job in this process ends KILLED; between its own handler's end and on_job_end this reaches the
+        # command's exit, which must still report the signal
+        raise SignalStop(signum)
     # Ray, submitit: the jobs in flight end their runs KILLED, then leaving stops the launcher, so that no
     # queued job starts, and the exit ends what is left (_end_if_running)
     _stop_jobs_elsewhere(STOP.sweep_dir, signum)
