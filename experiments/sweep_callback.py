@@ -74,6 +74,7 @@ class SweepStop:
         self.launcher_forwards = False           # charrnn's launcher: jobs are our own child processes
         self.sweep_dir: Path | None = None
         self.exit_status_lost = False            # the launcher may turn our SystemExit into another status
+        self.end_tried = False                   # the sweep's end was tried: the exit does not try again
 
     def request(self, signum: int) -> None:
         first = self.signum is None
@@ -208,12 +209,9 @@ def blas_threads(config: DictConfig, jobs: int | None) -> int | None:
     return max(1, usable_cores() // min(parallel, jobs or parallel))
 
 
-def limit_blas_threads(threads: int) -> int:
-    """Set and return this process's BLAS threads (NumPy's BLAS is already loaded, so not through env)."""
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    threadpool_limits(limits=threads, user_api="blas")
-    return max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=threads)
+def sweep_blas_threads(sweep_dir: Path) -> int | None:
+    """The BLAS threads each job of a parallel sweep gets (None: jobs run one at a time, in the sweep's process)."""
+    return read_sweep(sweep_dir).get("blas_threads")
 
 
 def start_process_launcher(config: DictConfig) -> None:
@@ -322,25 +320,26 @@ class MlflowSweepCallback(Callback):
             return
         # Ray's workers block SIGINT; a job takes it like any process (the sweep forwards Ctrl-C to it)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        threads = read_sweep(Path(config.hydra.sweep.dir).resolve()).get("blas_threads")
-        self._blas_threads = limit_blas_threads(threads) if threads is not None else None
+        threads = sweep_blas_threads(Path(config.hydra.sweep.dir).resolve())
+        if threads is not None:  # NumPy's BLAS is loaded already: its threads are set here, not through env
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=threads, user_api="blas")
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir).resolve()
         if os.getpid() == getattr(self, "_pid", None):
             STOP.in_job = False
             if STOP.signum is None:
-                STOP.signum = _stopped_by(sweep_dir, config.hydra.job.num)
+                STOP.signum = _stopped_by(Path(config.hydra.sweep.dir).resolve(), config.hydra.job.num)
             if STOP.signum is not None:
                 raise SystemExit(STOP.exit_code())
-            return
-        if getattr(self, "_blas_threads", None) is not None:
-            _tag_job_run(sweep_dir, config.hydra.job.num, TAG_BLAS_THREADS, str(self._blas_threads))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        failed = end_sweep(Path(config.hydra.sweep.dir).resolve())
+        failed = end_sweep_or_say_how(Path(config.hydra.sweep.dir).resolve())
         if STOP.signum is not None:
             raise SystemExit(STOP.exit_code())
+        if failed is None:
+            raise SystemExit(2)
         if failed:
             raise SystemExit(1)
 
@@ -356,13 +355,6 @@ def _parent_store(sweep_dir: Path) -> tuple[dict[str, str], Any]:
     """The sweep's parent record (written when it started) and a client of the store it lives in."""
     record = tracking.read_parent(sweep_dir)
     return record, tracking.Store(record["tracking_uri"], None).client()
-
-
-def _tag_job_run(sweep_dir: Path, job_num: int, key: str, value: str) -> None:
-    record, client = _parent_store(sweep_dir)
-    run = _job_run(client, record, job_num)
-    if run is not None:
-        client.set_tag(run.info.run_id, key, value)
 
 
 def _stopped_by(sweep_dir: Path, job_num: int) -> int | None:
@@ -407,9 +399,32 @@ def _stop_jobs_elsewhere(sweep_dir: Path, signum: int) -> None:
 
 
 def _end_if_running(sweep_dir: Path) -> None:
-    record, client = _parent_store(sweep_dir)
-    if client.get_run(record["run_id"]).info.status == "RUNNING":
-        end_sweep(sweep_dir)
+    if not STOP.end_tried:
+        end_sweep_or_say_how(sweep_dir)
+
+
+def end_sweep_or_say_how(sweep_dir: Path) -> int | None:
+    """end_sweep, once, if the parent is still RUNNING; where its store cannot take that (away, full, broken),
+    one error line naming the command that ends the sweep later, and None: its runs stay RUNNING."""
+    STOP.end_tried = True
+    record = tracking.read_parent(sweep_dir)
+    if record is None:
+        return 0
+    try:
+        # a server that is away fails here in seconds, not after MLflow's minutes of retries
+        tracking.Store(record["tracking_uri"], None).check_reachable()
+        _, client = _parent_store(sweep_dir)
+        if client.get_run(record["run_id"]).info.status != "RUNNING":
+            return 0
+        return end_sweep(sweep_dir, record)
+    except Exception as err:
+        fault = local_fault(err)
+        why = (str(err) if isinstance(err, CharRNNError) else unwritable_files_line(fault) if fault
+               else f"{type(err).__name__}: {tracking.first_line(err)}")
+        print(f"error: the sweep could not end its runs: {why}. They stay RUNNING; once the store works again, "
+              f"end them with: charrnn-end-sweep parent={record['run_id']} tracking.uri={record['tracking_uri']}",
+              file=sys.stderr, flush=True)
+        return None
 
 
 # --- the summary -----------------------------------------------------------------------------------

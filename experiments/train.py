@@ -37,7 +37,8 @@ from charrnn_experiments import tracking
 from charrnn_experiments.faults import describe_fault, local_fault
 from charrnn_experiments.progress import ProgressCallback
 from charrnn_experiments.schema import TrainAppSchema, run_reporting_config_errors
-from charrnn_experiments.sweep_callback import job_label, stop_serial_sweep
+from charrnn_experiments.sweep_callback import (TAG_BLAS_THREADS, job_label, stop_serial_sweep,
+                                                sweep_blas_threads)
 
 log = logging.getLogger("charrnn")
 
@@ -363,6 +364,8 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
             experiment_id = store.ensure_experiment(str(cfg.tracking.experiment), client)
             parent_run_id = None
         tags = {tracking.TAG_SWEEP: str(job.sweep_dir), tracking.TAG_JOB: str(job.job_num)} if job.multirun else {}
+        if job.sweep_dir and (threads := sweep_blas_threads(job.sweep_dir)) is not None:
+            tags[TAG_BLAS_THREADS] = str(threads)
         with stopper.shielded():
             tracker = tracking.MlflowTracker.start(store, experiment_id, run_name=job.name,
                                                    parent_run_id=parent_run_id, tags=tags, client=client)

@@ -1,7 +1,7 @@
 """Signals at the edges of a run and a sweep, with real processes and real signals, synchronised on printed lines:
 a signal while a serial sweep's job ends its run stops the sweep, SIGTERM during a long end-of-run recording stops
 it between chunks, a sweep's parent is guarded from the moment it exists, and charrnn-end-sweep ends the parent
-of a sweep whose process was killed."""
+of a sweep whose process was killed or whose store was away at its end."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from conftest import BIN, run_cli, store_client, tiny, write_small_text
+from mlflow import MlflowClient
 
 LONG = ("train.max_iters=1000000", "train.eval_every=20")
 
@@ -127,3 +128,38 @@ def test_charrnn_end_sweep_ends_a_killed_sweeps_parent_with_the_summary_of_its_f
     assert again.returncode == 0 and "has ended already (KILLED)" in again.stdout
     child = run_cli("charrnn-end-sweep", f"parent={children['0'].info.run_id}", cwd=tmp_path)
     assert child.returncode == 2 and child.stderr.strip().splitlines()[-1].startswith("error: parent=")
+
+
+def test_a_store_away_at_a_sweeps_end_is_one_line_naming_charrnn_end_sweep(mlflow_server, small_text, tmp_path):
+    # charrnn's launcher runs the job in a child process: the launching process is held (SIGSTOP) until the job
+    # has ended its run, the server is stopped, and the sweep's end meets a store that is away
+    sweep = Command("charrnn-train", "-m", *tiny(small_text), "hydra/launcher=charrnn", "hydra.launcher.n_jobs=1",
+                    f"tracking.uri={mlflow_server.url}", cwd=tmp_path)
+    sweep.wait_for("recorded the hidden state")
+    os.kill(sweep.proc.pid, signal.SIGSTOP)
+    try:
+        client = MlflowClient(mlflow_server.url)
+        deadline = time.monotonic() + 120
+        while not [run for run in client.search_runs(["1"]) if "charrnn.job" in run.data.tags
+                   and run.info.status == "FINISHED"]:
+            assert time.monotonic() < deadline, sweep.text
+            time.sleep(0.05)
+        mlflow_server.stop()
+    finally:
+        os.kill(sweep.proc.pid, signal.SIGCONT)
+    assert sweep.end() == 2, sweep.text
+    errors = [line for line in sweep.lines if line.startswith("error:") or "Traceback" in line]
+    assert len(errors) == 1 and "cannot reach the tracking server" in errors[0], sweep.text
+    command = errors[0].split("end them with: ", 1)[1].split()
+    assert command[0] == "charrnn-end-sweep" and command[2] == f"tracking.uri={mlflow_server.url}", errors[0]
+
+    mlflow_server.start()  # on the same port
+    parent = client.get_run(command[1].removeprefix("parent="))
+    assert parent.info.status == "RUNNING"  # what the sweep could not end
+    done = run_cli(*command, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    parent = client.get_run(parent.info.run_id)
+    (child,) = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert (parent.info.status, child.info.status) == ("KILLED", "FINISHED")
+    assert parent.data.tags["charrnn.best_child_run_id"] == child.info.run_id
