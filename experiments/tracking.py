@@ -11,6 +11,7 @@ complete metric history up to its iteration, and resume after a crash can contin
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -133,6 +134,9 @@ class Store:
         """
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
+        # MLflow logs each database error with its traceback before raising it; the harness reports every one
+        # in a line of its own (a full disk, a read-only or corrupt file, an outage)
+        logging.getLogger("mlflow.store.db.utils").addFilter(_below_error)
         self.check_reachable()
         db = self.sqlite_path
         try:
@@ -259,6 +263,15 @@ def sqlite_error(err: BaseException | None) -> sqlite3.Error | None:
             return err
         err = err.__cause__ or err.__context__ or getattr(err, "orig", None)
     return None
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR
+
+
+def sqlite_full(err: BaseException) -> bool:
+    """Whether SQLite refused a write for want of disk space."""
+    return getattr(sqlite_error(err), "sqlite_errorname", "") == "SQLITE_FULL"
 
 
 def sqlite_store_fault(db: Path, err: sqlite3.Error) -> str:
@@ -452,6 +465,7 @@ class MlflowTracker(Callback):
         self._sender: threading.Thread | None = None
         self._sending: _Artifact | None = None  # the file being uploaded: never replaced under the sender
         self._away_since: float | None = None
+        self.store_full: str | None = None  # a SQLite store on a full disk (one line): the sender has stopped
         self._last_heartbeat = 0.0
         self._copies = 0
         self.failure: str | None = None  # the first file that could never be stored, and why (one line)
@@ -630,17 +644,18 @@ class MlflowTracker(Callback):
             self._wake.clear()
             try:
                 self._deliver()
-            except MlflowException as err:
-                if not refused(err):
-                    self._away(err)
-                    continue
-                with self._lock:  # the store answered no: retrying cannot help
-                    dropped = self._queue.pop(0) if self._queue else None
-                    self._sending = None
-                self._say(f"error: tracking store refused {getattr(dropped, 'name', 'an update')} of run "
-                          f"{self.run_id}: {first_line(err)[:300]}")
-                continue
             except Exception as err:
+                if sqlite_full(err):  # not an outage: nothing more can be stored until someone frees space
+                    self.store_full = f"tracking store {self.store_uri}: {sqlite_error(err)} (no space left there)"
+                    self.failure = self.failure or self.store_full  # training stops at its next report
+                    return
+                if isinstance(err, MlflowException) and refused(err):
+                    with self._lock:  # the store answered no: retrying cannot help
+                        dropped = self._queue.pop(0) if self._queue else None
+                        self._sending = None
+                    self._say(f"error: tracking store refused {getattr(dropped, 'name', 'an update')} of run "
+                              f"{self.run_id}: {first_line(err)[:300]}")
+                    continue
                 fault = local_fault(err)
                 if fault is not None and self._sending is not None:
                     self._drop_unwritable(fault)
@@ -758,10 +773,16 @@ class MlflowTracker(Callback):
                 deadline = time.monotonic() + END_WAIT_SECONDS
             away = self._away_since is not None
             if away and (time.monotonic() > deadline or (give_up is not None and give_up.is_set())):
-                raise TrackingError(f"tracking store {self.store_uri} unreachable: run {self.run_id} keeps "
-                                    f"status RUNNING there and lacks {self.waiting()}; once it is back, continue "
-                                    f"from its last stored checkpoint with train.resume={self.run_id} (every "
-                                    f"metric point) or from here with train.resume={self._local_checkpoint()}")
+                raise TrackingError(self._left_running(f"tracking store {self.store_uri} unreachable",
+                                                       "it is back"))
+        if self.store_full is not None:
+            raise TrackingError(self._left_running(self.store_full, "its disk has space"))
+
+    def _left_running(self, cause: str, once: str) -> str:
+        """One line: why the run could not be ended in its store, and the two ways to continue it."""
+        return (f"{cause}: run {self.run_id} keeps status RUNNING there and lacks {self.waiting()}; once {once}, "
+                f"continue from its last stored checkpoint with train.resume={self.run_id} (every metric point) "
+                f"or from here with train.resume={self._local_checkpoint()}")
 
     def _local_checkpoint(self) -> str:
         folder = self.outbox.parent if self.outbox else Path("<the run's folder>")

@@ -1,5 +1,6 @@
 """A full disk under a run, on a real small filesystem (a tmpfs): the run fails at once with the first cause in
 one line and in charrnn.reason, the metric points it logged reach the store, and it never waits for "the store".
+A full disk under the SQLite store itself stops the run at once with one line that says how to continue it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from conftest import metric_history, only_run, store_client, tiny
 
@@ -18,11 +20,11 @@ TRAIN = ("model.hidden_size=64", "train.max_iters=600")
 
 
 @contextlib.contextmanager
-def small_filesystem(folder: Path):
-    """A FULL_SIZE tmpfs mounted on ``folder``, unmounted at the end; the test is skipped where mounting is not
+def small_filesystem(folder: Path, size: str = FULL_SIZE):
+    """A tmpfs of ``size`` mounted on ``folder``, unmounted at the end; the test is skipped where mounting is not
     allowed (not root, or a container without CAP_SYS_ADMIN)."""
     folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FULL_SIZE}", "tmpfs", str(folder)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
@@ -59,3 +61,22 @@ def test_a_full_run_folder_fails_the_run_with_the_checkpoint_path(cli, small_tex
         done = cli("charrnn-train", *tiny(small_text, *TRAIN, f"hydra.run.dir={folder}/run"))
     assert_failed_on_the_full_disk(done, tmp_path, folder)
     assert "checkpoints/latest.npz" in done.stderr
+
+
+def test_a_full_disk_under_the_sqlite_store_stops_the_run_with_one_line_and_how_to_continue(cli, small_text,
+                                                                                            tmp_path):
+    with small_filesystem(tmp_path / "db", size="8m") as folder:
+        uri = f"sqlite:///{folder}/mlflow.db"
+        MlflowClient(uri).search_experiments()  # MLflow creates the store's tables
+        used = int(subprocess.run(["df", "--output=used", "-k", str(folder)], capture_output=True, text=True,
+                                  check=True).stdout.split()[-1])
+        subprocess.run(["mount", "-o", f"remount,size={used + 64}k", str(folder)], check=True)  # 64 kB left
+        done = cli("charrnn-train", *tiny(small_text, "train.max_iters=1000000", "train.log_every=1",
+                                          f"tracking.uri={uri}"), timeout=120)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: tracking store {uri}: database or disk is full"), done.stderr
+    assert "Traceback" not in done.stderr and "unreachable" not in done.stderr, done.stderr
+    assert done.stderr.count("error:") == 1, done.stderr
+    local = Path(last.rsplit("train.resume=", 1)[1])  # what the line offers to continue from
+    assert local.name == "latest.npz" and local.is_file(), last
