@@ -299,7 +299,7 @@ def run_reporting_config_errors(app: Callable[[], None], schema: type) -> None:
         print(f"error: {config_error_line(err, schema)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_BAD_CONFIG)
     except KeyboardInterrupt as err:  # Ctrl-C where the command has no stop of its own (loading, analysing)
-        print(f"stopped: {err or 'interrupted'}", file=sys.stderr, flush=True)
+        print(f"stopped: {str(err) or 'interrupted'}", file=sys.stderr, flush=True)
         sys.exit(err.exit_code if isinstance(err, SignalStop) else EXIT_INTERRUPTED)
     except Exception as err:
         # a read-only or full working folder: Hydra cannot make its output folder (and says so only by a
