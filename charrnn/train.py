@@ -9,6 +9,7 @@ so its "loss 42.9" at T=25 is 1.72 nats (2.48 bits) per character.
 """
 from __future__ import annotations
 
+import enum
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -114,9 +115,20 @@ class OptimConfig:
             self.schedule = ScheduleConfig(**self.schedule)
 
 
+class StopReason(str, enum.Enum):
+    """Why training stopped: what code branches on (``TrainResult.reason`` says it in words, for people)."""
+
+    MAX_ITERS = "max_iters"
+    MAX_SECONDS = "max_seconds"
+    TARGET_VAL_LOSS = "target_val_loss"
+    PATIENCE = "patience"          # early stopping; the best model is in best.npz
+    REQUESTED = "requested"        # request_stop(): a signal, a callback
+    DIVERGED = "diverged"          # a non-finite loss, gradient or weight, or an exploding validation loss
+
+
 @dataclass
 class TrainResult:
-    status: str  # "finished", "diverged" or "interrupted"
+    stop: StopReason
     reason: str
     iteration: int
     smooth_loss: float
@@ -126,6 +138,11 @@ class TrainResult:
     train_seconds: float = 0.0  # the part of elapsed_seconds spent in training steps
     last_checkpoint: str | None = None
     best_checkpoint: str | None = None
+
+    @property
+    def status(self) -> str:
+        """"finished" (a limit of the config was reached), "diverged" or "interrupted"."""
+        return {StopReason.DIVERGED: "diverged", StopReason.REQUESTED: "interrupted"}.get(self.stop, "finished")
 
 
 class Callback:
@@ -348,18 +365,20 @@ class Trainer:
         self._stop_reason = reason
 
     # ---------------------------------------------------------------------------------------- loop
-    def _limit_reached(self) -> str | None:
+    def _limit_reached(self) -> tuple[StopReason, str] | None:
         cfg = self.train_config
         if cfg.max_iters is not None and self.iteration >= cfg.max_iters:
-            return f"reached max_iters={cfg.max_iters}"
+            return StopReason.MAX_ITERS, f"reached max_iters={cfg.max_iters}"
         if cfg.max_seconds is not None and self.elapsed_seconds >= cfg.max_seconds:
-            return f"used the time budget max_seconds={cfg.max_seconds:g}"
+            return StopReason.MAX_SECONDS, f"used the time budget max_seconds={cfg.max_seconds:g}"
         if (cfg.target_val_loss is not None and self.val_loss is not None
                 and self.val_loss <= cfg.target_val_loss):
-            return f"validation loss {self.val_loss:.4f} reached target_val_loss={cfg.target_val_loss}"
+            return (StopReason.TARGET_VAL_LOSS,
+                    f"validation loss {self.val_loss:.4f} reached target_val_loss={cfg.target_val_loss}")
         if cfg.patience is not None and self.evals_since_best >= cfg.patience:
             kept = ", kept in best.npz" if self.checkpoint_dir is not None else ""
-            return (f"stopped early: validation loss has not improved for patience={cfg.patience} evaluations "
+            return (StopReason.PATIENCE,
+                    f"stopped early: validation loss has not improved for patience={cfg.patience} evaluations "
                     f"(best {self.best_val_loss:.4f} at iteration {self.best_at}{kept})")
         return None
 
@@ -435,19 +454,19 @@ class Trainer:
         started = time.perf_counter() - self.elapsed_seconds
         last_round_seconds = 0.0  # the cost of the latest evaluation round, which spaces the automatic ones
         last_round_end = self.elapsed_seconds  # run time when it ended
-        status, reason = "finished", None
         while True:
-            reason = self._limit_reached()
-            if reason is not None:
+            limit = self._limit_reached()
+            if limit is not None:
+                stop, reason = limit
                 break
             if self._stop_reason is not None:
-                status, reason = "interrupted", self._stop_reason
+                stop, reason = StopReason.REQUESTED, self._stop_reason
                 break
             t0 = time.perf_counter()
             loss, norm = self.train_step()
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
-                status = "diverged"
+                stop = StopReason.DIVERGED
                 reason = (f"{what} at iteration {self.iteration + 1}; try a smaller lr "
                           f"(now {self.optim_config.lr}) or clipping")
                 break
@@ -464,7 +483,7 @@ class Trainer:
 
             if n % cfg.log_every == 0:
                 if not self._params_finite():
-                    status, reason = "diverged", f"weights became non-finite by iteration {n}; try a smaller lr"
+                    stop, reason = StopReason.DIVERGED, f"weights became non-finite by iteration {n}; try a smaller lr"
                     break
                 metrics = {
                     "train/loss": w["loss_sum"] / w["count"],
@@ -492,7 +511,7 @@ class Trainer:
             if round_due and self.val_ix is not None:
                 last_ckpt, best_ckpt = self._evaluate_and_save(callbacks, best_ckpt)
                 if (reason := self._val_diverged()) is not None:
-                    status = "diverged"
+                    stop = StopReason.DIVERGED
                     break
             if round_due or sample_due:
                 round_end = time.perf_counter()
@@ -504,19 +523,20 @@ class Trainer:
             self.elapsed_seconds = time.perf_counter() - started
 
         end_start = time.perf_counter()
-        if status == "finished" and self.val_ix is not None and self.evaluated_at != self.iteration:
+        finished = stop not in (StopReason.DIVERGED, StopReason.REQUESTED)
+        if finished and self.val_ix is not None and self.evaluated_at != self.iteration:
             # the budget ended between evaluations: the final model is measured too
             last_ckpt, best_ckpt = self._evaluate_and_save(callbacks, best_ckpt)
             if (diverged := self._val_diverged()) is not None:
-                status, reason = "diverged", diverged
-        if status != "diverged":
+                stop, reason = StopReason.DIVERGED, diverged
+        if stop != StopReason.DIVERGED:
             last_ckpt = self._save("latest.npz") or last_ckpt
             if last_ckpt is not None:
                 for cb in callbacks:
                     cb.on_checkpoint(last_ckpt, self.iteration, False)
         self.eval_seconds += time.perf_counter() - end_start
         self.elapsed_seconds = time.perf_counter() - started
-        result = TrainResult(status, reason, self.iteration, self.smooth_loss, self.val_loss, self.best_val_loss,
+        result = TrainResult(stop, reason, self.iteration, self.smooth_loss, self.val_loss, self.best_val_loss,
                              self.elapsed_seconds, self.train_seconds, last_ckpt, best_ckpt)
         for cb in callbacks:
             cb.on_train_end(result)

@@ -41,6 +41,7 @@ from hydra_plugins.charrnn_launcher.config import ProcessLauncherConf
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.errors import CharRNNError, ConfigError
+from charrnn.train import StopReason
 from charrnn_experiments import tracking
 from charrnn_experiments.faults import local_fault, unwritable_files_line
 from charrnn_experiments.schema import SignalStop
@@ -53,7 +54,6 @@ SHORT_KEYS = {"model": "", "model.cell": "", "model.hidden_size": "h", "model.nu
               "train.seq_length": "T", "train.batch_size": "B", "optim": "", "optim.name": "", "optim.lr": "lr",
               "optim.clip": "clip", "study.budget": "", "train.seed": "seed", "data": "", "data.name": ""}
 STOP_WAIT_SECONDS = 60.0  # how long a stopped Ray or submitit sweep waits for its jobs to end their runs
-TIME_CAP_REASON = "used the time budget"  # the engine's stop reason when train.max_seconds ran out
 TAG_LAUNCHER = "charrnn.launcher"
 TAG_SWEEPER = "charrnn.sweeper"
 TAG_JOBS = "charrnn.jobs"
@@ -363,7 +363,7 @@ def _stopped_by(sweep_dir: Path, job_num: int) -> int | None:
     run = _job_run(client, record, job_num)
     if run is None or run.info.status != "KILLED":
         return None
-    return signal.SIGTERM if "SIGTERM" in run.data.tags.get(tracking.TAG_REASON, "") else signal.SIGINT
+    return signal.Signals[run.data.tags.get(tracking.TAG_SIGNAL, "SIGINT")]
 
 
 def _exit_if_stopped() -> None:
@@ -477,7 +477,7 @@ def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str
     # validation split, like minchar, has none)
     finished = [r for r in rows if r[0] == "FINISHED"]
     ranked = [r for r in finished if r[1] is not None and math.isfinite(r[1])]
-    capped = [r for r in rows if r[4].startswith(TIME_CAP_REASON)]
+    capped = [r for r in rows if _hit_time_cap(r[3])]
     summary = {"charrnn.children": str(len(rows)), "charrnn.finished": str(len(finished)),
                "charrnn.failed": str(len(rows) - len(finished)), "charrnn.hit_time_cap": str(len(capped))}
     for key, value in summary.items():
@@ -503,6 +503,10 @@ def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str
     return unfinished
 
 
+def _hit_time_cap(run) -> bool:
+    return run.data.tags.get(tracking.TAG_STOP) == StopReason.MAX_SECONDS.value
+
+
 def _jobs_in(rows) -> int:
     """How many distinct jobs these runs belong to (a retried job has several runs)."""
     return len({row[3].data.tags.get(tracking.TAG_JOB, row[3].info.run_id) for row in rows})
@@ -517,7 +521,7 @@ def _print_leaderboard(parent, rows, ranked, capped, record, parent_id, status, 
              f"  {'status':<9} {'best val/loss':>13} {'iters':>6}  job"]
     for state, best, iters, child, reason in sorted(rows, key=lambda r: (r not in ranked, r[1] or 0.0)):
         loss = f"{best:.4f}" if best is not None else "-"
-        note = "  (hit the train.max_seconds safety cap)" if reason.startswith(TIME_CAP_REASON) else (
+        note = "  (hit the train.max_seconds safety cap)" if _hit_time_cap(child) else (
             f"  ({reason})" if state != "FINISHED" and reason else "")
         lines.append(f"  {state:<9} {loss:>13} {iters if iters is not None else '-':>6}  "
                      f"{child.info.run_name}{note}")

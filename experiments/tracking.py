@@ -38,6 +38,8 @@ from charrnn_experiments.faults import describe_fault, local_fault, unwritable
 TAG_SWEEP = "charrnn.sweep"              # sweep directory of a multirun job
 TAG_JOB = "charrnn.job"                  # Hydra job number inside the sweep
 TAG_STATUS = "charrnn.status"            # the engine's stop status (finished, diverged, ...)
+TAG_STOP = "charrnn.stop"                # why the engine stopped: a charrnn.train.StopReason value
+TAG_SIGNAL = "charrnn.signal"            # the signal that stopped a KILLED run (SIGINT, SIGTERM)
 TAG_REASON = "charrnn.reason"            # why the run stopped or failed, one line
 TAG_DATASET_SHA = "charrnn.dataset.sha256"
 TAG_DATASET_VERSION = "charrnn.dataset.version"  # a versioned corpus's version (pystdlib-v1)
@@ -788,7 +790,7 @@ class MlflowTracker(Callback):
         folder = self.outbox.parent if self.outbox else Path("<the run's folder>")
         return str(folder / "checkpoints" / Path(LATEST_CHECKPOINT).name)
 
-    def finish(self, status: str, reason: str = "", engine_status: str | None = None,
+    def finish(self, status: str, reason: str = "", tags: dict[str, str] | None = None,
                give_up: threading.Event | None = None) -> None:
         """Deliver everything queued, then end the run: FINISHED, FAILED or KILLED. A file that could never be
         stored fails a run that would have ended otherwise, and raises StoreWriteError once the run has ended."""
@@ -798,11 +800,9 @@ class MlflowTracker(Callback):
         failed_here = self.failure is not None and status != "FAILED"
         if failed_here:
             status, reason = "FAILED", self.failure
-        tags = [RunTag(TAG_REASON, reason[:5000])] if reason else []
-        if engine_status:
-            tags.append(RunTag(TAG_STATUS, engine_status))
+        tags = {**(tags or {}), **({TAG_REASON: reason[:5000]} if reason else {})}
         if tags:
-            self.client.log_batch(self.run_id, tags=tags)
+            self.client.log_batch(self.run_id, tags=[RunTag(key, value) for key, value in tags.items()])
         self.client.set_terminated(self.run_id, status=status)
         if failed_here:
             raise StoreWriteError(self.failure)

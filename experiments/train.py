@@ -31,7 +31,7 @@ from charrnn.data import Corpus, Vocab, load_corpus, split_corpus
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError
 from charrnn.model import ModelConfig, count_params
 from charrnn.schedule import ScheduleConfig
-from charrnn.train import OptimConfig, TrainConfig, Trainer
+from charrnn.train import OptimConfig, TrainConfig, Trainer, TrainResult
 from charrnn_analysis.trained_run import ARTIFACT_DIR, RecordSettings, record_finished_run
 from charrnn_experiments import tracking
 from charrnn_experiments.faults import describe_fault, local_fault
@@ -211,10 +211,13 @@ class Stopper:
             raise KeyboardInterrupt(self.reason)
 
     def end_run(self, tracker: tracking.MlflowTracker, status: str, reason: str,
-                engine_status: str | None = None) -> None:
+                result: TrainResult | None = None) -> None:
+        tags = {tracking.TAG_STATUS: result.status, tracking.TAG_STOP: result.stop.value} if result else {}
+        if status == "KILLED" and self.signum is not None:
+            tags[tracking.TAG_SIGNAL] = signal.Signals(self.signum).name
         self._ending = True
         try:
-            tracker.finish(status, reason, engine_status, give_up=self.give_up)
+            tracker.finish(status, reason, tags, give_up=self.give_up)
         finally:
             self._ending = False
 
@@ -421,7 +424,7 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         stopper.end_run(tracker, "KILLED" if interrupted else "FAILED",
                         tracking.first_line(err) if interrupted else f"{type(err).__name__}: {err}")
         raise
-    stopper.end_run(tracker, status, result.reason or "", engine_status=result.status)
+    stopper.end_run(tracker, status, result.reason or "", result)
     if status == "FAILED":
         raise JobFailed(f"run {tracker.run_id} {result.status}: {result.reason}")
     if status == "KILLED":

@@ -205,6 +205,7 @@ def test_grid_preset_runs_every_child_for_the_same_number_of_iterations(cli, sma
     # the wall-clock limit is only a safety cap, and no job hit it
     assert {c.data.params["train.max_seconds"] for c in children} == {"600.0"}
     assert {c.data.tags["charrnn.reason"] for c in children} == {"reached max_iters=12"}
+    assert {c.data.tags["charrnn.stop"] for c in children} == {"max_iters"}
     assert parent.data.tags["charrnn.hit_time_cap"] == "0"
     assert parent.info.run_name.startswith("grid ")
     assert {k for k in parent.data.params if k.startswith("sweep.")} == {"sweep.model.hidden_size",

@@ -18,7 +18,7 @@ from charrnn.model import (ModelConfig, dropout_masks, forward, init_params, ini
 from charrnn.optim import clip_gradients, make_optimizer
 from charrnn.reference import GistRNN
 from charrnn.sample import sample
-from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer
+from charrnn.train import Callback, OptimConfig, StopReason, TrainConfig, Trainer
 from conftest import PARITY_TEXT, SHAKESPEARE, TEXT, Recorder, compose_cfg, small_trainer, write_small_text
 
 pytestmark = pytest.mark.fast  # the engine and config tests: pytest -m fast -n 2
@@ -511,6 +511,7 @@ def test_request_stop_saves_a_checkpoint_and_reports_interrupted(tmp_path):
 
     result = trainer.run([StopAtTen()])
     assert result.status == "interrupted" and result.reason == "SIGTERM" and result.iteration == 10
+    assert result.stop == StopReason.REQUESTED
     assert load_checkpoint(result.last_checkpoint).iteration == 10
 
 
@@ -519,7 +520,7 @@ def test_divergence_stops_with_a_reason_and_untouched_weights():
     trainer.params["Why"][0, 0] = np.inf
     before = {k: v.copy() for k, v in trainer.params.items()}
     result = trainer.run()
-    assert result.status == "diverged" and result.iteration == 0
+    assert (result.status, result.stop, result.iteration) == ("diverged", StopReason.DIVERGED, 0)
     assert "iteration 1" in result.reason and "lr" in result.reason
     for name, value in before.items():
         np.testing.assert_array_equal(trainer.params[name], value)

@@ -135,6 +135,7 @@ def test_sigterm_from_the_moment_the_run_exists_ends_it_killed(start, tmp_path):
     assert "stopped: received SIGTERM" in out or "stopped: run " in out, out
     run = only_run(store_client(tmp_path))
     assert run.info.status == "KILLED" and "received SIGTERM" in run.data.tags["charrnn.reason"]
+    assert run.data.tags["charrnn.signal"] == "SIGTERM"  # what a sweep reads, not the reason's wording
 
 
 def test_ctrl_c_again_and_again_while_the_run_ends_still_ends_it_killed(start, small_text, tmp_path):

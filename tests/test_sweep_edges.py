@@ -163,3 +163,14 @@ def test_a_store_away_at_a_sweeps_end_is_one_line_naming_charrnn_end_sweep(mlflo
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert (parent.info.status, child.info.status) == ("KILLED", "FINISHED")
     assert parent.data.tags["charrnn.best_child_run_id"] == child.info.run_id
+
+
+def test_jobs_stopped_by_the_time_cap_are_named_in_the_leaderboard_and_counted_on_the_parent(small_text, tmp_path):
+    done = run_cli("charrnn-train", "-m", *tiny(small_text), "model.hidden_size=8,9", "train.max_iters=1000000",
+                   "train.max_seconds=1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("(hit the train.max_seconds safety cap)") == 2, done.stdout
+    assert "2 job(s) stopped on the wall-clock safety cap" in done.stdout, done.stdout
+    _, (parent,), children = sweep_runs(tmp_path)
+    assert parent.data.tags["charrnn.hit_time_cap"] == "2"
+    assert {run.data.tags["charrnn.stop"] for run in children.values()} == {"max_seconds"}

@@ -9,7 +9,7 @@ import pytest
 from charrnn.checkpoint import load_checkpoint
 from charrnn.errors import ConfigError
 from charrnn.schedule import ScheduleConfig, learning_rate
-from charrnn.train import OptimConfig, TrainConfig, Trainer
+from charrnn.train import OptimConfig, StopReason, TrainConfig, Trainer
 from conftest import TEXT, Recorder, small_trainer
 
 pytestmark = pytest.mark.fast  # engine tests: pytest -m fast -n 2
@@ -152,7 +152,7 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp
 
     early = Recorder()
     result = small_trainer(**settings, patience=patience, checkpoint_dir=tmp_path).run([early])
-    assert result.iteration == 2 * evaluations and result.status == "finished"
+    assert result.iteration == 2 * evaluations and (result.status, result.stop) == ("finished", StopReason.PATIENCE)
     best = min(val[:evaluations])
     best_at = 2 * (val.index(best) + 1)
     assert result.best_val_loss == best
@@ -181,3 +181,11 @@ def test_patience_needs_a_validation_text_and_a_positive_count():
     with pytest.raises(ConfigError, match="^patience stops on the validation loss, but there is no validation"):
         type(trainer)(trainer.model_config, trainer.train_config, trainer.optim_config, trainer.vocab,
                       "some training text")
+
+
+@pytest.mark.parametrize("limit, stop", [({"max_iters": 6}, StopReason.MAX_ITERS),
+                                         ({"max_iters": None, "max_seconds": 1e-9}, StopReason.MAX_SECONDS),
+                                         ({"target_val_loss": 100.0}, StopReason.TARGET_VAL_LOSS)])
+def test_each_limit_is_named_by_its_stop_reason(limit, stop):
+    result = small_trainer(**{**WANDERING, **limit}).run()
+    assert (result.stop, result.status) == (stop, "finished")
