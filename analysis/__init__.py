@@ -1,6 +1,6 @@
 """charrnn_analysis: look inside trained models and compare runs; a library over arrays, text and checkpoints
-that never trains and never imports MLflow, Hydra or charrnn_experiments. The console scripts, and reading runs
-from MLflow, are charrnn_experiments' (analyze, runs).
+that never trains and never imports MLflow, Hydra or charrnn_experiments (tests/test_layers.py checks). The
+console scripts, and reading runs from MLflow, are charrnn_experiments' (analyze, runs).
 
 Modules, one concern each:
     record    run a model over a text, keep every layer's h (LSTM: c and gates; GRU: gates) in a compact .npz
