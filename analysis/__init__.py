@@ -1,4 +1,6 @@
-"""charrnn_analysis: look inside trained models and compare runs; it reads checkpoints and MLflow runs, never trains.
+"""charrnn_analysis: look inside trained models and compare runs; a library over arrays, text and checkpoints
+that never trains and never imports MLflow, Hydra or charrnn_experiments (tests/test_layers.py checks). The
+console scripts, and reading runs from MLflow, are charrnn_experiments' (analyze, runs).
 
 Modules, one concern each:
     record    run a model over a text, keep every layer's h (LSTM: c and gates; GRU: gates) in a compact .npz
@@ -10,5 +12,7 @@ Modules, one concern each:
     explorer  one self-contained HTML file to browse units over the text
     compare   one table row per run of an experiment or sweep, leaderboard and figures
     study     a seed-repeated sweep as the paper's table (mean ± std over seeds) and its figures
-    sources, report, tables, cli   where models and texts come from, the analysis folder, the console scripts
+    sweep_report  a sweep's leaderboard and figures as one self-contained HTML page and PNGs
+    trained_run   the hidden-state recording and top-units table every finished training run logs
+    sources, report, tables   where models and texts come from, the analysis folder, CSV and markdown tables
 """

@@ -1,27 +1,20 @@
-"""Compare the runs of an experiment or a sweep: one table row per run, a leaderboard, and figures.
+"""Compare the runs of an experiment or a sweep: one table row per run (with each run's metric histories), a
+leaderboard, and figures.
 
-Runs come from the client's ``search_runs`` into a pandas table; the "best" columns need each run's metric
-history, which a search (latest values only) does not carry, so those come from one history call per run.
+The table and histories come from the store through :func:`charrnn_experiments.runs.load_runs`; everything here
+works on them alone.
 """
 
 from __future__ import annotations
-
-import tempfile
 
 import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-
-from charrnn_experiments.tracking import METRIC_NUM_PARAMS
 
 from .errors import AnalysisError
-from .trained_run import ARTIFACT_DIR, TOP_UNITS_STEM
 
-PARENT_TAG = "mlflow.parentRunId"
 CURVE_METRICS = ("train/loss", "val/loss")
 RANK_BY = "best val/loss"
 NUM_PARAMS = "num params"  # the model's parameter count, as charrnn-train logged it
@@ -33,85 +26,6 @@ def best_val_loss(history: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
     """THE best validation loss of a run, used by every table and figure: the lowest ``val/loss`` it logged."""
     values = history["val/loss"][1]
     return float(np.min(values)) if len(values) else np.nan
-
-
-def find_experiment(client: MlflowClient, name: str):
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        known = sorted(e.name for e in client.search_experiments())
-        raise AnalysisError(f"no MLflow experiment named {name!r} (known: {', '.join(known) or 'none'})")
-    return experiment
-
-
-def _experiment_of_parent(client: MlflowClient, parent: str, experiment: str | None):
-    try:
-        parent_run = client.get_run(parent)
-    except MlflowException:
-        raise AnalysisError(f"no MLflow run with id {parent!r}") from None
-    exp = client.get_experiment(parent_run.info.experiment_id)
-    if experiment is not None and exp.name != experiment:
-        raise AnalysisError(f"run {parent} is not in experiment {experiment!r} (it is in {exp.name!r})")
-    return exp
-
-
-def feature_scores(client: MlflowClient, run_id: str) -> dict[str, float]:
-    """{feature: best unit score} from the run's logged ``analysis/top_units.csv``; {} when it has none."""
-    if f"{ARTIFACT_DIR}/{TOP_UNITS_STEM}.csv" not in {a.path for a in client.list_artifacts(run_id, ARTIFACT_DIR)}:
-        return {}
-    with tempfile.TemporaryDirectory() as tmp:
-        top = pd.read_csv(client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{TOP_UNITS_STEM}.csv", tmp))
-    return top.groupby("feature", sort=False)["score"].max().to_dict()
-
-
-def load_runs(client: MlflowClient, experiment: str | None, parent: str | None = None, unit_scores: bool = True):
-    """The runs of ``experiment`` (only ``parent``'s children when given) as one row each, their histories, and
-    the experiment's name (the parent's when ``experiment`` is None).
-
-    Table columns: run_id, run_name, status, then every param under its own name, ``num params`` (nan for a run
-    that never built its model), ``final train/loss``,
-    ``final val/loss`` (the last logged values), ``best val/loss`` (:func:`best_val_loss`) and, for runs whose
-    training logged its recording's top-units table, ``unit score: <feature>`` per feature (not with
-    ``unit_scores=False``, which downloads nothing); sorted by best
-    validation loss. Sweep parents are left out: they summarise their children rather than train.
-    Histories: {run_id: {metric: (steps, values)}} for the learning-curve figure.
-    """
-    exp = _experiment_of_parent(client, parent, experiment) if parent else find_experiment(client, experiment)
-    filter_string = f"tags.`{PARENT_TAG}` = '{parent}'" if parent else ""
-    runs = []
-    page = None
-    while True:  # the client pages through the runs; MLflow's fluent search_runs would need a global store URI
-        batch = client.search_runs([exp.experiment_id], filter_string, max_results=1000, page_token=page,
-                                   order_by=["attributes.start_time ASC"])
-        runs += batch
-        page = batch.token
-        if not page:
-            break
-    if not runs:
-        what = f"child runs of {parent}" if parent else "runs"
-        raise AnalysisError(f"experiment {exp.name!r} has no {what}")
-    parents = {r.data.tags.get(PARENT_TAG) for r in runs}
-    runs = [r for r in runs if r.info.run_id not in parents]
-
-    param_names = sorted({name for r in runs for name in r.data.params})
-    table = pd.DataFrame(
-        [{"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-          **{name: r.data.params.get(name) for name in param_names},
-          NUM_PARAMS: r.data.metrics.get(METRIC_NUM_PARAMS, np.nan)} for r in runs]
-    )
-    histories: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for run_id in table["run_id"]:
-        histories[run_id] = {}
-        for key in CURVE_METRICS:
-            points = sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
-            histories[run_id][key] = (np.array([p[0] for p in points]), np.array([p[2] for p in points], float))
-    for key in CURVE_METRICS:
-        table[f"final {key}"] = [h[key][1][-1] if len(h[key][1]) else np.nan for h in histories.values()]
-    table[RANK_BY] = [best_val_loss(h) for h in histories.values()]
-    scores = pd.DataFrame([feature_scores(client, run_id) if unit_scores else {} for run_id in table["run_id"]],
-                          index=table.index)
-    table = pd.concat([table, scores.add_prefix(SCORE_PREFIX)], axis=1)
-    table = table.sort_values(RANK_BY, na_position="last", kind="stable").reset_index(drop=True)
-    return table, histories, exp.name
 
 
 def swept_params(table: pd.DataFrame) -> list[str]:

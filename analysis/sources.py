@@ -1,27 +1,24 @@
-"""Where an analysis gets its model and text: an MLflow run (its best checkpoint and its own validation split)
-or a checkpoint file, and a text from a file, a literal string or a named corpus."""
+"""Where an analysis gets its model and text: a checkpoint file (the model, and the corpus and split its run
+recorded), and a text from a file, a literal string or a named corpus. An MLflow run's checkpoint and params
+come through :func:`charrnn_experiments.runs.model_from_run` into the same :class:`Model`."""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mlflow import MlflowClient
-from mlflow.environment_variables import MLFLOW_TRACKING_URI
-from mlflow.exceptions import MlflowException
 
-from charrnn.checkpoint import load_checkpoint, load_model
+from charrnn.checkpoint import load_checkpoint
 from charrnn.data import Vocab, load_corpus, load_text, split_corpus
 from charrnn.model import ModelConfig
-from charrnn_experiments.tracking import Store
 
 from .errors import AnalysisError
-from .trained_run import ARTIFACT_DIR
 
-BEST_CHECKPOINT = "best.npz"
-CHECKPOINT_PREFERENCE = (BEST_CHECKPOINT, "last.npz", "latest.npz")  # first found wins; any other .npz after these
+# The keys that name a run's corpus and split: charrnn-train's config keys, which it logs as the run's params and
+# writes into every checkpoint's metadata, so an analysis rebuilds the run's own validation split from either.
+DATA_NAME, DATA_PATH, VAL_FRACTION, SEQ_LENGTH = "data.name", "data.path", "train.val_fraction", "train.seq_length"
+DATA_KEYS = (DATA_NAME, DATA_PATH, VAL_FRACTION, SEQ_LENGTH)
 DEFAULT_VAL_FRACTION = 0.1  # the harness's train.val_fraction default, for checkpoints that do not say
 
 
@@ -32,51 +29,6 @@ class Model:
     vocab: Vocab
     source: dict = field(default_factory=dict)  # run_id / checkpoint / tracking_uri: provenance for the recording
     data: dict = field(default_factory=dict)  # the run's data.* and train.* params, to rebuild its split
-
-
-def open_client(tracking_uri: str | None) -> MlflowClient:
-    """A client for ``tracking_uri``; unset, MLflow's own ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``
-    here, like ``charrnn-train``.
-
-    A SQLite store that does not exist yet is an error: opening it would silently create an empty one.
-    """
-    uri = tracking_uri or MLFLOW_TRACKING_URI.get()
-    store = Store.resolve(uri, Path.cwd())
-    if store.sqlite_path is not None and not store.sqlite_path.is_file():
-        raise AnalysisError(f"no MLflow store at {store.uri} (run from where charrnn-train ran, or set tracking.uri=)")
-    return store.client()
-
-
-def get_run(client: MlflowClient, run_id: str):
-    try:
-        return client.get_run(run_id)
-    except MlflowException:
-        raise AnalysisError(f"no MLflow run with id {run_id!r} in {client.tracking_uri}") from None
-
-
-def _run_checkpoint(client: MlflowClient, run_id: str) -> str:
-    """Artifact path of the run's preferred checkpoint (searched one folder deep, e.g. ``checkpoints/``; the
-    recordings under ``analysis/`` are not checkpoints)."""
-    files = []
-    for entry in client.list_artifacts(run_id):
-        if entry.path == ARTIFACT_DIR:
-            continue
-        children = client.list_artifacts(run_id, entry.path) if entry.is_dir else [entry]
-        files += [c.path for c in children if not c.is_dir and c.path.endswith(".npz")]
-    if not files:
-        raise AnalysisError(f"run {run_id} has no checkpoint artifact (.npz); pass checkpoint=<file> instead")
-    rank = {name: i for i, name in enumerate(CHECKPOINT_PREFERENCE)}
-    return min(sorted(files), key=lambda path: rank.get(Path(path).name, len(rank)))
-
-
-def model_from_run(client: MlflowClient, run_id: str) -> Model:
-    run = get_run(client, run_id)
-    artifact = _run_checkpoint(client, run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(run_id, artifact, tmp)
-        params, config, vocab = load_model(local)
-    source = {"run_id": run_id, "checkpoint": artifact, "tracking_uri": client.tracking_uri}
-    return Model(params, config, vocab, source, dict(run.data.params))
 
 
 def model_from_checkpoint(path: str) -> Model:
@@ -90,11 +42,11 @@ def model_from_checkpoint(path: str) -> Model:
 def validation_text(model: Model, data: str | None = None, data_path: str | None = None) -> tuple[str, int, str]:
     """The model's own validation split -- the run's corpus and split when known -- as (text, offset of the
     text in its corpus, description). ``data``/``data_path`` name another corpus."""
-    name = data or model.data.get("data.name") or "pystdlib"
-    path = data_path or (model.data.get("data.path") if not data else None)
+    name = data or model.data.get(DATA_NAME) or "pystdlib"
+    path = data_path or (model.data.get(DATA_PATH) if not data else None)
     path = None if path in (None, "None", "null", "") else path
-    val_fraction = float(model.data.get("train.val_fraction", DEFAULT_VAL_FRACTION))
-    seq_length = int(model.data.get("train.seq_length", 25))
+    val_fraction = float(model.data.get(VAL_FRACTION, DEFAULT_VAL_FRACTION))
+    seq_length = int(model.data.get(SEQ_LENGTH, 25))
     corpus = load_corpus(name, path)
     train, val = split_corpus(corpus, val_fraction, seq_length)
     if not val:

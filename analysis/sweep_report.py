@@ -7,7 +7,7 @@ network, as a file and inside MLflow's artifact view; plotly has parallel coordi
 hover labels name each run where labels printed on a PNG overlap. (Bokeh's inline resources also make a
 self-contained page, but it has no parallel-coordinates glyph.) The PNGs are matplotlib's, from the same table.
 
-Everything here works on :func:`charrnn_analysis.compare.load_runs`' table and histories: the caller reads the
+Everything here works on :func:`charrnn_experiments.runs.load_runs`' table and histories: the caller reads the
 store and uploads the files (the sweep's end in ``charrnn_experiments.sweep_report``, and ``charrnn-compare``).
 """
 

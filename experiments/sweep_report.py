@@ -10,9 +10,9 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from charrnn_analysis.compare import load_runs
 from charrnn_analysis.sweep_report import REPORT_PAGE, write_sweep_report
 from charrnn_experiments import tracking
+from charrnn_experiments.runs import load_runs
 
 REPORT_DIR = "report"  # the folder of the sweep's folder, and of the parent's artifacts
 

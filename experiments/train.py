@@ -32,6 +32,7 @@ from charrnn.errors import CharRNNError, CheckpointError, ConfigError
 from charrnn.model import ModelConfig, count_params
 from charrnn.schedule import ScheduleConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer, TrainResult
+from charrnn_analysis.sources import DATA_KEYS, DATA_PATH
 from charrnn_analysis.trained_run import ARTIFACT_DIR, RecordSettings, record_finished_run
 from charrnn_experiments import tracking
 from charrnn_experiments.faults import describe_fault, local_fault
@@ -45,7 +46,6 @@ log = logging.getLogger("charrnn")
 # The engine's stop status -> the MLflow run status.
 RUN_STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED"}
 FAILED_OBJECTIVE = math.inf  # what a failed sweep job reports to the sweeper
-DATA_KEYS = ("data.name", "data.path", "train.val_fraction", "train.seq_length")
 STOP_LIMITS = ("train.max_iters", "train.max_seconds", "train.target_val_loss")  # a resume may change these
 TAG_STOP_LIMITS = "charrnn.resume.stop_limits"  # the stop limits a resume changed, as "key=now (was ...)"
 RUN_ID_KEY = "run_id"  # in a checkpoint's metadata: the run it belongs to
@@ -141,8 +141,8 @@ def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | Non
         params = load_initial_weights(cfg.train.init_from, model, vocab) if cfg.train.init_from else None
         # checkpoints name their text, so charrnn-analyze checkpoint=... finds the same validation split
         source = {key: OmegaConf.select(cfg, key) for key in DATA_KEYS}
-        if source["data.path"] is not None:
-            source["data.path"] = str(Path(source["data.path"]).resolve())
+        if source[DATA_PATH] is not None:
+            source[DATA_PATH] = str(Path(source[DATA_PATH]).resolve())
         source[RUN_ID_KEY] = run_id
         return corpus, Trainer(model, train, optim, vocab, train_text, val_text, checkpoint_dir, params, source)
 

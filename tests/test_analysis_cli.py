@@ -13,9 +13,9 @@ from mlflow import MlflowClient
 from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.data import Vocab
 from charrnn.model import ModelConfig, init_params
-from charrnn_analysis.cli import analyze, compare, run_reporting_errors
 from charrnn_analysis.record import Recording
 from charrnn_analysis.tables import write_table
+from charrnn_experiments.analyze import analyze, compare, run_reporting_errors
 
 TEXT = "".join(f'def f{i}(x):\n    # note {i % 7}\n    return [x, "s{i}", (\'t\' + {i})]\n' for i in range(150))
 

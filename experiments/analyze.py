@@ -21,23 +21,23 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from charrnn.errors import CharRNNError
+from charrnn_analysis.compare import (check_param, feature_score_columns, feature_scores_figure, leaderboard,
+                                      param_heatmap_figure, swept_params)
+from charrnn_analysis.control import SCORE_CONVENTION
+from charrnn_analysis.errors import AnalysisError
+from charrnn_analysis.features import get_feature
+from charrnn_analysis.figures import save_figure
+from charrnn_analysis.record import Recording, record
+from charrnn_analysis.report import ReportOptions, write_report
+from charrnn_analysis.sources import choose_text, model_from_checkpoint
+from charrnn_analysis.study import (SPREAD_MEANING, chosen_settings, is_settings_search, is_study, study_curves_figure,
+                                    study_loss_vs_params_figure, study_markdown_table, study_table)
+from charrnn_analysis.sweep_report import REPORT_PAGE, write_sweep_report
+from charrnn_analysis.tables import markdown_table
+from charrnn_analysis.trained_run import RecordSettings, record_slice, slice_bounds
+from charrnn_experiments.runs import BEST_CHECKPOINT, load_runs, model_from_run, open_client
 from charrnn_experiments.schema import (EXIT_BAD_CONFIG as EXIT_BAD_INPUT, AnalyzeAppSchema, CompareAppSchema,
                                         run_reporting_config_errors)
-
-from .compare import (check_param, feature_score_columns, feature_scores_figure, leaderboard, load_runs,
-                      param_heatmap_figure, swept_params)
-from .control import SCORE_CONVENTION
-from .errors import AnalysisError
-from .features import get_feature
-from .figures import save_figure
-from .record import Recording, record
-from .report import ReportOptions, write_report
-from .sources import BEST_CHECKPOINT, choose_text, model_from_checkpoint, model_from_run, open_client
-from .study import (SPREAD_MEANING, chosen_settings, is_settings_search, is_study, study_curves_figure,
-                    study_loss_vs_params_figure, study_markdown_table, study_table)
-from .sweep_report import REPORT_PAGE, write_sweep_report
-from .tables import markdown_table
-from .trained_run import RecordSettings, record_slice, slice_bounds
 
 
 # Spellings of the hand-parsed CLIs these commands had before they became Hydra apps -> today's keys.
