@@ -156,9 +156,12 @@ SEARCH_SETTINGS = {"optim.lr": "lr", "model.dropout": "dropout"}  # param -> its
 
 
 def is_settings_search(table: pd.DataFrame) -> bool:
-    """Whether the runs try settings (lr, dropout) on each of a study's models: the search of a study preset."""
-    return (all(k in table.columns for k in SEARCH_MODEL_KEYS)
-            and any(p in swept_params(table) for p in SEARCH_SETTINGS))
+    """Whether the runs try several settings (lr, dropout) on one of a study's models: the search of a study
+    preset. (The study itself also varies the lr, but from model to model, one setting each.)"""
+    if not all(k in table.columns for k in SEARCH_MODEL_KEYS):
+        return False
+    per_model = table.groupby(list(SEARCH_MODEL_KEYS), dropna=False)
+    return any(per_model[p].nunique().max() > 1 for p in SEARCH_SETTINGS if p in table.columns)
 
 
 def chosen_settings(table: pd.DataFrame) -> dict:

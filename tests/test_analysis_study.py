@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from charrnn.data import Vocab
 from charrnn.model import ModelConfig, count_params, init_params
 from charrnn_analysis.record import Recording
+from charrnn_analysis.study import is_settings_search
 from charrnn_analysis.trained_run import record_finished_run
 from conftest import tiny
 
@@ -118,3 +119,15 @@ def test_compare_of_a_seed_sweep_writes_the_study_table_with_mean_and_std_over_s
     logged = {a.path for a in client.list_artifacts(parent, "compare")}
     assert {"compare/study.csv", "compare/study.md", "compare/study_val_curves.png",
             "compare/study_loss_vs_params.png"} <= logged
+
+
+def test_a_settings_search_tries_several_lrs_on_one_model_and_a_study_tries_one_per_model():
+    model = {"data.name": "pystdlib", "model.cell": "lstm", "model.num_layers": 1, "study.budget": "50k",
+             "model.dropout": 0.0}
+    search = pd.DataFrame([{**model, "optim.lr": lr} for lr in (0.002, 0.005, 0.01)])
+    assert is_settings_search(search)
+    # paper_cells: the lr differs between models, each at its one chosen lr (and two seeds)
+    study = pd.DataFrame([{**model, "model.cell": cell, "optim.lr": lr, "train.seed": seed}
+                          for cell, lr in (("rnn", 0.002), ("lstm", 0.01)) for seed in (1, 2)])
+    assert not is_settings_search(study)
+    assert is_settings_search(study.assign(**{"model.dropout": [0.0, 0.1, 0.0, 0.0]}))
