@@ -98,7 +98,8 @@ def curves_figure(table: pd.DataFrame, histories: dict, keys: list[str]) -> Figu
     for key in keys:
         check_param(table, key, "to colour by")
     rows = keys or [None]
-    fig = Figure(figsize=(11, 3.6 * len(rows)))
+    # constrained layout: a colour bar spanning a row's two axes is outside what tight_layout can place
+    fig = Figure(figsize=(11, 3.6 * len(rows)), layout="constrained")
     for r, key in enumerate(rows):
         colours, legend, mappable = param_colours(table[key]) if key else (["tab:blue"] * len(table), None, None)
         for c, metric in enumerate(CURVE_METRICS):
@@ -114,7 +115,6 @@ def curves_figure(table: pd.DataFrame, histories: dict, keys: list[str]) -> Figu
         elif mappable is not None:
             fig.colorbar(mappable, ax=fig.axes[-2:], label=key)
     fig.suptitle(f"learning curves of {len(table)} runs")
-    fig.tight_layout()
     return fig
 
 
