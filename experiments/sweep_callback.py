@@ -246,15 +246,20 @@ def exit_on_error(what: str):
     against a dead store). ``what`` names the step for an error that is not the user's to fix."""
     try:
         yield
-    except CharRNNError as err:  # a store that cannot be used, a bad setting: its message says what to do
-        message = str(err)
     except Exception as err:
-        fault = local_fault(err)  # a read-only or full folder: the user's to fix, in the same words as elsewhere
-        message = unwritable_files_line(fault) if fault else f"{what}: {type(err).__name__}: {tracking.first_line(err)}"
-    else:
-        return
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+        print(f"error: {error_line(err, what)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def error_line(err: Exception, what: str | None = None) -> str:
+    """The one line a command prints for ``err``; ``what`` names the step for an error that is not the user's to
+    fix (one that is neither a CharRNNError nor a local fault)."""
+    if isinstance(err, CharRNNError):  # a store that cannot be used, a bad setting: its message says what to do
+        return str(err)
+    fault = local_fault(err)  # a read-only or full folder: the user's to fix, in the same words as elsewhere
+    if fault:
+        return unwritable_files_line(fault)
+    return f"{what + ': ' if what else ''}{type(err).__name__}: {tracking.first_line(err)}"
 
 
 # --- the callback ----------------------------------------------------------------------------------
@@ -411,18 +416,15 @@ def end_sweep_or_say_how(sweep_dir: Path) -> int | None:
     if record is None:
         return 0
     try:
-        # a server that is away fails here in seconds, not after MLflow's minutes of retries
-        tracking.Store(record["tracking_uri"], None).check_reachable()
-        _, client = _parent_store(sweep_dir)
+        # Store.client probes the store first: a server that is away fails in seconds, not after MLflow's retries
+        client = tracking.Store(record["tracking_uri"], None).client()
         if client.get_run(record["run_id"]).info.status != "RUNNING":
             return 0
         return end_sweep(sweep_dir, record)
     except Exception as err:
-        fault = local_fault(err)
-        why = (str(err) if isinstance(err, CharRNNError) else unwritable_files_line(fault) if fault
-               else f"{type(err).__name__}: {tracking.first_line(err)}")
-        print(f"error: the sweep could not end its runs: {why}. They stay RUNNING; once the store works again, "
-              f"end them with: charrnn-end-sweep parent={record['run_id']} tracking.uri={record['tracking_uri']}",
+        print(f"error: the sweep could not end its runs: {error_line(err)}. They stay RUNNING; once the store "
+              f"works again, end them with: charrnn-end-sweep parent={record['run_id']} "
+              f"tracking.uri={record['tracking_uri']}",
               file=sys.stderr, flush=True)
         return None
 
