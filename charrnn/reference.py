@@ -1,8 +1,8 @@
 """The min-char-rnn gist's algorithm, one character at a time, ported to Python 3 with a sorted vocabulary.
 
-This is the yardstick, not the engine: the parity tests check that ``charrnn`` reproduces its losses, and the
-benchmark measures how much faster the vectorised engine is. It keeps the gist's column vectors, one-hot
-inputs and per-step outer products on purpose.
+This is the parity oracle, not the engine: the parity tests check that ``charrnn`` reproduces its losses. The
+benchmarks' speed yardstick is the gist's own loop (benchmarks/gist_port.py), which a test checks against this
+class to the last bit. It keeps the gist's column vectors, one-hot inputs and per-step outer products on purpose.
 """
 from __future__ import annotations
 

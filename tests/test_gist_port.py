@@ -6,11 +6,14 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from charrnn.data import Vocab
 from charrnn.model import ModelConfig, init_params
 from charrnn.reference import GistRNN
 from conftest import PARITY_TEXT
+
+pytestmark = pytest.mark.fast  # the engine and config tests: pytest -m fast -n 2
 
 GIST_PORT = Path(__file__).resolve().parents[1] / "benchmarks" / "gist_port.py"
 

@@ -62,6 +62,7 @@ def browser(tmp_path):
 
 
 def test_the_printed_address_opens_the_runs_table_with_short_child_names(cli, small_text, tmp_path, browser):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
@@ -75,8 +76,16 @@ def test_the_printed_address_opens_the_runs_table_with_short_child_names(cli, sm
         browser.get(url.replace("127.0.0.1:5000", f"127.0.0.1:{port}"))
         wait = WebDriverWait(browser, 120)
         parent = wait.until(seen.visibility_of_element_located((By.XPATH, "//a[starts-with(., 'sweep ')]")))
-        # the runs table, not the GenAI overview: its own heading, and none of the overview's panels
-        assert browser.find_element(By.XPATH, "//h2[.='Runs'] | //*[@role='heading'][.='Runs']").is_displayed()
+        # the runs table, not the GenAI overview: its own heading (the page draws it after the rows at times,
+        # so wait for it), and none of the overview's panels
+        try:
+            wait.until(seen.visibility_of_element_located(
+                (By.XPATH, "//h2[.='Runs'] | //*[@role='heading'][.='Runs']")))
+        except TimeoutException:
+            browser.save_screenshot(str(tmp_path / SCREENSHOT))
+            page = browser.find_element(By.TAG_NAME, "body").text[:600]
+            raise AssertionError(f"no 'Runs' heading (screenshot {tmp_path / SCREENSHOT}); the page read: {page!r}") \
+                from None
         assert "Tokens per Trace" not in browser.find_element(By.TAG_NAME, "body").text
         # the children are nested under the parent: expand it and read their names
         parent.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]//button").click()
