@@ -13,6 +13,7 @@ Modules, one concern each:
     compare   one table row per run of an experiment or sweep, leaderboard and figures
     study     a seed-repeated sweep as the paper's table (mean ± std over seeds) and its figures
     sweep_report  a sweep's leaderboard and figures as one self-contained HTML page and PNGs
+    streams   the validation loss stream by stream, as training measures it
     trained_run   the hidden-state recording and top-units table every finished training run logs
     sources, report, tables   where models and texts come from, the analysis folder, CSV and markdown tables
 """

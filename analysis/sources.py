@@ -35,8 +35,11 @@ def model_from_checkpoint(path: str) -> Model:
     ckpt = load_checkpoint(path)  # CheckpointError for missing, foreign or pickled files
     # charrnn-train records data.* and the split in the checkpoint's metadata; other checkpoints fall back
     # to pystdlib's default split in validation_text
-    return Model(ckpt.params, ckpt.model_config, ckpt.vocab, {"checkpoint": str(Path(path).resolve())},
-                 {k: v for k, v in ckpt.metadata.items() if v is not None})
+    data = {k: v for k, v in ckpt.metadata.items() if v is not None}
+    # and how it evaluated (eval_batch_size, eval_max_chars), as train.* keys like the run's params
+    data.update({f"train.{k}": v for k, v in ckpt.train_config.items()
+                 if k.startswith("eval_") and f"train.{k}" not in data})
+    return Model(ckpt.params, ckpt.model_config, ckpt.vocab, {"checkpoint": str(Path(path).resolve())}, data)
 
 
 def validation_text(model: Model, data: str | None = None, data_path: str | None = None) -> tuple[str, int, str]:

@@ -15,11 +15,12 @@ from .gradcheck import check_gradients
 from .model import ModelConfig
 from .sample import sample
 from .schedule import ScheduleConfig
-from .train import Callback, OptimConfig, PrintCallback, TrainConfig, Trainer, TrainResult
+from .train import (Callback, OptimConfig, PrintCallback, StreamLosses, TrainConfig, Trainer, TrainResult,
+                    evaluate_streams)
 
 __all__ = [
     "BatchStream", "Callback", "CharRNNError", "CheckpointError", "ConfigError", "Corpus", "DataError",
-    "ModelConfig", "OptimConfig", "PrintCallback", "ScheduleConfig", "TrainConfig", "TrainResult", "Trainer", "Vocab",
-    "check_gradients", "load_checkpoint", "load_corpus", "load_model", "load_text", "sample",
-    "save_checkpoint", "split_corpus", "split_train_val",
+    "ModelConfig", "OptimConfig", "PrintCallback", "ScheduleConfig", "StreamLosses", "TrainConfig", "TrainResult",
+    "Trainer", "Vocab", "check_gradients", "evaluate_streams", "load_checkpoint", "load_corpus", "load_model",
+    "load_text", "sample", "save_checkpoint", "split_corpus", "split_train_val",
 ]

@@ -537,11 +537,17 @@ def iter_eval_batches(
     n, T = len(data), seq_length
     if n < 2:
         raise DataError(f"validation text has {n} characters; it needs at least 2 (use a larger val_fraction)")
-    B = max(1, min(batch_size, n // (T + 1)))
-    L = n // B
-    offsets = np.arange(B, dtype=np.int64) * L  # (B,)
+    offsets = eval_stream_starts(n, batch_size, T)  # (B,)
+    L = n // len(offsets)
     for p in range(0, L - 1, T):
         t = min(T, L - 1 - p)
         idx = offsets[None, :] + np.arange(p, p + t + 1, dtype=np.int64)[:, None]  # (t+1, B)
         window = data[idx].astype(np.int64)
         yield window[:-1], window[1:], p == 0
+
+
+def eval_stream_starts(n: int, batch_size: int, seq_length: int) -> np.ndarray:
+    """Where each of :func:`iter_eval_batches`' streams starts in a text of ``n`` characters (after its
+    ``max_chars`` cut): B' = min(batch_size, n // (T + 1)), at least 1, streams of n // B' characters."""
+    streams = max(1, min(batch_size, n // (seq_length + 1)))
+    return np.arange(streams, dtype=np.int64) * (n // streams)

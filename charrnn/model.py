@@ -253,11 +253,15 @@ def loss_and_grads(params, config: ModelConfig, inputs, targets, state, masks=No
 
 
 def loss_only(params, config: ModelConfig, inputs, targets, state, masks=None):
-    """Forward pass only, for evaluation (no ``masks``) and gradient checks (fixed masks): (summed loss as in
-    ``loss_and_grads``, new state)."""
+    """Forward pass only, for gradient checks (fixed masks): (summed loss as in ``loss_and_grads``, new state)."""
+    nats, new_state = stream_nats(params, config, inputs, targets, state, masks)
+    return float(nats.sum() / inputs.shape[1]), new_state
+
+
+def stream_nats(params, config: ModelConfig, inputs, targets, state, masks=None):
+    """Forward pass only: (nats summed over the window for each of the B streams, (B,) float64; new state)."""
     logits, _, new_state = forward(params, config, inputs, state, masks=masks)
     T, B, V = logits.shape
     shifted, _, sumexp = _log_softmax_parts(logits)
-    at_target = (np.arange(T * B), targets.reshape(-1))
-    loss = (np.log(sumexp.reshape(-1)) - shifted.reshape(-1, V)[at_target]).sum() / B
-    return float(loss), new_state
+    at_target = shifted.reshape(-1, V)[np.arange(T * B), targets.reshape(-1)].reshape(T, B)
+    return (np.log(sumexp.reshape(T, B)) - at_target).sum(axis=0, dtype=np.float64), new_state

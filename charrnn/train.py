@@ -23,9 +23,9 @@ from .cadence import sure_round_due
 from .cells import CELLS
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .checks import check_int, check_number
-from .data import BatchStream, Vocab, iter_eval_batches
+from .data import BatchStream, Vocab, eval_stream_starts, iter_eval_batches
 from .errors import ConfigError, DataError
-from .model import ModelConfig, dropout_masks, init_params, init_state, loss_and_grads, loss_only
+from .model import ModelConfig, dropout_masks, init_params, init_state, loss_and_grads, stream_nats
 from .optim import CLIP_MODES, clip_gradients, decay_weights, flat_views, make_optimizer
 from .sample import sample
 from .schedule import ScheduleConfig, learning_rate
@@ -145,11 +145,49 @@ class TrainResult:
         return {StopReason.DIVERGED: "diverged", StopReason.REQUESTED: "interrupted"}.get(self.stop, "finished")
 
 
+@dataclass(frozen=True)
+class StreamLosses:
+    """The validation loss stream by stream. val/loss is their character-weighted mean, so one stream whose state
+    runs away (an LSTM cell that, from the zero state at an unlucky place, grows without bound and never recovers)
+    can lift val/loss far above what the other streams read."""
+
+    starts: np.ndarray  # (B,) where each stream starts in the text evaluated
+    nats: np.ndarray    # (B,) summed over the stream's predicted characters
+    chars: np.ndarray   # (B,) the characters each stream predicted
+
+    @property
+    def loss(self) -> float:
+        """Mean nats per character over every stream: val/loss."""
+        return float(self.nats.sum() / self.chars.sum())
+
+    @property
+    def per_stream(self) -> np.ndarray:
+        return self.nats / self.chars
+
+
+def evaluate_streams(params, config: ModelConfig, data_ix: np.ndarray, batch_size: int, seq_length: int,
+                     max_chars: int | None) -> StreamLosses:
+    """The model's loss over (the head of) ``data_ix`` in ``batch_size`` contiguous streams from the zero state,
+    each stream's state carried from window to window as in training (see :func:`iter_eval_batches`)."""
+    nats = chars = state = None
+    for inputs, targets, reset in iter_eval_batches(data_ix, batch_size, seq_length, max_chars):
+        if reset:
+            B = inputs.shape[1]
+            state = init_state(config, B)
+            nats, chars = np.zeros(B), np.zeros(B, dtype=np.int64)
+        window_nats, state = stream_nats(params, config, inputs, targets, state)
+        nats += window_nats
+        chars += inputs.shape[0]
+    n = len(data_ix) if max_chars is None else min(len(data_ix), max_chars)
+    return StreamLosses(eval_stream_starts(n, batch_size, seq_length), nats, chars)
+
+
 class Callback:
     """Hooks the trainer calls; override what you need. Metric names: train/loss, train/smooth_loss (nats per
     character), grad/norm (before clipping), optim/lr (the lr of the latest update), throughput/chars_per_s,
     val/loss, val/bpc, val/best_loss (the lowest val/loss so far: a run's best validation loss is its last
-    val/best_loss), and throughput/train_fraction and throughput/eval_fraction: the shares of the run's wall time
+    val/best_loss), val/worst_stream_loss (the validation stream that reads worst, see :class:`StreamLosses`),
+    and throughput/train_fraction and throughput/eval_fraction: the shares of the run's wall time
     so far spent in training steps and in evaluation, sampling and checkpoints (wall-clock figures, like
     chars_per_s)."""
 
@@ -336,22 +374,17 @@ class Trainer:
 
     def evaluate(self, data_ix: np.ndarray | None = None) -> float:
         """Mean loss per character (nats) over the validation text, streams carried as in training."""
+        return self.evaluate_streams(data_ix).loss
+
+    def evaluate_streams(self, data_ix: np.ndarray | None = None) -> StreamLosses:
+        """The validation loss stream by stream (see :class:`StreamLosses`)."""
         data_ix = self.val_ix if data_ix is None else data_ix
         if data_ix is None:
             raise DataError("this trainer has no validation text to evaluate on; pass val_text (from "
                             "split_train_val with val_fraction > 0) or the indices to evaluate")
-        total_nats, total_chars = 0.0, 0
-        state = None
-        for inputs, targets, reset in iter_eval_batches(
-            data_ix, self.train_config.eval_batch_size, self.train_config.seq_length,
-            self.train_config.eval_max_chars,
-        ):
-            if reset:
-                state = init_state(self.model_config, inputs.shape[1])
-            loss, state = loss_only(self.params, self.model_config, inputs, targets, state)
-            total_nats += loss * inputs.shape[1]
-            total_chars += inputs.size
-        return total_nats / total_chars
+        cfg = self.train_config
+        return evaluate_streams(self.params, self.model_config, data_ix, cfg.eval_batch_size, cfg.seq_length,
+                                cfg.eval_max_chars)
 
     def sample(self, length: int | None = None, prime: str = "", temperature: float | None = None) -> str:
         cfg = self.train_config
@@ -416,10 +449,12 @@ class Trainer:
         return all(np.isfinite(p).all() for p in self.params.values())
 
     def _evaluate_and_save(self, callbacks, best_ckpt: str | None) -> tuple[str | None, str | None]:
-        """Evaluate the model as it is now, report val/loss, val/bpc and val/best_loss, save latest.npz (and
-        best.npz when the loss improved). Returns (latest path, best path), None without a checkpoint_dir."""
+        """Evaluate the model as it is now, report val/loss, val/bpc, val/best_loss and val/worst_stream_loss,
+        save latest.npz (and best.npz when the loss improved). Returns (latest path, best path), None without a
+        checkpoint_dir."""
         n = self.iteration
-        self.val_loss = self.evaluate()
+        streams = self.evaluate_streams()
+        self.val_loss = streams.loss
         self.evaluated_at = n
         improved = self.best_val_loss is None or self.val_loss < self.best_val_loss
         if improved:
@@ -428,7 +463,8 @@ class Trainer:
             self.evals_since_best += 1
         for cb in callbacks:
             cb.on_metrics({"val/loss": self.val_loss, "val/bpc": self.val_loss / math.log(2),
-                           "val/best_loss": self.best_val_loss}, n)
+                           "val/best_loss": self.best_val_loss,
+                           "val/worst_stream_loss": float(streams.per_stream.max())}, n)
         last_ckpt = self._save("latest.npz")
         if improved and self.checkpoint_dir is not None:
             best_ckpt = self._save("best.npz")

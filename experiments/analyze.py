@@ -30,10 +30,11 @@ from charrnn_analysis.figures import save_figure
 from charrnn_analysis.record import Recording, record
 from charrnn_analysis.report import ReportOptions, write_report
 from charrnn_analysis.sources import choose_text, model_from_checkpoint
+from charrnn_analysis.streams import streams_summary, validation_streams
 from charrnn_analysis.study import (SPREAD_MEANING, chosen_settings, is_settings_search, is_study, study_curves_figure,
                                     study_loss_vs_params_figure, study_markdown_table, study_table)
 from charrnn_analysis.sweep_report import REPORT_PAGE, write_sweep_report
-from charrnn_analysis.tables import markdown_table
+from charrnn_analysis.tables import markdown_table, write_table
 from charrnn_analysis.trained_run import RecordSettings, record_slice, slice_bounds
 from charrnn_experiments.runs import BEST_CHECKPOINT, load_runs, model_from_run, open_client
 from charrnn_experiments.schema import (EXIT_BAD_CONFIG as EXIT_BAD_INPUT, AnalyzeAppSchema, CompareAppSchema,
@@ -115,12 +116,15 @@ def analyze(cfg: DictConfig) -> Path:
     name = str(cfg.run) if cfg.run is not None else Path(str(cfg.checkpoint or cfg.recording)).stem
     out = Path(str(cfg.out)) if cfg.out is not None else Path("outputs") / "analysis" / name
 
+    streams = None
     if model is None:
         recording = Recording.load(str(cfg.recording))
     else:
         settings = RecordSettings.from_config(cfg.record)
         text, offset, description = choose_text(model, _optional_str(cfg.text), _optional_str(cfg.string),
                                                 _optional_str(cfg.data.name), _optional_str(cfg.data.path))
+        if cfg.text is None and cfg.string is None:  # a validation split: how val/loss splits over its streams
+            streams = validation_streams(model, text, offset)
         probe = record(model.params, model.config, model.vocab, text[:1])  # one character names every unit
         for label in units:
             probe.unit(label)
@@ -135,6 +139,9 @@ def analyze(cfg: DictConfig) -> Path:
         recording.save(out / "recording.npz")
 
     report = write_report(recording, out, options, model)
+    if streams is not None:
+        write_table(streams, out / "val_streams")
+        print(streams_summary(streams, offset), end="")
     print(markdown_table(summary(report.top_units)), end="")
     if report.selection is not None:
         print(f"\nunits on inside {select[0]}:{select[1]} and off around it:")
@@ -149,7 +156,8 @@ def analyze(cfg: DictConfig) -> Path:
         print(markdown_table(report.saturation), end="")
     print(f"wrote {out}/ (recording.npz, top_units.csv/.md, figures/, explorer.html"
           + (", control.csv/.md" if report.control is not None else "")
-          + (", gate_saturation.csv/.md" if report.saturation is not None else "") + ")")
+          + (", gate_saturation.csv/.md" if report.saturation is not None else "")
+          + (", val_streams.csv/.md" if streams is not None else "") + ")")
     if cfg.run is not None and cfg.log:
         client.log_artifacts(str(cfg.run), str(out), "analysis")
         print(f"logged to run {cfg.run} under artifacts/analysis/")

@@ -4,6 +4,8 @@ Hydra from the installed charrnn_conf; the console scripts themselves run as pro
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -301,3 +303,25 @@ def test_help_lists_every_key(cli, command, keys):
     result = cli(command, "--help")
     assert result.returncode == 0 and result.stdout.startswith(f"{command}: ")
     assert all(f"\n{key}" in result.stdout or f" {key}" in result.stdout for key in keys), result.stdout
+
+
+def test_analyze_splits_the_validation_loss_by_stream_and_says_how_to_record_the_worst(workspace, tmp_path,
+                                                                                       monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run = workspace["run"]
+    assert analyze_main([f"run={run}", f"tracking.uri={workspace['uri']}", "record.length=300", "log=false",
+                         "top_k=1", "out=first"]) == 0
+    printed = capsys.readouterr().out
+    streams = pd.read_csv(tmp_path / "first" / "val_streams.csv")
+    val_start = len(TEXT) - int(len(TEXT) * 0.2)
+    # the run logged no eval_batch_size: the engine's default of 32 streams, each of the same length
+    assert len(streams) == 32 and streams["chars"].nunique() == 1 and streams["start"].iloc[0] == val_start
+    worst = streams.loc[streams["loss"].idxmax()]
+    hint = re.search(r"record the worst stream from its cold start: (record.start=(\d+) record.length=(\d+))",
+                     printed)
+    assert int(hint.group(2)) == worst["start"] - val_start and int(hint.group(3)) == worst["chars"] + 1
+    # the hint records exactly that stream: its text, from where it starts in the corpus
+    assert analyze_main([f"run={run}", f"tracking.uri={workspace['uri']}", *hint.group(1).split(), "log=false",
+                         "top_k=1", "out=worst"]) == 0
+    rec = Recording.load(tmp_path / "worst" / "recording.npz")
+    assert rec.offsets[0] == worst["start"] and len(rec.text) == worst["chars"] + 1

@@ -17,8 +17,11 @@ from charrnn_analysis.explorer import write_explorer
 from charrnn_analysis.ranking import average_ranks, pearson_r, rank_units, roc_auc, select_units
 from charrnn_analysis.record import Recording
 from charrnn_analysis.report import explorer_title
+from charrnn_analysis.sources import Model
+from charrnn_analysis.streams import validation_streams
 from charrnn_analysis.sweep_report import curve_multiples, write_sweep_report
 from charrnn_analysis.tables import markdown_table
+from conftest import TEXT, small_trainer
 
 
 def bits(values: np.ndarray) -> str:
@@ -288,3 +291,15 @@ def test_the_explorer_opens_on_the_strongest_unit_and_is_titled_by_what_it_shows
                           {"cell": "lstm", "num_layers": 2, "hidden_size": 64, "run_id": "abc123",
                            "text_source": "the validation text of pystdlib"})
     assert explorer_title(recording) == "lstm 2x64 on the validation text of pystdlib (run abc123)"
+
+
+def test_validation_streams_are_the_loss_training_measured_stream_by_stream():
+    trainer = small_trainer("lstm", layers=2, max_iters=20)
+    trainer.run()
+    split = len(TEXT) * 9 // 10
+    model = Model(trainer.params, trainer.model_config, trainer.vocab, {},
+                  {"train.eval_batch_size": "4", "train.seq_length": "10", "train.eval_max_chars": "None"})
+    table = validation_streams(model, TEXT[split:], split)
+    streams = trainer.evaluate_streams()
+    assert list(table["start"]) == list(split + streams.starts) and list(table["loss"]) == list(streams.per_stream)
+    assert (table["loss"] * table["chars"]).sum() / table["chars"].sum() == pytest.approx(trainer.evaluate(), rel=1e-12)

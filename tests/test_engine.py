@@ -18,7 +18,7 @@ from charrnn.model import (ModelConfig, dropout_masks, forward, init_params, ini
 from charrnn.optim import clip_gradients, make_optimizer
 from charrnn.reference import GistRNN
 from charrnn.sample import sample
-from charrnn.train import Callback, OptimConfig, StopReason, TrainConfig, Trainer
+from charrnn.train import Callback, OptimConfig, StopReason, TrainConfig, Trainer, evaluate_streams
 from conftest import PARITY_TEXT, SHAKESPEARE, TEXT, Recorder, compose_cfg, small_trainer, write_small_text
 
 pytestmark = pytest.mark.fast  # the engine and config tests: pytest -m fast -n 2
@@ -714,3 +714,31 @@ def test_a_two_layer_vanilla_rnn_learns_past_the_unigram_loss(tmp_path):
                       OptimConfig("adam", 0.002, 5.0), vocab, text[:5000], text[5000:])
     result = trainer.run()
     assert result.val_loss < unigram - 1.0, (result.val_loss, unigram)  # 1.13 with the fix
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_each_validation_stream_reads_what_it_reads_alone(cell):
+    # the streams are independent: each one's loss is that of its own stretch of text evaluated as one stream
+    # from the zero state, and val/loss is their character-weighted mean
+    trainer = small_trainer(cell, layers=2, max_iters=20)
+    trainer.run()
+    streams = trainer.evaluate_streams()
+    assert len(streams.starts) == trainer.train_config.eval_batch_size == 4
+    length = len(trainer.val_ix) // 4
+    for b, start in enumerate(streams.starts):
+        alone = evaluate_streams(trainer.params, trainer.model_config, trainer.val_ix[start:start + length], 1,
+                                 trainer.train_config.seq_length, None)
+        assert alone.chars[0] == streams.chars[b] == length - 1
+        assert alone.per_stream[0] == pytest.approx(streams.per_stream[b], rel=1e-12)
+    assert trainer.evaluate() == streams.loss
+    assert streams.loss == pytest.approx(np.average(streams.per_stream, weights=streams.chars), rel=1e-12)
+
+
+def test_the_worst_validation_stream_is_reported_with_every_evaluation():
+    rec = Recorder()
+    trainer = small_trainer("lstm", max_iters=20, eval_every=10)
+    trainer.run([rec])
+    evaluations = [m for _, m in rec.metrics if "val/loss" in m]
+    assert len(evaluations) == 2
+    assert evaluations[-1]["val/worst_stream_loss"] == trainer.evaluate_streams().per_stream.max()
+    assert all(m["val/worst_stream_loss"] > m["val/loss"] for m in evaluations)
