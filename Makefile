@@ -42,7 +42,8 @@ test: $(TEST)
 test-user-env: $(TEST) $(UV)
 	UV_PROJECT_ENVIRONMENT=.venv-core $(UV) sync --locked
 	CHARRNN_APP_BIN=$(CURDIR)/.venv-core/bin OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-		$(BIN)/python -m pytest -n 2 tests/test_cli_sweep.py tests/test_faults.py \
+		$(BIN)/python -m pytest -n 2 tests/test_cli_sweep.py tests/test_faults.py tests/test_sweep_edges.py \
+		"tests/test_cli_train.py::test_sigterm_kills_with_checkpoint_and_resume_with_a_stop_limit_logs_the_uninterrupted_numbers" \
 		-k "not ray and not submitit and not optuna and not cluster_launchers"
 
 sweep: $(CORE)

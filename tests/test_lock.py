@@ -48,6 +48,8 @@ def test_the_lock_matches_pyproject_and_a_stale_one_fails(tmp_path):
     pyproject.write_text(pyproject.read_text().replace('dependencies = [\n', 'dependencies = [\n    "tomli-w>=1.0",\n', 1))
     changed = lock_check(stale)
     assert changed.returncode != 0, "uv lock --check accepted a pyproject.toml with a dependency the lock lacks"
+    # refused for the stale lock, not for a failure of its own (no index, no interpreter)
+    assert "needs to be updated" in changed.stderr, changed.stderr[-2000:]
 
 
 def locked_versions() -> dict[str, set[str]]:
