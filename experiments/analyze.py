@@ -41,12 +41,6 @@ from charrnn_experiments.schema import (EXIT_BAD_CONFIG as EXIT_BAD_INPUT, Analy
                                         run_reporting_config_errors)
 
 
-# Spellings of the hand-parsed CLIs these commands had before they became Hydra apps -> today's keys.
-ANALYZE_RENAMED = {"tracking_uri": "tracking.uri", "data_path": "data.path", "start": "record.start",
-                   "length": "record.length", "chunk": "record.chunk", "dtype": "record.dtype"}
-COMPARE_RENAMED = {"tracking_uri": "tracking.uri", "experiment": "tracking.experiment"}
-
-
 def _names(value) -> list[str]:
     """A list key given as [a,b] (Hydra's list) or as one 'a,b' string."""
     if value is None:
@@ -254,24 +248,6 @@ def run_reporting_errors(body: Callable[[DictConfig], object], cfg: DictConfig) 
     return 0
 
 
-def renamed_key_error(argv: list[str], renamed: dict[str, str]) -> str | None:
-    """The error line for an argument spelled the old way (``tracking_uri=...``), else None."""
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        key = key.lstrip("+~")
-        if sep and key in renamed:
-            return f"{key}= is now {renamed[key]}= (the same key as charrnn-train), e.g. {renamed[key]}={value}"
-    return None
-
-
-def _main(app: Callable[[], None], schema: type, renamed: dict[str, str]) -> None:
-    message = renamed_key_error(sys.argv[1:], renamed)
-    if message:
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    run_reporting_config_errors(app, schema)
-
-
 @hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="analyze")
 def _analyze_app(cfg: DictConfig) -> None:
     if code := run_reporting_errors(analyze, cfg):
@@ -285,8 +261,8 @@ def _compare_app(cfg: DictConfig) -> None:
 
 
 def analyze_main() -> None:
-    _main(_analyze_app, AnalyzeAppSchema, ANALYZE_RENAMED)
+    run_reporting_config_errors(_analyze_app, AnalyzeAppSchema)
 
 
 def compare_main() -> None:
-    _main(_compare_app, CompareAppSchema, COMPARE_RENAMED)
+    run_reporting_config_errors(_compare_app, CompareAppSchema)

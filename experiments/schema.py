@@ -228,7 +228,9 @@ def config_error_line(err: Exception, schema: type) -> str:
 
 
 def unknown_key_line(key: str, valid: list[str]) -> str:
-    nearest = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    # a key given without its group (start= for record.start) is the one key of that name, else the nearest spelling
+    same_name = [name for name in valid if name.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+    nearest = same_name if len(same_name) == 1 else difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if nearest:
         return f"unknown key {key}: did you mean {nearest[0]}? (--help lists every key)"
     top = [name for name in valid if "." not in name]

@@ -285,6 +285,10 @@ def test_console_scripts_report_a_missing_store_in_one_line(cli, tmp_path, monke
                                                  "tracking.experiment? (--help lists every key)"),
     ("charrnn-analyze", "record.lenth=500", "error: unknown key record.lenth: did you mean record.length? (--help "
                                             "lists every key)"),
+    # the hand-parsed CLI's spellings of before, and keys without their group
+    ("charrnn-analyze", "start=100", "error: unknown key start: did you mean record.start? (--help lists every key)"),
+    ("charrnn-analyze", "tracking_uri=x", "error: unknown key tracking_uri: did you mean tracking.uri? (--help lists "
+                                          "every key)"),
     ("charrnn-analyze", "record.length=many", "error: record.length: Value 'many' of type 'str' could not be "
                                               "converted to Integer"),
 ])

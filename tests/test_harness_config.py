@@ -203,6 +203,9 @@ def test_bad_values_raise_one_line_config_errors_naming_the_key(overrides, words
     ("model.hiden_size=8", "unknown key model.hiden_size: did you mean model.hidden_size? (--help lists every key)"),
     ("model.vocab_size=8", "unknown key model.vocab_size: did you mean model.hidden_size? (--help lists every key)"),
     ("modle=lstm", "unknown key modle: did you mean model? (--help lists every key)"),
+    # a key without its group is the one key of that name
+    ("hidden_size=8", "unknown key hidden_size: did you mean model.hidden_size? (--help lists every key)"),
+    ("lr=0.1", "unknown key lr: did you mean optim.lr? (--help lists every key)"),
     ("xyzzy=1", "unknown key xyzzy: the top-level keys are model, optim, train, data, tracking, record, study (--help "
                 "lists every key)"),
 ])
