@@ -48,8 +48,11 @@ TAG_BEST_CHILD = "charrnn.best_child_run_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_OWNER = "charrnn.owner"              # "<host> <pid> <token> <unix time>" of the process writing the run
 TAG_HEARTBEAT = "charrnn.heartbeat"      # unix time the owner last reached the store
-# MLflow 3's marker of an experiment's kind (the UI's ExperimentKind): "custom_model_development" opens the runs,
-# their pages and Compare in the model-training view; without it the UI guesses, and falls back to GenAI pages
+# MLflow 3's marker of an experiment's kind (the UI's ExperimentKind), set for other clients and UI versions that
+# read it. MLflow 3.17's UI does not: it takes the GenAI / model-training view from the address's
+# workflowType=machine_learning (see Store.ui_address), else from what the browser stored when its user last flipped
+# the view's toggle (localStorage mlflow.workflowType_v1), else GenAI. A run's link drops workflowType, so in a fresh
+# browser a run page opens in the GenAI view until the user picks Model training once.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # The model's parameter count, logged once at step 0: a study's table sets cells against it (a metric, not a
@@ -242,7 +245,8 @@ class Store:
     def ui_address(self, experiment_id: str) -> str:
         """How to see an experiment's runs: the command that serves this store (none for a server), then the
         URL of its runs table. MLflow 3 opens an experiment on its GenAI overview unless the URL asks for
-        the model-training view."""
+        the model-training view (3.17: the parameter holds for that page and its sidebar's links, not for a run's
+        page opened from the table; see TAG_EXPERIMENT_KIND)."""
         page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
         if self.uri.startswith(("http://", "https://")):
             return f"open {self.uri.rstrip('/')}/{page}"
