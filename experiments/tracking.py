@@ -55,6 +55,13 @@ TAG_HEARTBEAT = "charrnn.heartbeat"      # unix time the owner last reached the 
 # browser a run page opens in the GenAI view until the user picks Model training once.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow's primary metric of an experiment and its direction (the two tags mlflow.tracking.fluent's
+# _set_experiment_primary_metric writes). MLflow 3.17's UI reads the name only, in the experiment page's chart view,
+# where it makes sure a val/loss chart is drawn; it orders nothing by it. The direction is for other readers.
+TAG_PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"
+TAG_PRIMARY_METRIC_GREATER_IS_BETTER = "mlflow.experiment.primaryMetric.greaterIsBetter"
+EXPERIMENT_TAGS = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND, TAG_PRIMARY_METRIC: "val/loss",
+                   TAG_PRIMARY_METRIC_GREATER_IS_BETTER: "False"}  # every experiment charrnn makes; see above
 # The model's parameter count, logged once at step 0: a study's table sets cells against it (a metric, not a
 # param, because it is no config key and would read as a swept param).
 METRIC_NUM_PARAMS = "model/num_params"
@@ -225,17 +232,18 @@ class Store:
 
     def ensure_experiment(self, name: str, client: MlflowClient | None = None) -> str:
         """Return the id of experiment ``name``, creating it (and a fresh store) if needed, marked as a model-training
-        experiment (:data:`EXPERIMENT_KIND`); one found without a kind gets the mark."""
+        experiment (:data:`EXPERIMENT_KIND`) whose primary metric is val/loss, lower better
+        (:data:`EXPERIMENT_TAGS`); one found without some of these tags gets them, and keeps those it has."""
         client = client or self.client()
         exp = client.get_experiment_by_name(name)
         if exp is not None:
-            if TAG_EXPERIMENT_KIND not in exp.tags:
-                client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+            for key, value in EXPERIMENT_TAGS.items():
+                if key not in exp.tags:
+                    client.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id
         location = self.artifact_root.as_uri() if self.artifact_root else None
         try:
-            return client.create_experiment(name, artifact_location=location,
-                                            tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+            return client.create_experiment(name, artifact_location=location, tags=dict(EXPERIMENT_TAGS))
         except MlflowException:  # another command created it a moment ago
             exp = client.get_experiment_by_name(name)
             if exp is None:
