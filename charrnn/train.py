@@ -416,7 +416,7 @@ class Trainer:
         return None
 
     def _evaluation_due(self, n: int, elapsed: float, last_round_seconds: float,
-                        seconds_since_round: float = 0.0) -> bool:
+                        last_round_end: float | None = None) -> bool:
         """Every eval_every iterations when set. Otherwise at the rounds the run's length calls for
         (:func:`charrnn.cadence.sure_round_due`), and at a logging step when a round as costly as the last one keeps
         the time spent outside training steps within eval_max_fraction of the wall time so far: the first round is
@@ -424,7 +424,8 @@ class Trainer:
         cfg = self.train_config
         if cfg.eval_every is not None:
             return n % cfg.eval_every == 0
-        if sure_round_due(n, seconds_since_round, cfg.max_iters, cfg.max_seconds, cfg.log_every):
+        if sure_round_due(n, elapsed, elapsed if last_round_end is None else last_round_end, cfg.max_iters,
+                          cfg.max_seconds, cfg.log_every):
             return True
         if n % cfg.log_every:
             return False
@@ -534,8 +535,7 @@ class Trainer:
                     cb.on_metrics(metrics, n)
 
             round_start = time.perf_counter()
-            round_due = self._evaluation_due(n, round_start - started, last_round_seconds,
-                                             round_start - started - last_round_end)
+            round_due = self._evaluation_due(n, round_start - started, last_round_seconds, last_round_end)
             sample_due = (round_due if cfg.sample_every is None
                           else cfg.sample_every > 0 and n % cfg.sample_every == 0)
             if sample_due:

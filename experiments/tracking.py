@@ -48,10 +48,20 @@ TAG_BEST_CHILD = "charrnn.best_child_run_id"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_OWNER = "charrnn.owner"              # "<host> <pid> <token> <unix time>" of the process writing the run
 TAG_HEARTBEAT = "charrnn.heartbeat"      # unix time the owner last reached the store
-# MLflow 3's marker of an experiment's kind (the UI's ExperimentKind): "custom_model_development" opens the runs,
-# their pages and Compare in the model-training view; without it the UI guesses, and falls back to GenAI pages
+# MLflow 3's marker of an experiment's kind (the UI's ExperimentKind), set for other clients and UI versions that
+# read it. MLflow 3.17's UI does not: it takes the GenAI / model-training view from the address's
+# workflowType=machine_learning (see Store.ui_address), else from what the browser stored when its user last flipped
+# the view's toggle (localStorage mlflow.workflowType_v1), else GenAI. A run's link drops workflowType, so in a fresh
+# browser a run page opens in the GenAI view until the user picks Model training once.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow's primary metric of an experiment and its direction (the two tags mlflow.tracking.fluent's
+# _set_experiment_primary_metric writes). MLflow 3.17's UI reads the name only, in the experiment page's chart view,
+# where it makes sure a val/loss chart is drawn; it orders nothing by it. The direction is for other readers.
+TAG_PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"
+TAG_PRIMARY_METRIC_GREATER_IS_BETTER = "mlflow.experiment.primaryMetric.greaterIsBetter"
+EXPERIMENT_TAGS = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND, TAG_PRIMARY_METRIC: "val/loss",
+                   TAG_PRIMARY_METRIC_GREATER_IS_BETTER: "False"}  # every experiment charrnn makes; see above
 # The model's parameter count, logged once at step 0: a study's table sets cells against it (a metric, not a
 # param, because it is no config key and would read as a swept param).
 METRIC_NUM_PARAMS = "model/num_params"
@@ -222,17 +232,18 @@ class Store:
 
     def ensure_experiment(self, name: str, client: MlflowClient | None = None) -> str:
         """Return the id of experiment ``name``, creating it (and a fresh store) if needed, marked as a model-training
-        experiment (:data:`EXPERIMENT_KIND`); one found without a kind gets the mark."""
+        experiment (:data:`EXPERIMENT_KIND`) whose primary metric is val/loss, lower better
+        (:data:`EXPERIMENT_TAGS`); one found without some of these tags gets them, and keeps those it has."""
         client = client or self.client()
         exp = client.get_experiment_by_name(name)
         if exp is not None:
-            if TAG_EXPERIMENT_KIND not in exp.tags:
-                client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+            for key, value in EXPERIMENT_TAGS.items():
+                if key not in exp.tags:
+                    client.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id
         location = self.artifact_root.as_uri() if self.artifact_root else None
         try:
-            return client.create_experiment(name, artifact_location=location,
-                                            tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+            return client.create_experiment(name, artifact_location=location, tags=dict(EXPERIMENT_TAGS))
         except MlflowException:  # another command created it a moment ago
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -242,7 +253,8 @@ class Store:
     def ui_address(self, experiment_id: str) -> str:
         """How to see an experiment's runs: the command that serves this store (none for a server), then the
         URL of its runs table. MLflow 3 opens an experiment on its GenAI overview unless the URL asks for
-        the model-training view."""
+        the model-training view (3.17: the parameter holds for that page and its sidebar's links, not for a run's
+        page opened from the table; see TAG_EXPERIMENT_KIND)."""
         page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
         if self.uri.startswith(("http://", "https://")):
             return f"open {self.uri.rstrip('/')}/{page}"

@@ -1,6 +1,8 @@
 """The automatic evaluation cadence and the trainer's BLAS thread choice (no timings asserted)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -65,9 +67,30 @@ def test_a_run_of_known_length_has_at_least_min_eval_rounds(max_iters, log_every
 
 
 def test_a_time_limited_run_has_a_round_every_tenth_of_its_budget():
-    assert not sure_round_due(7, 11.9, None, 120.0, 100)
-    assert sure_round_due(7, 12.0, None, 120.0, 100), "120 s / MIN_EVAL_ROUNDS since the last round"
-    assert not sure_round_due(7, 1e6, None, None, 100), "no length known: the budget alone decides"
+    assert not sure_round_due(7, 11.9, 0.0, None, 120.0, 100)
+    assert sure_round_due(7, 12.0, 0.0, None, 120.0, 100), "120 s / MIN_EVAL_ROUNDS into the run"
+    assert sure_round_due(7, 24.1, 15.0, None, 120.0, 100), "at 24 s of run time, not 12 s after the last round"
+    assert not sure_round_due(7, 23.9, 12.5, None, 120.0, 100), "the 12 s round is done, 24 s not yet reached"
+    assert not sure_round_due(7, 24.5, 24.2, None, 120.0, 100), "one round per tenth"
+    assert not sure_round_due(7, 1e6, 0.0, None, None, 100), "no length known: the budget alone decides"
+
+
+def test_a_time_limited_run_with_slow_evaluations_still_gets_min_eval_rounds():
+    """The sure rounds of a max_seconds run come at every tenth of its run time, counted from its start: an
+    evaluation that takes a third of that spacing no longer pushes each later round back (it left 8 rounds)."""
+    run = Recorder()
+    trainer = small_trainer(max_iters=None, max_seconds=3.0, log_every=10, eval_every=None, sample_every=0,
+                            eval_max_fraction=1e-9)  # no budget rounds: the sure ones alone
+    evaluate = trainer.evaluate
+
+    def slow_evaluate():
+        time.sleep(0.1)  # 0.1 s of a 0.3 s spacing
+        return evaluate()
+
+    trainer.evaluate = slow_evaluate
+    trainer.run([run])
+    val_steps = [s for s, m in run.metrics if "val/loss" in m]
+    assert len(val_steps) >= MIN_EVAL_ROUNDS, f"{len(val_steps)} rounds in {run.result.elapsed_seconds:.2f} s"
 
 
 def test_the_sure_rounds_happen_when_the_budget_allows_none():

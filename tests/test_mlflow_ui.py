@@ -1,6 +1,7 @@
 """The MLflow UI as a user opens it after a sweep, in a real headless Chromium: the address the sweep prints
-opens the experiment on its runs table (not MLflow 3's GenAI overview), with the children's short names; a
-child's run page shows its validation curve, and the parent's artifacts hold the sweep's report.
+opens the experiment on its runs table (not MLflow 3's GenAI overview) in the model-training view, with the
+children's short names; a child's run page, in the model-training view once the user picked it as the README
+says, shows its validation curve, and the parent's artifacts hold the sweep's report.
 
 Deselect with ``-m "not browser"`` where no browser can be installed (.ci/run installs Debian's chromium)."""
 
@@ -23,6 +24,15 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 SCREENSHOT = "mlflow_runs.png"  # in the test's tmp dir: the runs table as the browser drew it
 RUN_SCREENSHOT, REPORT_SCREENSHOT = "mlflow_run.png", "sweep_report.png"  # a child's charts, the parent's report
+
+
+# MLflow 3's two views, told apart by the sidebar it draws (module 7975 of 3.17.2's bundle picks the view from the
+# address's workflowType, else from localStorage, else GenAI): only the model-training view links the Model registry
+# at the top level, only the GenAI view an experiment's Evaluation runs. False while the sidebar is not drawn yet.
+WORKFLOW_VIEW = ("const links = [...document.querySelectorAll('aside nav a')].map(a => a.innerText.trim());"
+                 "return links.includes('Model registry') ? 'machine_learning'"
+                 " : links.includes('Evaluation runs') ? 'genai' : false;")
+STORED_VIEW = "return localStorage.getItem('mlflow.workflowType_v1');"  # what the toggle writes, JSON
 
 
 def serve(store: str, cwd: Path) -> tuple[subprocess.Popen, int]:
@@ -101,6 +111,7 @@ def test_the_printed_address_opens_the_runs_table_with_short_child_names(cli, sm
 
 def test_a_child_run_shows_its_validation_curve_and_the_parent_its_report(cli, small_text, tmp_path, browser):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -115,11 +126,25 @@ def test_a_child_run_shows_its_validation_curve_and_the_parent_its_report(cli, s
     try:
         browser.get(url.replace("127.0.0.1:5000", f"127.0.0.1:{port}"))
         wait = WebDriverWait(browser, 120)
+        # the printed address asks for the model-training view (workflowType=machine_learning)
+        assert wait.until(lambda b: b.execute_script(WORKFLOW_VIEW)) == "machine_learning", \
+            "the printed address opened MLflow's GenAI view"
         parent = wait.until(seen.visibility_of_element_located((By.XPATH, "//a[starts-with(., 'sweep ')]")))
         parent.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]//button").click()
         wait.until(seen.element_to_be_clickable((By.XPATH, f"//a[.='{children[0]}']"))).click()
+        wait.until(seen.element_to_be_clickable((By.XPATH, "//*[@role='tab'][.='Model metrics']")))
+        if wait.until(lambda b: b.execute_script(WORKFLOW_VIEW)) == "genai":
+            # MLflow 3.17.2 drops workflowType from a run's link, and a fresh profile has no stored view: the one
+            # click on *Model training* the README asks for, which the browser keeps and which leads back to the
+            # runs table (the parent still expanded); then the child's page stays in the model-training view
+            assert browser.execute_script(STORED_VIEW) is None
+            browser.find_element(By.XPATH, "//aside//*[@role='button'][.='Model training']").click()
+            assert wait.until(lambda b: b.execute_script(STORED_VIEW)) == '"machine_learning"'
+            wait.until(seen.element_to_be_clickable((By.XPATH, f"//a[.='{children[0]}']"))).click()
         # the model-training run page: its metric tabs, then the val/loss chart found by its key
         wait.until(seen.element_to_be_clickable((By.XPATH, "//*[@role='tab'][.='Model metrics']"))).click()
+        assert wait.until(lambda b: b.execute_script(WORKFLOW_VIEW)) == "machine_learning", \
+            "a child's run page is in MLflow's GenAI view"
         assert browser.find_element(By.XPATH, "//*[@role='tab'][.='System metrics']").is_displayed()
         search = wait.until(seen.visibility_of_element_located(
             (By.XPATH, "//input[@placeholder='Search metric charts']")))
@@ -132,7 +157,17 @@ def test_a_child_run_shows_its_validation_curve_and_the_parent_its_report(cli, s
             "for (let i = 0; i < 8 && !card.innerText.includes('(val/loss)'); i++) card = card.parentElement;"
             "return card.innerText.includes('(val/loss)') && plots[0].data[0].x.length;"))
         assert points > 2, f"val/loss has {points} points"
+        # the README's picture: every loss chart (train, val, best), with MLflow's assistant panel closed
+        for close in browser.find_elements(By.CSS_SELECTOR,
+                                          "button[data-component-id='mlflow.assistant.chat_panel.close']"):
+            close.click()
+        search.send_keys(Keys.CONTROL, "a")
+        search.send_keys("loss")
+        browser.set_window_size(1400, 1300)  # tall enough for the train and the val sections
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) > 3)
+        time.sleep(1)  # the charts draw their lines after their frames
         browser.save_screenshot(str(tmp_path / RUN_SCREENSHOT))
+        browser.set_window_size(1400, 900)
 
         # the parent's report in MLflow's artifact view: a curve per child, with no network needed
         experiment = re.search(r"#/experiments/(\d+)/", url).group(1)

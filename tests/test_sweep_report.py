@@ -23,6 +23,8 @@ def test_a_short_sweep_at_the_default_cadence_draws_curves_and_reports_on_its_pa
         assert "None" not in child.data.params.values(), "a null key is no param"
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "MLflow's model-training view"
+    assert experiment.tags["mlflow.experiment.primaryMetric.name"] == "val/loss"
+    assert experiment.tags["mlflow.experiment.primaryMetric.greaterIsBetter"] == "False"
     assert REPORT_FILES <= {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     page = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").download_artifacts(
         parent.info.run_id, "report/report.html", str(tmp_path))
@@ -51,6 +53,8 @@ def test_an_experiment_made_elsewhere_without_a_kind_is_marked_as_model_training
     assert store.ensure_experiment("elsewhere") == made_elsewhere
     MlflowClient(uri).create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
     store.ensure_experiment("chosen")
-    kinds = {e.name: e.tags.get("mlflow.experimentKind") for e in MlflowClient(uri).search_experiments()}
-    assert kinds["elsewhere"] == "custom_model_development"
-    assert kinds["chosen"] == "genai_development", "a kind someone chose stays"
+    tags = {e.name: e.tags for e in MlflowClient(uri).search_experiments()}
+    assert tags["elsewhere"]["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["chosen"]["mlflow.experimentKind"] == "genai_development", "a kind someone chose stays"
+    assert tags["elsewhere"]["mlflow.experiment.primaryMetric.name"] == "val/loss"
+    assert tags["chosen"]["mlflow.experiment.primaryMetric.name"] == "val/loss", "the primary metric joins the kind"
