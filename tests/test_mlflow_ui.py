@@ -86,8 +86,8 @@ def test_the_printed_address_opens_the_runs_table_with_short_child_names(cli, sm
         browser.get(url.replace("127.0.0.1:5000", f"127.0.0.1:{port}"))
         wait = WebDriverWait(browser, 120)
         parent = wait.until(seen.visibility_of_element_located((By.XPATH, "//a[starts-with(., 'sweep ')]")))
-        # the runs table, not the GenAI overview: its own heading (the page draws it after the rows at times,
-        # so wait for it), and none of the overview's panels
+        # the runs table, not the GenAI overview: its own heading (waited for: a CI run found the parent's row
+        # before it), and none of the overview's panels
         try:
             wait.until(seen.visibility_of_element_located(
                 (By.XPATH, "//h2[.='Runs'] | //*[@role='heading'][.='Runs']")))
