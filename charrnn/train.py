@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .allocator import keep_freed_memory
 from .cadence import sure_round_due
 from .cells import CELLS
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -235,8 +234,8 @@ class Trainer:
     """Owns everything that changes during training, and nothing else: parameters, optimizer state, data
     cursor, hidden state, sampling RNG, counters. ``checkpoint()`` captures all of it.
 
-    Creating one also tells glibc's malloc to keep freed memory (:mod:`charrnn.allocator`), process-wide:
-    steps that reallocate the same arrays then stop paying the kernel for fresh pages."""
+    Process-wide settings are the caller's: :func:`charrnn.allocator.keep_freed_memory` (``charrnn-train`` calls
+    it) lets the steps reuse freed memory instead of asking the kernel for fresh pages."""
 
     def __init__(
         self,
@@ -257,7 +256,6 @@ class Trainer:
         if train_config.patience is not None and not val_text:
             raise ConfigError("patience stops on the validation loss, but there is no validation text to "
                               "measure it on")
-        keep_freed_memory()
         optim_config = replace(optim_config, schedule=optim_config.schedule.for_run(train_config.max_iters))
         self.model_config, self.train_config, self.optim_config = model_config, train_config, optim_config
         self.vocab = vocab

@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from charrnn.allocator import keep_freed_memory
 from charrnn.checkpoint import load_checkpoint, load_initial_weights
 from charrnn.data import Corpus, Vocab, load_corpus, split_corpus
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError
@@ -516,4 +517,5 @@ def main() -> None:
     # The collector's pass over every object at interpreter exit (MLflow's, SQLAlchemy's: over a second, for a
     # single run and a sweep alike) would find nothing worth freeing.
     atexit.register(gc.freeze)
+    keep_freed_memory()  # the process trains: see charrnn.allocator (a sweep's own job processes call it too)
     run_reporting_config_errors(app, TrainAppSchema)
