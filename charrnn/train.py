@@ -490,10 +490,13 @@ class Trainer:
                 self._emit("on_checkpoint", path, n, is_best)
 
     def run(self, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
-        """Train until a stop condition; small models run on one BLAS thread (see ``blas_threads``)."""
+        """Train until a stop condition; small models train on one BLAS thread (see ``blas_threads``), and what
+        the callbacks do at the end (``on_train_end``) runs on the process's own thread count."""
         self._callbacks = tuple(callbacks)
         with threadpool_limits(blas_threads(self.model_config, self.train_config.batch_size), user_api="blas"):
-            return self._run()
+            result = self._run()
+        self._emit("on_train_end", result)
+        return result
 
     def _emit(self, hook: str, *args) -> None:
         """Call the :class:`Callback` method named ``hook`` on every callback of the run, in order."""
@@ -587,7 +590,7 @@ class Trainer:
 
     def _end(self, run: _RunState, stop: StopReason, reason: str) -> TrainResult:
         """The run's end: the final model measured (when the budget ended between evaluations) and saved (unless
-        it diverged), the result reported."""
+        it diverged); the result."""
         end_start = time.perf_counter()
         finished = stop not in (StopReason.DIVERGED, StopReason.REQUESTED)
         if finished and self.val_ix is not None and self.evaluated_at != self.iteration:
@@ -600,7 +603,5 @@ class Trainer:
                 self._emit("on_checkpoint", run.last_ckpt, self.iteration, False)
         self.eval_seconds += time.perf_counter() - end_start
         self.elapsed_seconds = time.perf_counter() - run.started
-        result = TrainResult(stop, reason, self.iteration, self.smooth_loss, self.val_loss, self.best_val_loss,
-                             self.elapsed_seconds, self.train_seconds, run.last_ckpt, run.best_ckpt)
-        self._emit("on_train_end", result)
-        return result
+        return TrainResult(stop, reason, self.iteration, self.smooth_loss, self.val_loss, self.best_val_loss,
+                           self.elapsed_seconds, self.train_seconds, run.last_ckpt, run.best_ckpt)

@@ -32,9 +32,9 @@ from charrnn.data import Corpus, Vocab, load_corpus, split_corpus
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError
 from charrnn.model import ModelConfig, count_params
 from charrnn.schedule import ScheduleConfig
-from charrnn.train import OptimConfig, TrainConfig, Trainer, TrainResult
+from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer, TrainResult
 from charrnn_analysis.sources import DATA_KEYS, DATA_PATH
-from charrnn_analysis.trained_run import ARTIFACT_DIR, RecordSettings, record_finished_run
+from charrnn_analysis.trained_run import ARTIFACT_DIR, FinishedRunRecorder, RecordSettings
 from charrnn_experiments import tracking
 from charrnn_experiments.faults import describe_fault, local_fault
 from charrnn_experiments.progress import ProgressCallback
@@ -148,13 +148,14 @@ def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | Non
         return corpus, Trainer(model, train, optim, vocab, train_text, val_text, checkpoint_dir, params, source)
 
 
-class Stopper:
+class Stopper(Callback):
     """SIGINT/SIGTERM for the whole command, installed before any run exists.
 
     Before training, a signal interrupts what is under way (KeyboardInterrupt), and the code that ends the
     run ends it KILLED; while the store creates the run, it waits until the run id is known. During
-    training it asks the trainer to stop (a checkpoint is saved, the run ends KILLED). While the run's
-    record is being ended it never interrupts: it only gives up waiting for a store that is away.
+    training it asks the trainer to stop (a checkpoint is saved, the run ends KILLED); as a callback of the
+    trainer, it interrupts again from the end of training on (the callbacks after it: a long recording). While
+    the run's record is being ended it never interrupts: it only gives up waiting for a store that is away.
     """
 
     def __init__(self, exits_after: bool) -> None:
@@ -210,6 +211,11 @@ class Stopper:
     def raise_if_stopped(self) -> None:
         if self.reason is not None and self.trainer is None:
             raise KeyboardInterrupt(self.reason)
+
+    def on_train_end(self, result: TrainResult) -> None:
+        self.trainer = None
+        if result.status == "finished":  # a signal at the very end stops what follows a finished training
+            self.raise_if_stopped()
 
     def end_run(self, tracker: tracking.MlflowTracker, status: str, reason: str,
                 result: TrainResult | None = None) -> None:
@@ -397,15 +403,10 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
                 say_resumed(tracker, cfg, trainer, resume)
         stopper.raise_if_stopped()
         stopper.trainer = trainer
-        progress = ProgressCallback(trainer.train_config.max_iters)
-        result = trainer.run([tracker, progress])
-        stopper.trainer = None  # a signal from now on interrupts what follows training (a long recording)
-        if result.status == "finished":  # analysis hook: record the hidden state on the validation slice
-            stopper.raise_if_stopped()
-            record_finished_run(trainer.params, trainer.model_config, trainer.vocab, trainer.val_ix,
-                                len(trainer.train_ix), cfg.get("record"), run_dir / ARTIFACT_DIR,
-                                lambda folder: tracker.queue_folder(folder, ARTIFACT_DIR),
-                                trainer.elapsed_seconds)
+        # the recording of the hidden state on the validation slice comes last: a signal stops it (see Stopper)
+        recorder = FinishedRunRecorder(cfg.get("record"), run_dir / ARTIFACT_DIR,
+                                       lambda folder: tracker.queue_folder(folder, ARTIFACT_DIR))
+        result = trainer.run([tracker, ProgressCallback(trainer.train_config.max_iters), stopper, recorder])
         status = RUN_STATUS.get(result.status, "FAILED")
         sample = trainer.sample() if status == "FINISHED" else None
         if sample is not None:
