@@ -14,6 +14,7 @@ Modules, one concern each:
     study     a seed-repeated sweep as the paper's table (mean ± std over seeds) and its figures
     sweep_report  a sweep's leaderboard and figures as one self-contained HTML page and PNGs
     streams   the validation loss stream by stream, as training measures it
-    trained_run   the hidden-state recording and top-units table every finished training run logs
+    trained_run   the hidden-state recording and top-units table every finished training run logs (an engine
+                  callback)
     sources, report, tables   where models and texts come from, the analysis folder, CSV and markdown tables
 """

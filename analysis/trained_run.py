@@ -1,9 +1,10 @@
 """What every FINISHED training run records: its hidden state on a fixed slice of its validation text.
 
-``charrnn-train`` calls :func:`record_finished_run` once training has finished. It records the final model on
-the first ``record.length`` characters (from ``record.start``) of the validation split -- the same slice for
-every run on the same data and split, so the runs of a sweep are compared on the same characters -- ranks the
-units per feature, and logs ``analysis/recording.npz`` and ``analysis/top_units.csv``/``.md`` to the run.
+``charrnn-train`` plugs :class:`FinishedRunRecorder` into its trainer: once training has finished, it records the
+final model (:func:`record_finished_run`) on the first ``record.length`` characters (from ``record.start``) of the
+validation split -- the same slice for every run on the same data and split, so the runs of a sweep are compared
+on the same characters -- ranks the units per feature, and logs ``analysis/recording.npz`` and
+``analysis/top_units.csv``/``.md`` to the run.
 ``charrnn-compare`` reads those tables back for its per-feature unit scores.
 """
 
@@ -21,6 +22,7 @@ import pandas as pd
 from charrnn.data import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.model import ModelConfig
+from charrnn.train import Callback, Trainer, TrainResult
 
 from .errors import AnalysisError
 from .ranking import rank_units
@@ -104,3 +106,24 @@ def record_finished_run(params: dict[str, np.ndarray], config: ModelConfig, voca
     print(f"recorded the hidden state on {len(recording.text)} validation characters in {seconds:.2f} s{share}: "
           f"{ARTIFACT_DIR}/{RECORDING_FILE}, {ARTIFACT_DIR}/{TOP_UNITS_STEM}.csv", flush=True)
     return top
+
+
+class FinishedRunRecorder(Callback):
+    """An engine callback: when a run ends finished (not diverged or interrupted), :func:`record_finished_run` on
+    its trainer's final model, validation split and run time. It works in ``on_train_end``, after the callbacks
+    before it in the list have seen the end."""
+
+    def __init__(self, record_cfg: Mapping | None, out_dir: Path, log_artifacts: Callable[[Path], None]) -> None:
+        """``record_cfg``, ``out_dir`` and ``log_artifacts`` as :func:`record_finished_run` takes them."""
+        self.record_cfg, self.out_dir, self.log_artifacts = record_cfg, out_dir, log_artifacts
+        self.trainer: Trainer | None = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def on_train_end(self, result: TrainResult) -> None:
+        if result.status != "finished":
+            return
+        t = self.trainer
+        record_finished_run(t.params, t.model_config, t.vocab, t.val_ix, len(t.train_ix), self.record_cfg,
+                            self.out_dir, self.log_artifacts, result.elapsed_seconds)

@@ -47,7 +47,8 @@ Each pair of contenders is warmed up, then timed in alternating rounds (engine, 
 that noise from other processes hits both; the rate reported is the median over rounds. Every contender of a
 configuration runs on the BLAS (or torch) thread count the engine gets there in ``Trainer.run``: one thread
 for models whose per-step matmuls are too small to split (``charrnn.train.blas_threads``), else NumPy's count
-(``--threads``); the report prints each contender's settings.
+(``--threads``); the report prints each contender's settings. As in ``charrnn-train``, the process keeps
+freed memory (``charrnn.allocator``) from the start, for every contender.
 """
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ import numpy as np  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from charrnn.allocator import keep_freed_memory  # noqa: E402
 from charrnn.cells import CELLS  # noqa: E402
 from charrnn.data import BatchStream, Vocab, load_corpus  # noqa: E402
 from charrnn.model import (ModelConfig, _layer_params, backward, forward, init_params,  # noqa: E402
@@ -433,6 +435,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="limit NumPy's BLAS (threadpoolctl) and torch to N threads; default: as NumPy starts")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     seconds, rounds, warmup, gemm_seconds = (0.6, 4, 0.2, 0.5) if args.quick else (4.0, 10, 1.0, 2.0)
     app_iters, app_rounds = (1000, 2) if args.quick else (5000, 5)
 

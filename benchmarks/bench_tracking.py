@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from charrnn.allocator import keep_freed_memory
 from charrnn.data import Vocab, load_corpus, split_corpus
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--server", help="an MLflow tracking server's URL (default: start one on PostgreSQL)")
     parser.add_argument("--no-server", action="store_true", help="SQLite only")
     args = parser.parse_args()
+    keep_freed_memory()  # as charrnn-train does, so the untracked runs compare with its tracked ones
     corpus = load_corpus("pystdlib")
     text = split_corpus(corpus, 0.1, 25)
     vocab = Vocab.from_text(corpus.text)

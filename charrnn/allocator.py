@@ -5,6 +5,10 @@ glibc's defaults the heap top above 128 KiB is trimmed back to the OS when they 
 grows it again: the kernel then zeroes fresh pages on every step (about 190 brk calls a second and a quarter of
 a 2-core machine's time in the kernel during a sweep of small models). Raising the trim and mmap thresholds
 lets malloc reuse that memory; the process keeps its peak step memory resident instead.
+
+Nothing in the engine calls it: the setting is the whole process's, so the entry point decides. ``charrnn-train``
+and the jobs of its sweeps call it before training; a script or notebook that trains opts in the same way, by
+calling :func:`keep_freed_memory` once.
 """
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .allocator import keep_freed_memory
 from .cadence import sure_round_due
 from .cells import CELLS
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -145,6 +144,25 @@ class TrainResult:
         return {StopReason.DIVERGED: "diverged", StopReason.REQUESTED: "interrupted"}.get(self.stop, "finished")
 
 
+_Stop = tuple[StopReason, str]  # why the loop stops, and TrainResult.reason
+
+
+@dataclass
+class _RunState:
+    """What one run() carries from phase to phase (what a checkpoint must hold is the Trainer's)."""
+
+    started: float = 0.0  # the perf_counter() reading at elapsed_seconds == 0
+    last_round_seconds: float = 0.0  # the cost of the latest evaluation round, which spaces the automatic ones
+    last_round_end: float = 0.0  # the run time when it ended
+    last_ckpt: str | None = None
+    best_ckpt: str | None = None
+
+
+def _empty_window() -> dict:
+    """The training steps since the last log line: their loss, characters and seconds."""
+    return {"loss_sum": 0.0, "count": 0, "chars": 0, "seconds": 0.0}
+
+
 @dataclass(frozen=True)
 class StreamLosses:
     """The validation loss stream by stream. val/loss is their character-weighted mean, so one stream whose state
@@ -216,8 +234,8 @@ class Trainer:
     """Owns everything that changes during training, and nothing else: parameters, optimizer state, data
     cursor, hidden state, sampling RNG, counters. ``checkpoint()`` captures all of it.
 
-    Creating one also tells glibc's malloc to keep freed memory (:mod:`charrnn.allocator`), process-wide:
-    steps that reallocate the same arrays then stop paying the kernel for fresh pages."""
+    Process-wide settings are the caller's: :func:`charrnn.allocator.keep_freed_memory` (``charrnn-train`` calls
+    it) lets the steps reuse freed memory instead of asking the kernel for fresh pages."""
 
     def __init__(
         self,
@@ -238,7 +256,6 @@ class Trainer:
         if train_config.patience is not None and not val_text:
             raise ConfigError("patience stops on the validation loss, but there is no validation text to "
                               "measure it on")
-        keep_freed_memory()
         optim_config = replace(optim_config, schedule=optim_config.schedule.for_run(train_config.max_iters))
         self.model_config, self.train_config, self.optim_config = model_config, train_config, optim_config
         self.vocab = vocab
@@ -269,8 +286,9 @@ class Trainer:
         self.elapsed_seconds = 0.0
         self.train_seconds = 0.0  # within elapsed_seconds: in train_step
         self.eval_seconds = 0.0  # within elapsed_seconds: evaluating, sampling, checkpointing
-        self._window = {"loss_sum": 0.0, "count": 0, "chars": 0, "seconds": 0.0}  # since the last log line
+        self._window = _empty_window()  # the steps since the last log line
         self._stop_reason: str | None = None
+        self._callbacks: tuple[Callback, ...] = ()  # run()'s
 
     # ----------------------------------------------------------------------------------- checkpoints
     def checkpoint(self) -> Checkpoint:
@@ -398,7 +416,7 @@ class Trainer:
         self._stop_reason = reason
 
     # ---------------------------------------------------------------------------------------- loop
-    def _limit_reached(self) -> tuple[StopReason, str] | None:
+    def _limit_reached(self) -> _Stop | None:
         cfg = self.train_config
         if cfg.max_iters is not None and self.iteration >= cfg.max_iters:
             return StopReason.MAX_ITERS, f"reached max_iters={cfg.max_iters}"
@@ -449,10 +467,10 @@ class Trainer:
     def _params_finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.params.values())
 
-    def _evaluate_and_save(self, callbacks, best_ckpt: str | None) -> tuple[str | None, str | None]:
+    def _evaluate_and_save(self, run: _RunState) -> None:
         """Evaluate the model as it is now, report val/loss, val/bpc, val/best_loss and val/worst_stream_loss,
-        save latest.npz (and best.npz when the loss improved). Returns (latest path, best path), None without a
-        checkpoint_dir."""
+        save latest.npz (and best.npz when the loss improved) into ``run``'s checkpoint paths (None without a
+        checkpoint_dir)."""
         n = self.iteration
         streams = self.evaluate_streams()
         self.val_loss = streams.loss
@@ -462,118 +480,128 @@ class Trainer:
             self.best_val_loss, self.best_at, self.evals_since_best = self.val_loss, n, 0
         else:
             self.evals_since_best += 1
-        for cb in callbacks:
-            cb.on_metrics({"val/loss": self.val_loss, "val/bpc": self.val_loss / math.log(2),
-                           "val/best_loss": self.best_val_loss,
-                           "val/worst_stream_loss": float(streams.per_stream.max())}, n)
-        last_ckpt = self._save("latest.npz")
+        self._emit("on_metrics", {"val/loss": self.val_loss, "val/bpc": self.val_loss / math.log(2),
+                                  "val/best_loss": self.best_val_loss,
+                                  "val/worst_stream_loss": float(streams.per_stream.max())}, n)
+        run.last_ckpt = self._save("latest.npz")
         if improved and self.checkpoint_dir is not None:
-            best_ckpt = self._save("best.npz")
-        for path, is_best in ((last_ckpt, False), (best_ckpt if improved else None, True)):
+            run.best_ckpt = self._save("best.npz")
+        for path, is_best in ((run.last_ckpt, False), (run.best_ckpt if improved else None, True)):
             if path is not None:
-                for cb in callbacks:
-                    cb.on_checkpoint(path, n, is_best)
-        return last_ckpt, best_ckpt
+                self._emit("on_checkpoint", path, n, is_best)
 
     def run(self, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> TrainResult:
-        """Train until a stop condition; small models run on one BLAS thread (see ``blas_threads``)."""
+        """Train until a stop condition; small models train on one BLAS thread (see ``blas_threads``), and what
+        the callbacks do at the end (``on_train_end``) runs on the process's own thread count."""
+        self._callbacks = tuple(callbacks)
         with threadpool_limits(blas_threads(self.model_config, self.train_config.batch_size), user_api="blas"):
-            return self._run(callbacks)
+            result = self._run()
+        self._emit("on_train_end", result)
+        return result
 
-    def _run(self, callbacks) -> TrainResult:
-        cfg = self.train_config
-        chars_per_iter = cfg.seq_length * cfg.batch_size
-        last_ckpt = None
+    def _emit(self, hook: str, *args) -> None:
+        """Call the :class:`Callback` method named ``hook`` on every callback of the run, in order."""
+        for callback in self._callbacks:
+            getattr(callback, hook)(*args)
+
+    def _run(self) -> TrainResult:
         best_path = self.checkpoint_dir / "best.npz" if self.checkpoint_dir is not None else None
-        best_ckpt = str(best_path) if best_path is not None and best_path.exists() else None
-        for cb in callbacks:
-            cb.on_train_start(self)
-        started = time.perf_counter() - self.elapsed_seconds
-        last_round_seconds = 0.0  # the cost of the latest evaluation round, which spaces the automatic ones
-        last_round_end = self.elapsed_seconds  # run time when it ended
-        while True:
-            limit = self._limit_reached()
-            if limit is not None:
-                stop, reason = limit
-                break
-            if self._stop_reason is not None:
-                stop, reason = StopReason.REQUESTED, self._stop_reason
-                break
-            t0 = time.perf_counter()
-            loss, norm = self.train_step()
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
-                stop = StopReason.DIVERGED
-                reason = (f"{what} at iteration {self.iteration + 1}; try a smaller lr "
-                          f"(now {self.optim_config.lr}) or clipping")
-                break
-            self.iteration += 1
-            self.smooth_loss = self.smooth_loss * 0.999 + loss * 0.001
-            step_seconds = time.perf_counter() - t0
-            self.train_seconds += step_seconds
-            w = self._window
-            w["loss_sum"] += loss
-            w["count"] += 1
-            w["chars"] += chars_per_iter
-            w["seconds"] += step_seconds
-            n = self.iteration
+        run = _RunState(last_round_end=self.elapsed_seconds,
+                        best_ckpt=str(best_path) if best_path is not None and best_path.exists() else None)
+        self._emit("on_train_start", self)
+        run.started = time.perf_counter() - self.elapsed_seconds
+        stop = None
+        while stop is None:
+            stop = self._limit_reached() or self._stop_requested() or self._iteration(run)
+        return self._end(run, *stop)
 
-            if n % cfg.log_every == 0:
-                if not self._params_finite():
-                    stop, reason = StopReason.DIVERGED, f"weights became non-finite by iteration {n}; try a smaller lr"
-                    break
-                metrics = {
-                    "train/loss": w["loss_sum"] / w["count"],
-                    "train/smooth_loss": self.smooth_loss,
-                    "grad/norm": norm,
-                    "optim/lr": self.optimizer.lr,
-                    "throughput/chars_per_s": w["chars"] / max(w["seconds"], 1e-9),
-                    **self._time_shares(time.perf_counter() - started),
-                }
-                self._window = {"loss_sum": 0.0, "count": 0, "chars": 0, "seconds": 0.0}
-                for cb in callbacks:
-                    cb.on_metrics(metrics, n)
+    def _stop_requested(self) -> _Stop | None:
+        return None if self._stop_reason is None else (StopReason.REQUESTED, self._stop_reason)
 
-            round_start = time.perf_counter()
-            round_due = self._evaluation_due(n, round_start - started, last_round_seconds, last_round_end)
-            sample_due = (round_due if cfg.sample_every is None
-                          else cfg.sample_every > 0 and n % cfg.sample_every == 0)
-            if sample_due:
-                text = self.sample()
-                for cb in callbacks:
-                    cb.on_sample(text, n)
+    def _iteration(self, run: _RunState) -> _Stop | None:
+        """A training step, then what falls due at its iteration: a log line, a sample, an evaluation round."""
+        t0 = time.perf_counter()
+        loss, norm = self.train_step()
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
+            return (StopReason.DIVERGED, f"{what} at iteration {self.iteration + 1}; try a smaller lr "
+                                         f"(now {self.optim_config.lr}) or clipping")
+        self._count_step(loss, t0)
+        if self.iteration % self.train_config.log_every == 0 and (stop := self._log(norm, run)) is not None:
+            return stop
+        if (stop := self._round(run)) is not None:
+            return stop
+        self.elapsed_seconds = time.perf_counter() - run.started
+        return None
 
-            # evaluate and checkpoint last, so a checkpoint holds the state after everything iteration n did
-            if round_due and self.val_ix is not None:
-                last_ckpt, best_ckpt = self._evaluate_and_save(callbacks, best_ckpt)
-                if (reason := self._val_diverged()) is not None:
-                    stop = StopReason.DIVERGED
-                    break
-            if round_due or sample_due:
-                round_end = time.perf_counter()
-                self.eval_seconds += round_end - round_start
-                if round_due:
-                    last_round_seconds = round_end - round_start
-                    last_round_end = round_end - started
+    def _count_step(self, loss: float, t0: float) -> None:
+        """Count the step that started at ``t0``: the iteration, the smoothed loss, training time, the log window."""
+        self.iteration += 1
+        self.smooth_loss = self.smooth_loss * 0.999 + loss * 0.001
+        step_seconds = time.perf_counter() - t0
+        self.train_seconds += step_seconds
+        w = self._window
+        w["loss_sum"] += loss
+        w["count"] += 1
+        w["chars"] += self.train_config.seq_length * self.train_config.batch_size
+        w["seconds"] += step_seconds
 
-            self.elapsed_seconds = time.perf_counter() - started
+    def _log(self, norm: float, run: _RunState) -> _Stop | None:
+        """The logging step: the train/ and throughput/ metrics of the steps since the last one (``norm``: the
+        latest step's gradient norm). Weights gone non-finite stop the run."""
+        n = self.iteration
+        if not self._params_finite():
+            return StopReason.DIVERGED, f"weights became non-finite by iteration {n}; try a smaller lr"
+        w = self._window
+        metrics = {
+            "train/loss": w["loss_sum"] / w["count"],
+            "train/smooth_loss": self.smooth_loss,
+            "grad/norm": norm,
+            "optim/lr": self.optimizer.lr,
+            "throughput/chars_per_s": w["chars"] / max(w["seconds"], 1e-9),
+            **self._time_shares(time.perf_counter() - run.started),
+        }
+        self._window = _empty_window()
+        self._emit("on_metrics", metrics, n)
+        return None
 
+    def _round(self, run: _RunState) -> _Stop | None:
+        """The sample and the evaluation round due at this iteration, timed as time outside training steps. A
+        validation loss that explodes stops the run."""
+        cfg = self.train_config
+        n = self.iteration
+        round_start = time.perf_counter()
+        round_due = self._evaluation_due(n, round_start - run.started, run.last_round_seconds, run.last_round_end)
+        sample_due = round_due if cfg.sample_every is None else cfg.sample_every > 0 and n % cfg.sample_every == 0
+        if sample_due:
+            self._emit("on_sample", self.sample(), n)
+        # evaluate and checkpoint last, so a checkpoint holds the state after everything iteration n did
+        if round_due and self.val_ix is not None:
+            self._evaluate_and_save(run)
+            if (reason := self._val_diverged()) is not None:
+                return StopReason.DIVERGED, reason
+        if round_due or sample_due:
+            round_end = time.perf_counter()
+            self.eval_seconds += round_end - round_start
+            if round_due:
+                run.last_round_seconds = round_end - round_start
+                run.last_round_end = round_end - run.started
+        return None
+
+    def _end(self, run: _RunState, stop: StopReason, reason: str) -> TrainResult:
+        """The run's end: the final model measured (when the budget ended between evaluations) and saved (unless
+        it diverged); the result."""
         end_start = time.perf_counter()
         finished = stop not in (StopReason.DIVERGED, StopReason.REQUESTED)
         if finished and self.val_ix is not None and self.evaluated_at != self.iteration:
-            # the budget ended between evaluations: the final model is measured too
-            last_ckpt, best_ckpt = self._evaluate_and_save(callbacks, best_ckpt)
+            self._evaluate_and_save(run)
             if (diverged := self._val_diverged()) is not None:
                 stop, reason = StopReason.DIVERGED, diverged
         if stop != StopReason.DIVERGED:
-            last_ckpt = self._save("latest.npz") or last_ckpt
-            if last_ckpt is not None:
-                for cb in callbacks:
-                    cb.on_checkpoint(last_ckpt, self.iteration, False)
+            run.last_ckpt = self._save("latest.npz") or run.last_ckpt
+            if run.last_ckpt is not None:
+                self._emit("on_checkpoint", run.last_ckpt, self.iteration, False)
         self.eval_seconds += time.perf_counter() - end_start
-        self.elapsed_seconds = time.perf_counter() - started
-        result = TrainResult(stop, reason, self.iteration, self.smooth_loss, self.val_loss, self.best_val_loss,
-                             self.elapsed_seconds, self.train_seconds, last_ckpt, best_ckpt)
-        for cb in callbacks:
-            cb.on_train_end(result)
-        return result
+        self.elapsed_seconds = time.perf_counter() - run.started
+        return TrainResult(stop, reason, self.iteration, self.smooth_loss, self.val_loss, self.best_val_loss,
+                           self.elapsed_seconds, self.train_seconds, run.last_ckpt, run.best_ckpt)

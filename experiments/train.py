@@ -26,14 +26,15 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from charrnn.allocator import keep_freed_memory
 from charrnn.checkpoint import load_checkpoint, load_initial_weights
 from charrnn.data import Corpus, Vocab, load_corpus, split_corpus
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError
 from charrnn.model import ModelConfig, count_params
 from charrnn.schedule import ScheduleConfig
-from charrnn.train import OptimConfig, TrainConfig, Trainer, TrainResult
+from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer, TrainResult
 from charrnn_analysis.sources import DATA_KEYS, DATA_PATH
-from charrnn_analysis.trained_run import ARTIFACT_DIR, RecordSettings, record_finished_run
+from charrnn_analysis.trained_run import ARTIFACT_DIR, FinishedRunRecorder, RecordSettings
 from charrnn_experiments import tracking
 from charrnn_experiments.faults import describe_fault, local_fault
 from charrnn_experiments.progress import ProgressCallback
@@ -147,13 +148,14 @@ def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | Non
         return corpus, Trainer(model, train, optim, vocab, train_text, val_text, checkpoint_dir, params, source)
 
 
-class Stopper:
+class Stopper(Callback):
     """SIGINT/SIGTERM for the whole command, installed before any run exists.
 
     Before training, a signal interrupts what is under way (KeyboardInterrupt), and the code that ends the
     run ends it KILLED; while the store creates the run, it waits until the run id is known. During
-    training it asks the trainer to stop (a checkpoint is saved, the run ends KILLED). While the run's
-    record is being ended it never interrupts: it only gives up waiting for a store that is away.
+    training it asks the trainer to stop (a checkpoint is saved, the run ends KILLED); as a callback of the
+    trainer, it interrupts again from the end of training on (the callbacks after it: a long recording). While
+    the run's record is being ended it never interrupts: it only gives up waiting for a store that is away.
     """
 
     def __init__(self, exits_after: bool) -> None:
@@ -209,6 +211,11 @@ class Stopper:
     def raise_if_stopped(self) -> None:
         if self.reason is not None and self.trainer is None:
             raise KeyboardInterrupt(self.reason)
+
+    def on_train_end(self, result: TrainResult) -> None:
+        self.trainer = None
+        if result.status == "finished":  # a signal at the very end stops what follows a finished training
+            self.raise_if_stopped()
 
     def end_run(self, tracker: tracking.MlflowTracker, status: str, reason: str,
                 result: TrainResult | None = None) -> None:
@@ -351,79 +358,24 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
     store.check_writable()
     if target:
         cfg, resume = prepare_resume(cfg, client, job.output_dir, *target)
-        run_id = resume.run_id
-        with stopper.shielded():
-            tracking.MlflowTracker.claim(client, client.get_run(run_id))
-            tracker = tracking.MlflowTracker(client, run_id, store_uri=store.uri,
-                                             logged_through=resume.logged_through)
-            tracker.outbox = job.output_dir / run_id / "outbox"
+        tracker = claim_run(store, client, resume, job, stopper)
     else:
-        resume = None
-        config, config_yaml = _resolved(cfg), OmegaConf.to_yaml(cfg, resolve=True)
-        parent = tracking.read_parent(job.sweep_dir) if job.sweep_dir else None
-        if parent is not None:
-            experiment_id, parent_run_id = parent["experiment_id"], parent["run_id"]
-        else:
-            experiment_id = store.ensure_experiment(str(cfg.tracking.experiment), client)
-            parent_run_id = None
-        tags = {tracking.TAG_SWEEP: str(job.sweep_dir), tracking.TAG_JOB: str(job.job_num)} if job.multirun else {}
-        if job.sweep_dir and (threads := sweep_blas_threads(job.sweep_dir)) is not None:
-            tags[TAG_BLAS_THREADS] = str(threads)
-        with stopper.shielded():
-            tracker = tracking.MlflowTracker.start(store, experiment_id, run_name=job.name,
-                                                   parent_run_id=parent_run_id, tags=tags, client=client)
-            tracker.outbox = job.output_dir / tracker.run_id / "outbox"
+        resume, config = None, (_resolved(cfg), OmegaConf.to_yaml(cfg, resolve=True))  # can fail: not in a run
+        tracker = start_run(store, client, cfg, job, stopper)
     # every run has its own folder, even when two start in the same second in Hydra's output folder
     run_dir = tracker.outbox.parent
     try:
-        # A signal never cuts a store write in half (a SQLite write cut short keeps its lock and the run could
-        # not be ended): writes are shielded, and the signal takes effect right after them.
         stopper.raise_if_stopped()
-        if resume is None:
-            with stopper.shielded():
-                tracker.log_config(config, config_yaml)
-            stopper.raise_if_stopped()
-            corpus, trainer = build_trainer(cfg, run_dir / "checkpoints", run_id=tracker.run_id)
-            if corpus.differs:
-                print(f"note: {corpus.differs}", file=sys.stderr, flush=True)
-            with stopper.shielded():
-                tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text), corpus.version,
-                                    corpus.differs)
-                tracker.log_num_params(count_params(trainer.model_config))
-        else:
-            corpus, trainer = build_trainer(cfg, run_dir / "checkpoints", resume.checkpoint, resume.corpus)
-            with stopper.shielded():
-                say_resumed(tracker, cfg, trainer, resume)
+        trainer = (new_trainer(cfg, tracker, stopper, config, run_dir) if resume is None
+                   else resumed_trainer(cfg, tracker, stopper, resume, run_dir))
         stopper.raise_if_stopped()
-        stopper.trainer = trainer
-        progress = ProgressCallback(trainer.train_config.max_iters)
-        result = trainer.run([tracker, progress])
-        stopper.trainer = None  # a signal from now on interrupts what follows training (a long recording)
-        if result.status == "finished":  # analysis hook: record the hidden state on the validation slice
-            stopper.raise_if_stopped()
-            record_finished_run(trainer.params, trainer.model_config, trainer.vocab, trainer.val_ix,
-                                len(trainer.train_ix), cfg.get("record"), run_dir / ARTIFACT_DIR,
-                                lambda folder: tracker.queue_folder(folder, ARTIFACT_DIR),
-                                trainer.elapsed_seconds)
-        status = RUN_STATUS.get(result.status, "FAILED")
-        sample = trainer.sample() if status == "FINISHED" else None
-        if sample is not None:
-            tracker.queue_text(sample, "samples/final.txt")
-    except CharRNNError as err:
-        stopper.end_run(tracker, "FAILED", str(err))
-        raise JobFailed(str(err)) from None
-    except BaseException as err:  # a bug or an interrupt outside the loop: never leave it RUNNING
-        fault = local_fault(err)
-        if fault is not None:  # a full disk or a read-only folder under the run's own files
-            fault.filename = fault.filename or str(run_dir)
-            # the first cause: an upload the same full disk refused earlier, else this write
-            why = tracker.failure or f"cannot write the run's files: {describe_fault(fault)}"
-            stopper.end_run(tracker, "FAILED", why)
-            raise JobFailed(why) from None
-        interrupted = isinstance(err, KeyboardInterrupt)
-        stopper.end_run(tracker, "KILLED" if interrupted else "FAILED",
-                        tracking.first_line(err) if interrupted else f"{type(err).__name__}: {err}")
-        raise
+        result, sample = run_training(cfg, trainer, tracker, stopper, run_dir)
+    except BaseException as err:  # never leave the run RUNNING
+        failed = end_stopped_run(err, tracker, stopper, run_dir)
+        if failed is None:
+            raise
+        raise failed from None
+    status = RUN_STATUS.get(result.status, "FAILED")
     stopper.end_run(tracker, status, result.reason or "", result)
     if status == "FAILED":
         raise JobFailed(f"run {tracker.run_id} {result.status}: {result.reason}")
@@ -431,15 +383,113 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         raise JobKilled(f"run {tracker.run_id} {result.reason}; checkpoint saved, "
                         f"continue it with train.resume={tracker.run_id}")
     if not job.multirun:
-        val = ("none (no validation text)" if result.val_loss is None else
-               f"{result.val_loss:.4f} nats/char ({result.val_loss / math.log(2):.4f} bits/char)")
-        print(f"\nrun id:    {tracker.run_id}\n"
-              f"val loss:  {val} after {result.iteration} iterations ({result.reason})\n"
-              f"training:  {result.train_seconds / result.elapsed_seconds:.1%} of the run's {result.elapsed_seconds:.1f} s in training steps\n"
-              f"sample:\n----\n{sample}\n----\n"
-              f"see it:    {store.ui_address(tracker.client.get_run(tracker.run_id).info.experiment_id)}",
-              flush=True)
+        print_summary(store, tracker, result, sample)
     return tracker.run_id, result.val_loss
+
+
+def start_run(store: tracking.Store, client, cfg: DictConfig, job: Job, stopper: Stopper) -> tracking.MlflowTracker:
+    """Create the job's run: in a sweep, a child of the sweep's parent run."""
+    parent = tracking.read_parent(job.sweep_dir) if job.sweep_dir else None
+    if parent is not None:
+        experiment_id, parent_run_id = parent["experiment_id"], parent["run_id"]
+    else:
+        experiment_id = store.ensure_experiment(str(cfg.tracking.experiment), client)
+        parent_run_id = None
+    tags = {tracking.TAG_SWEEP: str(job.sweep_dir), tracking.TAG_JOB: str(job.job_num)} if job.multirun else {}
+    if job.sweep_dir and (threads := sweep_blas_threads(job.sweep_dir)) is not None:
+        tags[TAG_BLAS_THREADS] = str(threads)
+    with stopper.shielded():
+        tracker = tracking.MlflowTracker.start(store, experiment_id, run_name=job.name,
+                                               parent_run_id=parent_run_id, tags=tags, client=client)
+        tracker.outbox = job.output_dir / tracker.run_id / "outbox"
+    return tracker
+
+
+def claim_run(store: tracking.Store, client, resume: Resume, job: Job, stopper: Stopper) -> tracking.MlflowTracker:
+    """Claim the run a resume continues (prepare_resume has checked it can)."""
+    with stopper.shielded():
+        tracking.MlflowTracker.claim(client, client.get_run(resume.run_id))
+        tracker = tracking.MlflowTracker(client, resume.run_id, store_uri=store.uri,
+                                         logged_through=resume.logged_through)
+        tracker.outbox = job.output_dir / resume.run_id / "outbox"
+    return tracker
+
+
+# A signal never cuts a store write in half (a SQLite write cut short keeps its lock and the run could not be
+# ended): writes are shielded, and the signal takes effect right after them.
+def new_trainer(cfg: DictConfig, tracker: tracking.MlflowTracker, stopper: Stopper, config: tuple[dict, str],
+                run_dir: Path) -> Trainer:
+    """Log a new run's ``config`` (resolved, and as YAML), build its trainer and log its data and size."""
+    with stopper.shielded():
+        tracker.log_config(*config)
+    stopper.raise_if_stopped()
+    corpus, trainer = build_trainer(cfg, run_dir / "checkpoints", run_id=tracker.run_id)
+    if corpus.differs:
+        print(f"note: {corpus.differs}", file=sys.stderr, flush=True)
+    with stopper.shielded():
+        tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text), corpus.version,
+                            corpus.differs)
+        tracker.log_num_params(count_params(trainer.model_config))
+    return trainer
+
+
+def resumed_trainer(cfg: DictConfig, tracker: tracking.MlflowTracker, stopper: Stopper, resume: Resume,
+                    run_dir: Path) -> Trainer:
+    """The trainer of a resumed run, from its checkpoint; says where it continues."""
+    _, trainer = build_trainer(cfg, run_dir / "checkpoints", resume.checkpoint, resume.corpus)
+    with stopper.shielded():
+        say_resumed(tracker, cfg, trainer, resume)
+    return trainer
+
+
+def run_training(cfg: DictConfig, trainer: Trainer, tracker: tracking.MlflowTracker, stopper: Stopper,
+                 run_dir: Path) -> tuple[TrainResult, str | None]:
+    """Train; a finished run's hidden state is recorded and its final model sampled (the sample is None
+    otherwise)."""
+    stopper.trainer = trainer
+    # the recording of the hidden state on the validation slice comes last: a signal stops it (see Stopper)
+    recorder = FinishedRunRecorder(cfg.get("record"), run_dir / ARTIFACT_DIR,
+                                   lambda folder: tracker.queue_folder(folder, ARTIFACT_DIR))
+    result = trainer.run([tracker, ProgressCallback(trainer.train_config.max_iters), stopper, recorder])
+    if result.status != "finished":
+        return result, None
+    sample = trainer.sample()
+    tracker.queue_text(sample, "samples/final.txt")
+    return result, sample
+
+
+def end_stopped_run(err: BaseException, tracker: tracking.MlflowTracker, stopper: Stopper,
+                    run_dir: Path) -> JobFailed | None:
+    """End the run ``err`` stopped: FAILED, or KILLED by an interrupt. Returns the JobFailed to raise instead
+    (bad input, a local fault), or None where ``err`` goes on (an interrupt, a bug)."""
+    if isinstance(err, CharRNNError):
+        stopper.end_run(tracker, "FAILED", str(err))
+        return JobFailed(str(err))
+    fault = local_fault(err)
+    if fault is not None:  # a full disk or a read-only folder under the run's own files
+        fault.filename = fault.filename or str(run_dir)
+        # the first cause: an upload the same full disk refused earlier, else this write
+        why = tracker.failure or f"cannot write the run's files: {describe_fault(fault)}"
+        stopper.end_run(tracker, "FAILED", why)
+        return JobFailed(why)
+    interrupted = isinstance(err, KeyboardInterrupt)
+    stopper.end_run(tracker, "KILLED" if interrupted else "FAILED",
+                    tracking.first_line(err) if interrupted else f"{type(err).__name__}: {err}")
+    return None
+
+
+def print_summary(store: tracking.Store, tracker: tracking.MlflowTracker, result: TrainResult,
+                  sample: str | None) -> None:
+    """A single run's last lines: its id, validation loss, time in training, final sample and UI address."""
+    val = ("none (no validation text)" if result.val_loss is None else
+           f"{result.val_loss:.4f} nats/char ({result.val_loss / math.log(2):.4f} bits/char)")
+    print(f"\nrun id:    {tracker.run_id}\n"
+          f"val loss:  {val} after {result.iteration} iterations ({result.reason})\n"
+          f"training:  {result.train_seconds / result.elapsed_seconds:.1%} of the run's "
+          f"{result.elapsed_seconds:.1f} s in training steps\n"
+          f"sample:\n----\n{sample}\n----\n"
+          f"see it:    {store.ui_address(tracker.client.get_run(tracker.run_id).info.experiment_id)}",
+          flush=True)
 
 
 def say_resumed(tracker: tracking.MlflowTracker, cfg: DictConfig, trainer: Trainer, resume: Resume) -> None:
@@ -516,4 +566,5 @@ def main() -> None:
     # The collector's pass over every object at interpreter exit (MLflow's, SQLAlchemy's: over a second, for a
     # single run and a sweep alike) would find nothing worth freeing.
     atexit.register(gc.freeze)
+    keep_freed_memory()  # the process trains: see charrnn.allocator (a sweep's own job processes call it too)
     run_reporting_config_errors(app, TrainAppSchema)

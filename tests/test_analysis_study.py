@@ -14,8 +14,8 @@ from charrnn.data import Vocab
 from charrnn.model import ModelConfig, count_params, init_params
 from charrnn_analysis.record import Recording
 from charrnn_analysis.study import is_settings_search
-from charrnn_analysis.trained_run import record_finished_run
-from conftest import tiny
+from charrnn_analysis.trained_run import FinishedRunRecorder, record_finished_run
+from conftest import small_trainer, tiny
 
 
 # --- every finished training run records its hidden state; a sweep's compare reads it back ---------------------
@@ -78,6 +78,19 @@ def test_a_run_without_validation_text_skips_recording_with_a_message(capsys, tm
     assert logged == [tmp_path] and len(top) == 9 * 4  # every feature, all four units
     assert Recording.load(tmp_path / "recording.npz").text == \
         "abcab" * 4
+
+
+def test_the_recorder_callback_records_a_finished_training_and_not_a_stopped_one(capsys, tmp_path):
+    settings = {"enabled": True, "start": 0, "length": 50, "chunk": 16, "dtype": "float16"}
+    logged = []
+    finished, stopped = small_trainer(max_iters=10), small_trainer(max_iters=10)
+    finished.run([FinishedRunRecorder(settings, tmp_path / "finished", logged.append)])
+    stopped.request_stop()
+    stopped.run([FinishedRunRecorder(settings, tmp_path / "stopped", logged.append)])
+    assert logged == [tmp_path / "finished"] and not (tmp_path / "stopped").exists()
+    recording = Recording.load(tmp_path / "finished" / "recording.npz")
+    assert recording.text == finished.vocab.decode(finished.val_ix[:50])
+    assert "recorded the hidden state on 50 validation characters" in capsys.readouterr().out
 
 
 def test_compare_of_a_seed_sweep_writes_the_study_table_with_mean_and_std_over_seeds(cli, small_text, tmp_path):

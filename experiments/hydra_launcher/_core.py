@@ -32,6 +32,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from charrnn.allocator import keep_freed_memory
 from charrnn_experiments.sweep_callback import STOP, job_label, parallel_jobs
 from charrnn_experiments.train import FAILED_OBJECTIVE
 
@@ -91,6 +92,7 @@ def _job_process(payload: bytes, conn, label: str) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.stdout = LabelledStream(sys.stdout, label)
     sys.stderr = LabelledStream(sys.stderr, label)
+    keep_freed_memory()  # as charrnn-train's main() does: this process trains
     job = cloudpickle.loads(payload)
     try:
         ret = _run_job(*job)
