@@ -103,16 +103,15 @@ def optim_keys_named(options: dict | None):
 
 @contextmanager
 def keys_named(section: str, engine_class: type, elsewhere: dict[str, str] | None = None):
-    """An engine ConfigError that starts with a field of ``engine_class`` (or a name in ``elsewhere``) names the
-    config key instead."""
+    """An engine ConfigError about a field of ``engine_class`` (or a name in ``elsewhere``) names the config key
+    instead."""
     try:
         yield
     except ConfigError as err:
-        name, _, rest = str(err).partition(" ")
         keys = {f.name: f"{section}.{f.name}" for f in fields(engine_class)} | (elsewhere or {})
-        if name not in keys:
+        if err.field not in keys:
             raise
-        raise ConfigError(f"{keys[name]} {rest}") from None
+        raise err.renamed(keys[err.field]) from None
 
 
 def engine_keys(engine_class: type, section: dict) -> dict:
