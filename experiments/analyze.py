@@ -39,6 +39,7 @@ from charrnn_analysis.trained_run import RecordSettings, record_slice, slice_bou
 from charrnn_experiments.runs import BEST_CHECKPOINT, load_runs, model_from_run, open_client
 from charrnn_experiments.schema import (EXIT_BAD_CONFIG as EXIT_BAD_INPUT, AnalyzeAppSchema, CompareAppSchema,
                                         run_reporting_config_errors)
+from charrnn_experiments.tracking import use_http_defaults
 
 
 # Spellings of the hand-parsed CLIs these commands had before they became Hydra apps -> today's keys.
@@ -269,6 +270,7 @@ def _main(app: Callable[[], None], schema: type, renamed: dict[str, str]) -> Non
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    use_http_defaults()
     run_reporting_config_errors(app, schema)
 
 

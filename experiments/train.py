@@ -475,6 +475,7 @@ def fail(message: str) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="config")
 def app(cfg: DictConfig) -> float:
     """The Hydra task: returns the validation loss, the objective a sweeper minimises."""
+    tracking.use_http_defaults()  # a job's own entry point too: a job on another machine inherits nothing
     job = Job.from_hydra()
     stopper = Stopper(exits_after=not job.multirun)
     try:
@@ -515,4 +516,5 @@ def main() -> None:
     # The collector's pass over every object at interpreter exit (MLflow's, SQLAlchemy's: over a second, for a
     # single run and a sweep alike) would find nothing worth freeing.
     atexit.register(gc.freeze)
+    tracking.use_http_defaults()  # the sweep's start creates the store before any job
     run_reporting_config_errors(app, TrainAppSchema)
