@@ -27,7 +27,7 @@ from charrnn.data import Vocab, load_corpus, split_corpus
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_experiments.team_server import ServerError, TeamServer, free_port
-from charrnn_experiments.tracking import MlflowTracker, Store
+from charrnn_experiments.tracking import MlflowTracker, Store, use_http_defaults
 
 
 class TimedTracker(MlflowTracker):
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--no-server", action="store_true", help="SQLite only")
     args = parser.parse_args()
     keep_freed_memory()  # as charrnn-train does, so the untracked runs compare with its tracked ones
+    use_http_defaults()
     corpus = load_corpus("pystdlib")
     text = split_corpus(corpus, 0.1, 25)
     vocab = Vocab.from_text(corpus.text)

@@ -17,7 +17,20 @@ class DataError(CharRNNError):
 
 
 class ConfigError(CharRNNError):
-    """A configuration value is invalid or inconsistent with another."""
+    """A configuration value is invalid or inconsistent with another.
+
+    ``field``: the one setting at fault, where there is one; the message is then ``<field> <problem>``, and an
+    app that calls the setting by another name (``optim.lr`` for OptimConfig's ``lr``) says the same of its key
+    with :meth:`renamed`.
+    """
+
+    def __init__(self, problem: str, field: str | None = None) -> None:
+        super().__init__(f"{field} {problem}" if field else problem)
+        self.field = field
+        self.problem = problem
+
+    def renamed(self, field: str) -> ConfigError:
+        return ConfigError(self.problem, field)
 
 
 class CheckpointError(CharRNNError):

@@ -44,7 +44,7 @@ class ModelConfig:
         for name in ("hidden_size", "num_layers", "vocab_size"):
             check_int(name, getattr(self, name), 1)
         if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise ConfigError(f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}", "dtype")
         check_number("dropout", self.dropout, minimum=0.0, below=1.0)
 
     def to_json(self) -> str:

@@ -104,12 +104,12 @@ class OptimConfig:
     def __post_init__(self):
         make_optimizer(self.name, self.lr, **self.options)  # checks the name, lr and options in one place
         if self.clip_mode not in CLIP_MODES:
-            raise ConfigError(f"clip_mode must be one of {', '.join(CLIP_MODES)}, got {self.clip_mode!r}")
+            raise ConfigError(f"must be one of {', '.join(CLIP_MODES)}, got {self.clip_mode!r}", "clip_mode")
         check_number("clip", self.clip, minimum=0.0, allow_none=True)
         check_number("weight_decay", self.weight_decay, minimum=0.0)
         if self.weight_decay and self.name != "adam":
-            raise ConfigError(f"weight_decay is decoupled weight decay for adam (AdamW), not for {self.name}: "
-                              "use adam or weight_decay=0")
+            raise ConfigError(f"is decoupled weight decay for adam (AdamW), not for {self.name}: use adam or "
+                              "weight_decay=0", "weight_decay")
         if isinstance(self.schedule, dict):  # from a config file or a checkpoint's JSON
             self.schedule = ScheduleConfig(**self.schedule)
 
@@ -254,8 +254,8 @@ class Trainer:
         if model_config.vocab_size != vocab.size:
             raise ConfigError(f"model vocab_size={model_config.vocab_size} but the vocabulary has {vocab.size}")
         if train_config.patience is not None and not val_text:
-            raise ConfigError("patience stops on the validation loss, but there is no validation text to "
-                              "measure it on")
+            raise ConfigError("stops on the validation loss, but there is no validation text to measure it on",
+                              "patience")
         optim_config = replace(optim_config, schedule=optim_config.schedule.for_run(train_config.max_iters))
         self.model_config, self.train_config, self.optim_config = model_config, train_config, optim_config
         self.vocab = vocab

@@ -100,4 +100,5 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    tracking.use_http_defaults()
     run_reporting_config_errors(app, SampleAppSchema)

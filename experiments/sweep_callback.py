@@ -63,58 +63,96 @@ RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
 
 
 class SweepStop:
-    """What the launching process knows about stopping: the signal received and the job processes."""
+    """How the launching process stops its sweep: the sweep callback's own state, installed as the process's SIGINT
+    and SIGTERM handler once the sweep has started. Whoever takes those signals over for a while finds it there and
+    passes on what it got: charrnn's launcher while it runs jobs (each signal, each job that died), a job inside
+    this process when it ends (stop_serial_sweep)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.job_pids: set[int] = set()          # job processes of charrnn's launcher, to forward to
-        self.deaths: dict[int, str] = {}         # job number -> how its process died
         self.serial = False                      # jobs run inside this process (Hydra's basic launcher)
         self.in_job = False                      # ... and one is running now
-        self.launcher_forwards = False           # charrnn's launcher: jobs are our own child processes
         self.sweep_dir: Path | None = None
+        self.job_pids: set[int] = set()          # Ray's or submitit's job processes that got the signal
+        self.deaths: dict[int, str] = {}         # job number -> how its process died (charrnn's launcher says)
         self.exit_status_lost = False            # the launcher may turn our SystemExit into another status
-        self.end_tried = False                   # the sweep's end was tried: the exit does not try again
 
-    def request(self, signum: int) -> None:
+    def request(self, signum: int) -> bool:
+        """Note a stop by ``signum``; whether it is the first (a later one kills the jobs still running)."""
         first = self.signum is None
         self.signum = self.signum or signum
         if first:
             print(f"\nstopping the sweep ({signal.Signals(signum).name}): no new job starts, jobs in "
                   "flight save a checkpoint and end KILLED", file=sys.stderr, flush=True)
         for pid in list(self.job_pids):
-            try:  # a second signal kills what is still running
-                os.kill(pid, signum if first else signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            send_signal(pid, signum if first else signal.SIGKILL)
+        return first
+
+    def job_died(self, job_num: int, how: str) -> None:
+        self.deaths[job_num] = how
 
     def exit_code(self) -> int:
         return 128 + int(self.signum or signal.SIGINT)
 
+    def __call__(self, signum, frame) -> None:
+        """The handler of SIGINT and SIGTERM from the sweep's start to its end."""
+        self.request(signum)
+        if self.serial and not self.in_job:
+            return  # the next job's start ends the sweep
+        if self.serial:
+            # the job in this process ends KILLED; between its own handler's end and on_job_end this reaches the
+            # command's exit, which must still report the signal
+            raise SignalStop(signum)
+        # Ray, submitit: the jobs in flight end their runs KILLED, then leaving stops the launcher, so that no
+        # queued job starts, and the exit ends what is left (_end_if_running)
+        self._stop_jobs_elsewhere(signum)
+        self.exit_status_lost = True
+        raise SystemExit(self.exit_code())
 
-STOP = SweepStop()
+    def exit_if_stopped(self) -> None:
+        """At the exit: a sweep stopped inside Ray's or submitit's launcher exits 128 + the signal."""
+        if not self.exit_status_lost:
+            return
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(self.exit_code())
+
+    def _stop_jobs_elsewhere(self, signum: int) -> None:
+        """Send ``signum`` to the process of every child run still RUNNING (its owner tag names it) on this
+        machine and wait, at most STOP_WAIT_SECONDS, until those processes have ended their runs or are gone; a
+        second signal kills them (request). What is left RUNNING the sweep's end ends KILLED."""
+        record, client = _parent_store(self.sweep_dir)
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            running = client.search_runs([record["experiment_id"]],
+                                         filter_string=f"tags.`{tracking.TAG_PARENT}` = '{record['run_id']}' "
+                                                       "and attributes.status = 'RUNNING'")
+            pids = {tracking.local_pid(run.data.tags.get(tracking.TAG_OWNER, "")) for run in running
+                    if tracking.owner_alive(run)} - {None}
+            if not pids:
+                return
+            for pid in pids - self.job_pids:
+                self.job_pids.add(pid)
+                send_signal(pid, signum)
+            time.sleep(0.2)
+
+
+def send_signal(pid: int, signum: int) -> None:
+    """``signum`` to process ``pid``, unless it is gone already."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def stop_serial_sweep(signum: int) -> None:
     """A signal that a job inside the launching process took while ending its run stops the sweep there too (the
-    job's own handler had it, not _on_signal); a job in a process of its own has nothing to stop."""
-    if STOP.serial:
-        STOP.request(signum)
-
-
-def _on_signal(signum, frame) -> None:
-    STOP.request(signum)
-    if STOP.launcher_forwards or (STOP.serial and not STOP.in_job):
-        return  # the launcher or the next job's start ends the sweep
-    if STOP.serial:
-        # the job in this process ends KILLED; between its own handler's end and on_job_end this reaches the
-        # command's exit, which must still report the signal
-        raise SignalStop(signum)
-    # Ray, submitit: the jobs in flight end their runs KILLED, then leaving stops the launcher, so that no
-    # queued job starts, and the exit ends what is left (_end_if_running)
-    _stop_jobs_elsewhere(STOP.sweep_dir, signum)
-    STOP.exit_status_lost = True
-    raise SystemExit(STOP.exit_code())
+    job's own handler had it, not the sweep's, which is back in place now); a job in a process of its own finds
+    no sweep's handler and has nothing to stop."""
+    sweep = signal.getsignal(signum)
+    if isinstance(sweep, SweepStop) and sweep.serial:
+        sweep.request(signum)
 
 
 # --- the sweep space and the names of its jobs ---------------------------------------------------
@@ -270,9 +308,13 @@ class MlflowSweepCallback(Callback):
         with exit_on_error("the run could not start"):
             tracking.Store.resolve(config.tracking.uri, os.getcwd()).check_reachable()
 
+    def __init__(self) -> None:
+        self.stop = SweepStop()
+        self._end_tried = False  # the sweep's end was tried: the exit does not try again
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):  # noted until the parent run exists and can be ended
-            signal.signal(sig, lambda signum, frame: STOP.request(signum))
+            signal.signal(sig, lambda signum, frame: self.stop.request(signum))
         with exit_on_error("the sweep could not start"):  # before any job starts: none runs untracked
             self._start_sweep(config)
 
@@ -304,24 +346,24 @@ class MlflowSweepCallback(Callback):
         self._pid = os.getpid()
         # Registered first, run last: a sweep stopped inside Ray's or submitit's launcher exits 128 + the signal
         # whatever the launcher made of the SystemExit that stopped it (Ray turns it into SystemExit(1)).
-        atexit.register(_exit_if_stopped)
-        STOP.serial = str(config.hydra.launcher._target_).endswith("BasicLauncher")
-        STOP.sweep_dir = sweep_dir
+        atexit.register(self.stop.exit_if_stopped)
+        self.stop.serial = str(config.hydra.launcher._target_).endswith("BasicLauncher")
+        self.stop.sweep_dir = sweep_dir
         # A sweep stopped before on_multirun_end (a signal, a crash) must not leave its runs RUNNING.
-        atexit.register(_end_if_running, sweep_dir)
+        atexit.register(self._end_if_running, sweep_dir)
         # Ray after those two (its own exit handler, ray.shutdown, must run before them) and before the signal
         # handlers (ray.init replaces SIGTERM's)
         start_ray_first(config)
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _on_signal)
-        if STOP.signum is not None:  # a signal while the sweep started: the exit ends its parent KILLED
-            raise SystemExit(STOP.exit_code())
+            signal.signal(sig, self.stop)
+        if self.stop.signum is not None:  # a signal while the sweep started: the exit ends its parent KILLED
+            raise SystemExit(self.stop.exit_code())
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if os.getpid() == getattr(self, "_pid", None):  # a job inside the launching process
-            if STOP.signum is not None:
-                raise SystemExit(STOP.exit_code())
-            STOP.in_job = True
+            if self.stop.signum is not None:
+                raise SystemExit(self.stop.exit_code())
+            self.stop.in_job = True
             return
         # Ray's workers block SIGINT; a job takes it like any process (the sweep forwards Ctrl-C to it)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -333,20 +375,45 @@ class MlflowSweepCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         if os.getpid() == getattr(self, "_pid", None):
-            STOP.in_job = False
-            if STOP.signum is None:
-                STOP.signum = _stopped_by(Path(config.hydra.sweep.dir).resolve(), config.hydra.job.num)
-            if STOP.signum is not None:
-                raise SystemExit(STOP.exit_code())
+            self.stop.in_job = False
+            if self.stop.signum is None:
+                self.stop.signum = _stopped_by(Path(config.hydra.sweep.dir).resolve(), config.hydra.job.num)
+            if self.stop.signum is not None:
+                raise SystemExit(self.stop.exit_code())
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        failed = end_sweep_or_say_how(Path(config.hydra.sweep.dir).resolve())
-        if STOP.signum is not None:
-            raise SystemExit(STOP.exit_code())
+        failed = self._end_sweep_or_say_how(Path(config.hydra.sweep.dir).resolve())
+        if self.stop.signum is not None:
+            raise SystemExit(self.stop.exit_code())
         if failed is None:
             raise SystemExit(2)
         if failed:
             raise SystemExit(1)
+
+    def _end_if_running(self, sweep_dir: Path) -> None:
+        if not self._end_tried:
+            self._end_sweep_or_say_how(sweep_dir)
+
+    def _end_sweep_or_say_how(self, sweep_dir: Path) -> int | None:
+        """end_sweep, once, if the parent is still RUNNING; where its store cannot take that (away, full, broken),
+        one error line naming the command that ends the sweep later, and None: its runs stay RUNNING."""
+        self._end_tried = True
+        record = tracking.read_parent(sweep_dir)
+        if record is None:
+            return 0
+        try:
+            # Store.client probes the store first: a server that is away fails in seconds, not after MLflow's
+            # retries
+            client = tracking.Store(record["tracking_uri"], None).client()
+            if client.get_run(record["run_id"]).info.status != "RUNNING":
+                return 0
+            return end_sweep(sweep_dir, record, signum=self.stop.signum, deaths=self.stop.deaths)
+        except Exception as err:
+            print(f"error: the sweep could not end its runs: {error_line(err)}. They stay RUNNING; once the store "
+                  f"works again, end them with: charrnn-end-sweep parent={record['run_id']} "
+                  f"tracking.uri={record['tracking_uri']}",
+                  file=sys.stderr, flush=True)
+            return None
 
 
 def _job_run(client, record: dict, job_num: int):
@@ -371,64 +438,6 @@ def _stopped_by(sweep_dir: Path, job_num: int) -> int | None:
     return signal.Signals[run.data.tags.get(tracking.TAG_SIGNAL, "SIGINT")]
 
 
-def _exit_if_stopped() -> None:
-    if not STOP.exit_status_lost:
-        return
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(STOP.exit_code())
-
-
-def _stop_jobs_elsewhere(sweep_dir: Path, signum: int) -> None:
-    """Send ``signum`` to the process of every child run still RUNNING (its owner tag names it) on this machine
-    and wait, at most STOP_WAIT_SECONDS, until those processes have ended their runs or are gone; a second
-    signal kills them (STOP.request). What is left RUNNING the sweep's end ends KILLED."""
-    record, client = _parent_store(sweep_dir)
-    deadline = time.monotonic() + STOP_WAIT_SECONDS
-    while time.monotonic() < deadline:
-        running = client.search_runs([record["experiment_id"]],
-                                     filter_string=f"tags.`{tracking.TAG_PARENT}` = '{record['run_id']}' "
-                                                   "and attributes.status = 'RUNNING'")
-        pids = {tracking.local_pid(run.data.tags.get(tracking.TAG_OWNER, "")) for run in running
-                if tracking.owner_alive(run)} - {None}
-        if not pids:
-            return
-        for pid in pids - STOP.job_pids:
-            STOP.job_pids.add(pid)
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
-
-
-def _end_if_running(sweep_dir: Path) -> None:
-    if not STOP.end_tried:
-        end_sweep_or_say_how(sweep_dir)
-
-
-def end_sweep_or_say_how(sweep_dir: Path) -> int | None:
-    """end_sweep, once, if the parent is still RUNNING; where its store cannot take that (away, full, broken),
-    one error line naming the command that ends the sweep later, and None: its runs stay RUNNING."""
-    STOP.end_tried = True
-    record = tracking.read_parent(sweep_dir)
-    if record is None:
-        return 0
-    try:
-        # Store.client probes the store first: a server that is away fails in seconds, not after MLflow's retries
-        client = tracking.Store(record["tracking_uri"], None).client()
-        if client.get_run(record["run_id"]).info.status != "RUNNING":
-            return 0
-        return end_sweep(sweep_dir, record)
-    except Exception as err:
-        print(f"error: the sweep could not end its runs: {error_line(err)}. They stay RUNNING; once the store "
-              f"works again, end them with: charrnn-end-sweep parent={record['run_id']} "
-              f"tracking.uri={record['tracking_uri']}",
-              file=sys.stderr, flush=True)
-        return None
-
-
 # --- the summary -----------------------------------------------------------------------------------
 
 def best_val_loss(client, run) -> tuple[float | None, int | None]:
@@ -440,11 +449,13 @@ def best_val_loss(client, run) -> tuple[float | None, int | None]:
     return min(m.value for m in history), max(m.step for m in history)
 
 
-def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str | None = None) -> int:
+def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str | None = None,
+              signum: int | None = None, deaths: dict[int, str] | None = None) -> int:
     """End every run of the sweep truthfully, summarise it on the parent and print the leaderboard.
 
     ``record``: the parent's record, when not read from ``sweep_dir``; ``closed``: why a sweep whose process is
     gone is ended from outside (charrnn-end-sweep): the parent and the children still RUNNING end KILLED.
+    ``signum``: the signal that stopped the sweep, if one did; ``deaths``: job number -> how its process died.
     Returns the number of jobs that did not finish: a job a launcher retried (Ray does, after its worker
     died) counts as finished when one of its runs finished.
     """
@@ -463,12 +474,12 @@ def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str
         status = child.info.status
         reason = child.data.tags.get(tracking.TAG_REASON, "")
         if status == "RUNNING":  # its job is gone: the sweep stopped it or its process died
-            died = STOP.deaths.get(int(child.data.tags.get(tracking.TAG_JOB, -1)), "for no known reason")
+            died = (deaths or {}).get(int(child.data.tags.get(tracking.TAG_JOB, -1)), "for no known reason")
             if closed is not None:
                 status, reason = "KILLED", closed
-            elif STOP.signum is not None:
+            elif signum is not None:
                 status = "KILLED"
-                reason = f"the sweep was stopped ({signal.Signals(STOP.signum).name}) before this job ended its run"
+                reason = f"the sweep was stopped ({signal.Signals(signum).name}) before this job ended its run"
             else:
                 status, reason = "FAILED", f"its job process died ({died}) before ending the run"
             client.set_tag(child.info.run_id, tracking.TAG_REASON, reason)
@@ -490,8 +501,8 @@ def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str
         client.log_metric(parent_id, "best/val/loss", best_loss)
         tracking.log_params(client, parent_id, {f"best.{k}": best.data.params[k]
                                                 for k in keys if k in best.data.params})
-    if closed is not None or STOP.signum is not None:
-        client.set_tag(parent_id, tracking.TAG_REASON, closed or f"stopped by {signal.Signals(STOP.signum).name}")
+    if closed is not None or signum is not None:
+        client.set_tag(parent_id, tracking.TAG_REASON, closed or f"stopped by {signal.Signals(signum).name}")
         status = "KILLED"
     else:
         status = "FINISHED" if finished else "FAILED"

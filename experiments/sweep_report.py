@@ -4,7 +4,6 @@ it on the parent under ``report/``. ``charrnn-compare parent=<id>`` makes the sa
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -33,7 +32,6 @@ def report_on_parent(client: MlflowClient, parent_id: str, sweep_dir: Path) -> P
 
 def report_or_say_why(client: MlflowClient, parent_id: str, sweep_dir: Path) -> None:
     """The report, or one line saying why there is none: the report never changes how the sweep ended."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars under the leaderboard
     try:
         page = report_on_parent(client, parent_id, sweep_dir)
     except Exception as err:  # whatever went wrong, the sweep's exit status stands

@@ -92,6 +92,13 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "m
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
+def use_http_defaults() -> None:
+    """HTTP_DEFAULTS for this process and those it starts, where the user has not set them: MLflow reads them
+    from the environment at each request, so each entry point (a command's main, a job's task) sets them first."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 class TrackingError(CharRNNError):
     """The tracking store cannot be reached or refuses the run; the message is one line."""
 
@@ -144,8 +151,6 @@ class Store:
         to open it creates it (unless ``create`` is false) while holding a lock file beside it
         (``mlflow.db.lock``), see :func:`create_sqlite_store`.
         """
-        for key, value in HTTP_DEFAULTS.items():
-            os.environ.setdefault(key, value)
         # MLflow logs each database error with its traceback before raising it; the harness reports every one
         # in a line of its own (a full disk, a read-only or corrupt file, an outage)
         logging.getLogger("mlflow.store.db.utils").addFilter(_below_error)

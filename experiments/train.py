@@ -104,16 +104,15 @@ def optim_keys_named(options: dict | None):
 
 @contextmanager
 def keys_named(section: str, engine_class: type, elsewhere: dict[str, str] | None = None):
-    """An engine ConfigError that starts with a field of ``engine_class`` (or a name in ``elsewhere``) names the
-    config key instead."""
+    """An engine ConfigError about a field of ``engine_class`` (or a name in ``elsewhere``) names the config key
+    instead."""
     try:
         yield
     except ConfigError as err:
-        name, _, rest = str(err).partition(" ")
         keys = {f.name: f"{section}.{f.name}" for f in fields(engine_class)} | (elsewhere or {})
-        if name not in keys:
+        if err.field not in keys:
             raise
-        raise ConfigError(f"{keys[name]} {rest}") from None
+        raise err.renamed(keys[err.field]) from None
 
 
 def engine_keys(engine_class: type, section: dict) -> dict:
@@ -526,6 +525,7 @@ def fail(message: str) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="config")
 def app(cfg: DictConfig) -> float:
     """The Hydra task: returns the validation loss, the objective a sweeper minimises."""
+    tracking.use_http_defaults()  # a job's own entry point too: a job on another machine inherits nothing
     job = Job.from_hydra()
     stopper = Stopper(exits_after=not job.multirun)
     try:
@@ -567,4 +567,5 @@ def main() -> None:
     # single run and a sweep alike) would find nothing worth freeing.
     atexit.register(gc.freeze)
     keep_freed_memory()  # the process trains: see charrnn.allocator (a sweep's own job processes call it too)
+    tracking.use_http_defaults()  # the sweep's start creates the store before any job
     run_reporting_config_errors(app, TrainAppSchema)

@@ -8,7 +8,8 @@ and its run ended FAILED by the sweep callback, and the others go on. Each job's
 with its short name, and each job gets its share of the cores as BLAS threads.
 
 Job processes are in their own process group: Ctrl-C at the terminal reaches only the launching
-process, whose sweep callback forwards one signal to each job in flight and starts no new one.
+process, where the launcher forwards one signal to each job in flight, starts no new one and passes the signal
+on to the sweep callback's stop, which it also tells of each job that died.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from charrnn.allocator import keep_freed_memory
-from charrnn_experiments.sweep_callback import STOP, job_label, parallel_jobs
+from charrnn_experiments.sweep_callback import SweepStop, job_label, parallel_jobs, send_signal
 from charrnn_experiments.train import FAILED_OBJECTIVE
 
 from .process_launcher import JobProcessLauncher
@@ -144,20 +145,29 @@ def launch(launcher: JobProcessLauncher, job_overrides: Sequence[Sequence[str]],
     waiting = deque(range(len(job_overrides)))
     running: dict[int, tuple] = {}  # index -> (process, receiving end of its pipe)
     results: dict[int, JobReturn] = {}
-    STOP.launcher_forwards = True
+    # While jobs run, signals come here: the sweep callback's stop, the handler this displaces, learns of each
+    # signal and each job that died; the job processes are this launcher's own.
+    sweep = signal.getsignal(signal.SIGINT)
+    sweep = sweep if isinstance(sweep, SweepStop) else SweepStop()
+
+    def forward(signum, frame) -> None:
+        first = sweep.request(signum)
+        for process, _ in list(running.values()):  # a second signal kills what is still running
+            send_signal(process.pid, signum if first else signal.SIGKILL)
+
+    sweep_handlers = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while (waiting and STOP.signum is None) or running:
-            while waiting and len(running) < n_jobs and STOP.signum is None:
+        while (waiting and sweep.signum is None) or running:
+            while waiting and len(running) < n_jobs and sweep.signum is None:
                 idx = waiting.popleft()
                 receive, send = ctx.Pipe(duplex=False)
                 payload = cloudpickle.dumps((initial_job_idx + idx, job_overrides[idx], launcher.hydra_context,
                                              config, launcher.task_function, state))
                 process = ctx.Process(target=_job_process, args=(payload, send, labels[idx]))
                 process.start()
-                send.close()
-                STOP.job_pids.add(process.pid)
-                log.info(f"started #{initial_job_idx + idx} {labels[idx]} (pid {process.pid})")
                 running[idx] = (process, receive)
+                send.close()
+                log.info(f"started #{initial_job_idx + idx} {labels[idx]} (pid {process.pid})")
             if not running:
                 break
             multiprocessing.connection.wait([end for p, r in running.values() for end in (p.sentinel, r)],
@@ -172,19 +182,19 @@ def launch(launcher: JobProcessLauncher, job_overrides: Sequence[Sequence[str]],
                     continue
                 process.join()
                 del running[idx]
-                STOP.job_pids.discard(process.pid)
                 if idx not in results:
                     how = _how(process.exitcode)
-                    STOP.deaths[initial_job_idx + idx] = how
+                    sweep.job_died(initial_job_idx + idx, how)
                     log.error(f"job #{initial_job_idx + idx} {labels[idx]} died ({how}); the other jobs go on")
                     results[idx] = _died(job_overrides[idx])
                 receive.close()
     finally:
-        STOP.launcher_forwards = False
+        for sig, handler in sweep_handlers.items():
+            signal.signal(sig, handler)
         for process, _ in running.values():  # only on an error in this loop
             process.kill()
-    if STOP.signum is not None:
-        raise SystemExit(STOP.exit_code())
+    if sweep.signum is not None:
+        raise SystemExit(sweep.exit_code())
     return [results[i] for i in range(len(job_overrides))]
 
 
