@@ -49,8 +49,9 @@ test-user-env: $(TEST) $(UV)
 sweep: $(CORE)
 	$(BIN)/charrnn-train experiment=grid hydra/launcher=charrnn
 
+# MLflow 3's job runner (GenAI judges and trace roll-ups) adds eight processes and ~0.5 GB: not needed here.
 ui: $(CORE)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 server: $(SERVER)
 	@$(BIN)/python -m charrnn_experiments.team_server start --dir team-server --port $(PORT) --host $(HOST)

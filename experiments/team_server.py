@@ -245,7 +245,9 @@ class TeamServer:
         if port_in_use(self.port):
             raise ServerError(f"port {self.port} on 127.0.0.1 is in use: choose another, e.g. PORT={self.port + 1}")
         self.artifacts.mkdir(exist_ok=True)
-        env = {**os.environ, "PGPASSFILE": str(self.pgpass)}
+        # MLflow 3's job runner (GenAI judges, trace roll-ups; nothing charrnn uses) starts eight more processes
+        # and ~0.5 GB: off unless the environment asks for it
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "PGPASSFILE": str(self.pgpass)}
         with open(self.mlflow_log, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.port),

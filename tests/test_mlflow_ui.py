@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, free_port, stop_process_group, tiny
+from conftest import BIN, WITHOUT_JOB_RUNNER, free_port, stop_process_group, tiny
 
 pytestmark = pytest.mark.browser
 
@@ -41,7 +41,8 @@ def serve(store: str, cwd: Path) -> tuple[subprocess.Popen, int]:
         port = free_port()
         proc = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
                                  "--port", str(port), "--workers", "1"], cwd=cwd, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=WITHOUT_JOB_RUNNER)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
             try:
