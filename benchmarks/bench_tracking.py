@@ -26,7 +26,8 @@ from charrnn.data import Vocab, load_corpus, split_corpus
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_experiments.team_server import ServerError, TeamServer, free_port
-from charrnn_experiments.tracking import MlflowTracker, Store
+from charrnn_experiments.store import Store
+from charrnn_experiments.tracking import MlflowTracker
 
 
 class TimedTracker(MlflowTracker):
@@ -73,7 +74,7 @@ def timed_run(text: tuple[str, str], vocab: Vocab, iters: int, store: Store | No
         return Timing(time.perf_counter() - t0)
     t0 = time.perf_counter()
     tracker = TimedTracker.start(store, store.ensure_experiment("bench"))
-    tracker.outbox = Path(tempfile.mkdtemp())
+    tracker.outbox.folder = Path(tempfile.mkdtemp())
     t1 = time.perf_counter()
     result = trainer.run([tracker])
     t2 = time.perf_counter()

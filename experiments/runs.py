@@ -22,7 +22,8 @@ from charrnn_analysis.compare import CURVE_METRICS, NUM_PARAMS, RANK_BY, SCORE_P
 from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.sources import Model
 from charrnn_analysis.trained_run import ARTIFACT_DIR, TOP_UNITS_STEM
-from charrnn_experiments.tracking import METRIC_NUM_PARAMS, TAG_PARENT, Store
+from charrnn_experiments.store import Store
+from charrnn_experiments.tracking import METRIC_NUM_PARAMS, TAG_PARENT
 
 BEST_CHECKPOINT = "best.npz"
 CHECKPOINT_PREFERENCE = (BEST_CHECKPOINT, "last.npz", "latest.npz")  # first found wins; any other .npz after these

@@ -35,9 +35,11 @@ from charrnn.train import OptimConfig, TrainConfig, Trainer, TrainResult
 from charrnn_analysis.sources import DATA_KEYS, DATA_PATH
 from charrnn_analysis.trained_run import ARTIFACT_DIR, RecordSettings, record_finished_run
 from charrnn_experiments import tracking
-from charrnn_experiments.faults import describe_fault, local_fault
+from charrnn_experiments.faults import describe_fault, first_line, local_fault
+from charrnn_experiments.lease import claim, owner_alive
 from charrnn_experiments.progress import ProgressCallback
 from charrnn_experiments.schema import TrainAppSchema, run_reporting_config_errors
+from charrnn_experiments.store import Store
 from charrnn_experiments.sweep_callback import (TAG_BLAS_THREADS, job_label, stop_serial_sweep,
                                                 sweep_blas_threads)
 
@@ -279,7 +281,7 @@ def prepare_resume(cfg: DictConfig, client, output_dir: Path, run_id: str,
     tags = run.data.tags
     if tracking.TAG_SWEEP in tags and tracking.TAG_JOB not in tags:
         raise refuse(run_id, "it is a sweep's parent run; resume one of its child runs")
-    alive = tracking.owner_alive(run)
+    alive = owner_alive(run)
     if alive:
         raise refuse(run_id, f"it is RUNNING ({alive}); stop that first")
     stored = {a.path for a in client.list_artifacts(run_id, tracking.CHECKPOINTS)}
@@ -344,7 +346,7 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
 
     Nothing that can fail runs between creating (or claiming) the run and the code that ends it.
     """
-    store = tracking.Store.resolve(cfg.tracking.uri, job.base_dir)
+    store = Store.resolve(cfg.tracking.uri, job.base_dir)
     # a bad file or an empty value: before the store
     target = resume_target(str(cfg.train.resume)) if cfg.train.resume is not None else None
     client = store.client()
@@ -353,10 +355,10 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         cfg, resume = prepare_resume(cfg, client, job.output_dir, *target)
         run_id = resume.run_id
         with stopper.shielded():
-            tracking.MlflowTracker.claim(client, client.get_run(run_id))
+            claim(client, client.get_run(run_id))
             tracker = tracking.MlflowTracker(client, run_id, store_uri=store.uri,
                                              logged_through=resume.logged_through)
-            tracker.outbox = job.output_dir / run_id / "outbox"
+            tracker.outbox.folder = job.output_dir / run_id / "outbox"
     else:
         resume = None
         config, config_yaml = _resolved(cfg), OmegaConf.to_yaml(cfg, resolve=True)
@@ -372,9 +374,9 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         with stopper.shielded():
             tracker = tracking.MlflowTracker.start(store, experiment_id, run_name=job.name,
                                                    parent_run_id=parent_run_id, tags=tags, client=client)
-            tracker.outbox = job.output_dir / tracker.run_id / "outbox"
+            tracker.outbox.folder = job.output_dir / tracker.run_id / "outbox"
     # every run has its own folder, even when two start in the same second in Hydra's output folder
-    run_dir = tracker.outbox.parent
+    run_dir = tracker.outbox.folder.parent
     try:
         # A signal never cuts a store write in half (a SQLite write cut short keeps its lock and the run could
         # not be ended): writes are shielded, and the signal takes effect right after them.
@@ -417,12 +419,12 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         if fault is not None:  # a full disk or a read-only folder under the run's own files
             fault.filename = fault.filename or str(run_dir)
             # the first cause: an upload the same full disk refused earlier, else this write
-            why = tracker.failure or f"cannot write the run's files: {describe_fault(fault)}"
+            why = tracker.outbox.failure or f"cannot write the run's files: {describe_fault(fault)}"
             stopper.end_run(tracker, "FAILED", why)
             raise JobFailed(why) from None
         interrupted = isinstance(err, KeyboardInterrupt)
         stopper.end_run(tracker, "KILLED" if interrupted else "FAILED",
-                        tracking.first_line(err) if interrupted else f"{type(err).__name__}: {err}")
+                        first_line(err) if interrupted else f"{type(err).__name__}: {err}")
         raise
     stopper.end_run(tracker, status, result.reason or "", result)
     if status == "FAILED":
@@ -464,7 +466,7 @@ def say_resumed(tracker: tracking.MlflowTracker, cfg: DictConfig, trainer: Train
 def one_line(err: Exception) -> str:
     if isinstance(err, MissingMandatoryValue):
         return f"{err.full_key} must be set, e.g. {err.full_key}=..."
-    text = tracking.first_line(err)
+    text = first_line(err)
     key = getattr(err, "full_key", None)
     return f"{key}: {text}" if key else text
 
@@ -500,7 +502,7 @@ def report(err: BaseException, job: Job) -> float:
         fail(one_line(err))
         code = 2
     elif isinstance(err, (JobKilled, KeyboardInterrupt)):
-        print(f"stopped: {tracking.first_line(err) if str(err) else 'interrupted'}", file=sys.stderr, flush=True)
+        print(f"stopped: {first_line(err) if str(err) else 'interrupted'}", file=sys.stderr, flush=True)
         code = 130
     elif isinstance(err, Exception) and job.multirun:
         log.error("job %s failed:\n%s", job.job_num, "".join(traceback.format_exception(err)))

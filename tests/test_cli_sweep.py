@@ -431,7 +431,7 @@ def test_kill_9_of_one_job_fails_that_job_only(small_text, tmp_path):
 
 def test_parallel_jobs_log_the_same_dataset_without_losing_a_run(tmp_path):
     # Jobs racing to insert the same dataset row hit the store's unique key; each must still link it.
-    from charrnn_experiments.tracking import Store
+    from charrnn_experiments.store import Store
 
     for trial in range(3):
         store_dir = tmp_path / str(trial)

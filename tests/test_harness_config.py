@@ -19,7 +19,8 @@ from charrnn.train import OptimConfig, TrainConfig
 from charrnn_experiments.schema import TrainAppSchema, boolean_override_error, config_error_line
 from charrnn_experiments.sweep_callback import parallel_jobs, short_name, swept_space
 from charrnn_experiments.train import build_trainer, engine_configs
-from charrnn_experiments.tracking import Store, flatten
+from charrnn_experiments.store import Store
+from charrnn_experiments.tracking import flatten
 from conftest import compose_cfg
 
 pytestmark = pytest.mark.fast  # the engine and config tests: pytest -m fast -n 2

@@ -114,7 +114,8 @@ def test_a_run_on_another_pythons_pystdlib_is_tagged_with_why_its_text_differs(t
     """What a Python other than the reference one builds (a file missing here): the corpus says why, and the
     run's tags carry it beside the version, so its numbers are never compared with the reference's unawares."""
     from charrnn import data
-    from charrnn_experiments.tracking import MlflowTracker, Store
+    from charrnn_experiments.store import Store
+    from charrnn_experiments.tracking import MlflowTracker
 
     corpus = data._pystdlib_corpus(copy_pystdlib_files(tmp_path / "lib", leave_out="__future__.py"))
     assert "lacking 1 of its 110 files (first __future__.py)" in corpus.differs

@@ -331,7 +331,7 @@ def test_eight_trainings_started_at_once_all_succeed(small_text, tmp_path, team_
 
 def test_parallel_jobs_log_the_same_dataset_into_postgres(team_server, tmp_path):
     # PostgreSQL words the unique-key refusal differently from SQLite; every job must still link it.
-    from charrnn_experiments.tracking import Store
+    from charrnn_experiments.store import Store
 
     uri = (f"postgresql+psycopg2://mlflow:{team_server.password()}@127.0.0.1:{team_server.pg_port}/mlflow")
     for trial in range(3):
@@ -359,7 +359,7 @@ def seconds_to_run(*args: str, cwd: Path) -> tuple[float, subprocess.CompletedPr
 
 def test_team_server_without_its_database_is_one_line_and_leaves_nothing(small_text, tmp_path,
                                                                         team_server, url):
-    from charrnn_experiments.tracking import PROBE_SECONDS
+    from charrnn_experiments.store import PROBE_SECONDS
 
     # the unit: the same job on the healthy server, just before, under the same load
     healthy = tmp_path / "healthy"
