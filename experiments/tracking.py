@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -36,6 +35,9 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.git_utils import get_git_commit
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from charrnn.train import Callback
 from charrnn_experiments.lease import lease_tags
@@ -53,7 +55,7 @@ TAG_DATASET_SHA = "charrnn.dataset.sha256"
 TAG_DATASET_VERSION = "charrnn.dataset.version"  # a versioned corpus's version (pystdlib-v1)
 TAG_DATASET_DIFFERS = "charrnn.dataset.differs"  # why this text is not that version's reference text
 TAG_BEST_CHILD = "charrnn.best_child_run_id"
-TAG_PARENT = "mlflow.parentRunId"
+TAG_PARENT = MLFLOW_PARENT_RUN_ID
 # The model's parameter count, logged once at step 0: a study's table sets cells against it (a metric, not a
 # param, because it is no config key and would read as a swept param).
 METRIC_NUM_PARAMS = "model/num_params"
@@ -89,21 +91,17 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, object]) -> None:
-    items = [Param(k, str(v)) for k, v in sorted(params.items())]
-    for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-        client.log_batch(run_id, params=items[i:i + 100])
+    # log_batch sends them in requests of MLflow's size limit (100 params)
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
 
 
-def git_commit() -> str | None:
-    """Commit of the source tree the harness runs from, when it is a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
+def source_tags() -> dict[str, str]:
+    """MLflow's own tags of where a run comes from (mlflow.user, mlflow.source.name and .type, and git's when the
+    main script is in a checkout), with the harness's commit when it runs from a checkout: a console script in a
+    virtual environment is in none, or in an ignored folder, so MLflow finds no commit there."""
+    tags = resolve_tags()
+    commit = tags.get(MLFLOW_GIT_COMMIT) or get_git_commit(str(Path(__file__).resolve()))
+    return {**tags, MLFLOW_GIT_COMMIT: commit} if commit else tags
 
 
 class MlflowTracker(Callback):
@@ -125,10 +123,7 @@ class MlflowTracker(Callback):
               parent_run_id: str | None = None, tags: dict[str, str] | None = None,
               client: MlflowClient | None = None) -> MlflowTracker:
         client = client or store.client()
-        all_tags = {"mlflow.source.type": "LOCAL", "host": socket.gethostname(), **lease_tags(), **(tags or {})}
-        commit = git_commit()
-        if commit:
-            all_tags["mlflow.source.git.commit"] = commit
+        all_tags = {**source_tags(), "host": socket.gethostname(), **lease_tags(), **(tags or {})}
         if parent_run_id:
             all_tags[TAG_PARENT] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
@@ -155,7 +150,7 @@ class MlflowTracker(Callback):
         dataset = MetaDataset(CodeDatasetSource(described),
                               name=name, digest=sha256[:16])
         entity = DatasetInput(dataset._to_mlflow_entity(),
-                              tags=[InputTag("mlflow.data.context", "training")])
+                              tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
         # Parallel jobs of a sweep log the same dataset: the store inserts its row only when it is missing,
         # so one job can lose that race on the unique (experiment, name, digest) key. The row exists then,
         # and linking it again succeeds.
