@@ -25,6 +25,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from charrnn_experiments.lease import owner_of
 from charrnn_experiments.team_server import ServerError, TeamServer, free_port, health, postgres_bindir
 from conftest import (BIN, emitted_metric_counts, jobs_log_one_dataset_at_once, own_stderr, run_cli, tiny,
                       write_small_text)
@@ -596,9 +597,8 @@ def test_a_job_killed_on_a_ray_worker_ends_its_run_and_the_sweep_goes_on(small_t
             [experiment.experiment_id], f"attributes.status = 'RUNNING' and tags.`{MLFLOW_PARENT_RUN_ID}` != ''")
         jobs = [pid for pid, cmd in cluster_processes(ray_cluster.roots).items()
                 if cmd.startswith("ray::_run_job")]
-        # the Ray worker that writes an open run (its owner tag: "<host> <pid> <token> <time>")
-        owners = {int(r.data.tags["charrnn.owner"].split()[1]) for r in open_runs or []
-                  if "charrnn.owner" in r.data.tags}
+        # the Ray worker that writes an open run (its owner tag)
+        owners = {owner.pid for r in open_runs or [] if (owner := owner_of(r)) is not None}
         if owners & set(jobs):
             victim = min(owners & set(jobs))
         time.sleep(0.2)
