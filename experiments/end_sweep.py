@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn_experiments import tracking
 from charrnn_experiments.lease import owner_alive
-from charrnn_experiments.store import Store
 from charrnn_experiments.schema import EXIT_BAD_CONFIG, EndSweepAppSchema, run_reporting_config_errors
+from charrnn_experiments.store import Store
 from charrnn_experiments.sweep_callback import end_sweep
 
 CLOSED_REASON = "ended by charrnn-end-sweep: the sweep's launching process was gone"
