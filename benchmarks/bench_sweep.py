@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from logged_throughput import training_steps
 
@@ -53,7 +54,7 @@ def run_sweep(launcher: list[str], iters: int) -> Sweep:
             sys.exit(f"error: the sweep failed ({' '.join(launcher) or 'serial'}):\n{out.stderr[-2000:]}")
         client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
         runs = client.search_runs([client.get_experiment_by_name("grid").experiment_id],
-                                  filter_string="tags.`mlflow.parentRunId` != ''")
+                                  filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` != ''")
         jobs = []
         for run in runs:
             _, steps = training_steps(client, run)

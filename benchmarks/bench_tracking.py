@@ -27,7 +27,8 @@ from charrnn.data import Vocab, load_corpus, split_corpus
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_experiments.team_server import ServerError, TeamServer, free_port
-from charrnn_experiments.tracking import MlflowTracker, Store, use_http_defaults
+from charrnn_experiments.store import Store, use_http_defaults
+from charrnn_experiments.tracking import MlflowTracker
 
 
 class TimedTracker(MlflowTracker):
@@ -74,7 +75,7 @@ def timed_run(text: tuple[str, str], vocab: Vocab, iters: int, store: Store | No
         return Timing(time.perf_counter() - t0)
     t0 = time.perf_counter()
     tracker = TimedTracker.start(store, store.ensure_experiment("bench"))
-    tracker.outbox = Path(tempfile.mkdtemp())
+    tracker.outbox.folder = Path(tempfile.mkdtemp())
     t1 = time.perf_counter()
     result = trainer.run([tracker])
     t2 = time.perf_counter()

@@ -39,7 +39,7 @@ from charrnn_analysis.trained_run import RecordSettings, record_slice, slice_bou
 from charrnn_experiments.runs import BEST_CHECKPOINT, load_runs, model_from_run, open_client
 from charrnn_experiments.schema import (EXIT_BAD_CONFIG as EXIT_BAD_INPUT, AnalyzeAppSchema, CompareAppSchema,
                                         run_reporting_config_errors)
-from charrnn_experiments.tracking import use_http_defaults
+from charrnn_experiments.store import use_http_defaults
 
 
 def _names(value) -> list[str]:

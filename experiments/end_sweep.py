@@ -15,7 +15,9 @@ from omegaconf import DictConfig
 
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn_experiments import tracking
+from charrnn_experiments.lease import owner_alive
 from charrnn_experiments.schema import EXIT_BAD_CONFIG, EndSweepAppSchema, run_reporting_config_errors
+from charrnn_experiments.store import Store, use_http_defaults
 from charrnn_experiments.sweep_callback import end_sweep
 
 CLOSED_REASON = "ended by charrnn-end-sweep: the sweep's launching process was gone"
@@ -26,7 +28,7 @@ def close_sweep(parent_id: str | None, uri: str | None, base_dir: str) -> str | 
     if not parent_id:
         raise ConfigError("give parent=<the sweep's parent run id> (the sweep printed it as 'parent run id', and "
                           "the MLflow UI lists it with its children)")
-    store = tracking.Store.resolve(uri, base_dir)
+    store = Store.resolve(uri, base_dir)
     client = store.client(create=False)
     try:
         parent = client.get_run(parent_id)
@@ -37,7 +39,7 @@ def close_sweep(parent_id: str | None, uri: str | None, base_dir: str) -> str | 
         raise ConfigError(f"parent={parent_id}: run {parent.info.run_name!r} is not a sweep's parent run")
     if parent.info.status != "RUNNING":
         return f"sweep {parent_id} has ended already ({parent.info.status}); nothing to do"
-    alive = tracking.owner_alive(parent)
+    alive = owner_alive(parent)
     if alive:
         raise ConfigError(f"sweep {parent_id} is still running ({alive}); stop it with Ctrl-C or kill, and it "
                           "ends itself")
@@ -45,7 +47,7 @@ def close_sweep(parent_id: str | None, uri: str | None, base_dir: str) -> str | 
                                   filter_string=f"tags.`{tracking.TAG_PARENT}` = '{parent_id}' "
                                                 "and attributes.status = 'RUNNING'")
     for child in children:
-        if alive := tracking.owner_alive(child):
+        if alive := owner_alive(child):
             raise ConfigError(f"sweep {parent_id}'s child {child.info.run_name!r} is still running ({alive}); "
                               "stop that first")
     record = {"tracking_uri": store.uri, "experiment_id": parent.info.experiment_id, "run_id": parent_id}
@@ -66,5 +68,5 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    tracking.use_http_defaults()
+    use_http_defaults()
     run_reporting_config_errors(app, EndSweepAppSchema)

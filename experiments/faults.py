@@ -20,6 +20,11 @@ def local_fault(err: BaseException | None) -> OSError | None:
     return None
 
 
+def first_line(err: BaseException) -> str:
+    """The error's message as one line: its first line, or its type's name when it has no message."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def describe_fault(fault: OSError) -> str:
     """``No space left on device: /path``: the reason in the system's words, then the file."""
     return f"{fault.strerror or os.strerror(fault.errno)}: {fault.filename}" if fault.filename else \

@@ -22,7 +22,8 @@ from charrnn_analysis.compare import CURVE_METRICS, NUM_PARAMS, RANK_BY, SCORE_P
 from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.sources import Model
 from charrnn_analysis.trained_run import ARTIFACT_DIR, TOP_UNITS_STEM
-from charrnn_experiments.tracking import METRIC_NUM_PARAMS, TAG_PARENT, Store
+from charrnn_experiments.store import Store
+from charrnn_experiments.tracking import METRIC_NUM_PARAMS, TAG_PARENT
 
 BEST_CHECKPOINT = "best.npz"
 CHECKPOINT_PREFERENCE = (BEST_CHECKPOINT, "last.npz", "latest.npz")  # first found wins; any other .npz after these
@@ -118,7 +119,9 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
     filter_string = f"tags.`{TAG_PARENT}` = '{parent}'" if parent else ""
     runs = []
     page = None
-    while True:  # the client pages through the runs; MLflow's fluent search_runs would need a global store URI
+    # The client pages through the runs: MLflow's fluent search_runs (a pandas frame) reads the global tracking URI,
+    # and setting that (mlflow.set_tracking_uri) also sets MLFLOW_TRACKING_URI for this process and its children.
+    while True:
         batch = client.search_runs([exp.experiment_id], filter_string, max_results=1000, page_token=page,
                                    order_by=["attributes.start_time ASC"])
         runs += batch

@@ -21,7 +21,9 @@ from charrnn.checks import check_int, check_number
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn.sample import generate
 from charrnn_experiments import tracking
+from charrnn_experiments.faults import first_line
 from charrnn_experiments.schema import SampleAppSchema, run_reporting_config_errors
+from charrnn_experiments.store import Store, use_http_defaults
 
 PROGRESS_FROM_CHARS = 5000  # longer samples show a progress bar on stderr
 
@@ -33,7 +35,7 @@ def checkpoint_of(cfg: DictConfig, into: Path) -> Path:
         return Path(HydraConfig.get().runtime.cwd, str(cfg.checkpoint))
     if cfg.which not in ("best", "latest"):
         raise ConfigError(f"which must be best or latest, got {cfg.which!r}")
-    store = tracking.Store.resolve(cfg.tracking.uri, HydraConfig.get().runtime.cwd)
+    store = Store.resolve(cfg.tracking.uri, HydraConfig.get().runtime.cwd)
     client = store.client(create=False)
     run_id = str(cfg.run)
     try:
@@ -72,7 +74,7 @@ def app(cfg: DictConfig) -> None:
         chars = generate(params, model_config, vocab, **options)
         first = next(chars, "")  # checks the options against the model before anything is written
     except (CharRNNError, MlflowException) as err:
-        print(f"error: {tracking.first_line(err)}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         sys.exit(2)
     length = options["length"]
     stopped: list[str] = []  # a signal asks the loop to stop after the character it is writing
@@ -100,5 +102,5 @@ def app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    tracking.use_http_defaults()
+    use_http_defaults()
     run_reporting_config_errors(app, SampleAppSchema)

@@ -43,8 +43,10 @@ from omegaconf import DictConfig, OmegaConf
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn.train import StopReason
 from charrnn_experiments import tracking
-from charrnn_experiments.faults import local_fault, unwritable_files_line
+from charrnn_experiments.faults import first_line, local_fault, unwritable_files_line
+from charrnn_experiments.lease import owner_alive, owner_of
 from charrnn_experiments.schema import SignalStop
+from charrnn_experiments.store import Store
 
 SWEEP_FILE = "sweep.json"  # in the sweep dir: the swept keys and BLAS threads per job, read by every job
 MAX_NAME = 40              # characters of a child run's name
@@ -128,8 +130,8 @@ class SweepStop:
             running = client.search_runs([record["experiment_id"]],
                                          filter_string=f"tags.`{tracking.TAG_PARENT}` = '{record['run_id']}' "
                                                        "and attributes.status = 'RUNNING'")
-            pids = {tracking.local_pid(run.data.tags.get(tracking.TAG_OWNER, "")) for run in running
-                    if tracking.owner_alive(run)} - {None}
+            pids = {owner.pid for run in running
+                    if (owner := owner_of(run)) is not None and owner.local and owner_alive(run)}
             if not pids:
                 return
             for pid in pids - self.job_pids:
@@ -297,7 +299,7 @@ def error_line(err: Exception, what: str | None = None) -> str:
     fault = local_fault(err)  # a read-only or full folder: the user's to fix, in the same words as elsewhere
     if fault:
         return unwritable_files_line(fault)
-    return f"{what + ': ' if what else ''}{type(err).__name__}: {tracking.first_line(err)}"
+    return f"{what + ': ' if what else ''}{type(err).__name__}: {first_line(err)}"
 
 
 # --- the callback ----------------------------------------------------------------------------------
@@ -306,7 +308,7 @@ class MlflowSweepCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Before Hydra makes the run's output folder: a store that does not answer leaves nothing behind.
         with exit_on_error("the run could not start"):
-            tracking.Store.resolve(config.tracking.uri, os.getcwd()).check_reachable()
+            Store.resolve(config.tracking.uri, os.getcwd()).check_reachable()
 
     def __init__(self) -> None:
         self.stop = SweepStop()
@@ -323,7 +325,7 @@ class MlflowSweepCallback(Callback):
         jobs = planned_jobs(config, space)
         threads = blas_threads(config, jobs)  # a bad n_jobs fails here, before anything is created
         start_process_launcher(config)
-        store = tracking.Store.resolve(config.tracking.uri, os.getcwd())
+        store = Store.resolve(config.tracking.uri, os.getcwd())
         store.check_writable()
         experiment_id = store.ensure_experiment(config.tracking.experiment)  # before any job or the sweep's folder
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
@@ -341,7 +343,7 @@ class MlflowSweepCallback(Callback):
             tracking.log_params(parent.client, parent.run_id, {f"sweep.{k}": v for k, v in space.items()})
             tracking.write_parent(sweep_dir, store, experiment_id, parent.run_id)
         except Exception as err:  # no job will start: the parent must not stay RUNNING
-            parent.finish("FAILED", reason=f"the sweep could not start: {tracking.first_line(err)}")
+            parent.finish("FAILED", reason=f"the sweep could not start: {first_line(err)}")
             raise
         self._pid = os.getpid()
         # Registered first, run last: a sweep stopped inside Ray's or submitit's launcher exits 128 + the signal
@@ -404,7 +406,7 @@ class MlflowSweepCallback(Callback):
         try:
             # Store.client probes the store first: a server that is away fails in seconds, not after MLflow's
             # retries
-            client = tracking.Store(record["tracking_uri"], None).client()
+            client = Store(record["tracking_uri"], None).client()
             if client.get_run(record["run_id"]).info.status != "RUNNING":
                 return 0
             return end_sweep(sweep_dir, record, signum=self.stop.signum, deaths=self.stop.deaths)
@@ -426,7 +428,7 @@ def _job_run(client, record: dict, job_num: int):
 def _parent_store(sweep_dir: Path) -> tuple[dict[str, str], Any]:
     """The sweep's parent record (written when it started) and a client of the store it lives in."""
     record = tracking.read_parent(sweep_dir)
-    return record, tracking.Store(record["tracking_uri"], None).client()
+    return record, Store(record["tracking_uri"], None).client()
 
 
 def _stopped_by(sweep_dir: Path, job_num: int) -> int | None:
@@ -462,7 +464,7 @@ def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str
     record = record or tracking.read_parent(sweep_dir)
     if record is None:
         return 0
-    client = tracking.Store(record["tracking_uri"], None).client()
+    client = Store(record["tracking_uri"], None).client()
     parent_id = record["run_id"]
     parent = client.get_run(parent_id)
     keys = read_sweep(sweep_dir).get("keys") or []
@@ -547,5 +549,5 @@ def _print_leaderboard(parent, rows, ranked, capped, record, parent_id, status, 
     if unfinished:
         lines.append(f"{unfinished} of {planned} jobs did not finish")
     lines.append(f"parent run id: {parent_id}")
-    lines.append(f"see it: {tracking.Store(record['tracking_uri'], None).ui_address(record['experiment_id'])}")
+    lines.append(f"see it: {Store(record['tracking_uri'], None).ui_address(record['experiment_id'])}")
     print("\n".join(lines), flush=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from charrnn_analysis.sweep_report import REPORT_PAGE, write_sweep_report
-from charrnn_experiments import tracking
+from charrnn_experiments.faults import first_line
 from charrnn_experiments.runs import load_runs
 
 REPORT_DIR = "report"  # the folder of the sweep's folder, and of the parent's artifacts
@@ -35,7 +35,7 @@ def report_or_say_why(client: MlflowClient, parent_id: str, sweep_dir: Path) -> 
     try:
         page = report_on_parent(client, parent_id, sweep_dir)
     except Exception as err:  # whatever went wrong, the sweep's exit status stands
-        print(f"warning: no sweep report: {type(err).__name__}: {tracking.first_line(err)}", file=sys.stderr,
+        print(f"warning: no sweep report: {type(err).__name__}: {first_line(err)}", file=sys.stderr,
               flush=True)
         return
     print(f"report: {page} (on the parent run under {REPORT_DIR}/{REPORT_PAGE})", flush=True)

@@ -36,9 +36,11 @@ from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer, TrainResu
 from charrnn_analysis.sources import DATA_KEYS, DATA_PATH
 from charrnn_analysis.trained_run import ARTIFACT_DIR, FinishedRunRecorder, RecordSettings
 from charrnn_experiments import tracking
-from charrnn_experiments.faults import describe_fault, local_fault
+from charrnn_experiments.faults import describe_fault, first_line, local_fault
+from charrnn_experiments.lease import claim, owner_alive
 from charrnn_experiments.progress import ProgressCallback
 from charrnn_experiments.schema import TrainAppSchema, run_reporting_config_errors
+from charrnn_experiments.store import Store, use_http_defaults
 from charrnn_experiments.sweep_callback import (TAG_BLAS_THREADS, job_label, stop_serial_sweep,
                                                 sweep_blas_threads)
 
@@ -285,7 +287,7 @@ def prepare_resume(cfg: DictConfig, client, output_dir: Path, run_id: str,
     tags = run.data.tags
     if tracking.TAG_SWEEP in tags and tracking.TAG_JOB not in tags:
         raise refuse(run_id, "it is a sweep's parent run; resume one of its child runs")
-    alive = tracking.owner_alive(run)
+    alive = owner_alive(run)
     if alive:
         raise refuse(run_id, f"it is RUNNING ({alive}); stop that first")
     stored = {a.path for a in client.list_artifacts(run_id, tracking.CHECKPOINTS)}
@@ -350,7 +352,7 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
 
     Nothing that can fail runs between creating (or claiming) the run and the code that ends it.
     """
-    store = tracking.Store.resolve(cfg.tracking.uri, job.base_dir)
+    store = Store.resolve(cfg.tracking.uri, job.base_dir)
     # a bad file or an empty value: before the store
     target = resume_target(str(cfg.train.resume)) if cfg.train.resume is not None else None
     client = store.client()
@@ -362,7 +364,7 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
         resume, config = None, (_resolved(cfg), OmegaConf.to_yaml(cfg, resolve=True))  # can fail: not in a run
         tracker = start_run(store, client, cfg, job, stopper)
     # every run has its own folder, even when two start in the same second in Hydra's output folder
-    run_dir = tracker.outbox.parent
+    run_dir = tracker.outbox.folder.parent
     try:
         stopper.raise_if_stopped()
         trainer = (new_trainer(cfg, tracker, stopper, config, run_dir) if resume is None
@@ -386,7 +388,7 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
     return tracker.run_id, result.val_loss
 
 
-def start_run(store: tracking.Store, client, cfg: DictConfig, job: Job, stopper: Stopper) -> tracking.MlflowTracker:
+def start_run(store: Store, client, cfg: DictConfig, job: Job, stopper: Stopper) -> tracking.MlflowTracker:
     """Create the job's run: in a sweep, a child of the sweep's parent run."""
     parent = tracking.read_parent(job.sweep_dir) if job.sweep_dir else None
     if parent is not None:
@@ -400,17 +402,17 @@ def start_run(store: tracking.Store, client, cfg: DictConfig, job: Job, stopper:
     with stopper.shielded():
         tracker = tracking.MlflowTracker.start(store, experiment_id, run_name=job.name,
                                                parent_run_id=parent_run_id, tags=tags, client=client)
-        tracker.outbox = job.output_dir / tracker.run_id / "outbox"
+        tracker.outbox.folder = job.output_dir / tracker.run_id / "outbox"
     return tracker
 
 
-def claim_run(store: tracking.Store, client, resume: Resume, job: Job, stopper: Stopper) -> tracking.MlflowTracker:
+def claim_run(store: Store, client, resume: Resume, job: Job, stopper: Stopper) -> tracking.MlflowTracker:
     """Claim the run a resume continues (prepare_resume has checked it can)."""
     with stopper.shielded():
-        tracking.MlflowTracker.claim(client, client.get_run(resume.run_id))
+        claim(client, client.get_run(resume.run_id))
         tracker = tracking.MlflowTracker(client, resume.run_id, store_uri=store.uri,
                                          logged_through=resume.logged_through)
-        tracker.outbox = job.output_dir / resume.run_id / "outbox"
+        tracker.outbox.folder = job.output_dir / resume.run_id / "outbox"
     return tracker
 
 
@@ -468,16 +470,16 @@ def end_stopped_run(err: BaseException, tracker: tracking.MlflowTracker, stopper
     if fault is not None:  # a full disk or a read-only folder under the run's own files
         fault.filename = fault.filename or str(run_dir)
         # the first cause: an upload the same full disk refused earlier, else this write
-        why = tracker.failure or f"cannot write the run's files: {describe_fault(fault)}"
+        why = tracker.outbox.failure or f"cannot write the run's files: {describe_fault(fault)}"
         stopper.end_run(tracker, "FAILED", why)
         return JobFailed(why)
     interrupted = isinstance(err, KeyboardInterrupt)
     stopper.end_run(tracker, "KILLED" if interrupted else "FAILED",
-                    tracking.first_line(err) if interrupted else f"{type(err).__name__}: {err}")
+                    first_line(err) if interrupted else f"{type(err).__name__}: {err}")
     return None
 
 
-def print_summary(store: tracking.Store, tracker: tracking.MlflowTracker, result: TrainResult,
+def print_summary(store: Store, tracker: tracking.MlflowTracker, result: TrainResult,
                   sample: str | None) -> None:
     """A single run's last lines: its id, validation loss, time in training, final sample and UI address."""
     val = ("none (no validation text)" if result.val_loss is None else
@@ -513,7 +515,7 @@ def say_resumed(tracker: tracking.MlflowTracker, cfg: DictConfig, trainer: Train
 def one_line(err: Exception) -> str:
     if isinstance(err, MissingMandatoryValue):
         return f"{err.full_key} must be set, e.g. {err.full_key}=..."
-    text = tracking.first_line(err)
+    text = first_line(err)
     key = getattr(err, "full_key", None)
     return f"{key}: {text}" if key else text
 
@@ -525,7 +527,7 @@ def fail(message: str) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="config")
 def app(cfg: DictConfig) -> float:
     """The Hydra task: returns the validation loss, the objective a sweeper minimises."""
-    tracking.use_http_defaults()  # a job's own entry point too: a job on another machine inherits nothing
+    use_http_defaults()  # a job's own entry point too: a job on another machine inherits nothing
     job = Job.from_hydra()
     stopper = Stopper(exits_after=not job.multirun)
     try:
@@ -550,7 +552,7 @@ def report(err: BaseException, job: Job) -> float:
         fail(one_line(err))
         code = 2
     elif isinstance(err, (JobKilled, KeyboardInterrupt)):
-        print(f"stopped: {tracking.first_line(err) if str(err) else 'interrupted'}", file=sys.stderr, flush=True)
+        print(f"stopped: {first_line(err) if str(err) else 'interrupted'}", file=sys.stderr, flush=True)
         code = 130
     elif isinstance(err, Exception) and job.multirun:
         log.error("job %s failed:\n%s", job.job_num, "".join(traceback.format_exception(err)))
@@ -567,5 +569,5 @@ def main() -> None:
     # single run and a sweep alike) would find nothing worth freeing.
     atexit.register(gc.freeze)
     keep_freed_memory()  # the process trains: see charrnn.allocator (a sweep's own job processes call it too)
-    tracking.use_http_defaults()  # the sweep's start creates the store before any job
+    use_http_defaults()  # the sweep's start creates the store before any job
     run_reporting_config_errors(app, TrainAppSchema)

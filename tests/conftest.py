@@ -270,7 +270,8 @@ def mlflow_server(tmp_path):
 
 def _log_the_shared_dataset(uri: str, experiment_id: str, ready: str, go: str) -> str:
     """One sweep job's start, in its own process: open a run, wait for the others, log the shared dataset."""
-    from charrnn_experiments.tracking import MlflowTracker, Store
+    from charrnn_experiments.store import Store
+    from charrnn_experiments.tracking import MlflowTracker
 
     tracker = MlflowTracker.start(Store.resolve(uri, ready), experiment_id)
     (Path(ready) / tracker.run_id).touch()

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_module
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from charrnn.checkpoint import Checkpoint, save_checkpoint
 from charrnn.data import Vocab
@@ -62,7 +63,7 @@ def workspace(tmp_path_factory):
     children = []
     for hidden, lr in [(32, 0.1), (64, 0.1), (32, 0.01), (64, 0.01)]:
         child = client.create_run(experiment, run_name=f"h{hidden}-lr{lr}",
-                                  tags={"mlflow.parentRunId": parent}).info.run_id
+                                  tags={MLFLOW_PARENT_RUN_ID: parent}).info.run_id
         client.log_param(child, "model.hidden_size", hidden)
         client.log_param(child, "optim.lr", lr)
         client.log_param(child, "train.seed", 42)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from charrnn.data import Vocab
 from charrnn.model import ModelConfig, count_params, init_params
@@ -32,7 +33,7 @@ def test_every_finished_run_records_its_validation_slice_and_compare_reads_the_u
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("recorded the hidden state on 300 validation characters in ") == 2
     client, runs = finished_runs(tmp_path)
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]
     assert len(children) == 2
     text = small_text.read_text()
     val_start = len(text) - int(len(text) * 0.1)  # train.val_fraction's default split
@@ -44,7 +45,7 @@ def test_every_finished_run_records_its_validation_slice_and_compare_reads_the_u
         assert rec.text == text[val_start : val_start + 300] and rec.offsets[0] == val_start
         assert rec.meta["hidden_size"] == int(child.data.params["model.hidden_size"])
 
-    parent = children[0].data.tags["mlflow.parentRunId"]
+    parent = children[0].data.tags[MLFLOW_PARENT_RUN_ID]
     compared = cli("charrnn-compare", f"parent={parent}", f"out={tmp_path / 'cmp'}",
                    "tracking.uri=sqlite:///mlflow.db")
     assert compared.returncode == 0, compared.stderr
@@ -100,8 +101,8 @@ def test_compare_of_a_seed_sweep_writes_the_study_table_with_mean_and_std_over_s
     assert out.returncode == 1, out.stderr[-3000:]  # a sweep with failed jobs exits 1
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])
-    parent = next(r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    parent = next(r.info.run_id for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get(MLFLOW_PARENT_RUN_ID) == parent]
     assert len(children) == 6
 
     compared = cli("charrnn-compare", f"parent={parent}", f"out={tmp_path / 'cmp'}", "tracking.uri=sqlite:///mlflow.db")

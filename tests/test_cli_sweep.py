@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from conftest import BIN, jobs_log_one_dataset_at_once, tiny
 
@@ -24,9 +25,9 @@ CORES = len(os.sched_getaffinity(0))  # the cores this process may use: what n_j
 def sweep_runs(cwd: Path, experiment: str = "charrnn"):
     client = MlflowClient(f"sqlite:///{cwd}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [r for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags]
     assert len(parents) == 1, "exactly one parent run per sweep"
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    children = [r for r in runs if r.data.tags.get(MLFLOW_PARENT_RUN_ID) == parents[0].info.run_id]
     assert len(children) == len(runs) - 1, "every job is nested under the parent"
     return client, parents[0], children
 
@@ -431,7 +432,7 @@ def test_kill_9_of_one_job_fails_that_job_only(small_text, tmp_path):
 
 def test_parallel_jobs_log_the_same_dataset_without_losing_a_run(tmp_path):
     # Jobs racing to insert the same dataset row hit the store's unique key; each must still link it.
-    from charrnn_experiments.tracking import Store
+    from charrnn_experiments.store import Store
 
     for trial in range(3):
         store_dir = tmp_path / str(trial)

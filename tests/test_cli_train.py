@@ -199,7 +199,8 @@ def test_sigterm_kills_with_checkpoint_and_resume_with_a_stop_limit_logs_the_uni
 
 
 def test_resume_refuses_what_it_cannot_continue_and_leaves_the_run_as_it_was(cli, small_text, tmp_path):
-    from charrnn_experiments.tracking import TAG_SWEEP, MlflowTracker, Store
+    from charrnn_experiments.store import Store
+    from charrnn_experiments.tracking import TAG_SWEEP, MlflowTracker
 
     assert cli("charrnn-train", *tiny(small_text)).returncode == 0
     client = store_client(tmp_path)

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from charrnn.data import Vocab
 from charrnn.model import ModelConfig, param_shapes
-from charrnn_experiments.tracking import Store
+from charrnn_experiments.store import Store
 from conftest import BIN, only_run, small_trainer, store_client, tiny
 
 

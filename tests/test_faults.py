@@ -159,7 +159,8 @@ def test_ctrl_c_again_and_again_while_the_run_ends_still_ends_it_killed(start, s
 def _claim(store_dir: str, run_id: str, ready: str, go: str) -> bool:
     """One resume's claim of run_id: it reads the run, says so with a file in ``ready``, and claims it when the
     file ``go`` appears."""
-    from charrnn_experiments.tracking import MlflowTracker, Store, TrackingError
+    from charrnn_experiments.lease import claim
+    from charrnn_experiments.store import Store, TrackingError
 
     client = Store.resolve(None, store_dir).client()
     run = client.get_run(run_id)
@@ -167,14 +168,15 @@ def _claim(store_dir: str, run_id: str, ready: str, go: str) -> bool:
     while not Path(go).exists():
         time.sleep(0.001)
     try:
-        MlflowTracker.claim(client, run)
+        claim(client, run)
         return True
     except TrackingError:
         return False
 
 
 def test_of_simultaneous_resumes_of_one_run_exactly_one_claims_it(tmp_path):
-    from charrnn_experiments.tracking import MlflowTracker, Store
+    from charrnn_experiments.store import Store
+    from charrnn_experiments.tracking import MlflowTracker
 
     store = Store.resolve(None, tmp_path)
     tracker = MlflowTracker.start(store, store.ensure_experiment("claims"))
@@ -258,7 +260,9 @@ def test_kill_9_at_random_iterations_then_resume_continues_with_the_uninterrupte
 
 
 def test_a_few_metric_points_reach_the_store_within_seconds_while_the_run_runs(tmp_path):
-    from charrnn_experiments.tracking import METRICS_PER_BATCH, MlflowTracker, Store
+    from charrnn_experiments.outbox import METRICS_PER_BATCH
+    from charrnn_experiments.store import Store
+    from charrnn_experiments.tracking import MlflowTracker
 
     # A run that logs rarely (a big model, a long log_every) must not hold its points until a batch fills, a
     # checkpoint is queued or the run ends: the sender delivers on a time bound. Three points, no file, no end.

@@ -16,10 +16,12 @@ from charrnn.errors import ConfigError
 from charrnn.model import ModelConfig
 from charrnn.schedule import ScheduleConfig
 from charrnn.train import OptimConfig, TrainConfig
+from charrnn_experiments.lease import Owner
 from charrnn_experiments.schema import TrainAppSchema, boolean_override_error, config_error_line
+from charrnn_experiments.store import Store
 from charrnn_experiments.sweep_callback import parallel_jobs, short_name, swept_space
+from charrnn_experiments.tracking import flatten
 from charrnn_experiments.train import build_trainer, engine_configs
-from charrnn_experiments.tracking import Store, flatten
 from conftest import compose_cfg
 
 pytestmark = pytest.mark.fast  # the engine and config tests: pytest -m fast -n 2
@@ -286,3 +288,12 @@ def test_embedded_store_lives_in_the_launch_directory(tmp_path):
 
 def test_flatten_joins_nested_keys():
     assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": "x"}) == {"a.b": 1, "a.c.d": None, "e": "x"}
+
+
+def test_the_owner_tag_reads_back_as_it_was_written():
+    tag = "node7 4242 0123456789abcdef0123456789abcdef 1765000000"  # as runs already in stores carry it
+    owner = Owner.parse(tag)
+    assert owner == Owner("node7", 4242, "0123456789abcdef0123456789abcdef", 1765000000.0)
+    assert owner.format() == tag
+    assert Owner.parse(Owner.new().format()) is not None
+    assert Owner.parse("") is None  # a run that has no owner tag

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import OmegaConf, read_write
 
 from charrnn.data import Vocab, load_corpus, split_corpus
@@ -114,7 +115,8 @@ def test_a_run_on_another_pythons_pystdlib_is_tagged_with_why_its_text_differs(t
     """What a Python other than the reference one builds (a file missing here): the corpus says why, and the
     run's tags carry it beside the version, so its numbers are never compared with the reference's unawares."""
     from charrnn import data
-    from charrnn_experiments.tracking import MlflowTracker, Store
+    from charrnn_experiments.store import Store
+    from charrnn_experiments.tracking import MlflowTracker
 
     corpus = data._pystdlib_corpus(copy_pystdlib_files(tmp_path / "lib", leave_out="__future__.py"))
     assert "lacking 1 of its 110 files (first __future__.py)" in corpus.differs
@@ -134,7 +136,7 @@ def test_a_tiny_paper_cells_search_names_each_models_best_lr_in_the_tables_paper
     assert out.returncode == 0, out.stderr[-3000:]
     client = store_client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("paper_cells_search").experiment_id])
-    [parent] = [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    [parent] = [r.info.run_id for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags]
     children = [r for r in runs if r.info.run_id != parent]
     assert sorted(float(r.data.params["optim.lr"]) for r in children) == [0.002, 0.005, 0.01]
     best = min(children, key=lambda r: min(m.value for m in client.get_metric_history(r.info.run_id, "val/loss")))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from conftest import BIN, run_cli, store_client, tiny, write_small_text
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 LONG = ("train.max_iters=1000000", "train.eval_every=20")
 
@@ -160,7 +161,7 @@ def test_a_store_away_at_a_sweeps_end_is_one_line_naming_charrnn_end_sweep(mlflo
     assert done.returncode == 0, done.stderr
     parent = client.get_run(parent.info.run_id)
     (child,) = client.search_runs([parent.info.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+                                  f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
     assert (parent.info.status, child.info.status) == ("KILLED", "FINISHED")
     assert parent.data.tags["charrnn.best_child_run_id"] == child.info.run_id
 

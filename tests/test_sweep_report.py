@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
-from charrnn_experiments.tracking import Store
+from charrnn_experiments.store import Store
 from conftest import tiny
 from test_cli_sweep import sweep_runs
 

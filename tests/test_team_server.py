@@ -23,7 +23,9 @@ from typing import Callable
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from charrnn_experiments.lease import owner_of
 from charrnn_experiments.team_server import ServerError, TeamServer, free_port, health, postgres_bindir
 from conftest import (BIN, emitted_metric_counts, jobs_log_one_dataset_at_once, own_stderr, run_cli, tiny,
                       write_small_text)
@@ -116,9 +118,9 @@ def check_sweep(server: TeamServer, url: str, experiment: str, n_jobs: int, text
     """One parent, n_jobs FINISHED children with every metric point their trainers emitted (each key, each
     point), over REST and in PostgreSQL."""
     client, experiment_id, runs = experiment_runs(url, experiment)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [r for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags]
     assert len(parents) == 1, [r.info.run_name for r in parents]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    children = [r for r in runs if r.data.tags.get(MLFLOW_PARENT_RUN_ID) == parents[0].info.run_id]
     assert len(children) == len(runs) - 1 == n_jobs
     assert [c.info.status for c in children] == ["FINISHED"] * n_jobs, \
         [(c.info.status, c.data.tags.get("charrnn.reason")) for c in children]
@@ -281,8 +283,8 @@ def test_sample_analyze_compare_and_resume_work_against_the_team_server(cli, par
     """The commands that read a store work on the sweep above through the server, unchanged."""
     assert parallel_grid[0].returncode == 0, parallel_grid[0].stderr[-3000:]
     client, _, runs = experiment_runs(url, "parallel-grid")
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+    parent = next(r for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags)
+    child = next(r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags)
     where = f"tracking.uri={url}"
     out = cli("charrnn-sample", f"run={child.info.run_id}", where, "length=40", "seed=3")
     assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-2000:]
@@ -331,7 +333,7 @@ def test_eight_trainings_started_at_once_all_succeed(small_text, tmp_path, team_
 
 def test_parallel_jobs_log_the_same_dataset_into_postgres(team_server, tmp_path):
     # PostgreSQL words the unique-key refusal differently from SQLite; every job must still link it.
-    from charrnn_experiments.tracking import Store
+    from charrnn_experiments.store import Store
 
     uri = (f"postgresql+psycopg2://mlflow:{team_server.password()}@127.0.0.1:{team_server.pg_port}/mlflow")
     for trial in range(3):
@@ -359,7 +361,7 @@ def seconds_to_run(*args: str, cwd: Path) -> tuple[float, subprocess.CompletedPr
 
 def test_team_server_without_its_database_is_one_line_and_leaves_nothing(small_text, tmp_path,
                                                                         team_server, url):
-    from charrnn_experiments.tracking import PROBE_SECONDS
+    from charrnn_experiments.store import PROBE_SECONDS
 
     # the unit: the same job on the healthy server, just before, under the same load
     healthy = tmp_path / "healthy"
@@ -592,12 +594,11 @@ def test_a_job_killed_on_a_ray_worker_ends_its_run_and_the_sweep_goes_on(small_t
         assert sweep.poll() is None and time.monotonic() < deadline, "no job got under way"
         experiment = client.get_experiment_by_name("ray-kill")
         open_runs = experiment and client.search_runs(
-            [experiment.experiment_id], "attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` != ''")
+            [experiment.experiment_id], f"attributes.status = 'RUNNING' and tags.`{MLFLOW_PARENT_RUN_ID}` != ''")
         jobs = [pid for pid, cmd in cluster_processes(ray_cluster.roots).items()
                 if cmd.startswith("ray::_run_job")]
-        # the Ray worker that writes an open run (its owner tag: "<host> <pid> <token> <time>")
-        owners = {int(r.data.tags["charrnn.owner"].split()[1]) for r in open_runs or []
-                  if "charrnn.owner" in r.data.tags}
+        # the Ray worker that writes an open run (its owner tag)
+        owners = {owner.pid for r in open_runs or [] if (owner := owner_of(r)) is not None}
         if owners & set(jobs):
             victim = min(owners & set(jobs))
         time.sleep(0.2)
@@ -606,7 +607,7 @@ def test_a_job_killed_on_a_ray_worker_ends_its_run_and_the_sweep_goes_on(small_t
     output = sweep.communicate(timeout=600)[0]
     assert sweep.returncode == 0, output[-3000:]
     _, _, runs = experiment_runs(url, "ray-kill")
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in runs if MLFLOW_PARENT_RUN_ID in r.data.tags]
     status = [(r.data.tags.get("charrnn.job"), r.info.status) for r in children]
     # the sweep went on: every job has a finished run
     assert {j for j, s in status if s == "FINISHED"} == {"0", "1", "2", "3"}, status
