@@ -10,6 +10,7 @@ complete metric history up to its iteration, and resume after a crash can contin
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
@@ -62,6 +64,16 @@ TAG_PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"
 TAG_PRIMARY_METRIC_GREATER_IS_BETTER = "mlflow.experiment.primaryMetric.greaterIsBetter"
 EXPERIMENT_TAGS = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND, TAG_PRIMARY_METRIC: "val/loss",
                    TAG_PRIMARY_METRIC_GREATER_IS_BETTER: "False"}  # every experiment charrnn makes; see above
+# A saved view of the experiment's runs page, as MLflow 3.17's *Views* > *Save as new view* writes it (the tag
+# mlflow.sharedViewState.<key>; the address's viewStateShareKey=<key> opens it): its chart view starts with a
+# section of train/loss and val/loss, titled so (MLflow's own titles are both "loss"). The UI appends a chart for
+# every other metric after it, in sections of its own; isAccordionReordered keeps ours first (else sorted by name).
+# Empty charts stay (hideEmptyCharts off): a sweep's parent row, folded, has no losses, and MLflow then leaves the
+# two cards in place saying no visible run has data, rather than an empty section above best/val/loss.
+SAVED_VIEW_KEY = "charrnn-losses"
+TAG_SAVED_VIEW = f"mlflow.sharedViewState.{SAVED_VIEW_KEY}"
+SAVED_VIEW_NAME = "charrnn: losses first"
+LOSS_CHARTS = ("train/loss", "val/loss")
 # The model's parameter count, logged once at step 0: a study's table sets cells against it (a metric, not a
 # param, because it is no config key and would read as a swept param).
 METRIC_NUM_PARAMS = "model/num_params"
@@ -106,6 +118,32 @@ def _without_password(url) -> str:
     if url.password is None:
         return url.geturl()
     return url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@")).geturl()
+
+
+def saved_view_tag() -> str:
+    """The value of :data:`TAG_SAVED_VIEW`: the envelope and the "deflate;" + base64 zlib state of MLflow 3.17's UI
+    (module 53787 and its compression helper); the UI's own defaults but for the charts, their sections'
+    order and hideEmptyCharts (see TAG_SAVED_VIEW)."""
+    section = "charrnn-losses-section"
+    charts = [{"uuid": f"charrnn-{key.replace('/', '-')}", "type": "LINE", "runsCountToCompare": 10,
+               "metricSectionId": section, "deleted": False, "isGenerated": False, "displayName": key,
+               "metricKey": key, "lineSmoothness": 0, "xAxisScaleType": "linear", "scaleType": "linear",
+               "range": {}, "xAxisKey": "step", "selectedXAxisMetricKey": "", "yAxisKey": "metric",
+               "yAxisExpressions": [], "ignoreOutliers": False, "useGlobalXaxisKey": True,
+               "useGlobalLineSmoothing": True} for key in LOSS_CHARTS]
+    state = {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
+             "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+             "selectedColumns": ["attributes.`Source`", "attributes.`Models`", "attributes.`Dataset`"],
+             "columnOrder": [], "columnWidths": {}, "runsHiddenMode": "FIRST_10_RUNS", "compareRunCharts": charts,
+             "compareRunSections": [{"uuid": section, "name": "losses", "display": True, "isReordered": False,
+                                     "deleted": False, "isGenerated": False}],
+             "viewMaximized": False, "runListHidden": False, "isAccordionReordered": True,
+             "useGroupedValuesInCharts": True, "hideEmptyCharts": False, "groupBy": None, "groupsExpanded": {},
+             "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""}}
+    packed = base64.b64encode(zlib.compress(json.dumps(state, separators=(",", ":")).encode())).decode()
+    millis = int(time.time() * 1000)
+    return json.dumps({"name": SAVED_VIEW_NAME, "createdAt": millis, "updatedAt": millis,
+                       "state": f"deflate;{packed}"}, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -233,17 +271,21 @@ class Store:
     def ensure_experiment(self, name: str, client: MlflowClient | None = None) -> str:
         """Return the id of experiment ``name``, creating it (and a fresh store) if needed, marked as a model-training
         experiment (:data:`EXPERIMENT_KIND`) whose primary metric is val/loss, lower better
-        (:data:`EXPERIMENT_TAGS`); one found without some of these tags gets them, and keeps those it has."""
+        (:data:`EXPERIMENT_TAGS`), with the saved view :data:`TAG_SAVED_VIEW`; one found without some of these tags
+        gets them, and keeps those it has."""
         client = client or self.client()
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             for key, value in EXPERIMENT_TAGS.items():
                 if key not in exp.tags:
                     client.set_experiment_tag(exp.experiment_id, key, value)
+            if TAG_SAVED_VIEW not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, TAG_SAVED_VIEW, saved_view_tag())
             return exp.experiment_id
         location = self.artifact_root.as_uri() if self.artifact_root else None
         try:
-            return client.create_experiment(name, artifact_location=location, tags=dict(EXPERIMENT_TAGS))
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={**EXPERIMENT_TAGS, TAG_SAVED_VIEW: saved_view_tag()})
         except MlflowException:  # another command created it a moment ago
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -254,8 +296,8 @@ class Store:
         """How to see an experiment's runs: the command that serves this store (none for a server), then the
         URL of its runs table. MLflow 3 opens an experiment on its GenAI overview unless the URL asks for
         the model-training view (3.17: the parameter holds for that page and its sidebar's links, not for a run's
-        page opened from the table; see TAG_EXPERIMENT_KIND)."""
-        page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        page opened from the table; see TAG_EXPERIMENT_KIND), in charrnn's saved view (:data:`TAG_SAVED_VIEW`)."""
+        page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={SAVED_VIEW_KEY}"
         if self.uri.startswith(("http://", "https://")):
             return f"open {self.uri.rstrip('/')}/{page}"
         return f"mlflow ui --backend-store-uri {self.uri}, then open http://127.0.0.1:{UI_PORT}/{page}"
