@@ -19,21 +19,8 @@ from mlflow.exceptions import MlflowException
 
 from charrnn.errors import CharRNNError
 from charrnn_experiments.faults import describe_fault, first_line, unwritable
+from charrnn_experiments.ui_view import EXPERIMENT_TAGS, SAVED_VIEW_KEY, TAG_SAVED_VIEW, saved_view_tag
 
-# MLflow 3's marker of an experiment's kind (the UI's ExperimentKind), set for other clients and UI versions that
-# read it. MLflow 3.17's UI does not: it takes the GenAI / model-training view from the address's
-# workflowType=machine_learning (see Store.ui_address), else from what the browser stored when its user last flipped
-# the view's toggle (localStorage mlflow.workflowType_v1), else GenAI. A run's link drops workflowType, so in a fresh
-# browser a run page opens in the GenAI view until the user picks Model training once.
-TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-# MLflow's primary metric of an experiment and its direction (the two tags mlflow.tracking.fluent's
-# _set_experiment_primary_metric writes). MLflow 3.17's UI reads the name only, in the experiment page's chart view,
-# where it makes sure a val/loss chart is drawn; it orders nothing by it. The direction is for other readers.
-TAG_PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"
-TAG_PRIMARY_METRIC_GREATER_IS_BETTER = "mlflow.experiment.primaryMetric.greaterIsBetter"
-EXPERIMENT_TAGS = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND, TAG_PRIMARY_METRIC: "val/loss",
-                   TAG_PRIMARY_METRIC_GREATER_IS_BETTER: "False"}  # every experiment charrnn makes; see above
 UI_PORT = 5000               # mlflow ui's default port
 CONNECT_SECONDS = 5.0        # an unreachable tracking server fails the command this fast
 # A tracking server whose database is down holds each request for ~100 s while it retries the database, and
@@ -193,17 +180,21 @@ class Store:
     def ensure_experiment(self, name: str, client: MlflowClient | None = None) -> str:
         """Return the id of experiment ``name``, creating it (and a fresh store) if needed, marked as a model-training
         experiment (:data:`EXPERIMENT_KIND`) whose primary metric is val/loss, lower better
-        (:data:`EXPERIMENT_TAGS`); one found without some of these tags gets them, and keeps those it has."""
+        (:data:`EXPERIMENT_TAGS`), with the saved view :data:`TAG_SAVED_VIEW`; one found without some of these tags
+        gets them, and keeps those it has."""
         client = client or self.client()
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             for key, value in EXPERIMENT_TAGS.items():
                 if key not in exp.tags:
                     client.set_experiment_tag(exp.experiment_id, key, value)
+            if TAG_SAVED_VIEW not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, TAG_SAVED_VIEW, saved_view_tag())
             return exp.experiment_id
         location = self.artifact_root.as_uri() if self.artifact_root else None
         try:
-            return client.create_experiment(name, artifact_location=location, tags=dict(EXPERIMENT_TAGS))
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={**EXPERIMENT_TAGS, TAG_SAVED_VIEW: saved_view_tag()})
         except MlflowException:  # another command created it a moment ago
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -214,8 +205,8 @@ class Store:
         """How to see an experiment's runs: the command that serves this store (none for a server), then the
         URL of its runs table. MLflow 3 opens an experiment on its GenAI overview unless the URL asks for
         the model-training view (3.17: the parameter holds for that page and its sidebar's links, not for a run's
-        page opened from the table; see TAG_EXPERIMENT_KIND)."""
-        page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        page opened from the table; see ui_view.TAG_EXPERIMENT_KIND), in charrnn's saved view (TAG_SAVED_VIEW)."""
+        page = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={SAVED_VIEW_KEY}"
         if self.uri.startswith(("http://", "https://")):
             return f"open {self.uri.rstrip('/')}/{page}"
         return f"mlflow ui --backend-store-uri {self.uri}, then open http://127.0.0.1:{UI_PORT}/{page}"

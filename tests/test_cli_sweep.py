@@ -84,7 +84,8 @@ def test_2x2_sweep_in_parallel_from_a_fresh_store(cli, small_text, tmp_path, mon
     assert f"parent run id: {parent.info.run_id}" in out.stdout
     experiment_id = parent.info.experiment_id
     assert (f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db, then open "
-            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning") in out.stdout
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            "&viewStateShareKey=charrnn-losses\n") in out.stdout
     # each job's output lines carry its short name
     assert re.search(r"^\[h=16 T=8\] .*iter 60 \| .*val/bpc", out.stdout, re.MULTILINE)
 

@@ -281,9 +281,10 @@ def test_embedded_store_lives_in_the_launch_directory(tmp_path):
     assert Store.resolve("sqlite:///sub/x.db", tmp_path).uri == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
     assert Store.resolve("http://127.0.0.1:5000", tmp_path).artifact_root is None
     assert store.ui_address("3") == (f"mlflow ui --backend-store-uri {store.uri}, then open "
-                                     "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning")
+                                     "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+                                     "&viewStateShareKey=charrnn-losses")
     assert Store.resolve("http://h:5000/", tmp_path).ui_address("3") == \
-        "open http://h:5000/#/experiments/3/runs?workflowType=machine_learning"
+        "open http://h:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=charrnn-losses"
 
 
 def test_flatten_joins_nested_keys():

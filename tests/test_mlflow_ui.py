@@ -1,7 +1,8 @@
 """The MLflow UI as a user opens it after a sweep, in a real headless Chromium: the address the sweep prints
 opens the experiment on its runs table (not MLflow 3's GenAI overview) in the model-training view, with the
-children's short names; a child's run page, in the model-training view once the user picked it as the README
-says, shows its validation curve, and the parent's artifacts hold the sweep's report.
+children's short names, and in charrnn's saved view, whose chart view starts with train/loss and val/loss; a
+child's run page, in the model-training view once the user picked it as the README says, shows its validation
+curve, and the parent's artifacts hold the sweep's report.
 
 Deselect with ``-m "not browser"`` where no browser can be installed (.ci/run installs Debian's chromium)."""
 
@@ -110,6 +111,44 @@ def test_the_printed_address_opens_the_runs_table_with_short_child_names(cli, sm
         stop_process_group(server)
 
 
+def test_the_printed_address_opens_the_chart_view_on_the_losses(cli, small_text, tmp_path, browser):
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    out = cli("charrnn-train", "-m", *tiny(small_text), "model.hidden_size=8,16")
+    assert out.returncode == 0, out.stderr[-3000:]
+    store, url = re.search(r"mlflow ui --backend-store-uri (\S+), then open (\S+)", out.stdout).groups()
+    children = ("h=8", "h=16")
+    server, port = serve(store, tmp_path)
+    try:
+        browser.get(url.replace("127.0.0.1:5000", f"127.0.0.1:{port}"))
+        wait = WebDriverWait(browser, 120)
+        wait.until(seen.visibility_of_element_located((By.XPATH, "//a[starts-with(., 'sweep ')]")))
+        if "compareRunsMode=CHART" not in browser.current_url:  # the saved view keeps the runs table's mode
+            browser.find_element(By.CSS_SELECTOR, "input[name='runs-view-mode'][value='CHART']") \
+                .find_element(By.XPATH, "./ancestor::label[1]").click()
+        # the chart cards in page order, each by its title: the folded parent has no losses, yet their cards lead
+        titles = ("return [...document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]')]"
+                  ".map(card => card.innerText.split('\\n')[0].trim());")
+        losses = ["train/loss", "val/loss"]
+        try:
+            wait.until(lambda b: b.execute_script(titles)[:2] == losses)
+        except TimeoutException:
+            raise AssertionError(f"the chart view starts with {browser.execute_script(titles)[:4]}") from None
+        # unfolded, the children draw in them: both cards hold a curve per child (MLflow draws each run twice)
+        parent = wait.until(seen.visibility_of_element_located((By.XPATH, "//a[starts-with(., 'sweep ')]")))
+        parent.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]//button").click()
+        curves = ("return [...document.querySelectorAll('[data-testid=experiment-view-compare-runs-card]')]"
+                  ".slice(0, 2).map(card => [...new Set((card.querySelector('.js-plotly-plot')?.data || [])"
+                  ".filter(trace => trace.x && trace.x.length > 1).map(trace => trace.name))].sort());")
+        wait.until(lambda b: b.execute_script(curves) == [sorted(children)] * 2)
+        assert browser.execute_script(titles)[:2] == losses
+    finally:
+        stop_process_group(server)
+
+
 def test_a_child_run_shows_its_validation_curve_and_the_parent_its_report(cli, small_text, tmp_path, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -137,10 +176,14 @@ def test_a_child_run_shows_its_validation_curve_and_the_parent_its_report(cli, s
         if wait.until(lambda b: b.execute_script(WORKFLOW_VIEW)) == "genai":
             # MLflow 3.17.2 drops workflowType from a run's link, and a fresh profile has no stored view: the one
             # click on *Model training* the README asks for, which the browser keeps and which leads back to the
-            # runs table (the parent still expanded); then the child's page stays in the model-training view
+            # runs table (in MLflow's own saved state, not charrnn's view: the sweep folded again where it was
+            # expanded only in charrnn's); then the child's page stays in the model-training view
             assert browser.execute_script(STORED_VIEW) is None
             browser.find_element(By.XPATH, "//aside//*[@role='button'][.='Model training']").click()
             assert wait.until(lambda b: b.execute_script(STORED_VIEW)) == '"machine_learning"'
+            parent = wait.until(seen.visibility_of_element_located((By.XPATH, "//a[starts-with(., 'sweep ')]")))
+            if not browser.find_elements(By.XPATH, f"//a[.='{children[0]}']"):
+                parent.find_element(By.XPATH, "./ancestor::*[@role='gridcell'][1]//button").click()
             wait.until(seen.element_to_be_clickable((By.XPATH, f"//a[.='{children[0]}']"))).click()
         # the model-training run page: its metric tabs, then the val/loss chart found by its key
         wait.until(seen.element_to_be_clickable((By.XPATH, "//*[@role='tab'][.='Model metrics']"))).click()
