@@ -249,14 +249,18 @@ def test_compare_parent_in_another_experiment_is_an_error(workspace, tmp_path, m
     ("charrnn-analyze", "tracking_uri=sqlite:///mlflow.db", "tracking.uri"),
     ("charrnn-analyze", "data_path=x.txt", "data.path"),
     ("charrnn-analyze", "length=500", "record.length"),
-    ("charrnn-compare", "experiment=grid", "tracking.experiment"),
     ("charrnn-compare", "tracking_uri=sqlite:///mlflow.db", "tracking.uri"),
+    # experiment is a config group of charrnn-train, so Hydra, not the schema, refuses it here
+    ("charrnn-compare", "experiment=grid", None),
 ])
 def test_old_spellings_fail_with_one_line_naming_the_new_key(cli, tmp_path, command, old, new):
     result = cli(command, old)
-    key, value = old.split("=", 1)
+    key = old.split("=", 1)[0]
     assert result.returncode == 2
-    assert result.stderr == f"error: {key}= is now {new}= (the same key as charrnn-train), e.g. {new}={value}\n"
+    if new is None:
+        assert result.stderr == f"error: Could not override '{key}'. No match in the defaults list.\n"
+    else:
+        assert result.stderr == f"error: unknown key {key}: did you mean {new}? (--help lists every key)\n"
     assert list(tmp_path.iterdir()) == []
 
 
