@@ -36,7 +36,7 @@ from charrnn_analysis.study import (SPREAD_MEANING, chosen_settings, is_settings
 from charrnn_analysis.sweep_report import REPORT_PAGE, write_sweep_report
 from charrnn_analysis.tables import markdown_table, write_table
 from charrnn_analysis.trained_run import RecordSettings, record_slice, slice_bounds
-from charrnn_experiments.runs import BEST_CHECKPOINT, load_runs, model_from_run, open_client
+from charrnn_experiments.runs import CHECKPOINT_PREFERENCE, load_runs, model_from_run, open_client
 from charrnn_experiments.schema import (EXIT_BAD_CONFIG as EXIT_BAD_INPUT, AnalyzeAppSchema, CompareAppSchema,
                                         run_reporting_config_errors)
 from charrnn_experiments.store import use_http_defaults
@@ -103,8 +103,9 @@ def analyze(cfg: DictConfig) -> Path:
     model = None
     if cfg.run is not None:
         model = model_from_run(client, str(cfg.run))
-        if Path(model.source["checkpoint"]).name != BEST_CHECKPOINT:
-            print(f"run {cfg.run} has no {BEST_CHECKPOINT} (it never evaluated on validation text): "
+        best = CHECKPOINT_PREFERENCE[0]
+        if Path(model.source["checkpoint"]).name != best:
+            print(f"run {cfg.run} has no {best} (it never evaluated on validation text): "
                   f"analysing its {model.source['checkpoint']}")
     elif cfg.checkpoint is not None:
         model = model_from_checkpoint(str(cfg.checkpoint))

@@ -23,10 +23,10 @@ from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.sources import Model
 from charrnn_analysis.trained_run import ARTIFACT_DIR, TOP_UNITS_STEM
 from charrnn_experiments.store import Store
-from charrnn_experiments.tracking import METRIC_NUM_PARAMS, TAG_PARENT
+from charrnn_experiments.tracking import BEST_CHECKPOINT, LATEST_CHECKPOINT, METRIC_NUM_PARAMS, TAG_PARENT
 
-BEST_CHECKPOINT = "best.npz"
-CHECKPOINT_PREFERENCE = (BEST_CHECKPOINT, "last.npz", "latest.npz")  # first found wins; any other .npz after these
+# the file names of the checkpoints charrnn-train logs: the first found wins; any other .npz after these
+CHECKPOINT_PREFERENCE = (Path(BEST_CHECKPOINT).name, Path(LATEST_CHECKPOINT).name)
 
 
 def open_client(tracking_uri: str | None) -> MlflowClient:
