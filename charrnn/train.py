@@ -433,8 +433,7 @@ class Trainer:
                     f"(best {self.best_val_loss:.4f} at iteration {self.best_at}{kept})")
         return None
 
-    def _evaluation_due(self, n: int, elapsed: float, last_round_seconds: float,
-                        last_round_end: float | None = None) -> bool:
+    def _evaluation_due(self, n: int, elapsed: float, last_round_seconds: float, last_round_end: float) -> bool:
         """Every eval_every iterations when set. Otherwise at the rounds the run's length calls for
         (:func:`charrnn.cadence.sure_round_due`), and at a logging step when a round as costly as the last one keeps
         the time spent outside training steps within eval_max_fraction of the wall time so far: the first round is
@@ -442,8 +441,7 @@ class Trainer:
         cfg = self.train_config
         if cfg.eval_every is not None:
             return n % cfg.eval_every == 0
-        if sure_round_due(n, elapsed, elapsed if last_round_end is None else last_round_end, cfg.max_iters,
-                          cfg.max_seconds, cfg.log_every):
+        if sure_round_due(n, elapsed, last_round_end, cfg.max_iters, cfg.max_seconds, cfg.log_every):
             return True
         if n % cfg.log_every:
             return False

@@ -48,8 +48,9 @@ def test_a_round_is_due_only_while_the_time_outside_training_stays_within_the_fr
                                                                                       due):
     trainer = small_trainer(eval_every=None, eval_max_fraction=0.05, log_every=5)
     trainer.train_seconds = train_seconds
-    assert trainer._evaluation_due(10, 10.0, last_round) is due
-    assert trainer._evaluation_due(11, 10.0, last_round) is False, "only at logging steps"
+    # the last round ended just now: no sure round is due, the budget alone decides
+    assert trainer._evaluation_due(10, 10.0, last_round, 10.0) is due
+    assert trainer._evaluation_due(11, 10.0, last_round, 10.0) is False, "only at logging steps"
 
 
 @pytest.mark.parametrize("max_iters,log_every,spacing", [
