@@ -363,9 +363,9 @@ class MlflowSweepCallback(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if os.getpid() == getattr(self, "_pid", None):  # a job inside the launching process
+            self.stop.in_job = True  # first: from here a signal interrupts, it is not left for this check
             if self.stop.signum is not None:
                 raise SystemExit(self.stop.exit_code())
-            self.stop.in_job = True
             return
         # Ray's workers block SIGINT; a job takes it like any process (the sweep forwards Ctrl-C to it)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -379,7 +379,10 @@ class MlflowSweepCallback(Callback):
         if os.getpid() == getattr(self, "_pid", None):
             self.stop.in_job = False
             if self.stop.signum is None:
-                self.stop.signum = _stopped_by(Path(config.hydra.sweep.dir).resolve(), config.hydra.job.num)
+                # never assigns None: a signal that arrives during this store query is noted by the handler
+                killed_by = _stopped_by(Path(config.hydra.sweep.dir).resolve(), config.hydra.job.num)
+                if killed_by is not None:
+                    self.stop.signum = self.stop.signum or killed_by
             if self.stop.signum is not None:
                 raise SystemExit(self.stop.exit_code())
 

@@ -13,9 +13,13 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import BIN, run_cli, store_client, tiny, write_small_text
+import pytest
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from omegaconf import OmegaConf
+
+from charrnn_experiments import sweep_callback
+from conftest import BIN, run_cli, store_client, tiny, write_small_text
 
 LONG = ("train.max_iters=1000000", "train.eval_every=20")
 
@@ -71,6 +75,30 @@ def test_a_signal_while_a_serial_sweeps_job_ends_its_run_stops_the_sweep(small_t
     assert "RUNNING" not in {run.info.status for run in [parent, *children.values()]}
     assert (parent.info.status, parent.data.tags["charrnn.reason"]) == ("KILLED", "stopped by SIGTERM")
     assert "Traceback" not in sweep.text
+
+
+@pytest.mark.fast
+def test_a_signal_during_the_job_ends_store_query_is_not_forgotten(monkeypatch, tmp_path):
+    """The race behind the test above, made certain: the sweep's handler notes a SIGTERM that arrives while
+    on_job_end asks the store how the job ended (the store says: not killed); the sweep must still stop."""
+    callback = sweep_callback.MlflowSweepCallback()
+    callback._pid = os.getpid()
+    callback.stop.serial = True
+
+    def query_during_which_the_signal_arrives(sweep_dir, job_num):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+    monkeypatch.setattr(sweep_callback, "_stopped_by", query_during_which_the_signal_arrives)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "job": {"num": 0}}})
+    previous = signal.signal(signal.SIGTERM, callback.stop)
+    try:
+        callback.on_job_start(config)
+        with pytest.raises(SystemExit) as stopped:
+            callback.on_job_end(config)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 128 + signal.SIGTERM
 
 
 def test_sigterm_during_a_long_recording_stops_it_and_ends_the_run_killed(tmp_path):
