@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine (Python 3.11+, make):
 #   make train   create .venv from uv.lock (core packages), run the main job
 #   make test    add the test extras from the same lock, run the test suite
+#   make lint    ruff's linter and formatter check, as CI runs them
 #   make server  the team's MLflow server on PostgreSQL in ./team-server (PORT=5000 HOST=127.0.0.1);
 #                make server-stop stops it
 # Every environment is installed from uv.lock, resolved once for the project and all its extras, so an extra
@@ -26,7 +27,7 @@ SERVER := $(VENV)/.installed-server
 PORT   ?= 5000
 HOST   ?= 127.0.0.1
 
-.PHONY: train test test-user-env sweep ui server server-stop lock extra clean
+.PHONY: train test lint test-user-env sweep ui server server-stop lock extra clean
 
 train: $(CORE)
 	$(BIN)/charrnn-train
@@ -35,6 +36,11 @@ train: $(CORE)
 # threads make the engine's small matmuls about ten times slower.
 test: $(TEST)
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
+
+# ruff, configured in pyproject.toml: lint, then check the formatting (`$(BIN)/ruff format .` applies it).
+lint: $(TEST)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The sweep, kill and Ctrl-C tests again, with every command they start taken from the environment `make train`
 # builds (core packages only, in .venv-core): a sweep that needs a package only the test extras bring fails here.
