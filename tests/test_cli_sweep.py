@@ -46,7 +46,7 @@ def check_children(client, children, n):
 
 
 def best_val_loss(client, run) -> float:
-    """The README's definition of a run's best validation loss: the lowest val/loss during the run."""
+    """The definition of a run's best validation loss in docs/sweeps.md: the lowest val/loss during the run."""
     return min(m.value for m in client.get_metric_history(run.info.run_id, "val/loss"))
 
 

@@ -1,7 +1,7 @@
 """The MLflow UI as a user opens it after a sweep, in a real headless Chromium: the address the sweep prints
 opens the experiment on its runs table (not MLflow 3's GenAI overview) in the model-training view, with the
 children's short names, and in charrnn's saved view, whose chart view starts with train/loss and val/loss; a
-child's run page, in the model-training view once the user picked it as the README says, shows its validation
+child's run page, in the model-training view once the user picked it as docs/ui.md says, shows its validation
 curve, and the parent's artifacts hold the sweep's report.
 
 Deselect with ``-m "not browser"`` where no browser can be installed (.ci/run installs Debian's chromium)."""
@@ -175,7 +175,7 @@ def test_a_child_run_shows_its_validation_curve_and_the_parent_its_report(cli, s
         wait.until(seen.element_to_be_clickable((By.XPATH, "//*[@role='tab'][.='Model metrics']")))
         if wait.until(lambda b: b.execute_script(WORKFLOW_VIEW)) == "genai":
             # MLflow 3.17.2 drops workflowType from a run's link, and a fresh profile has no stored view: the one
-            # click on *Model training* the README asks for, which the browser keeps and which leads back to the
+            # click on *Model training* docs/ui.md asks for, which the browser keeps and which leads back to the
             # runs table (in MLflow's own saved state, not charrnn's view: the sweep folded again where it was
             # expanded only in charrnn's); then the child's page stays in the model-training view
             assert browser.execute_script(STORED_VIEW) is None
@@ -201,7 +201,7 @@ def test_a_child_run_shows_its_validation_curve_and_the_parent_its_report(cli, s
             "for (let i = 0; i < 8 && !card.innerText.includes('(val/loss)'); i++) card = card.parentElement;"
             "return card.innerText.includes('(val/loss)') && plots[0].data[0].x.length;"))
         assert points > 2, f"val/loss has {points} points"
-        # the README's picture: every loss chart (train, val, best), with MLflow's assistant panel closed
+        # docs/ui.md's picture: every loss chart (train, val, best), with MLflow's assistant panel closed
         for close in browser.find_elements(By.CSS_SELECTOR,
                                           "button[data-component-id='mlflow.assistant.chat_panel.close']"):
             close.click()
