@@ -23,7 +23,8 @@ from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.sources import Model
 from charrnn_analysis.trained_run import ARTIFACT_DIR, TOP_UNITS_STEM
 from charrnn_experiments.store import Store
-from charrnn_experiments.tracking import BEST_CHECKPOINT, LATEST_CHECKPOINT, METRIC_NUM_PARAMS, TAG_PARENT
+from charrnn_experiments.tracking import (BEST_CHECKPOINT, LATEST_CHECKPOINT, METRIC_NUM_PARAMS, TAG_PARENT,
+                                          children_filter)
 
 # the file names of the checkpoints charrnn-train logs: the first found wins; any other .npz after these
 CHECKPOINT_PREFERENCE = (Path(BEST_CHECKPOINT).name, Path(LATEST_CHECKPOINT).name)
@@ -116,7 +117,7 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
     Histories: {run_id: {metric: (steps, values)}} for the learning-curve figure.
     """
     exp = _experiment_of_parent(client, parent, experiment) if parent else find_experiment(client, experiment)
-    filter_string = f"tags.`{TAG_PARENT}` = '{parent}'" if parent else ""
+    filter_string = children_filter(parent) if parent else ""
     runs = []
     page = None
     # The client pages through the runs: MLflow's fluent search_runs (a pandas frame) reads the global tracking URI,

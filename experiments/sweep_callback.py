@@ -127,9 +127,8 @@ class SweepStop:
         record, client = _parent_store(self.sweep_dir)
         deadline = time.monotonic() + STOP_WAIT_SECONDS
         while time.monotonic() < deadline:
-            running = client.search_runs([record["experiment_id"]],
-                                         filter_string=f"tags.`{tracking.TAG_PARENT}` = '{record['run_id']}' "
-                                                       "and attributes.status = 'RUNNING'")
+            running = client.search_runs([record["experiment_id"]], filter_string=tracking.children_filter(
+                record["run_id"], "attributes.status = 'RUNNING'"))
             pids = {owner.pid for run in running
                     if (owner := owner_of(run)) is not None and owner.local and owner_alive(run)}
             if not pids:
@@ -422,9 +421,8 @@ class MlflowSweepCallback(Callback):
 
 
 def _job_run(client, record: dict, job_num: int):
-    runs = client.search_runs([record["experiment_id"]],
-                              filter_string=f"tags.`{tracking.TAG_PARENT}` = '{record['run_id']}' "
-                                            f"and tags.`{tracking.TAG_JOB}` = '{job_num}'")
+    runs = client.search_runs([record["experiment_id"]], filter_string=tracking.children_filter(
+        record["run_id"], f"tags.`{tracking.TAG_JOB}` = '{job_num}'"))
     return runs[0] if runs else None
 
 
@@ -472,7 +470,7 @@ def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str
     parent = client.get_run(parent_id)
     keys = read_sweep(sweep_dir).get("keys") or []
     children = client.search_runs([record["experiment_id"]],
-                                  filter_string=f"tags.`{tracking.TAG_PARENT}` = '{parent_id}'",
+                                  filter_string=tracking.children_filter(parent_id),
                                   max_results=10_000)
     rows = []
     for child in children:

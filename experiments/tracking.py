@@ -67,6 +67,12 @@ BEST_CHECKPOINT = f"{CHECKPOINTS}/best.npz"
 CONFIG_ARTIFACT = "config.yaml"
 
 
+def children_filter(parent_id: str, *conditions: str) -> str:
+    """The search_runs filter string of a sweep parent's child runs, narrowed by each of ``conditions`` (more
+    clauses of MLflow's search syntax, such as ``attributes.status = 'RUNNING'``)."""
+    return " and ".join([f"tags.`{TAG_PARENT}` = '{parent_id}'", *conditions])
+
+
 def write_parent(sweep_dir: Path, store: Store, experiment_id: str, run_id: str) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     record = {"tracking_uri": store.uri, "experiment_id": experiment_id, "run_id": run_id}

@@ -20,7 +20,7 @@ from charrnn_experiments.lease import Owner
 from charrnn_experiments.schema import TrainAppSchema, boolean_override_error, config_error_line
 from charrnn_experiments.store import Store
 from charrnn_experiments.sweep_callback import parallel_jobs, short_name, swept_space
-from charrnn_experiments.tracking import flatten
+from charrnn_experiments.tracking import children_filter, flatten
 from charrnn_experiments.train import build_trainer, engine_configs
 from conftest import compose_cfg
 
@@ -289,6 +289,12 @@ def test_embedded_store_lives_in_the_launch_directory(tmp_path):
 
 def test_flatten_joins_nested_keys():
     assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": "x"}) == {"a.b": 1, "a.c.d": None, "e": "x"}
+
+
+def test_the_children_filter_selects_a_parents_runs_and_narrows_by_more_clauses():
+    assert children_filter("abc") == "tags.`mlflow.parentRunId` = 'abc'"
+    assert children_filter("abc", "attributes.status = 'RUNNING'") == \
+        "tags.`mlflow.parentRunId` = 'abc' and attributes.status = 'RUNNING'"
 
 
 def test_the_owner_tag_reads_back_as_it_was_written():
