@@ -13,24 +13,22 @@ import pandas as pd
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from charrnn.train import METRIC_BEST_VAL_LOSS
+
 from .errors import AnalysisError
 
 CURVE_METRICS = ("train/loss", "val/loss")
-RANK_BY = "best val/loss"
+# The table's column of each run's best validation loss, which ranks the runs: the engine's metric under its own
+# name (the run's latest val/best_loss, as the table's loader reads it), so a table, a figure and the store agree.
+RANK_BY = METRIC_BEST_VAL_LOSS
 NUM_PARAMS = "num params"  # the model's parameter count, as charrnn-train logged it
 SCORE_PREFIX = "unit score: "  # + feature name: the run's best unit score for that feature
 SCORE_MEANING = "best unit score (|r|, or |AUC-0.5|x2)"
 
 
-def best_val_loss(history: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
-    """THE best validation loss of a run, used by every table and figure: the lowest ``val/loss`` it logged."""
-    values = history["val/loss"][1]
-    return float(np.min(values)) if len(values) else np.nan
-
-
 def swept_params(table: pd.DataFrame) -> list[str]:
     """Params that take more than one value across the runs: what the sweep varied."""
-    params = [c for c in table.columns if c not in ("run_id", "run_name", "status") and " " not in c]
+    params = [c for c in table.columns if c not in ("run_id", "run_name", "status", RANK_BY) and " " not in c]
     return [p for p in params if table[p].nunique(dropna=True) > 1]
 
 
@@ -39,8 +37,8 @@ def feature_score_columns(table: pd.DataFrame) -> list[str]:
 
 
 def leaderboard(table: pd.DataFrame, top: int = 10) -> pd.DataFrame:
-    """One line per run, best first: status, swept values, best and final val/loss, then the per-feature best unit
-    scores under the feature's name."""
+    """One line per run, best first: status, swept values, val/best_loss and final val/loss, then the per-feature
+    best unit scores under the feature's name."""
     columns = ["run_name", "status", *swept_params(table), RANK_BY, "final val/loss", *feature_score_columns(table)]
     board = table[columns].head(top)
     return board.rename(columns={c: c[len(SCORE_PREFIX):] for c in feature_score_columns(table)})

@@ -19,8 +19,8 @@ SEED = "train.seed"
 # the lr and dropout too: a study that gives each model its own (paper_cells) shows each row's setting
 CONFIG_KEYS = ("data.name", "model.cell", "model.num_layers", "model.hidden_size", "optim.lr", "model.dropout")
 CELL_ORDER = ("rnn", "lstm", "gru")  # the paper's order
-MEAN, STD, LOW, HIGH, N_SEEDS, UNFINISHED = ("best val/loss mean", "best val/loss std", "best val/loss min",
-                                             "best val/loss max", "n seeds", "not finished")
+MEAN, STD, LOW, HIGH = (f"{RANK_BY} {stat}" for stat in ("mean", "std", "min", "max"))
+N_SEEDS, UNFINISHED = "n seeds", "not finished"
 SPREAD_MEANING = "mean ± sample std (ddof=1) over the FINISHED seeds; min and max in the CSV"
 LINESTYLES = ("-", "--", ":", "-.")
 
@@ -73,7 +73,7 @@ def study_markdown_table(study: pd.DataFrame) -> pd.DataFrame:
     shown = study.drop(columns=[MEAN, STD, LOW, HIGH])
     loss = [("" if np.isnan(m) else f"{m:.3f}" + ("" if np.isnan(s) else f" ± {s:.3f}"))
             for m, s in zip(study[MEAN], study[STD])]
-    shown.insert(shown.columns.get_loc(N_SEEDS), "best val/loss (mean ± std)", loss)
+    shown.insert(shown.columns.get_loc(N_SEEDS), f"{RANK_BY} (mean ± std)", loss)
     shown[NUM_PARAMS] = [f"{int(n):,}" if np.isfinite(n) else "" for n in study[NUM_PARAMS]]
     return shown
 
@@ -165,7 +165,7 @@ def is_settings_search(table: pd.DataFrame) -> bool:
 
 
 def chosen_settings(table: pd.DataFrame) -> dict:
-    """For each model of a settings search, the lr and dropout of its FINISHED run with the lowest best val/loss,
+    """For each model of a settings search, the lr and dropout of its FINISHED run with the lowest val/best_loss,
     as the tables a study preset reads: {lr: {corpus: {cell: {layers<N>: {budget: value}}}}, dropout: ...}."""
     finished = table[(table["status"] == "FINISHED") & np.isfinite(table[RANK_BY].astype(float))]
     best = finished.sort_values(RANK_BY, kind="stable").groupby(list(SEARCH_MODEL_KEYS), sort=False).head(1)

@@ -1,5 +1,5 @@
 """A sweep's report: the leaderboard, the validation curves as small multiples coloured by each swept key in turn,
-best val/loss against each swept key and a parallel-coordinates view of the swept keys -> best val/loss, as one
+val/best_loss against each swept key and a parallel-coordinates view of the swept keys -> val/best_loss, as one
 self-contained HTML page (``report.html``) plus PNGs of the same figures.
 
 The page is drawn with plotly: ``to_html(include_plotlyjs=True)`` inlines plotly.js, so the page opens with no
@@ -67,27 +67,27 @@ def curve_multiples(table: pd.DataFrame, histories: dict, key: str | None) -> go
 
 
 def best_against_keys(table: pd.DataFrame, keys: list[str]) -> go.Figure:
-    """Best val/loss against each swept key, one panel per key, each point naming its run on hover."""
+    """val/best_loss against each swept key, one panel per key, each point naming its run on hover."""
     fig = make_subplots(rows=1, cols=len(keys), shared_yaxes=True, subplot_titles=keys)
     best = _best_per_run(table)
     for i, key in enumerate(keys, start=1):
         x, categories = axis_positions(table[key])
         fig.add_trace(go.Scatter(x=x, y=best, mode="markers", marker={"size": 9, "color": "#1f77b4"},
                                  text=[str(n) for n in table["run_name"]], showlegend=False,
-                                 hovertemplate="%{text}<br>" + key + " %{x}<br>best val/loss %{y:.4f}<extra></extra>"),
+                                 hovertemplate=f"%{{text}}<br>{key} %{{x}}<br>{RANK_BY} %{{y:.4f}}<extra></extra>"),
                       row=1, col=i)
         if categories is not None:
             fig.update_xaxes(tickvals=list(range(len(categories))), ticktext=categories, row=1, col=i)
         elif x.min() > 0 and x.max() / x.min() >= 10:
             fig.update_xaxes(type="log", row=1, col=i)
         fig.update_xaxes(title_text=key, row=1, col=i)
-    fig.update_yaxes(title_text="best val/loss (nats/char)", row=1, col=1)
+    fig.update_yaxes(title_text=f"{RANK_BY} (nats/char)", row=1, col=1)
     fig.update_layout(width=max(420, 300 * len(keys)), height=380, margin={"l": 60, "r": 10, "t": 40, "b": 50})
     return fig
 
 
 def parallel_keys(table: pd.DataFrame, keys: list[str]) -> go.Figure:
-    """One line per run that has a best val/loss, through its swept values to it, coloured by it."""
+    """One line per run that has a val/best_loss, through its swept values to it, coloured by it."""
     runs = table[np.isfinite(_best_per_run(table))]
     dimensions = []
     for key in keys:
@@ -97,16 +97,16 @@ def parallel_keys(table: pd.DataFrame, keys: list[str]) -> go.Figure:
             dimension.update(tickvals=list(range(len(categories))), ticktext=categories)
         dimensions.append(dimension)
     best = _best_per_run(runs)
-    dimensions.append({"label": "best val/loss", "values": best})
+    dimensions.append({"label": RANK_BY, "values": best})
     fig = go.Figure(go.Parcoords(dimensions=dimensions, line={
         "color": best, "colorscale": "Viridis", "reversescale": True, "showscale": True,
-        "colorbar": {"title": {"text": "best val/loss"}}}))
+        "colorbar": {"title": {"text": RANK_BY}}}))
     fig.update_layout(width=max(520, 170 * (len(keys) + 1)), height=380, margin={"l": 60, "r": 60, "t": 50, "b": 30})
     return fig
 
 
 def parallel_figure(table: pd.DataFrame, keys: list[str]) -> Figure:
-    """The parallel-coordinates view as a PNG: each axis spans its key's values, lines coloured by best val/loss."""
+    """The parallel-coordinates view as a PNG: each axis spans its key's values, lines coloured by val/best_loss."""
     runs = table[np.isfinite(_best_per_run(table))]
     best = _best_per_run(runs).to_numpy()
     columns, ticks = [], []
@@ -132,8 +132,8 @@ def parallel_figure(table: pd.DataFrame, keys: list[str]) -> Figure:
     ax.set_yticks([])
     ax.set_ylim(-0.05, 1.05)
     if norm is not None:
-        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="best val/loss (nats/char)")
-    ax.set_title(f"swept keys -> best val/loss ({len(best)} runs)")
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"{RANK_BY} (nats/char)")
+    ax.set_title(f"swept keys -> {RANK_BY} ({len(best)} runs)")
     fig.tight_layout()
     return fig
 
@@ -152,15 +152,15 @@ def report_page(table: pd.DataFrame, histories: dict, title: str, keys: list[str
     multiples = [_fragment(curve_multiples(table, histories, key), CURVES_DIV.format(i), i == 0)
                  for i, key in enumerate(keys or [None])]
     parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>{len(table)} runs: {html.escape(summary)}. Best val/loss is the lowest val/loss during a run, "
+             f"<p>{len(table)} runs: {html.escape(summary)}. {RANK_BY} is the lowest val/loss during a run, "
              "in nats per character; hover a point to name its run.</p>",
              "<h2>Leaderboard</h2>", f'<div class="wide">{board}</div>',
              "<h2>Validation curves, coloured by each swept key in turn</h2>",
              f'<div class="multiples">{"".join(multiples)}</div>']
     if keys:
-        parts += ["<h2>Best val/loss against each swept key</h2>",
+        parts += [f"<h2>{RANK_BY} against each swept key</h2>",
                   _fragment(best_against_keys(table, keys), "best-vs-keys", False),
-                  "<h2>Swept keys to best val/loss</h2>",
+                  f"<h2>Swept keys to {RANK_BY}</h2>",
                   "<p>Drag along an axis to pick a range of its values.</p>",
                   _fragment(parallel_keys(table, keys), "parallel", False)]
     body = "\n".join(parts)

@@ -38,6 +38,10 @@ SINGLE_THREAD_MAX_STEP_FLOPS = 1e6
 # A validation loss over this many times that of guessing uniformly (ln V nats/char) is divergence: no model a
 # run should continue from is that sure of the wrong characters.
 DIVERGED_LOSS_FACTOR = 10
+# The metric a run's best validation loss is logged as, at every evaluation: the lowest val/loss so far (carried
+# across a resume in the checkpoint), so its latest value is the run's best. The one name of "best" in every
+# layer: the apps read it back, the sweep's parent summarises its children under it, tables rank by it.
+METRIC_BEST_VAL_LOSS = "val/best_loss"
 
 
 def blas_threads(model_config: ModelConfig, batch_size: int) -> int | None:
@@ -479,7 +483,7 @@ class Trainer:
         else:
             self.evals_since_best += 1
         self._emit("on_metrics", {"val/loss": self.val_loss, "val/bpc": self.val_loss / math.log(2),
-                                  "val/best_loss": self.best_val_loss,
+                                  METRIC_BEST_VAL_LOSS: self.best_val_loss,
                                   "val/worst_stream_loss": float(streams.per_stream.max())}, n)
         run.last_ckpt = self._save("latest.npz")
         if improved and self.checkpoint_dir is not None:

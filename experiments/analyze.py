@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from charrnn.errors import CharRNNError
-from charrnn_analysis.compare import (check_param, feature_score_columns, feature_scores_figure, leaderboard,
+from charrnn_analysis.compare import (RANK_BY, check_param, feature_score_columns, feature_scores_figure, leaderboard,
                                       param_heatmap_figure, swept_params)
 from charrnn_analysis.control import SCORE_CONVENTION
 from charrnn_analysis.errors import AnalysisError
@@ -215,7 +215,7 @@ def write_study(table: pd.DataFrame, histories: dict, out: Path) -> list[Path]:
     shown = study_markdown_table(study)
     (out / "study.md").write_text(markdown_table(shown), encoding="utf-8")
     files = [out / "study.csv", out / "study.md"]
-    print(f"\nstudy: best val/loss per configuration, {SPREAD_MEANING}")
+    print(f"\nstudy: {RANK_BY} per configuration, {SPREAD_MEANING}")
     print(markdown_table(shown), end="")
     files.append(save_figure(study_curves_figure(table, histories, study), out / "study_val_curves.png"))
     files.append(save_figure(study_loss_vs_params_figure(study), out / "study_loss_vs_params.png"))
@@ -227,7 +227,7 @@ def write_chosen_settings(table: pd.DataFrame, out: Path) -> Path:
     path = out / "chosen_settings.yaml"
     text = OmegaConf.to_yaml({"study": chosen_settings(table)})
     path.write_text(text, encoding="utf-8")
-    print(f"\nchosen settings (lowest best val/loss per model), for the study preset's study.lr and "
+    print(f"\nchosen settings (lowest {RANK_BY} per model), for the study preset's study.lr and "
           f"study.dropout:\n{text}", end="")
     return path
 

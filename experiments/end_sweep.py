@@ -44,8 +44,7 @@ def close_sweep(parent_id: str | None, uri: str | None, base_dir: str) -> str | 
         raise ConfigError(f"sweep {parent_id} is still running ({alive}); stop it with Ctrl-C or kill, and it "
                           "ends itself")
     children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`{tracking.TAG_PARENT}` = '{parent_id}' "
-                                                "and attributes.status = 'RUNNING'")
+                                  filter_string=tracking.children_filter(parent_id, "attributes.status = 'RUNNING'"))
     for child in children:
         if alive := owner_alive(child):
             raise ConfigError(f"sweep {parent_id}'s child {child.info.run_name!r} is still running ({alive}); "

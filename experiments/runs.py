@@ -18,12 +18,13 @@ from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
 
 from charrnn.checkpoint import load_model
-from charrnn_analysis.compare import CURVE_METRICS, NUM_PARAMS, RANK_BY, SCORE_PREFIX, best_val_loss
+from charrnn_analysis.compare import CURVE_METRICS, NUM_PARAMS, RANK_BY, SCORE_PREFIX
 from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.sources import Model
 from charrnn_analysis.trained_run import ARTIFACT_DIR, TOP_UNITS_STEM
 from charrnn_experiments.store import Store
-from charrnn_experiments.tracking import BEST_CHECKPOINT, LATEST_CHECKPOINT, METRIC_NUM_PARAMS, TAG_PARENT
+from charrnn_experiments.tracking import (BEST_CHECKPOINT, LATEST_CHECKPOINT, METRIC_NUM_PARAMS, TAG_PARENT,
+                                          best_val_loss, children_filter)
 
 # the file names of the checkpoints charrnn-train logs: the first found wins; any other .npz after these
 CHECKPOINT_PREFERENCE = (Path(BEST_CHECKPOINT).name, Path(LATEST_CHECKPOINT).name)
@@ -109,14 +110,14 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
 
     Table columns: run_id, run_name, status, then every param under its own name, ``num params`` (nan for a run
     that never built its model), ``final train/loss``,
-    ``final val/loss`` (the last logged values), ``best val/loss`` (:func:`best_val_loss`) and, for runs whose
-    training logged its recording's top-units table, ``unit score: <feature>`` per feature (not with
-    ``unit_scores=False``, which downloads nothing); sorted by best
-    validation loss. Sweep parents are left out: they summarise their children rather than train.
+    ``final val/loss`` (the last logged values), ``val/best_loss`` (:func:`~.tracking.best_val_loss`; nan for a
+    run that never evaluated) and, for runs whose training logged its recording's top-units table,
+    ``unit score: <feature>`` per feature (not with ``unit_scores=False``, which downloads nothing); sorted by
+    val/best_loss. Sweep parents are left out: they summarise their children rather than train.
     Histories: {run_id: {metric: (steps, values)}} for the learning-curve figure.
     """
     exp = _experiment_of_parent(client, parent, experiment) if parent else find_experiment(client, experiment)
-    filter_string = f"tags.`{TAG_PARENT}` = '{parent}'" if parent else ""
+    filter_string = children_filter(parent) if parent else ""
     runs = []
     page = None
     # The client pages through the runs: MLflow's fluent search_runs (a pandas frame) reads the global tracking URI,
@@ -148,7 +149,7 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
             histories[run_id][key] = (np.array([p[0] for p in points]), np.array([p[2] for p in points], float))
     for key in CURVE_METRICS:
         table[f"final {key}"] = [h[key][1][-1] if len(h[key][1]) else np.nan for h in histories.values()]
-    table[RANK_BY] = [best_val_loss(h) for h in histories.values()]
+    table[RANK_BY] = [np.nan if (best := best_val_loss(r)) is None else best for r in runs]
     scores = pd.DataFrame([feature_scores(client, run_id) if unit_scores else {} for run_id in table["run_id"]],
                           index=table.index)
     table = pd.concat([table, scores.add_prefix(SCORE_PREFIX)], axis=1)

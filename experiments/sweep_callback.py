@@ -5,8 +5,9 @@ store, the experiment and the sweep's parent run are created here, in the launch
 before any job starts; each job reads the parent from ``<sweep dir>/mlflow_parent.json`` and logs
 a nested child run named by its swept values only (``h=64 T=16 lr=0.1 clip=5``).
 
-At the end the parent gets the sweep's summary (the best child by its lowest ``val/loss`` during
-the run, its swept values as ``best.*`` params) and its report (``report/report.html`` and figures,
+At the end the parent gets the sweep's summary (the best child by its ``val/best_loss``, the
+lowest ``val/loss`` during the run, logged as the parent's ``val/best_loss``; its swept values as
+``best.*`` params) and its report (``report/report.html`` and figures,
 :mod:`charrnn_experiments.sweep_report`), and the console a leaderboard, the parent run id
 and the MLflow UI address of the experiment's runs table.
 
@@ -41,7 +42,7 @@ from hydra_plugins.charrnn_launcher.config import ProcessLauncherConf
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.errors import CharRNNError, ConfigError
-from charrnn.train import StopReason
+from charrnn.train import METRIC_BEST_VAL_LOSS, StopReason
 from charrnn_experiments import tracking
 from charrnn_experiments.faults import first_line, local_fault, unwritable_files_line
 from charrnn_experiments.lease import owner_alive, owner_of
@@ -127,9 +128,8 @@ class SweepStop:
         record, client = _parent_store(self.sweep_dir)
         deadline = time.monotonic() + STOP_WAIT_SECONDS
         while time.monotonic() < deadline:
-            running = client.search_runs([record["experiment_id"]],
-                                         filter_string=f"tags.`{tracking.TAG_PARENT}` = '{record['run_id']}' "
-                                                       "and attributes.status = 'RUNNING'")
+            running = client.search_runs([record["experiment_id"]], filter_string=tracking.children_filter(
+                record["run_id"], "attributes.status = 'RUNNING'"))
             pids = {owner.pid for run in running
                     if (owner := owner_of(run)) is not None and owner.local and owner_alive(run)}
             if not pids:
@@ -422,9 +422,8 @@ class MlflowSweepCallback(Callback):
 
 
 def _job_run(client, record: dict, job_num: int):
-    runs = client.search_runs([record["experiment_id"]],
-                              filter_string=f"tags.`{tracking.TAG_PARENT}` = '{record['run_id']}' "
-                                            f"and tags.`{tracking.TAG_JOB}` = '{job_num}'")
+    runs = client.search_runs([record["experiment_id"]], filter_string=tracking.children_filter(
+        record["run_id"], f"tags.`{tracking.TAG_JOB}` = '{job_num}'"))
     return runs[0] if runs else None
 
 
@@ -445,13 +444,10 @@ def _stopped_by(sweep_dir: Path, job_num: int) -> int | None:
 
 # --- the summary -----------------------------------------------------------------------------------
 
-def best_val_loss(client, run) -> tuple[float | None, int | None]:
-    """(the lowest val/loss during the run, the last iteration evaluated): the one definition of a
-    run's best validation loss everywhere in a sweep."""
+def _last_evaluation(client, run) -> int | None:
+    """The last iteration the run was evaluated at (its last val/loss step); None if it never was."""
     history = client.get_metric_history(run.info.run_id, "val/loss")
-    if not history:
-        return None, None
-    return min(m.value for m in history), max(m.step for m in history)
+    return max(m.step for m in history) if history else None
 
 
 def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str | None = None,
@@ -472,7 +468,7 @@ def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str
     parent = client.get_run(parent_id)
     keys = read_sweep(sweep_dir).get("keys") or []
     children = client.search_runs([record["experiment_id"]],
-                                  filter_string=f"tags.`{tracking.TAG_PARENT}` = '{parent_id}'",
+                                  filter_string=tracking.children_filter(parent_id),
                                   max_results=10_000)
     rows = []
     for child in children:
@@ -489,8 +485,7 @@ def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str
                 status, reason = "FAILED", f"its job process died ({died}) before ending the run"
             client.set_tag(child.info.run_id, tracking.TAG_REASON, reason)
             client.set_terminated(child.info.run_id, status=status)
-        best, iters = best_val_loss(client, child)
-        rows.append((status, best, iters, child, reason))
+        rows.append((status, tracking.best_val_loss(child), _last_evaluation(client, child), child, reason))
     # a job finished when its run did; only runs with a validation loss can be ranked (a preset without a
     # validation split, like minchar, has none)
     finished = [r for r in rows if r[0] == "FINISHED"]
@@ -503,7 +498,7 @@ def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str
     if ranked:
         _, best_loss, _, best, _ = min(ranked, key=lambda r: r[1])
         client.set_tag(parent_id, tracking.TAG_BEST_CHILD, best.info.run_id)
-        client.log_metric(parent_id, "best/val/loss", best_loss)
+        client.log_metric(parent_id, METRIC_BEST_VAL_LOSS, best_loss)
         tracking.log_params(client, parent_id, {f"best.{k}": best.data.params[k]
                                                 for k in keys if k in best.data.params})
     if closed is not None or signum is not None:
@@ -536,7 +531,7 @@ def _print_leaderboard(parent, rows, ranked, capped, record, parent_id, status, 
     counts["not started"] = max(0, planned - len(rows))
     lines = [f"\nsweep {parent.info.run_name}: {status}, "
              + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n) + f" of {planned} jobs",
-             f"  {'status':<9} {'best val/loss':>13} {'iters':>6}  job"]
+             f"  {'status':<9} {METRIC_BEST_VAL_LOSS:>13} {'iters':>6}  job"]
     for state, best, iters, child, reason in sorted(rows, key=lambda r: (r not in ranked, r[1] or 0.0)):
         loss = f"{best:.4f}" if best is not None else "-"
         note = "  (hit the train.max_seconds safety cap)" if _hit_time_cap(child) else (

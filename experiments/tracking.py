@@ -39,7 +39,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.git_utils import get_git_commit
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
-from charrnn.train import Callback
+from charrnn.train import METRIC_BEST_VAL_LOSS, Callback
 from charrnn_experiments.lease import lease_tags
 from charrnn_experiments.outbox import Outbox
 from charrnn_experiments.store import Store, StoreWriteError, TrackingError
@@ -65,6 +65,18 @@ CHECKPOINTS = "checkpoints"  # artifact folder of the engine's latest.npz and be
 LATEST_CHECKPOINT = f"{CHECKPOINTS}/latest.npz"
 BEST_CHECKPOINT = f"{CHECKPOINTS}/best.npz"
 CONFIG_ARTIFACT = "config.yaml"
+
+
+def children_filter(parent_id: str, *conditions: str) -> str:
+    """The search_runs filter string of a sweep parent's child runs, narrowed by each of ``conditions`` (more
+    clauses of MLflow's search syntax, such as ``attributes.status = 'RUNNING'``)."""
+    return " and ".join([f"tags.`{TAG_PARENT}` = '{parent_id}'", *conditions])
+
+
+def best_val_loss(run) -> float | None:
+    """A run's best validation loss: its latest logged ``val/best_loss`` (the engine's lowest val/loss so far,
+    carried across a resume); None for a run that never evaluated. The one reader of "best" in every app."""
+    return run.data.metrics.get(METRIC_BEST_VAL_LOSS)
 
 
 def write_parent(sweep_dir: Path, store: Store, experiment_id: str, run_id: str) -> None:

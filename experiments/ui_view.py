@@ -27,7 +27,7 @@ EXPERIMENT_TAGS = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND, TAG_PRIMARY_METRIC: "va
 # section of train/loss and val/loss, titled so (MLflow's own titles are both "loss"). The UI appends a chart for
 # every other metric after it, in sections of its own; isAccordionReordered keeps ours first (else sorted by name).
 # Empty charts stay (hideEmptyCharts off): a sweep's parent row, folded, has no losses, and MLflow then leaves the
-# two cards in place saying no visible run has data, rather than an empty section above best/val/loss.
+# two cards in place saying no visible run has data, rather than an empty section above val/best_loss.
 SAVED_VIEW_KEY = "charrnn-losses"
 TAG_SAVED_VIEW = f"mlflow.sharedViewState.{SAVED_VIEW_KEY}"
 SAVED_VIEW_NAME = "charrnn: losses first"

@@ -69,9 +69,12 @@ def workspace(tmp_path_factory):
         client.log_param(child, "train.seed", 42)
         for step in range(4):
             client.log_metric(child, "train/loss", 3.0 - step * hidden / 320 - lr, step=100 * step)
-            client.log_metric(child, "val/loss", 3.1 - step * hidden / 320 - lr, step=100 * step)
-        # the last evaluation is worse than the best: "best" must be the minimum, never the last value
-        client.log_metric(child, "val/loss", 3.2, step=400)
+        # each evaluation as the engine logs it: val/loss and val/best_loss, the lowest val/loss so far; the last
+        # evaluation is worse than the best: "best" must be the minimum, never the last value
+        val = [3.1 - step * hidden / 320 - lr for step in range(4)] + [3.2]
+        for step, (loss, best) in enumerate(zip(val, np.minimum.accumulate(val))):
+            client.log_metric(child, "val/loss", loss, step=100 * step)
+            client.log_metric(child, "val/best_loss", float(best), step=100 * step)
         # the top-units table charrnn-train logs at the end of a run, with scores that say which child it is
         top = pd.DataFrame({"feature": ["line_position", "line_position", "in_comment"], "kind": ["continuous"] * 2
                             + ["binary"], "rank": [1, 2, 1], "unit": ["h.0:1", "h.0:2", "h.0:3"],
@@ -192,15 +195,15 @@ def test_compare_sweep_has_one_row_per_child_and_logs_figures_to_parent(workspac
     out = tmp_path / "outputs" / "compare" / "study"
     table = pd.read_csv(out / "runs.csv")
     assert sorted(table["run_id"]) == sorted(workspace["children"])
-    assert table["best val/loss"].is_monotonic_increasing
+    assert table["val/best_loss"].is_monotonic_increasing
     assert table.iloc[0]["model.hidden_size"] == 64 and table.iloc[0]["optim.lr"] == 0.1
-    assert table.iloc[0]["best val/loss"] == pytest.approx(3.1 - 3 * 64 / 320 - 0.1)  # the minimum, not the last
+    assert table.iloc[0]["val/best_loss"] == pytest.approx(3.1 - 3 * 64 / 320 - 0.1)  # the minimum, not the last
     assert (table["final val/loss"] == 3.2).all()
     # per child, the best unit score of each feature from its logged top-units table
     assert table["unit score: line_position"].tolist() == pytest.approx(table["model.hidden_size"] / 100)
     assert table["unit score: in_comment"].tolist() == pytest.approx(table["optim.lr"])
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("| run_name | status | model.hidden_size | optim.lr | best val/loss | final "
+    assert printed[0].startswith("| run_name | status | model.hidden_size | optim.lr | val/best_loss | final "
                                  "val/loss | line_position | in_comment |")
     assert "h64-lr0.1" in printed[2]  # the leaderboard's first row
     for name in ("report.html", "curves.png", "val_loss_vs_params.png", "parallel.png", "heatmap.png",

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from charrnn_analysis.compare import (best_val_loss, curves_figure, feature_scores_figure, metric_vs_params_figure,
-                                      param_heatmap_figure)
+from charrnn_analysis.compare import (curves_figure, feature_scores_figure, metric_vs_params_figure,
+                                      param_heatmap_figure, swept_params)
 from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.features import FEATURES, compute_features, get_feature, register_feature
 from charrnn_analysis.figures import TEXT_CMAP, heatmap_figure, row_starts, text_activation_figure, varying_window
@@ -200,7 +200,7 @@ def sweep_table() -> tuple[pd.DataFrame, dict]:
     for i, (hidden, lr) in enumerate([(32, 0.1), (64, 0.1), (128, 0.01), (64, 0.01)]):
         run_id = f"run{i}"
         rows.append({"run_id": run_id, "run_name": f"h={hidden} lr={lr}", "status": "FINISHED",
-                     "model.hidden_size": str(hidden), "optim.lr": str(lr), "best val/loss": 2.0 - hidden / 1000, "final val/loss": 2.0,
+                     "model.hidden_size": str(hidden), "optim.lr": str(lr), "val/best_loss": 2.0 - hidden / 1000, "final val/loss": 2.0,
                      "unit score: line_position": hidden / 200, "unit score: in_comment": lr})
         histories[run_id] = {key: (np.array([0, 100]), np.array([3.0, 2.0])) for key in ("train/loss", "val/loss")}
     return pd.DataFrame(rows), histories
@@ -220,8 +220,8 @@ def test_compare_figures_say_what_they_show():
 
     scatter = metric_vs_params_figure(table, ["model.hidden_size", "optim.lr"])
     for ax, param in zip(scatter.axes, ["model.hidden_size", "optim.lr"]):
-        assert ax.get_title() == f"best val/loss vs {param}" and ax.get_xlabel() == param
-        assert ax.get_ylabel() == "best val/loss (nats/char)"
+        assert ax.get_title() == f"val/best_loss vs {param}" and ax.get_xlabel() == param
+        assert ax.get_ylabel() == "val/best_loss (nats/char)"
     # one label per value, on its best run: no two labels in one column
     assert sorted(t.get_text() for t in scatter.axes[0].texts) == ["h=128 lr=0.01", "h=32 lr=0.1", "h=64 lr=0.1"]
     assert sorted(t.get_text() for t in scatter.axes[1].texts) == ["h=128 lr=0.01", "h=64 lr=0.1"]
@@ -236,16 +236,15 @@ def test_compare_figures_say_what_they_show():
 
     heat = param_heatmap_figure(table, "model.hidden_size", "optim.lr")
     ax, bar = heat.axes
-    assert ax.get_title() == "best val/loss, mean over runs per cell"
+    assert ax.get_title() == "val/best_loss, mean over runs per cell"
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("model.hidden_size", "optim.lr")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["32", "64", "128"]
-    assert bar.get_ylabel() == "best val/loss (nats/char, lower is better)"
+    assert bar.get_ylabel() == "val/best_loss (nats/char, lower is better)"
 
 
-def test_best_validation_loss_is_the_lowest_logged_whatever_came_last():
-    history = {"val/loss": (np.array([0, 100, 200]), np.array([2.5, 2.1, 2.3]))}
-    assert best_val_loss(history) == 2.1
-    assert np.isnan(best_val_loss({"val/loss": (np.array([]), np.array([]))}))
+def test_the_swept_params_are_the_params_that_vary_not_the_best_loss_column():
+    table, _ = sweep_table()
+    assert swept_params(table) == ["model.hidden_size", "optim.lr"]
 
 
 def test_the_sweep_report_is_one_page_that_needs_no_network(tmp_path):

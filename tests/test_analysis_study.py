@@ -117,17 +117,17 @@ def test_compare_of_a_seed_sweep_writes_the_study_table_with_mean_and_std_over_s
         assert sorted(r.data.params["train.seed"] for r in mine if r.info.status == "FINISHED") == ["1", "2"]
         row = study.loc[cell]
         assert row["n seeds"] == 2 and row["not finished"] == "seed -1 FAILED"
-        assert row["best val/loss mean"] == pytest.approx(np.mean(best), rel=1e-12)
-        assert row["best val/loss std"] == pytest.approx(np.std(best, ddof=1), rel=1e-9)
-        assert (row["best val/loss min"], row["best val/loss max"]) == pytest.approx((min(best), max(best)), rel=1e-12)
+        assert row["val/best_loss mean"] == pytest.approx(np.mean(best), rel=1e-12)
+        assert row["val/best_loss std"] == pytest.approx(np.std(best, ddof=1), rel=1e-9)
+        assert (row["val/best_loss min"], row["val/best_loss max"]) == pytest.approx((min(best), max(best)), rel=1e-12)
         assert row["num params"] == count_params(ModelConfig(cell, vocab_size, 8))
         assert (row["data.name"], row["model.num_layers"], row["model.hidden_size"]) == ("file", 1, 8)
         assert (row["optim.lr"], row["model.dropout"]) == (0.1, 0.0)  # the setting of the row
     printed = compared.stdout
-    assert "study: best val/loss per configuration, mean ± sample std (ddof=1)" in printed
+    assert "study: val/best_loss per configuration, mean ± sample std (ddof=1)" in printed
     rnn = study.loc["rnn"]
-    assert f"| file | rnn | 1 | 8 | 0.1 | 0.0 | {int(rnn['num params']):,} | {rnn['best val/loss mean']:.3f} ± " \
-           f"{rnn['best val/loss std']:.3f} | 2 | seed -1 FAILED |" in printed
+    assert f"| file | rnn | 1 | 8 | 0.1 | 0.0 | {int(rnn['num params']):,} | {rnn['val/best_loss mean']:.3f} ± " \
+           f"{rnn['val/best_loss std']:.3f} | 2 | seed -1 FAILED |" in printed
     for name in ("study_val_curves.png", "study_loss_vs_params.png"):
         assert (tmp_path / "cmp" / name).stat().st_size > 5000
     logged = {a.path for a in client.list_artifacts(parent, "compare")}

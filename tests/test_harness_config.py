@@ -10,6 +10,7 @@ import pytest
 from hydra.errors import HydraException
 from hydra.plugins.launcher import Launcher
 from hydra.utils import get_class
+from mlflow.entities import Metric, Run, RunData, RunInfo
 from omegaconf import OmegaConf, read_write
 
 from charrnn.errors import ConfigError
@@ -20,7 +21,7 @@ from charrnn_experiments.lease import Owner
 from charrnn_experiments.schema import TrainAppSchema, boolean_override_error, config_error_line
 from charrnn_experiments.store import Store
 from charrnn_experiments.sweep_callback import parallel_jobs, short_name, swept_space
-from charrnn_experiments.tracking import flatten
+from charrnn_experiments.tracking import best_val_loss, children_filter, flatten
 from charrnn_experiments.train import build_trainer, engine_configs
 from conftest import compose_cfg
 
@@ -289,6 +290,21 @@ def test_embedded_store_lives_in_the_launch_directory(tmp_path):
 
 def test_flatten_joins_nested_keys():
     assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": "x"}) == {"a.b": 1, "a.c.d": None, "e": "x"}
+
+
+def test_a_runs_best_is_its_logged_val_best_loss_and_none_before_any_evaluation():
+    def run(*metrics):  # a run as search_runs returns it: each metric's latest value
+        return Run(RunInfo("r", "0", "u", "FINISHED", 0, None, "active"), RunData(metrics=list(metrics)))
+
+    evaluated = run(Metric("val/loss", 2.3, 0, 200), Metric("val/best_loss", 2.1, 0, 200))
+    assert best_val_loss(evaluated) == 2.1  # the engine's running minimum, never val/loss's last value
+    assert best_val_loss(run(Metric("train/loss", 3.0, 0, 10))) is None  # a run that never evaluated
+
+
+def test_the_children_filter_selects_a_parents_runs_and_narrows_by_more_clauses():
+    assert children_filter("abc") == "tags.`mlflow.parentRunId` = 'abc'"
+    assert children_filter("abc", "attributes.status = 'RUNNING'") == \
+        "tags.`mlflow.parentRunId` = 'abc' and attributes.status = 'RUNNING'"
 
 
 def test_the_owner_tag_reads_back_as_it_was_written():
