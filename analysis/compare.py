@@ -41,7 +41,7 @@ def leaderboard(table: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     best unit scores under the feature's name."""
     columns = ["run_name", "status", *swept_params(table), RANK_BY, "final val/loss", *feature_score_columns(table)]
     board = table[columns].head(top)
-    return board.rename(columns={c: c[len(SCORE_PREFIX):] for c in feature_score_columns(table)})
+    return board.rename(columns={c: c[len(SCORE_PREFIX) :] for c in feature_score_columns(table)})
 
 
 def as_numbers(column: pd.Series) -> pd.Series | None:
@@ -105,8 +105,11 @@ def curves_figure(table: pd.DataFrame, histories: dict, keys: list[str]) -> Figu
             for run_id, colour in zip(table["run_id"], colours):
                 steps, values = histories[run_id][metric]
                 ax.plot(steps, values, color=colour, lw=1, alpha=0.8, marker="." if len(steps) < 20 else None)
-            ax.set(xlabel="iteration", ylabel=f"{metric} (nats/char)",
-                   title=f"{metric}, coloured by {key}" if key else metric)
+            ax.set(
+                xlabel="iteration",
+                ylabel=f"{metric} (nats/char)",
+                title=f"{metric}, coloured by {key}" if key else metric,
+            )
         if legend:
             handles = [matplotlib.lines.Line2D([], [], color=c, label=label) for label, c in legend.items()]
             fig.axes[-1].legend(handles=handles, title=key, fontsize=7, loc="upper right")
@@ -146,8 +149,13 @@ def metric_vs_params_figure(table: pd.DataFrame, params: list[str], metric: str 
             at = np.flatnonzero((x == xi) & np.isfinite(y))
             if len(at):
                 best = at[np.argmin(y[at])]
-                ax.annotate(str(table["run_name"].iloc[best]), (xi, y[best]), xytext=(4, -10),
-                            textcoords="offset points", fontsize=7)
+                ax.annotate(
+                    str(table["run_name"].iloc[best]),
+                    (xi, y[best]),
+                    xytext=(4, -10),
+                    textcoords="offset points",
+                    fontsize=7,
+                )
         if categories is not None:
             ax.set_xticks(range(len(categories)), categories)
         _log_x_if_wide(ax, x, categories)
@@ -170,13 +178,23 @@ def feature_scores_figure(table: pd.DataFrame, param: str) -> Figure:
         colour = palette(i % 10)
         ax.scatter(x, y, color=colour, s=14, alpha=0.7)
         means = pd.Series(y).groupby(x).mean()
-        ax.plot(means.index, means.to_numpy(), color=colour, lw=1.2, label=column[len(SCORE_PREFIX):],
-                linestyle="-" if i < 10 else "--")
+        ax.plot(
+            means.index,
+            means.to_numpy(),
+            color=colour,
+            lw=1.2,
+            label=column[len(SCORE_PREFIX) :],
+            linestyle="-" if i < 10 else "--",
+        )
     if categories is not None:
         ax.set_xticks(range(len(categories)), categories)
     _log_x_if_wide(ax, x, categories)
-    ax.set(xlabel=param, ylabel=SCORE_MEANING, ylim=(0, 1.02),
-           title=f"best unit score per feature vs {param} ({len(table)} runs; lines: mean)")
+    ax.set(
+        xlabel=param,
+        ylabel=SCORE_MEANING,
+        ylim=(0, 1.02),
+        title=f"best unit score per feature vs {param} ({len(table)} runs; lines: mean)",
+    )
     ax.legend(title="feature", fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig

@@ -25,8 +25,10 @@ from .sources import Model
 
 CONTROL_SEED = 0
 PAPER_BAR = {"continuous": 0.8, "binary": 0.9}  # score = |r|; score = |AUC - 0.5| x 2, so AUC >= 0.95 is 0.9
-SCORE_CONVENTION = ("score: |r| (continuous) or |AUC-0.5|x2 (binary); the paper's bar: |r| >= 0.8 or "
-                    "AUC >= 0.95 / <= 0.05 (score >= 0.9)")
+SCORE_CONVENTION = (
+    "score: |r| (continuous) or |AUC-0.5|x2 (binary); the paper's bar: |r| >= 0.8 or "
+    "AUC >= 0.95 / <= 0.05 (score >= 0.9)"
+)
 
 
 def shuffle_within_lines(text: str, seed: int = CONTROL_SEED) -> str:
@@ -40,8 +42,9 @@ def _best(recording: Recording, states: list[str] | None, features: list[str] | 
     return rank_units(A, labels, recording.text, features, top_k=1).set_index("feature")
 
 
-def control_table(top_units: pd.DataFrame, recording: Recording, model: Model,
-                  states: list[str] | None = None) -> pd.DataFrame:
+def control_table(
+    top_units: pd.DataFrame, recording: Recording, model: Model, states: list[str] | None = None
+) -> pd.DataFrame:
     """One row per feature of ``top_units`` (:func:`rank_units` on ``recording``): its best unit and score on the
     recorded text, the best score on each control, the fraction of characters whose feature value the shuffle
     changed, and whether the paper's bar is met."""
@@ -56,10 +59,17 @@ def control_table(top_units: pd.DataFrame, recording: Recording, model: Model,
     before, after = compute_features(recording.text, features), compute_features(shuffled_text, features)
     rows = []
     for feature, row in real.iterrows():
-        rows.append({"feature": feature, "kind": row.kind, "best unit": row.unit, "score": row.score,
-                     "r or AUC": row.r if row.kind == "continuous" else row.auc,
-                     "shuffled-text score": on_shuffled.loc[feature, "score"],
-                     "untrained score": on_untrained.loc[feature, "score"],
-                     "feature changed by shuffle": float(np.mean(before[feature] != after[feature])),
-                     "matches the paper": "yes" if row.score >= PAPER_BAR[row.kind] else "no"})
+        rows.append(
+            {
+                "feature": feature,
+                "kind": row.kind,
+                "best unit": row.unit,
+                "score": row.score,
+                "r or AUC": row.r if row.kind == "continuous" else row.auc,
+                "shuffled-text score": on_shuffled.loc[feature, "score"],
+                "untrained score": on_untrained.loc[feature, "score"],
+                "feature changed by shuffle": float(np.mean(before[feature] != after[feature])),
+                "matches the paper": "yes" if row.score >= PAPER_BAR[row.kind] else "no",
+            }
+        )
     return pd.DataFrame(rows)

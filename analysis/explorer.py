@@ -110,15 +110,23 @@ def write_explorer(
     if A.shape != (len(text), len(labels)):
         raise AnalysisError(f"activations {A.shape} do not match {len(text)} characters and {len(labels)} units")
     shown = min(len(text), MAX_VALUES // max(len(labels), 1))
-    extent = (f"All {len(text)} recorded characters" if shown == len(text) else
-              f"The first {shown} of the {len(text)} recorded characters (the rest would make this file too large)")
-    extent += (f": characters {offset}-{offset + len(text) - 1} of {source}. Hovering shows a character's position "
-               "in that text and in the recording.")
+    extent = (
+        f"All {len(text)} recorded characters"
+        if shown == len(text)
+        else f"The first {shown} of the {len(text)} recorded characters (the rest would make this file too large)"
+    )
+    extent += (
+        f": characters {offset}-{offset + len(text) - 1} of {source}. Hovering shows a character's position "
+        "in that text and in the recording."
+    )
     quantised = np.round(np.clip(A[:shown], -1.0, 1.0) * 127).astype(np.int8)
     index = {label: u for u, label in enumerate(labels)}
     rows = []
-    top_units = top_units if top_units is not None else pd.DataFrame(
-        columns=["feature", "kind", "rank", "unit", "score", "r", "auc", "sign"])
+    top_units = (
+        top_units
+        if top_units is not None
+        else pd.DataFrame(columns=["feature", "kind", "rank", "unit", "score", "r", "auc", "sign"])
+    )
     for row in top_units.itertuples(index=False):
         if row.unit in index:
             value = f"AUC {row.auc:.2f}" if row.kind == "binary" else f"r {row.r:+.2f}"
@@ -128,8 +136,11 @@ def write_explorer(
                 f"<td>{value}</td><td>{row.score:.2f}</td></tr>"
             )
     # open on the strongest unit of the table, whichever feature it tracks
-    initial = index.get(top_units["unit"].iloc[int(np.argmax(top_units["score"].to_numpy(float)))], 0) \
-        if len(top_units) else 0
+    initial = (
+        index.get(top_units["unit"].iloc[int(np.argmax(top_units["score"].to_numpy(float)))], 0)
+        if len(top_units)
+        else 0
+    )
     red, blue = (np.round(np.asarray(TEXT_CMAP(x)[:3]) * 255).astype(int).tolist() for x in (0.0, 1.0))
     data = {
         "text": text[:shown],

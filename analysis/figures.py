@@ -28,7 +28,8 @@ SIGMOID_GATES = {"lstm": ("i", "f", "o"), "gru": ("r", "z")}  # tanh outputs (g,
 # The paper's colours (-1 red, +1 blue) mixed half with white, so black text stays readable on every cell
 # (WCAG contrast >= 4.5 against black); the explorer uses the same two end colours.
 TEXT_CMAP = LinearSegmentedColormap.from_list(
-    "RdBu_text", 0.5 + 0.5 * matplotlib.colormaps["RdBu"](np.linspace(0, 1, 256))[:, :3])
+    "RdBu_text", 0.5 + 0.5 * matplotlib.colormaps["RdBu"](np.linspace(0, 1, 256))[:, :3]
+)
 HEATMAP_CMAP = "RdBu"
 
 
@@ -120,12 +121,26 @@ def text_activation_figure(
         lines[row][col] = "\u2192" if ch == "\t" else (" " if ch == "\n" else ch)
     fontsize = CELL_INCHES * 72 / MONO_ADVANCE_EM
     for row, line in enumerate(lines):
-        ax.text(-0.5, row, "".join(line).rstrip(), ha="left", va="center", family="DejaVu Sans Mono",
-                fontsize=fontsize, parse_math=False)
+        ax.text(
+            -0.5,
+            row,
+            "".join(line).rstrip(),
+            ha="left",
+            va="center",
+            family="DejaVu Sans Mono",
+            fontsize=fontsize,
+            parse_math=False,
+        )
     if marks is not None:
         on = [(row, col) for (row, col, _), mark in zip(placed, marks) if mark]
-        ax.hlines([row + 0.42 for row, _ in on], [col - 0.5 for _, col in on], [col + 0.5 for _, col in on],
-                  color="k", lw=1.0, label=marks_label)
+        ax.hlines(
+            [row + 0.42 for row, _ in on],
+            [col - 0.5 for _, col in on],
+            [col + 0.5 for _, col in on],
+            color="k",
+            lw=1.0,
+            label=marks_label,
+        )
         if on:
             ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False, borderaxespad=0.1)
     ax.set_axis_off()
@@ -151,13 +166,11 @@ def heatmap_figure(
     T, H = values.shape
     fig = Figure(figsize=(min(max(T * 0.16, 6), 26), min(max(H * 0.12, 3), 16) + 0.6))  # 0.16 in: a 9 pt tick
     ax = fig.add_subplot()
-    image = ax.imshow(values.T, cmap=HEATMAP_CMAP, norm=Normalize(vmin, vmax), aspect="auto",
-                      interpolation="nearest")
+    image = ax.imshow(values.T, cmap=HEATMAP_CMAP, norm=Normalize(vmin, vmax), aspect="auto", interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.03, label="activation (red -1, blue +1)")
     where = f"characters {first_offset}-{first_offset + T - 1} of the corpus"
     if T <= 160:
-        ax.set_xticks(np.arange(T), [tick_label(c) for c in text[:T]], family="monospace", fontsize=9,
-                      parse_math=False)
+        ax.set_xticks(np.arange(T), [tick_label(c) for c in text[:T]], family="monospace", fontsize=9, parse_math=False)
         ax.set_xlabel(f"character read ({where})")
     else:
         ax.set_xlabel(f"character index in the window ({where})")
@@ -183,9 +196,17 @@ def gate_saturation(recording: Recording) -> dict[tuple[int, str], tuple[np.ndar
 def gate_saturation_table(recording: Recording) -> pd.DataFrame:
     """Per layer and gate, the units' mean fraction of steps left-saturated (< 0.1), right-saturated (> 0.9) and
     in between."""
-    rows = [{"layer": layer, "gate": gate, "units": len(left), f"mean fraction < {SATURATION_LOW}": left.mean(),
-             f"mean fraction > {SATURATION_HIGH}": right.mean(), "mean fraction unsaturated": 1 - left.mean()
-             - right.mean()} for (layer, gate), (left, right) in gate_saturation(recording).items()]
+    rows = [
+        {
+            "layer": layer,
+            "gate": gate,
+            "units": len(left),
+            f"mean fraction < {SATURATION_LOW}": left.mean(),
+            f"mean fraction > {SATURATION_HIGH}": right.mean(),
+            "mean fraction unsaturated": 1 - left.mean() - right.mean(),
+        }
+        for (layer, gate), (left, right) in gate_saturation(recording).items()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -202,11 +223,19 @@ def gate_saturation_figure(recording: Recording) -> Figure:
         for layer in range(recording.num_layers):
             left, right = saturation[layer, gate]
             ax.scatter(left, right, s=12, alpha=0.7, color=palette(layer % 10), label=f"layer {layer}")
-        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=f"fraction left-saturated (< {SATURATION_LOW})",
-               ylabel=f"fraction right-saturated (> {SATURATION_HIGH})", title=f"{gate} gate")
+        ax.set(
+            xlim=(-0.02, 1.02),
+            ylim=(-0.02, 1.02),
+            xlabel=f"fraction left-saturated (< {SATURATION_LOW})",
+            ylabel=f"fraction right-saturated (> {SATURATION_HIGH})",
+            title=f"{gate} gate",
+        )
         ax.legend(fontsize=7)
-    fig.suptitle(f"gate saturation per unit ({recording.cell}, {len(recording.text)} characters)\n"
-                 "near a corner: a gate used as an on/off switch", fontsize=9)
+    fig.suptitle(
+        f"gate saturation per unit ({recording.cell}, {len(recording.text)} characters)\n"
+        "near a corner: a gate used as an on/off switch",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -228,8 +257,11 @@ def gradient_flow_figure(
     ax.set_yticks(np.arange(len(radii)), list(spectra), fontsize=7)
     ax.axvline(1.0, color="tab:red", lw=1)
     ax.invert_yaxis()
-    ax.set(xlabel="largest |eigenvalue| of the block (red line: 1)", ylabel="recurrent matrix (Whh block)",
-           title=f"recurrent spectra ({config.cell})")
+    ax.set(
+        xlabel="largest |eigenvalue| of the block (red line: 1)",
+        ylabel="recurrent matrix (Whh block)",
+        title=f"recurrent spectra ({config.cell})",
+    )
     ax = fig.add_subplot(1, 2, 2)
     for layer, curve in enumerate(norms):
         ax.semilogy(np.arange(len(curve)), np.maximum(curve, 1e-300), label=f"layer {layer}")

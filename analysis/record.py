@@ -85,8 +85,9 @@ class Recording:
             raise AnalysisError(f"unknown unit {label!r}: expected state.layer:index, e.g. h.0:3") from None
         layer_values = self.layer(state, layer)
         if not 0 <= index < layer_values.shape[1]:
-            raise AnalysisError(f"unit {label!r} is out of range: layer {layer} of {state!r} has units "
-                                f"0..{layer_values.shape[1] - 1}")
+            raise AnalysisError(
+                f"unit {label!r} is out of range: layer {layer} of {state!r} has units 0..{layer_values.shape[1] - 1}"
+            )
         return layer_values[:, index]
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -105,7 +106,7 @@ class Recording:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Recording":
+    def load(cls, path: str | os.PathLike) -> Recording:
         try:
             with np.load(path, allow_pickle=False) as npz:
                 meta = json.loads(str(npz["meta"]))

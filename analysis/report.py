@@ -13,8 +13,16 @@ import pandas as pd
 from .control import control_table
 from .explorer import write_explorer
 from .features import compute_features
-from .figures import (SIGMOID_GATES, gate_saturation_figure, gate_saturation_table, gradient_flow_figure,
-                      heatmap_figure, save_figure, text_activation_figure, varying_window)
+from .figures import (
+    SIGMOID_GATES,
+    gate_saturation_figure,
+    gate_saturation_table,
+    gradient_flow_figure,
+    heatmap_figure,
+    save_figure,
+    text_activation_figure,
+    varying_window,
+)
 from .ranking import rank_units, select_units
 from .record import Recording
 from .sources import Model
@@ -74,8 +82,15 @@ def write_report(recording: Recording, out: Path, options: ReportOptions, model:
         start, end = varying_window(signal, text, TEXT_FIGURE_WIDTH, TEXT_FIGURE_LINES)
         binary = row.kind == "binary"
         title = feature_title(row, offset0 + start, offset0 + end, bool(np.ptp(signal)))
-        figure = text_activation_figure(text[start:end], A[start:end, u], title, TEXT_FIGURE_WIDTH, TEXT_FIGURE_LINES,
-                                        signal[start:end] if binary else None, f"underlined: {row.feature}")
+        figure = text_activation_figure(
+            text[start:end],
+            A[start:end, u],
+            title,
+            TEXT_FIGURE_WIDTH,
+            TEXT_FIGURE_LINES,
+            signal[start:end] if binary else None,
+            f"underlined: {row.feature}",
+        )
         files.append(save_figure(figure, figures / f"text_{row.feature}.png"))
     shown = TEXT_FIGURE_WIDTH * TEXT_FIGURE_LINES
     for label in options.units:
@@ -89,8 +104,9 @@ def write_report(recording: Recording, out: Path, options: ReportOptions, model:
         for layer in range(recording.num_layers):
             values = recording.layer(state, layer)[:n]
             title = f"{state} (layer {layer}): every unit over the first {len(values)} recorded characters"
-            files.append(save_figure(heatmap_figure(values, text[:n], title, offset0),
-                                     figures / f"heatmap_{state}{layer}.png"))
+            files.append(
+                save_figure(heatmap_figure(values, text[:n], title, offset0), figures / f"heatmap_{state}{layer}.png")
+            )
     saturation = control = None
     if recording.cell in SIGMOID_GATES:
         files.append(save_figure(gate_saturation_figure(recording), figures / "gate_saturation.png"))
@@ -102,20 +118,33 @@ def write_report(recording: Recording, out: Path, options: ReportOptions, model:
     if model is not None:
         batch = _gradient_batch(model, text, options.grad_steps, options.grad_batch)
         if batch is not None:
-            files.append(save_figure(gradient_flow_figure(model.params, model.config, *batch),
-                                     figures / "gradient_flow.png"))
+            files.append(
+                save_figure(gradient_flow_figure(model.params, model.config, *batch), figures / "gradient_flow.png")
+            )
 
     title = explorer_title(recording)
-    files.append(write_explorer(out / "explorer.html", text, A, labels, top, title, offset0,
-                                recording.meta.get("text_source", "its source text")))
+    files.append(
+        write_explorer(
+            out / "explorer.html",
+            text,
+            A,
+            labels,
+            top,
+            title,
+            offset0,
+            recording.meta.get("text_source", "its source text"),
+        )
+    )
     return Report(top, selection, files, control, saturation)
 
 
 def feature_title(row, first: int, end: int, varies: bool) -> str:
     """What a feature's text figure shows: the unit, how well it tracks the feature and which colour means what."""
     if not varies:
-        return (f"{row.feature}: constant over the recorded text (no unit can track it); unit {row.unit}, "
-                f"corpus characters {first}-{end - 1}")
+        return (
+            f"{row.feature}: constant over the recorded text (no unit can track it); unit {row.unit}, "
+            f"corpus characters {first}-{end - 1}"
+        )
     if row.kind == "binary":
         measure = f"AUC {row.auc:.2f} (score |AUC-0.5|x2 = {row.score:.2f})"
         where = "inside the feature"
@@ -123,8 +152,10 @@ def feature_title(row, first: int, end: int, varies: bool) -> str:
         measure = f"Pearson r = {row.r:+.2f}"
         where = "where the feature is high"
     colour = "blue (+)" if row.sign > 0 else "red (-)"
-    return (f"{row.feature}: unit {row.unit}, {measure}; corpus characters {first}-{end - 1}\n"
-            f"the window where {row.feature} varies most; the unit leans {colour} {where}")
+    return (
+        f"{row.feature}: unit {row.unit}, {measure}; corpus characters {first}-{end - 1}\n"
+        f"the window where {row.feature} varies most; the unit leans {colour} {where}"
+    )
 
 
 def _gradient_batch(model: Model, text: str, steps: int, batch: int):
@@ -140,5 +171,7 @@ def explorer_title(recording: Recording) -> str:
     """What the page shows, as a reader names it: the model, the text, then where it came from."""
     meta = recording.meta
     where = f"run {meta['run_id']}" if meta.get("run_id") else Path(meta.get("checkpoint", "")).name or "a recording"
-    return (f"{recording.cell} {recording.num_layers}x{meta.get('hidden_size', '?')} on "
-            f"{meta.get('text_source', 'its text')} ({where})")
+    return (
+        f"{recording.cell} {recording.num_layers}x{meta.get('hidden_size', '?')} on "
+        f"{meta.get('text_source', 'its text')} ({where})"
+    )

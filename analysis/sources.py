@@ -37,8 +37,9 @@ def model_from_checkpoint(path: str) -> Model:
     # to pystdlib's default split in validation_text
     data = {k: v for k, v in ckpt.metadata.items() if v is not None}
     # and how it evaluated (eval_batch_size, eval_max_chars), as train.* keys like the run's params
-    data.update({f"train.{k}": v for k, v in ckpt.train_config.items()
-                 if k.startswith("eval_") and f"train.{k}" not in data})
+    data.update(
+        {f"train.{k}": v for k, v in ckpt.train_config.items() if k.startswith("eval_") and f"train.{k}" not in data}
+    )
     return Model(ckpt.params, ckpt.model_config, ckpt.vocab, {"checkpoint": str(Path(path).resolve())}, data)
 
 
@@ -59,8 +60,9 @@ def validation_text(model: Model, data: str | None = None, data_path: str | None
     return val, len(train), f"validation split of {corpus.name}{held_out} ({corpus.source})"
 
 
-def choose_text(model: Model, text: str | None, string: str | None, data: str | None,
-                data_path: str | None) -> tuple[str, int, str]:
+def choose_text(
+    model: Model, text: str | None, string: str | None, data: str | None, data_path: str | None
+) -> tuple[str, int, str]:
     """(text, offset in its source, description) from at most one of text=<file>, string=..., data=<corpus>."""
     given = [name for name, value in (("text", text), ("string", string)) if value is not None]
     if len(given) > 1 or (given and (data or data_path)):

@@ -26,10 +26,15 @@ def validation_streams(model: Model, text: str, offset: int) -> pd.DataFrame:
     batch_size = _setting(model, EVAL_BATCH_SIZE, defaults.eval_batch_size)
     seq_length = _setting(model, SEQ_LENGTH, defaults.seq_length)
     max_chars = _setting(model, EVAL_MAX_CHARS, defaults.eval_max_chars)
-    streams = evaluate_streams(model.params, model.config, model.vocab.encode(text), batch_size, seq_length,
-                               max_chars)
-    return pd.DataFrame({"stream": range(len(streams.starts)), "start": offset + streams.starts,
-                         "chars": streams.chars, "loss": streams.per_stream})
+    streams = evaluate_streams(model.params, model.config, model.vocab.encode(text), batch_size, seq_length, max_chars)
+    return pd.DataFrame(
+        {
+            "stream": range(len(streams.starts)),
+            "start": offset + streams.starts,
+            "chars": streams.chars,
+            "loss": streams.per_stream,
+        }
+    )
 
 
 def streams_summary(table: pd.DataFrame, offset: int) -> str:
@@ -38,8 +43,10 @@ def streams_summary(table: pd.DataFrame, offset: int) -> str:
     loss = (table["loss"] * table["chars"]).sum() / table["chars"].sum()
     worst = table.loc[table["loss"].idxmax()]
     length = int(worst["chars"]) + 1
-    return (f"validation loss by stream ({len(table)} streams of {length} characters, as charrnn-train evaluates): "
-            f"val/loss {loss:.4f}, median stream {table['loss'].median():.4f}, worst stream {int(worst['stream'])} "
-            f"{worst['loss']:.4f} (from character {int(worst['start'])})\n"
-            f"record the worst stream from its cold start: record.start={int(worst['start']) - offset} "
-            f"record.length={length}\n")
+    return (
+        f"validation loss by stream ({len(table)} streams of {length} characters, as charrnn-train evaluates): "
+        f"val/loss {loss:.4f}, median stream {table['loss'].median():.4f}, worst stream {int(worst['stream'])} "
+        f"{worst['loss']:.4f} (from character {int(worst['start'])})\n"
+        f"record the worst stream from its cold start: record.start={int(worst['start']) - offset} "
+        f"record.length={length}\n"
+    )

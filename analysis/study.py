@@ -2,8 +2,9 @@
 grouped by configuration, with the best validation loss as mean and spread over seeds; and its two figures.
 
 A configuration is its corpus, cell, depth, hidden size, lr and dropout (always shown: the paper's columns and
-each model's setting) plus any other swept param except the seed. Only FINISHED runs enter the statistics: a FAILED or KILLED run trained for less, so its
-loss is no sample of the same thing; it is listed in the row's ``not finished`` column instead of dropped.
+each model's setting) plus any other swept param except the seed. Only FINISHED runs enter the statistics: a
+FAILED or KILLED run trained for less, so its loss is no sample of the same thing; it is listed in the row's
+``not finished`` column instead of dropped.
 """
 
 from __future__ import annotations
@@ -55,15 +56,18 @@ def study_table(table: pd.DataFrame) -> pd.DataFrame:
         finished = group[(group["status"] == "FINISHED") & np.isfinite(group[RANK_BY].astype(float))]
         losses = finished[RANK_BY].to_numpy(float)
         others = group.drop(finished.index)
-        rows.append({**dict(zip(keys, values)),
-                     NUM_PARAMS: group[NUM_PARAMS].dropna().iloc[0] if group[NUM_PARAMS].notna().any() else np.nan,
-                     MEAN: losses.mean() if len(losses) else np.nan,
-                     STD: losses.std(ddof=1) if len(losses) > 1 else np.nan,
-                     LOW: losses.min() if len(losses) else np.nan,
-                     HIGH: losses.max() if len(losses) else np.nan,
-                     N_SEEDS: len(losses),
-                     UNFINISHED: ", ".join(f"seed {seed} {status}" for seed, status in
-                                           zip(others[SEED], others["status"]))})
+        rows.append(
+            {
+                **dict(zip(keys, values)),
+                NUM_PARAMS: group[NUM_PARAMS].dropna().iloc[0] if group[NUM_PARAMS].notna().any() else np.nan,
+                MEAN: losses.mean() if len(losses) else np.nan,
+                STD: losses.std(ddof=1) if len(losses) > 1 else np.nan,
+                LOW: losses.min() if len(losses) else np.nan,
+                HIGH: losses.max() if len(losses) else np.nan,
+                N_SEEDS: len(losses),
+                UNFINISHED: ", ".join(f"seed {seed} {status}" for seed, status in zip(others[SEED], others["status"])),
+            }
+        )
     study = pd.DataFrame(rows)
     return study.sort_values(keys, key=_sort_key, kind="stable").reset_index(drop=True)
 
@@ -71,8 +75,10 @@ def study_table(table: pd.DataFrame) -> pd.DataFrame:
 def study_markdown_table(study: pd.DataFrame) -> pd.DataFrame:
     """The study for people: ``mean ± std`` in one column, parameter counts as integers."""
     shown = study.drop(columns=[MEAN, STD, LOW, HIGH])
-    loss = [("" if np.isnan(m) else f"{m:.3f}" + ("" if np.isnan(s) else f" ± {s:.3f}"))
-            for m, s in zip(study[MEAN], study[STD])]
+    loss = [
+        ("" if np.isnan(m) else f"{m:.3f}" + ("" if np.isnan(s) else f" ± {s:.3f}"))
+        for m, s in zip(study[MEAN], study[STD])
+    ]
     shown.insert(shown.columns.get_loc(N_SEEDS), f"{RANK_BY} (mean ± std)", loss)
     shown[NUM_PARAMS] = [f"{int(n):,}" if np.isfinite(n) else "" for n in study[NUM_PARAMS]]
     return shown
@@ -80,8 +86,10 @@ def study_markdown_table(study: pd.DataFrame) -> pd.DataFrame:
 
 def _style(study: pd.DataFrame):
     """A colour per cell and a line style per depth, the same in both figures."""
-    cells = sorted(study["model.cell"].astype(str).unique(),
-                   key=lambda c: (CELL_ORDER.index(c) if c in CELL_ORDER else len(CELL_ORDER), c))
+    cells = sorted(
+        study["model.cell"].astype(str).unique(),
+        key=lambda c: (CELL_ORDER.index(c) if c in CELL_ORDER else len(CELL_ORDER), c),
+    )
     palette = matplotlib.colormaps["tab10"]
     colours = {cell: palette(i % 10) for i, cell in enumerate(cells)}
     depths = ordered_labels([str(d) for d in study["model.num_layers"].unique()])
@@ -102,8 +110,12 @@ def study_curves_figure(table: pd.DataFrame, histories: dict, study: pd.DataFram
     fig = Figure(figsize=(6.5 * len(data_sets), 4.6))
     finished = table[table["status"] == "FINISHED"]
     # the larger sizes of a cell and depth draw thicker, so that its budgets tell apart
-    size_rank = pd.to_numeric(study["model.hidden_size"], errors="coerce").groupby(
-        [study["data.name"], study["model.cell"], study["model.num_layers"]]).rank(method="dense").fillna(1)
+    size_rank = (
+        pd.to_numeric(study["model.hidden_size"], errors="coerce")
+        .groupby([study["data.name"], study["model.cell"], study["model.num_layers"]])
+        .rank(method="dense")
+        .fillna(1)
+    )
     for i, data in enumerate(data_sets):
         ax = fig.add_subplot(1, len(data_sets), i + 1)
         rows = study[study["data.name"].astype(str) == data]
@@ -111,15 +123,26 @@ def study_curves_figure(table: pd.DataFrame, histories: dict, study: pd.DataFram
             group = finished[np.logical_and.reduce([finished[k].astype(str) == str(v) for k, v in config.items()])]
             if not len(group):
                 continue
-            curves = pd.DataFrame({run_id: pd.Series(histories[run_id]["val/loss"][1],
-                                                     index=histories[run_id]["val/loss"][0])
-                                   for run_id in group["run_id"]})
+            curves = pd.DataFrame(
+                {
+                    run_id: pd.Series(histories[run_id]["val/loss"][1], index=histories[run_id]["val/loss"][0])
+                    for run_id in group["run_id"]
+                }
+            )
             mean = curves.mean(axis=1).sort_index()
-            label = f"{config['model.cell']} L={config['model.num_layers']} h={config['model.hidden_size']} " \
-                    f"(n={len(group)})"
-            ax.plot(mean.index, mean.to_numpy(), color=colours[str(config["model.cell"])],
-                    linestyle=styles[str(config["model.num_layers"])], lw=0.5 + rank, label=label,
-                    marker="." if len(mean) < 20 else None)
+            label = (
+                f"{config['model.cell']} L={config['model.num_layers']} h={config['model.hidden_size']} "
+                f"(n={len(group)})"
+            )
+            ax.plot(
+                mean.index,
+                mean.to_numpy(),
+                color=colours[str(config["model.cell"])],
+                linestyle=styles[str(config["model.num_layers"])],
+                lw=0.5 + rank,
+                label=label,
+                marker="." if len(mean) < 20 else None,
+            )
         ax.set(xlabel="iteration", ylabel="val/loss (nats/char), mean over seeds", title=f"data: {data}")
         ax.legend(fontsize=7, title="cell, layers, hidden size")
     fig.suptitle("validation loss by cell (mean over FINISHED seeds)")
@@ -138,11 +161,19 @@ def study_loss_vs_params_figure(study: pd.DataFrame) -> Figure:
         rows = study[(study["data.name"].astype(str) == data) & study[NUM_PARAMS].notna() & study[MEAN].notna()]
         for (cell, depth), group in rows.groupby(["model.cell", "model.num_layers"], sort=False):
             group = group.sort_values(NUM_PARAMS)
-            ax.errorbar(group[NUM_PARAMS], group[MEAN], yerr=group[STD].fillna(0.0), color=colours[str(cell)],
-                        linestyle=styles[str(depth)], marker="o", capsize=3, lw=1.3, label=f"{cell}, {depth} layer(s)")
+            ax.errorbar(
+                group[NUM_PARAMS],
+                group[MEAN],
+                yerr=group[STD].fillna(0.0),
+                color=colours[str(cell)],
+                linestyle=styles[str(depth)],
+                marker="o",
+                capsize=3,
+                lw=1.3,
+                label=f"{cell}, {depth} layer(s)",
+            )
         ax.set_xscale("log")
-        ax.set(xlabel="number of parameters (log scale)", ylabel=f"{RANK_BY} (nats/char)",
-               title=f"data: {data}")
+        ax.set(xlabel="number of parameters (log scale)", ylabel=f"{RANK_BY} (nats/char)", title=f"data: {data}")
         if len(rows):
             ax.legend(fontsize=7, title="cell, depth")
     fig.suptitle("best validation loss vs parameters by depth (mean ± std over seeds)")

@@ -24,8 +24,16 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
-from .compare import (RANK_BY, axis_positions, curves_figure, leaderboard, metric_vs_params_figure, param_colours,
-                      swept_params, value_labels)
+from .compare import (
+    RANK_BY,
+    axis_positions,
+    curves_figure,
+    leaderboard,
+    metric_vs_params_figure,
+    param_colours,
+    swept_params,
+    value_labels,
+)
 from .figures import save_figure
 from .tables import markdown_table
 
@@ -44,25 +52,40 @@ def _best_per_run(table: pd.DataFrame) -> pd.Series:
 
 def curve_multiples(table: pd.DataFrame, histories: dict, key: str | None) -> go.Figure:
     """Every run's validation curve in one panel, coloured by ``key``'s value (one colour when None)."""
-    colours, legend = (param_colours(table[key])[:2] if key is not None else ([None] * len(table), None))
+    colours, legend = param_colours(table[key])[:2] if key is not None else ([None] * len(table), None)
     fig = go.Figure()
     shown = set()
-    for run_id, name, colour, label in zip(table["run_id"], table["run_name"], colours,
-                                           value_labels(table[key]) if key else [""] * len(table)):
+    for run_id, name, colour, label in zip(
+        table["run_id"], table["run_name"], colours, value_labels(table[key]) if key else [""] * len(table)
+    ):
         steps, values = histories[run_id][VAL_LOSS]
         group = f"{key}={label}" if key else "runs"
-        fig.add_trace(go.Scatter(
-            x=steps, y=values, mode="lines+markers", name=label if key else str(name), legendgroup=group,
-            showlegend=bool(key) and group not in shown, marker={"size": 4},
-            line={"color": to_hex(colour) if colour is not None else None, "width": 1.5},
-            hovertemplate=f"{html.escape(str(name))}<br>iteration %{{x}}<br>val/loss %{{y:.4f}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=values,
+                mode="lines+markers",
+                name=label if key else str(name),
+                legendgroup=group,
+                showlegend=bool(key) and group not in shown,
+                marker={"size": 4},
+                line={"color": to_hex(colour) if colour is not None else None, "width": 1.5},
+                hovertemplate=f"{html.escape(str(name))}<br>iteration %{{x}}<br>val/loss %{{y:.4f}}<extra></extra>",
+            )
+        )
         shown.add(group)
     if legend:  # the legend in value order
         order = {f"{key}={label}": i for i, label in enumerate(legend)}
         fig.data = tuple(sorted(fig.data, key=lambda trace: order.get(trace.legendgroup, 0)))
-    fig.update_layout(title=f"val/loss, coloured by {key}" if key else "val/loss", width=560, height=380,
-                      margin={"l": 50, "r": 10, "t": 40, "b": 40}, legend={"title": {"text": key or ""}},
-                      xaxis_title="iteration", yaxis_title="val/loss (nats/char)")
+    fig.update_layout(
+        title=f"val/loss, coloured by {key}" if key else "val/loss",
+        width=560,
+        height=380,
+        margin={"l": 50, "r": 10, "t": 40, "b": 40},
+        legend={"title": {"text": key or ""}},
+        xaxis_title="iteration",
+        yaxis_title="val/loss (nats/char)",
+    )
     return fig
 
 
@@ -72,10 +95,19 @@ def best_against_keys(table: pd.DataFrame, keys: list[str]) -> go.Figure:
     best = _best_per_run(table)
     for i, key in enumerate(keys, start=1):
         x, categories = axis_positions(table[key])
-        fig.add_trace(go.Scatter(x=x, y=best, mode="markers", marker={"size": 9, "color": "#1f77b4"},
-                                 text=[str(n) for n in table["run_name"]], showlegend=False,
-                                 hovertemplate=f"%{{text}}<br>{key} %{{x}}<br>{RANK_BY} %{{y:.4f}}<extra></extra>"),
-                      row=1, col=i)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=best,
+                mode="markers",
+                marker={"size": 9, "color": "#1f77b4"},
+                text=[str(n) for n in table["run_name"]],
+                showlegend=False,
+                hovertemplate=f"%{{text}}<br>{key} %{{x}}<br>{RANK_BY} %{{y:.4f}}<extra></extra>",
+            ),
+            row=1,
+            col=i,
+        )
         if categories is not None:
             fig.update_xaxes(tickvals=list(range(len(categories))), ticktext=categories, row=1, col=i)
         elif x.min() > 0 and x.max() / x.min() >= 10:
@@ -98,9 +130,18 @@ def parallel_keys(table: pd.DataFrame, keys: list[str]) -> go.Figure:
         dimensions.append(dimension)
     best = _best_per_run(runs)
     dimensions.append({"label": RANK_BY, "values": best})
-    fig = go.Figure(go.Parcoords(dimensions=dimensions, line={
-        "color": best, "colorscale": "Viridis", "reversescale": True, "showscale": True,
-        "colorbar": {"title": {"text": RANK_BY}}}))
+    fig = go.Figure(
+        go.Parcoords(
+            dimensions=dimensions,
+            line={
+                "color": best,
+                "colorscale": "Viridis",
+                "reversescale": True,
+                "showscale": True,
+                "colorbar": {"title": {"text": RANK_BY}},
+            },
+        )
+    )
     fig.update_layout(width=max(520, 170 * (len(keys) + 1)), height=380, margin={"l": 60, "r": 60, "t": 50, "b": 30})
     return fig
 
@@ -139,37 +180,47 @@ def parallel_figure(table: pd.DataFrame, keys: list[str]) -> Figure:
 
 
 def _fragment(fig: go.Figure, div_id: str, with_plotlyjs: bool) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=with_plotlyjs, div_id=div_id,
-                       config={"displaylogo": False})
+    return fig.to_html(full_html=False, include_plotlyjs=with_plotlyjs, div_id=div_id, config={"displaylogo": False})
 
 
 def report_page(table: pd.DataFrame, histories: dict, title: str, keys: list[str]) -> str:
     """The whole report as one HTML document with plotly.js inline; ``keys``: the swept params."""
     counts = table["status"].value_counts()
     summary = ", ".join(f"{n} {status.lower()}" for status, n in counts.items())
-    board = leaderboard(table, top=len(table)).to_html(index=False, float_format=lambda v: f"{v:.4f}",
-                                                        na_rep="-", border=0)
-    multiples = [_fragment(curve_multiples(table, histories, key), CURVES_DIV.format(i), i == 0)
-                 for i, key in enumerate(keys or [None])]
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>{len(table)} runs: {html.escape(summary)}. {RANK_BY} is the lowest val/loss during a run, "
-             "in nats per character; hover a point to name its run.</p>",
-             "<h2>Leaderboard</h2>", f'<div class="wide">{board}</div>',
-             "<h2>Validation curves, coloured by each swept key in turn</h2>",
-             f'<div class="multiples">{"".join(multiples)}</div>']
+    board = leaderboard(table, top=len(table)).to_html(
+        index=False, float_format=lambda v: f"{v:.4f}", na_rep="-", border=0
+    )
+    multiples = [
+        _fragment(curve_multiples(table, histories, key), CURVES_DIV.format(i), i == 0)
+        for i, key in enumerate(keys or [None])
+    ]
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{len(table)} runs: {html.escape(summary)}. {RANK_BY} is the lowest val/loss during a run, "
+        "in nats per character; hover a point to name its run.</p>",
+        "<h2>Leaderboard</h2>",
+        f'<div class="wide">{board}</div>',
+        "<h2>Validation curves, coloured by each swept key in turn</h2>",
+        f'<div class="multiples">{"".join(multiples)}</div>',
+    ]
     if keys:
-        parts += [f"<h2>{RANK_BY} against each swept key</h2>",
-                  _fragment(best_against_keys(table, keys), "best-vs-keys", False),
-                  f"<h2>Swept keys to {RANK_BY}</h2>",
-                  "<p>Drag along an axis to pick a range of its values.</p>",
-                  _fragment(parallel_keys(table, keys), "parallel", False)]
+        parts += [
+            f"<h2>{RANK_BY} against each swept key</h2>",
+            _fragment(best_against_keys(table, keys), "best-vs-keys", False),
+            f"<h2>Swept keys to {RANK_BY}</h2>",
+            "<p>Drag along an axis to pick a range of its values.</p>",
+            _fragment(parallel_keys(table, keys), "parallel", False),
+        ]
     body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{PAGE_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{PAGE_STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
 
 
-def write_sweep_report(table: pd.DataFrame, histories: dict, out: Path, title: str,
-                       keys: list[str] | None = None) -> list[Path]:
+def write_sweep_report(
+    table: pd.DataFrame, histories: dict, out: Path, title: str, keys: list[str] | None = None
+) -> list[Path]:
     """Write report.html, runs.csv, leaderboard.md, curves.png and, when the runs differ in some param,
     val_loss_vs_params.png and parallel.png into ``out``; returns the files written. ``keys``: the swept params
     in the order the figures take them (default: :func:`swept_params`' order)."""
@@ -179,8 +230,12 @@ def write_sweep_report(table: pd.DataFrame, histories: dict, out: Path, title: s
     page.write_text(report_page(table, histories, title, keys), encoding="utf-8")
     table.to_csv(out / "runs.csv", index=False)
     (out / "leaderboard.md").write_text(markdown_table(leaderboard(table, top=len(table))), encoding="utf-8")
-    files = [page, out / "runs.csv", out / "leaderboard.md",
-             save_figure(curves_figure(table, histories, keys), out / "curves.png")]
+    files = [
+        page,
+        out / "runs.csv",
+        out / "leaderboard.md",
+        save_figure(curves_figure(table, histories, keys), out / "curves.png"),
+    ]
     if keys:
         files.append(save_figure(metric_vs_params_figure(table, keys), out / "val_loss_vs_params.png"))
         files.append(save_figure(parallel_figure(table, keys), out / "parallel.png"))

@@ -11,10 +11,9 @@ on the same characters -- ranks the units per feature, and logs ``analysis/recor
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -63,16 +62,31 @@ def slice_bounds(n_chars: int, settings: RecordSettings) -> tuple[int, int]:
     return settings.start, min(settings.start + settings.length, n_chars)
 
 
-def record_slice(params: dict[str, np.ndarray], config: ModelConfig, vocab: Vocab, text: str, offset: int,
-                 settings: RecordSettings, meta: dict | None = None) -> Recording:
+def record_slice(
+    params: dict[str, np.ndarray],
+    config: ModelConfig,
+    vocab: Vocab,
+    text: str,
+    offset: int,
+    settings: RecordSettings,
+    meta: dict | None = None,
+) -> Recording:
     """Record the ``record.*`` slice of ``text``; ``offset`` is the position of ``text`` in its corpus."""
     start, end = slice_bounds(len(text), settings)
     return record(params, config, vocab, text[start:end], settings.chunk, settings.dtype, offset + start, meta)
 
 
-def record_finished_run(params: dict[str, np.ndarray], config: ModelConfig, vocab: Vocab, val_ix: np.ndarray | None,
-                        val_offset: int, record_cfg: Mapping | None, out_dir: Path,
-                        log_artifacts: Callable[[Path], None], run_seconds: float) -> pd.DataFrame | None:
+def record_finished_run(
+    params: dict[str, np.ndarray],
+    config: ModelConfig,
+    vocab: Vocab,
+    val_ix: np.ndarray | None,
+    val_offset: int,
+    record_cfg: Mapping | None,
+    out_dir: Path,
+    log_artifacts: Callable[[Path], None],
+    run_seconds: float,
+) -> pd.DataFrame | None:
     """Record the trained model on its validation slice, rank its units, write and log the files.
 
     ``val_ix`` is the encoded validation split (as the trainer holds it), ``val_offset`` its position in the corpus;
@@ -90,8 +104,16 @@ def record_finished_run(params: dict[str, np.ndarray], config: ModelConfig, voca
         settings = RecordSettings.from_config(record_cfg)
         start, end = slice_bounds(len(val_ix), settings)
         print(f"recording the hidden state on {end - start} validation characters", flush=True)
-        recording = record(params, config, vocab, vocab.decode(val_ix[start:end]), settings.chunk, settings.dtype,
-                           val_offset + start, {"text_source": "validation split", "params": "final"})
+        recording = record(
+            params,
+            config,
+            vocab,
+            vocab.decode(val_ix[start:end]),
+            settings.chunk,
+            settings.dtype,
+            val_offset + start,
+            {"text_source": "validation split", "params": "final"},
+        )
     except CharRNNError as err:
         print(f"hidden state not recorded: {err}", flush=True)
         return None
@@ -103,8 +125,11 @@ def record_finished_run(params: dict[str, np.ndarray], config: ModelConfig, voca
     log_artifacts(out_dir)
     seconds = time.perf_counter() - started
     share = f" ({100 * seconds / run_seconds:.1f}% of the {run_seconds:.1f} s of training)" if run_seconds > 0 else ""
-    print(f"recorded the hidden state on {len(recording.text)} validation characters in {seconds:.2f} s{share}: "
-          f"{ARTIFACT_DIR}/{RECORDING_FILE}, {ARTIFACT_DIR}/{TOP_UNITS_STEM}.csv", flush=True)
+    print(
+        f"recorded the hidden state on {len(recording.text)} validation characters in {seconds:.2f} s{share}: "
+        f"{ARTIFACT_DIR}/{RECORDING_FILE}, {ARTIFACT_DIR}/{TOP_UNITS_STEM}.csv",
+        flush=True,
+    )
     return top
 
 
@@ -125,5 +150,14 @@ class FinishedRunRecorder(Callback):
         if result.status != "finished":
             return
         t = self.trainer
-        record_finished_run(t.params, t.model_config, t.vocab, t.val_ix, len(t.train_ix), self.record_cfg,
-                            self.out_dir, self.log_artifacts, result.elapsed_seconds)
+        record_finished_run(
+            t.params,
+            t.model_config,
+            t.vocab,
+            t.val_ix,
+            len(t.train_ix),
+            self.record_cfg,
+            self.out_dir,
+            self.log_artifacts,
+            result.elapsed_seconds,
+        )

@@ -50,6 +50,7 @@ for models whose per-step matmuls are too small to split (``charrnn.train.blas_t
 (``--threads``); the report prints each contender's settings. As in ``charrnn-train``, the process keeps
 freed memory (``charrnn.allocator``) from the start, for every contender.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,19 +75,26 @@ if "CHARRNN_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is
     os.environ["CHARRNN_DATA_DIR"] = str(REPO.parent / "shared" / "data")
 
 import numpy as np  # noqa: E402
+from gist_port import gist_training  # noqa: E402  (benchmarks/, beside this script)
+from logged_throughput import training_steps  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from charrnn.allocator import keep_freed_memory  # noqa: E402
 from charrnn.cells import CELLS  # noqa: E402
 from charrnn.data import BatchStream, Vocab, load_corpus  # noqa: E402
-from charrnn.model import (ModelConfig, _layer_params, backward, forward, init_params,  # noqa: E402
-                           input_projection, softmax_cross_entropy)
+from charrnn.model import (  # noqa: E402
+    ModelConfig,
+    _layer_params,
+    backward,
+    forward,
+    init_params,
+    input_projection,
+    softmax_cross_entropy,
+)
 from charrnn.optim import clip_gradients  # noqa: E402
 from charrnn.reference import GistRNN  # noqa: E402
-from charrnn.train import OptimConfig, Trainer, TrainConfig, blas_threads  # noqa: E402
-from gist_port import gist_training  # noqa: E402  (benchmarks/, beside this script)
-from logged_throughput import training_steps  # noqa: E402
+from charrnn.train import OptimConfig, TrainConfig, Trainer, blas_threads  # noqa: E402
 
 try:
     import torch
@@ -114,8 +122,11 @@ def blas_info() -> dict:
         return info
     for pool in threadpool_info():
         if pool.get("user_api") == "blas" and "numpy" in pool.get("filepath", ""):
-            info = {"threads": pool["num_threads"], "library": f"{pool['internal_api']} {pool.get('version')}",
-                    "kernel": pool.get("architecture", "unknown")}
+            info = {
+                "threads": pool["num_threads"],
+                "library": f"{pool['internal_api']} {pool.get('version')}",
+                "kernel": pool.get("architecture", "unknown"),
+            }
     return info
 
 
@@ -181,8 +192,15 @@ class EngineRunner:
     def __init__(self, cell, hidden, seq, batch, dtype, vocab, text):
         self.name = "engine"
         config = ModelConfig(cell, vocab.size, hidden, 1, dtype)
-        train = TrainConfig(seq_length=seq, batch_size=batch, max_iters=None, max_seconds=1e9,
-                            sample_every=0, log_every=10**9, eval_every=10**9)
+        train = TrainConfig(
+            seq_length=seq,
+            batch_size=batch,
+            max_iters=None,
+            max_seconds=1e9,
+            sample_every=0,
+            log_every=10**9,
+            eval_every=10**9,
+        )
         self.trainer = Trainer(config, train, OptimConfig("adagrad", lr=0.1, clip=5.0), vocab, text)
         self.work_per_step = seq * batch  # characters
         self.settings = f"charrnn Trainer.train_step, {sizes(cell, dtype, batch, seq, hidden)}, {GIST_OPTIM}"
@@ -214,9 +232,17 @@ def gist_runners(hidden, seq, vocab, text, data_ix) -> tuple[GistRunner, GistRun
     weights = init_params(ModelConfig("rnn", vocab.size, hidden, 1, "float64"), np.random.default_rng(42))
     loop = gist_training(text, vocab.chars, weights, seq_length=seq, learning_rate=0.1)
     oracle = GistRNN(data_ix, vocab.size, weights, seq_length=seq, learning_rate=0.1)
-    return (GistRunner("gist-port", "the gist's loop as written (benchmarks/gist_port.py: np.dot, dicts, one-hot "
-                                    "columns, the text encoded each iteration)", loop.__next__, hidden, seq),
-            GistRunner("GistRNN", "charrnn.reference.GistRNN.step (the parity oracle)", oracle.step, hidden, seq))
+    return (
+        GistRunner(
+            "gist-port",
+            "the gist's loop as written (benchmarks/gist_port.py: np.dot, dicts, one-hot "
+            "columns, the text encoded each iteration)",
+            loop.__next__,
+            hidden,
+            seq,
+        ),
+        GistRunner("GistRNN", "charrnn.reference.GistRNN.step (the parity oracle)", oracle.step, hidden, seq),
+    )
 
 
 class TorchRunner:
@@ -240,9 +266,11 @@ class TorchRunner:
         self.cell, self.hidden, self.batch = cell, hidden, batch
         self.state = None
         self.work_per_step = seq * batch
-        self.settings = (f"torch {torch.__version__} Embedding + nn.{rnn_class.__name__} + Linear, "
-                         f"{sizes(cell, 'float32', batch, seq, hidden)}, torch.optim.Adagrad lr 0.1, "
-                         f"clip_grad_value_ 5{'' if onednn else ', oneDNN off'}")
+        self.settings = (
+            f"torch {torch.__version__} Embedding + nn.{rnn_class.__name__} + Linear, "
+            f"{sizes(cell, 'float32', batch, seq, hidden)}, torch.optim.Adagrad lr 0.1, "
+            f"clip_grad_value_ 5{'' if onednn else ', oneDNN off'}"
+        )
         self.threads = torch.get_num_threads
 
     def _zero_state(self):
@@ -265,8 +293,10 @@ class TorchRunner:
         hs, state = self.rnn(self.embed(x), self.state)
         logits = self.head(hs)  # (T,B,V)
         # the engine's loss: summed over time, mean over the batch
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                                 reduction="sum") / self.batch
+        loss = (
+            torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
+            / self.batch
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_value_(self.params, 5.0)
@@ -305,8 +335,7 @@ def race(runners, seconds: float, rounds: int, warmup: float) -> dict[str, dict]
             n = iters_per_round[r.name]
             rates[r.name].append(n * r.work_per_step / _time(r, n))
     return {
-        name: {"rate": statistics.median(v), "spread": (min(v), max(v)),
-               "iters": iters_per_round[name] * rounds}
+        name: {"rate": statistics.median(v), "spread": (min(v), max(v)), "iters": iters_per_round[name] * rounds}
         for name, v in rates.items()
     }
 
@@ -325,8 +354,12 @@ def contender_threads(n: int):
                 torch.set_num_threads(previous)
 
 
-APP_COMMAND = ["experiment=minchar", "data=tinyshakespeare", "train.max_seconds=null",
-               "record.enabled=false"]  # the end-of-run recording comes after training, outside the figure
+APP_COMMAND = [
+    "experiment=minchar",
+    "data=tinyshakespeare",
+    "train.max_seconds=null",
+    "record.enabled=false",
+]  # the end-of-run recording comes after training, outside the figure
 
 
 def app_round(iters: int) -> tuple[float, float]:
@@ -335,9 +368,18 @@ def app_round(iters: int) -> tuple[float, float]:
     time in training steps."""
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
-        out = subprocess.run([str(Path(sys.executable).parent / "charrnn-train"), *APP_COMMAND,
-                              f"train.max_iters={iters}", f"tracking.uri={uri}"],
-                             cwd=tmp, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "charrnn-train"),
+                *APP_COMMAND,
+                f"train.max_iters={iters}",
+                f"tracking.uri={uri}",
+            ],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         if out.returncode != 0:
             last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
             sys.exit(f"error: charrnn-train {' '.join(APP_COMMAND)} failed (exit {out.returncode}): {last}")
@@ -356,10 +398,19 @@ def race_app(port: GistRunner, iters: int, rounds: int) -> dict[str, dict]:
         app.append(rate)
         fractions.append(fraction)
         port_rates.append(iters * port.work_per_step / _time(port, iters))
-    return {"app": {"rate": statistics.median(app), "spread": (min(app), max(app)), "iters": iters * rounds,
-                    "train_fraction": statistics.median(fractions)},
-            port.name: {"rate": statistics.median(port_rates), "spread": (min(port_rates), max(port_rates)),
-                        "iters": iters * rounds}}
+    return {
+        "app": {
+            "rate": statistics.median(app),
+            "spread": (min(app), max(app)),
+            "iters": iters * rounds,
+            "train_fraction": statistics.median(fractions),
+        },
+        port.name: {
+            "rate": statistics.median(port_rates),
+            "spread": (min(port_rates), max(port_rates)),
+            "iters": iters * rounds,
+        },
+    }
 
 
 def step_peak_bytes(runner) -> int:
@@ -405,13 +456,13 @@ def step_breakdown(cell: str, hidden: int, seq: int, batch: int, vocab, text, re
         "cell backward": _best_seconds(lambda: cell_class.backward(dhs, cell_cache), repeats),
         "recurrent GEMMs forward": _best_seconds(lambda: [np.matmul(Whh, h, out=a) for _ in range(seq)], repeats),
         "recurrent GEMMs backward": _best_seconds(lambda: [np.matmul(Whh.T, a, out=h) for _ in range(seq)], repeats),
-        "model forward + loss": _best_seconds(lambda: softmax_cross_entropy(forward(params, config, inputs,
-                                                                                      trainer.state)[0], targets),
-                                                repeats),
+        "model forward + loss": _best_seconds(
+            lambda: softmax_cross_entropy(forward(params, config, inputs, trainer.state)[0], targets), repeats
+        ),
         "model backward": _best_seconds(lambda: backward(dlogits, cache), repeats),
-        "clip + adagrad": _best_seconds(lambda: (clip_gradients(flat_grad, 5.0),
-                                                   trainer.optimizer.step(trainer.flat_params, zero_grad)),
-                                          repeats),
+        "clip + adagrad": _best_seconds(
+            lambda: (clip_gradients(flat_grad, 5.0), trainer.optimizer.step(trainer.flat_params, zero_grad)), repeats
+        ),
         "whole train_step": _best_seconds(trainer.train_step, repeats),
     }
     ms = {k: v * 1e3 for k, v in ms.items()}
@@ -432,8 +483,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter timings (under a minute)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="limit NumPy's BLAS (threadpoolctl) and torch to N threads; default: as NumPy starts")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="limit NumPy's BLAS (threadpoolctl) and torch to N threads; default: as NumPy starts",
+    )
     args = parser.parse_args(argv)
     keep_freed_memory()
     seconds, rounds, warmup, gemm_seconds = (0.6, 4, 0.2, 0.5) if args.quick else (4.0, 10, 1.0, 2.0)
@@ -449,33 +504,46 @@ def main(argv=None) -> int:
     load = os.getloadavg()
 
     print(f"charrnn engine benchmark on tinyshakespeare ({len(corpus.text):,} chars, V={vocab.size})")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, BLAS {blas['library']} "
-          f"kernel {blas['kernel']} threads {blas['threads']}"
-          + (f", OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}" if "OPENBLAS_CORETYPE" in os.environ else ""))
+    print(
+        f"python {platform.python_version()}, numpy {np.__version__}, BLAS {blas['library']} "
+        f"kernel {blas['kernel']} threads {blas['threads']}"
+        + (f", OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}" if "OPENBLAS_CORETYPE" in os.environ else "")
+    )
     if have_torch:
         print(f"torch {torch.__version__}")
     else:
         why = "--no-torch given" if args.no_torch else "torch is not installed (make extra NAME=bench)"
         print(f"PyTorch comparison skipped: {why}")
-    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-          f"{'quick' if args.quick else 'full'} run: {rounds} alternating rounds, ~{seconds:g} s per contender")
-    print("every contender of a configuration runs on the engine's thread count there (1 for small models, as "
-          "Trainer.run does, else NumPy's)")
+    print(
+        f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+        f"{'quick' if args.quick else 'full'} run: {rounds} alternating rounds, ~{seconds:g} s per contender"
+    )
+    print(
+        "every contender of a configuration runs on the engine's thread count there (1 for small models, as "
+        "Trainer.run does, else NumPy's)"
+    )
 
     gemm_best = gemm_rate(gemm_seconds)
-    print(f"float32 GEMM 2048^3 on this machine, best of {gemm_seconds:g} s: {gemm_best / 1e9:.1f} GFLOP/s "
-          "(the FLOP fractions below use the median GEMM rate raced alongside each H=512 engine)\n")
+    print(
+        f"float32 GEMM 2048^3 on this machine, best of {gemm_seconds:g} s: {gemm_best / 1e9:.1f} GFLOP/s "
+        "(the FLOP fractions below use the median GEMM rate raced alongside each H=512 engine)\n"
+    )
 
     rows = []
 
     def record(config, cell, dtype, result, engine, peer, target=None, flops=None):
         eng, oth = result["engine"]["rate"], result[peer.name]["rate"] if peer else None
         row = {
-            "config": config, "cell": cell, "dtype": dtype,
-            "engine_chars_per_s": eng, "engine_spread": result["engine"]["spread"],
+            "config": config,
+            "cell": cell,
+            "dtype": dtype,
+            "engine_chars_per_s": eng,
+            "engine_spread": result["engine"]["spread"],
             "peer": peer.name if peer else None,
-            "peer_chars_per_s": oth, "peer_spread": result[peer.name]["spread"] if peer else None,
-            "ratio": eng / oth if oth else None, "target": target,
+            "peer_chars_per_s": oth,
+            "peer_spread": result[peer.name]["spread"] if peer else None,
+            "ratio": eng / oth if oth else None,
+            "target": target,
             # the fastest round of each: what a quiet machine gives, when other processes got in the way
             "ratio_best_rounds": result["engine"]["spread"][1] / result[peer.name]["spread"][1] if peer else None,
             "met": (eng / oth >= target) if (oth and target) else None,
@@ -487,13 +555,20 @@ def main(argv=None) -> int:
         if flops is not None:
             iters_per_s = eng / engine.work_per_step
             gemm = result["gemm"]["rate"]
-            row.update(flops_per_iter=flops, flop_rate=flops * iters_per_s, gemm_rate=gemm,
-                       gemm_fraction=flops * iters_per_s / gemm, gemm_target=FLOP_TARGET,
-                       gemm_met=flops * iters_per_s / gemm >= FLOP_TARGET)
+            row.update(
+                flops_per_iter=flops,
+                flop_rate=flops * iters_per_s,
+                gemm_rate=gemm,
+                gemm_fraction=flops * iters_per_s / gemm,
+                gemm_target=FLOP_TARGET,
+                gemm_met=flops * iters_per_s / gemm >= FLOP_TARGET,
+            )
         rows.append(row)
         line = f"  {config:<22} {cell:<5} engine {eng:>10,.0f}/s"
         if peer:
-            line += f"  {peer.name} {oth:>10,.0f}/s  ratio {eng / oth:5.2f}x (best rounds {row['ratio_best_rounds']:.2f}x)"
+            line += (
+                f"  {peer.name} {oth:>10,.0f}/s  ratio {eng / oth:5.2f}x (best rounds {row['ratio_best_rounds']:.2f}x)"
+            )
             if target:
                 line += f" (target {target:g}x: {'met' if eng / oth >= target else 'NOT met'})"
         if flops is not None:
@@ -512,14 +587,19 @@ def main(argv=None) -> int:
         record("gist B=1 H=100 T=25", "rnn", "float64", result, engine, oracle)
         app = race_app(port, app_iters, app_rounds)
         app_ratio = app["app"]["rate"] / app[port.name]["rate"]
-        app_settings = {"app": f"charrnn-train {' '.join(APP_COMMAND)} train.max_iters={app_iters}, "
-                               f"{sizes('rnn', 'float64', 1, 25, 100)}, {GIST_OPTIM}, threads {gist_threads} "
-                               "(Trainer.run's choice)",
-                        port.name: f"{port.settings}, threads {port.threads()}"}
-    print(f"  {'charrnn-train minchar':<28} app {app['app']['rate']:>10,.0f}/s (logged throughput/chars_per_s)"
-          f"  {port.name} {app[port.name]['rate']:>10,.0f}/s  ratio {app_ratio:5.2f}x"
-          f" (best rounds {app['app']['spread'][1] / app[port.name]['spread'][1]:.2f}x); "
-          f"{app['app']['train_fraction']:.0%} of the app's wall time in training steps", flush=True)
+        app_settings = {
+            "app": f"charrnn-train {' '.join(APP_COMMAND)} train.max_iters={app_iters}, "
+            f"{sizes('rnn', 'float64', 1, 25, 100)}, {GIST_OPTIM}, threads {gist_threads} "
+            "(Trainer.run's choice)",
+            port.name: f"{port.settings}, threads {port.threads()}",
+        }
+    print(
+        f"  {'charrnn-train minchar':<28} app {app['app']['rate']:>10,.0f}/s (logged throughput/chars_per_s)"
+        f"  {port.name} {app[port.name]['rate']:>10,.0f}/s  ratio {app_ratio:5.2f}x"
+        f" (best rounds {app['app']['spread'][1] / app[port.name]['spread'][1]:.2f}x); "
+        f"{app['app']['train_fraction']:.0%} of the app's wall time in training steps",
+        flush=True,
+    )
     for name, settings in app_settings.items():
         print(f"      {name}: {settings}")
     del engine, port, oracle
@@ -541,53 +621,84 @@ def main(argv=None) -> int:
             with contender_threads(engine_threads("lstm", H, B, vocab.size, blas["threads"])):
                 engine = EngineRunner("lstm", H, T, B, "float32", vocab, corpus.text)
                 peer = TorchRunner("lstm", H, T, B, vocab, data_ix, onednn=False)
-                record(f"B={B} H={H} T={T}", "lstm", "float32", race([engine, peer], seconds / 2, rounds, warmup),
-                       engine, peer)
+                record(
+                    f"B={B} H={H} T={T}",
+                    "lstm",
+                    "float32",
+                    race([engine, peer], seconds / 2, rounds, warmup),
+                    engine,
+                    peer,
+                )
             del engine, peer
             gc.collect()
 
     # the table
-    print("\n| config | cell | dtype | engine chars/s | peer | peer chars/s | engine/peer | target | met |"
-          f" GEMM fraction (>={FLOP_TARGET:.0%}) | engine step peak MiB | engine params+state MiB |")
+    print(
+        "\n| config | cell | dtype | engine chars/s | peer | peer chars/s | engine/peer | target | met |"
+        f" GEMM fraction (>={FLOP_TARGET:.0%}) | engine step peak MiB | engine params+state MiB |"
+    )
     print("|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|")
     for r in rows:
-        frac = (f"{r['gemm_fraction']:.0%} ({r['flop_rate'] / 1e9:.1f} GF/s, "
-                f"{'met' if r['gemm_met'] else 'NOT met'})") if "gemm_fraction" in r else ""
+        frac = (
+            (f"{r['gemm_fraction']:.0%} ({r['flop_rate'] / 1e9:.1f} GF/s, {'met' if r['gemm_met'] else 'NOT met'})")
+            if "gemm_fraction" in r
+            else ""
+        )
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
         peer_rate = f"{r['peer_chars_per_s']:,.0f}" if r["peer_chars_per_s"] else "-"
-        print(f"| {r['config']} | {r['cell']} | {r['dtype']} | {r['engine_chars_per_s']:,.0f} | {r['peer'] or '-'} |"
-              f" {peer_rate} | {ratio} | {r['target'] or '-'} | "
-              f"{'-' if r['met'] is None else ('yes' if r['met'] else 'NO')} | {frac} |"
-              f" {mib(r['engine_step_peak_bytes'])} | {mib(r['engine_persistent_bytes'])} |")
+        print(
+            f"| {r['config']} | {r['cell']} | {r['dtype']} | {r['engine_chars_per_s']:,.0f} | {r['peer'] or '-'} |"
+            f" {peer_rate} | {ratio} | {r['target'] or '-'} | "
+            f"{'-' if r['met'] is None else ('yes' if r['met'] else 'NO')} | {frac} |"
+            f" {mib(r['engine_step_peak_bytes'])} | {mib(r['engine_persistent_bytes'])} |"
+        )
     # 5. per-pass breakdown
     print("\nwhere a training step's time goes, ms per step (fastest of repeated calls; float32, B=32):")
-    parts = ["recurrent GEMMs forward", "elementwise in forward loop", "recurrent GEMMs backward",
-             "elementwise in backward loop", "model forward + loss outside the loop",
-             "model backward outside the loop", "clip + adagrad", "whole train_step"]
+    parts = [
+        "recurrent GEMMs forward",
+        "elementwise in forward loop",
+        "recurrent GEMMs backward",
+        "elementwise in backward loop",
+        "model forward + loss outside the loop",
+        "model backward outside the loop",
+        "clip + adagrad",
+        "whole train_step",
+    ]
     print("| config | cell | " + " | ".join(parts) + " |")
     print("|---|---|" + "---:|" * len(parts))
     breakdowns = []
-    for (B, H, T) in TORCH_TARGETS:
+    for B, H, T in TORCH_TARGETS:
         for cell in ("rnn", "lstm", "gru"):
             ms = step_breakdown(cell, H, T, B, vocab, corpus.text, 5 if args.quick else 20)
             breakdowns.append({"config": f"B={B} H={H} T={T}", "cell": cell, "ms": ms})
             print(f"| B={B} H={H} T={T} | {cell} | " + " | ".join(f"{ms[k]:.2f}" for k in parts) + " |", flush=True)
 
     peaks = ", ".join(f"{r['peer']} {mib(r['peer_step_peak_bytes'])} MiB" for r in rows if r["peer"] in GIST_PEERS)
-    print(f"\ngist baselines' step peak (tracemalloc): {peaks}; "
-          f"torch memory not measured (its allocations bypass tracemalloc)")
+    print(
+        f"\ngist baselines' step peak (tracemalloc): {peaks}; "
+        f"torch memory not measured (its allocations bypass tracemalloc)"
+    )
     maxrss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     load = os.getloadavg()
     print(f"process ru_maxrss {maxrss_mib:.0f} MiB; load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print("FLOPs per iteration = 3 * (T*2*B*H*G*H + T*2*B*H*V) for one layer (G = 1 rnn, 4 lstm, 3 gru)")
 
     if args.json:
-        out = {"machine": {"blas": blas, "gemm_flops_best": gemm_best, "torch": torch.__version__ if have_torch else None,
-                           "numpy": np.__version__, "load_after": load,
-                           "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")},
-               "quick": args.quick, "rows": rows,
-               "app": {"ratio": app_ratio, **app, "settings": app_settings},
-               "breakdown_ms": breakdowns, "ru_maxrss_mib": maxrss_mib}
+        out = {
+            "machine": {
+                "blas": blas,
+                "gemm_flops_best": gemm_best,
+                "torch": torch.__version__ if have_torch else None,
+                "numpy": np.__version__,
+                "load_after": load,
+                "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+            },
+            "quick": args.quick,
+            "rows": rows,
+            "app": {"ratio": app_ratio, **app, "settings": app_settings},
+            "breakdown_ms": breakdowns,
+            "ru_maxrss_mib": maxrss_mib,
+        }
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
     return 0

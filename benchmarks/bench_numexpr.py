@@ -92,6 +92,7 @@ def race(T: int, H: int, B: int = 32, dtype=np.float32) -> None:
     for name, a, b in (("h", hs_e, hs_n), ("da", da_e, da_n)):
         spread = np.max(np.abs(a - b)) / np.max(np.abs(a))
         assert spread < 1e-4, f"the numexpr twin computes another {name}: relative difference {spread:.2e}"
+
     def twin_on_one_thread():  # numexpr's own threads, beside BLAS's, may cost more than they give
         previous = ne.set_num_threads(1)
         try:
@@ -99,8 +100,12 @@ def race(T: int, H: int, B: int = 32, dtype=np.float32) -> None:
         finally:
             ne.set_num_threads(previous)
 
-    contenders = {"numpy (engine)": engine, "numexpr": twin, "numexpr, 1 thread": twin_on_one_thread,
-                  "recurrent GEMMs alone": lambda: gemms_only(T, B, H, Whh, dtype)}
+    contenders = {
+        "numpy (engine)": engine,
+        "numexpr": twin,
+        "numexpr, 1 thread": twin_on_one_thread,
+        "recurrent GEMMs alone": lambda: gemms_only(T, B, H, Whh, dtype),
+    }
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(ROUNDS):
         for name, run in contenders.items():
@@ -115,9 +120,11 @@ def race(T: int, H: int, B: int = 32, dtype=np.float32) -> None:
         rest = f", elementwise {best[name] - gemm:6.2f} ms" if name != "recurrent GEMMs alone" else ""
         print(f"  {name:<22} {best[name]:7.2f} ms ({median[name]:7.2f}){rest}")
     for name in ("numexpr", "numexpr, 1 thread"):
-        print(f"  {name} / numpy: {best[name] / best['numpy (engine)']:.2f} of the cell's time, "
-              f"{(best[name] - gemm) / (best['numpy (engine)'] - gemm):.2f} of its elementwise time "
-              "(below 1: numexpr is faster)")
+        print(
+            f"  {name} / numpy: {best[name] / best['numpy (engine)']:.2f} of the cell's time, "
+            f"{(best[name] - gemm) / (best['numpy (engine)'] - gemm):.2f} of its elementwise time "
+            "(below 1: numexpr is faster)"
+        )
 
 
 def main() -> None:

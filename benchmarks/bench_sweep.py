@@ -26,10 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from logged_throughput import training_steps
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-
-from logged_throughput import training_steps
 
 BIN = Path(sys.executable).parent
 GRID = ["experiment=grid", "model.hidden_size=32,64", "train.seq_length=16,32", "optim.lr=0.1", "optim.clip=5"]
@@ -47,14 +46,20 @@ def run_sweep(launcher: list[str], iters: int) -> Sweep:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.time()
         t0 = time.perf_counter()
-        out = subprocess.run([str(BIN / "charrnn-train"), *GRID, *launcher, f"train.max_iters={iters}"],
-                             cwd=tmp, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            [str(BIN / "charrnn-train"), *GRID, *launcher, f"train.max_iters={iters}"],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - t0
         if out.returncode != 0:
             sys.exit(f"error: the sweep failed ({' '.join(launcher) or 'serial'}):\n{out.stderr[-2000:]}")
         client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-        runs = client.search_runs([client.get_experiment_by_name("grid").experiment_id],
-                                  filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` != ''")
+        runs = client.search_runs(
+            [client.get_experiment_by_name("grid").experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` != ''"
+        )
         jobs = []
         for run in runs:
             _, steps = training_steps(client, run)
@@ -72,30 +77,43 @@ def main() -> None:
     args = parser.parse_args()
     launchers = {"serial": [], "charrnn": ["hydra/launcher=charrnn", f"hydra.launcher.n_jobs={args.jobs}"]}
     sweeps: dict[str, list[Sweep]] = {name: [] for name in launchers}
-    print(f"4-job grid, {args.iters} iterations per job, {os.cpu_count()} cores, hydra/launcher=charrnn n_jobs={args.jobs}")
+    print(
+        f"4-job grid, {args.iters} iterations per job, {os.cpu_count()} cores, "
+        f"hydra/launcher=charrnn n_jobs={args.jobs}"
+    )
     for round_ in range(args.repeats):
         for name, launcher in launchers.items():
             load = os.getloadavg()[0]
             sweep = run_sweep(launcher, args.iters)
             sweeps[name].append(sweep)
-            print(f"round {round_ + 1} {name:>6}: {sweep.wall:6.1f} s = start-up {sweep.startup:4.1f} s + jobs "
-                  f"{sweep.jobs_span:5.1f} s + end {sweep.wall - sweep.startup - sweep.jobs_span:4.1f} s  "
-                  f"(1-min load average {load:.1f} as it started, the previous sweep included)")
+            print(
+                f"round {round_ + 1} {name:>6}: {sweep.wall:6.1f} s = start-up {sweep.startup:4.1f} s + jobs "
+                f"{sweep.jobs_span:5.1f} s + end {sweep.wall - sweep.startup - sweep.jobs_span:4.1f} s  "
+                f"(1-min load average {load:.1f} as it started, the previous sweep included)"
+            )
             for job, seconds, steps in sweep.jobs:
-                print(f"    {job:<12} run {seconds:5.1f} s, training steps {steps:5.1f} s "
-                      f"({steps / seconds:4.0%} of the run)")
+                print(
+                    f"    {job:<12} run {seconds:5.1f} s, training steps {steps:5.1f} s "
+                    f"({steps / seconds:4.0%} of the run)"
+                )
         serial, parallel = sweeps["serial"][-1], sweeps["charrnn"][-1]
-        print(f"round {round_ + 1} charrnn / serial: {parallel.wall / serial.wall:.2f} "
-              f"(jobs phase alone {parallel.jobs_span / serial.jobs_span:.2f})")
+        print(
+            f"round {round_ + 1} charrnn / serial: {parallel.wall / serial.wall:.2f} "
+            f"(jobs phase alone {parallel.jobs_span / serial.jobs_span:.2f})"
+        )
 
     def median(name: str, phase: str) -> float:
         return statistics.median(getattr(sweep, phase) for sweep in sweeps[name])
 
     serial, parallel = median("serial", "wall"), median("charrnn", "wall")
-    print(f"median over {args.repeats} round(s): serial {serial:.1f} s (start-up {median('serial', 'startup'):.1f} s), "
-          f"charrnn {parallel:.1f} s (start-up {median('charrnn', 'startup'):.1f} s)")
-    print(f"charrnn / serial wall time: {parallel / serial:.2f} (goal <= 0.55 with 2 jobs on 2 cores); "
-          f"jobs phase alone: {median('charrnn', 'jobs_span') / median('serial', 'jobs_span'):.2f}")
+    print(
+        f"median over {args.repeats} round(s): serial {serial:.1f} s (start-up {median('serial', 'startup'):.1f} s), "
+        f"charrnn {parallel:.1f} s (start-up {median('charrnn', 'startup'):.1f} s)"
+    )
+    print(
+        f"charrnn / serial wall time: {parallel / serial:.2f} (goal <= 0.55 with 2 jobs on 2 cores); "
+        f"jobs phase alone: {median('charrnn', 'jobs_span') / median('serial', 'jobs_span'):.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from charrnn.allocator import keep_freed_memory
 from charrnn.data import Vocab, load_corpus, split_corpus
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
-from charrnn_experiments.team_server import ServerError, TeamServer, free_port
 from charrnn_experiments.store import Store, use_http_defaults
+from charrnn_experiments.team_server import ServerError, TeamServer, free_port
 from charrnn_experiments.tracking import MlflowTracker
 
 
@@ -43,6 +43,7 @@ class TimedTracker(MlflowTracker):
                 return getattr(MlflowTracker, name)(self, *args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - t0
+
         return call
 
     on_metrics, on_sample, on_checkpoint = _timed("on_metrics"), _timed("on_sample"), _timed("on_checkpoint")
@@ -53,8 +54,8 @@ class Timing:
     """One training run: its wall time and, when tracked, the tracker's share of it in three parts."""
 
     wall: float
-    start: float = 0.0   # opening the run (a fixed cost per run)
-    steps: float = 0.0   # inside the per-step calls (grows with the iterations)
+    start: float = 0.0  # opening the run (a fixed cost per run)
+    steps: float = 0.0  # inside the per-step calls (grows with the iterations)
     finish: float = 0.0  # ending the run: waits for the sender's last delivery (a fixed cost per run)
 
     def main_job(self, iters: int, untracked: float) -> float:
@@ -67,8 +68,15 @@ class Timing:
 def timed_run(text: tuple[str, str], vocab: Vocab, iters: int, store: Store | None) -> Timing:
     """One training run of ``iters`` iterations, tracked into ``store`` or not."""
     train_text, val_text = text
-    trainer = Trainer(ModelConfig("rnn", vocab.size), TrainConfig(max_iters=iters), OptimConfig(),
-                      vocab, train_text, val_text, checkpoint_dir=Path(tempfile.mkdtemp()))
+    trainer = Trainer(
+        ModelConfig("rnn", vocab.size),
+        TrainConfig(max_iters=iters),
+        OptimConfig(),
+        vocab,
+        train_text,
+        val_text,
+        checkpoint_dir=Path(tempfile.mkdtemp()),
+    )
     if store is None:
         t0 = time.perf_counter()
         trainer.run([])
@@ -84,7 +92,7 @@ def timed_run(text: tuple[str, str], vocab: Vocab, iters: int, store: Store | No
     return Timing(t3 - t0, start=t1 - t0, steps=tracker.seconds, finish=t3 - t2)
 
 
-MAIN_JOB_S = 120.0      # the default train.max_seconds
+MAIN_JOB_S = 120.0  # the default train.max_seconds
 
 
 @contextlib.contextmanager
@@ -142,10 +150,14 @@ def main() -> None:
         print(f"{name}:")
         print(f"  tracked (median):     {wall:.2f} s  {sorted(round(t.wall, 2) for t in timings)}")
         print(f"  wall-time overhead:   {(wall - base) / base:+.1%}")
-        print(f"  inside the tracker:   start {median['start']:.3f} s + steps {median['steps']:.3f} s "
-              f"+ finish {median['finish']:.3f} s per run (medians)")
-        print(f"  projected, main job:  {main_job:.1%} of its {MAIN_JOB_S:.0f} s  (target <= 3%): "
-              "start + finish + the steps' cost scaled to its iterations")
+        print(
+            f"  inside the tracker:   start {median['start']:.3f} s + steps {median['steps']:.3f} s "
+            f"+ finish {median['finish']:.3f} s per run (medians)"
+        )
+        print(
+            f"  projected, main job:  {main_job:.1%} of its {MAIN_JOB_S:.0f} s  (target <= 3%): "
+            "start + finish + the steps' cost scaled to its iterations"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """What a `charrnn-train` run logged about its speed, read back from the store (shared by the benchmarks)."""
+
 from __future__ import annotations
 
 from mlflow import MlflowClient

@@ -10,6 +10,7 @@ Nothing in the engine calls it: the setting is the whole process's, so the entry
 and the jobs of its sweeps call it before training; a script or notebook that trains opts in the same way, by
 calling :func:`keep_freed_memory` once.
 """
+
 from __future__ import annotations
 
 import ctypes

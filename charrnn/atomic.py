@@ -1,11 +1,13 @@
 """Atomic file writes: a crash or an interrupt never leaves a half-written checkpoint, recording or download."""
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 
 @contextmanager

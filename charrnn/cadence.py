@@ -10,6 +10,7 @@ same clock, not estimated from a step rate that evaluations would skew). Spaced 
 instead, each evaluation pushed every later round back: a run whose evaluation took a third of the spacing got 8.
 The budget adds rounds in between where it allows.
 """
+
 from __future__ import annotations
 
 MIN_EVAL_ROUNDS = 10  # the fewest rounds of a run with max_iters or max_seconds: a validation curve with a shape
@@ -23,8 +24,14 @@ def iterations_between_rounds(max_iters: int | None, log_every: int) -> int | No
     return spacing - spacing % log_every if spacing >= log_every else spacing
 
 
-def sure_round_due(iteration: int, run_seconds: float, last_round_end: float, max_iters: int | None,
-                   max_seconds: float | None, log_every: int) -> bool:
+def sure_round_due(
+    iteration: int,
+    run_seconds: float,
+    last_round_end: float,
+    max_iters: int | None,
+    max_seconds: float | None,
+    log_every: int,
+) -> bool:
     """Whether the run's length calls for a round at ``iteration``, ``run_seconds`` into the run, the last round
     having ended ``last_round_end`` seconds into it: a time-limited run's round is due once the run time has
     passed a multiple of ``max_seconds / MIN_EVAL_ROUNDS`` that the last round ended before."""

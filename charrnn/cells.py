@@ -23,6 +23,7 @@ faster at B=32 than the (B,H) x (H,G*H) product of the batch-major layout, and e
 block of rows. ``ax`` comes units x time x batch, so each step reads its (G*H,B) slice in runs of B
 contiguous values; hs and the gradients go back to the model batch-major, transposed once per sequence.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -200,12 +201,20 @@ class LSTMCell:
         ifogs = np.empty((T, G, B), dtype=ax.dtype)
         gate_affine = lstm_gate_affine(G // 4, ax.dtype)
         for t in range(T):
-            lstm_step_forward(ax[:, t], h[t], c[t], p["Whh"], gate_affine,
-                              out=(h[t + 1], c[t + 1], tanh_cs[t], ifogs[t]))
+            lstm_step_forward(
+                ax[:, t], h[t], c[t], p["Whh"], gate_affine, out=(h[t + 1], c[t + 1], tanh_cs[t], ifogs[t])
+            )
         batch_major = _batch_major(h)  # (T+1,B,H), for the layers above and the output
         hs = batch_major[1:]
-        cache = {"hs": hs, "h_prev": batch_major[:-1], "cs": c[1:], "c_prev": c[:-1], "tanh_cs": tanh_cs,
-                 "ifogs": ifogs, "Whh": p["Whh"]}
+        cache = {
+            "hs": hs,
+            "h_prev": batch_major[:-1],
+            "cs": c[1:],
+            "c_prev": c[:-1],
+            "tanh_cs": tanh_cs,
+            "ifogs": ifogs,
+            "Whh": p["Whh"],
+        }
         return hs, (hs[-1].copy(), c[-1].T.copy()), cache
 
     @staticmethod
@@ -221,8 +230,12 @@ class LSTMCell:
         dc_next = np.zeros_like(tanh_cs[0])
         for end in range(T, 0, -block):
             start = max(0, end - block)
-            J, o_dtanh_cs = lstm_local_derivatives(c_prev[start:end], tanh_cs[start:end], ifogs[start:end],
-                                                   out=(J_buffer[: end - start], o_dtanh_buffer[: end - start]))
+            J, o_dtanh_cs = lstm_local_derivatives(
+                c_prev[start:end],
+                tanh_cs[start:end],
+                ifogs[start:end],
+                out=(J_buffer[: end - start], o_dtanh_buffer[: end - start]),
+            )
             for t in reversed(range(start, end)):
                 np.add(dhs[t].T, dh_next, out=dh)
                 lstm_step_backward(dh, dc_next, fs[t], J[t - start], o_dtanh_cs[t - start], out=da[t], dc=dc)
@@ -309,8 +322,14 @@ class GRUCell:
             gru_step_forward(ax[:, t], h[t], p["Whh"], bhn, out=(h[t + 1], rzns[t], hns[t], ah))
         batch_major = _batch_major(h)
         hs = batch_major[1:]
-        cache = {"hs": hs, "rzns": rzns, "hns": hns, "h_prev": batch_major[:-1], "h_prev_units": h[:-1],
-                 "Whh": p["Whh"]}
+        cache = {
+            "hs": hs,
+            "rzns": rzns,
+            "hns": hns,
+            "h_prev": batch_major[:-1],
+            "h_prev_units": h[:-1],
+            "Whh": p["Whh"],
+        }
         return hs, (hs[-1].copy(),), cache
 
     @staticmethod

@@ -16,6 +16,7 @@ Layout (keys):
 states, elapsed seconds and the partial logging window, so resuming gives exactly the numbers of an
 uninterrupted run.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,9 @@ def read_npz(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, np.
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
     with open(path, "rb") as f:
         if f.read(2) != b"PK":  # every .npz is a zip archive; np.load would take anything else for a pickle
-            raise CheckpointError(f"{what} {str(path)!r} is not an .npz file (a zip archive of arrays, as "
-                                  "np.savez and charrnn write)")
+            raise CheckpointError(
+                f"{what} {str(path)!r} is not an .npz file (a zip archive of arrays, as np.savez and charrnn write)"
+            )
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
@@ -151,8 +153,10 @@ def _params_from(arrays, config: ModelConfig, path) -> dict[str, np.ndarray]:
         params[name] = np.ascontiguousarray(value, dtype=config.dtype)
         if not np.isfinite(params[name]).all():  # training from it would "diverge" at once, blamed on the lr
             bad = int(np.size(params[name]) - np.isfinite(params[name]).sum())
-            raise CheckpointError(f"{str(path)!r}: {name} holds {bad} non-finite values (nan or inf, in "
-                                  f"{config.dtype}); the file is corrupt or comes from a diverged run")
+            raise CheckpointError(
+                f"{str(path)!r}: {name} holds {bad} non-finite values (nan or inf, in "
+                f"{config.dtype}); the file is corrupt or comes from a diverged run"
+            )
     return params
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import socket
 import sysconfig
 import urllib.error
 import urllib.request
@@ -230,8 +229,7 @@ class Corpus:
 
     def __repr__(self) -> str:
         return (
-            f"Corpus(name={self.name!r}, chars={len(self.text)}, source={self.source!r}, "
-            f"sha256={self.sha256[:12]}...)"
+            f"Corpus(name={self.name!r}, chars={len(self.text)}, source={self.source!r}, sha256={self.sha256[:12]}...)"
         )
 
 
@@ -304,17 +302,21 @@ def _pystdlib_corpus(root: Path) -> Corpus:
         parts.append(f"# file: {rel}\n{src}")
         n_chars += len(parts[-1])
     if not parts:
-        raise DataError(f"none of the {len(paths)} files of {PYSTDLIB_VERSION} is readable under {str(root)!r}; "
-                        "use corpus 'file' or 'tinyshakespeare'")
+        raise DataError(
+            f"none of the {len(paths)} files of {PYSTDLIB_VERSION} is readable under {str(root)!r}; "
+            "use corpus 'file' or 'tinyshakespeare'"
+        )
     text = "".join(parts)
     sha256 = _sha256_text(text)
     python = f"{platform.python_implementation()} {platform.python_version()}"
     differs = None
     if sha256 != PYSTDLIB_REFERENCE_SHA256:
         lacking = f", lacking {len(missing)} of its {len(paths)} files (first {missing[0]})" if missing else ""
-        differs = (f"{python} builds another {PYSTDLIB_VERSION} text (sha256 {sha256[:12]}...{lacking}) than the "
-                   f"reference {PYSTDLIB_REFERENCE_PYTHON} (sha256 {PYSTDLIB_REFERENCE_SHA256[:12]}...): "
-                   "its losses are not comparable with numbers taken on the reference text")
+        differs = (
+            f"{python} builds another {PYSTDLIB_VERSION} text (sha256 {sha256[:12]}...{lacking}) than the "
+            f"reference {PYSTDLIB_REFERENCE_PYTHON} (sha256 {PYSTDLIB_REFERENCE_SHA256[:12]}...): "
+            "its losses are not comparable with numbers taken on the reference text"
+        )
     source = f"{PYSTDLIB_VERSION}: {len(parts)} .py files of the {python} standard library ({root})"
     return Corpus("pystdlib", text, source, sha256, tuple(starts), PYSTDLIB_VERSION, differs)
 
@@ -336,7 +338,7 @@ def _tinyshakespeare_file() -> Path:
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
             raw = resp.read()
-    except (urllib.error.URLError, socket.timeout, OSError, ValueError) as e:
+    except (TimeoutError, urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise DataError(
             f"tinyshakespeare is not cached in {str(cache)!r} and downloading {url} failed ({reason}); "
@@ -431,9 +433,7 @@ def _as_index_array(data_ix: np.ndarray) -> np.ndarray:
     are int64."""
     data = np.asarray(data_ix)
     if data.ndim != 1 or not np.issubdtype(data.dtype, np.integer):
-        raise DataError(
-            f"data must be a 1-D integer array of character indices, got shape {data.shape} {data.dtype}"
-        )
+        raise DataError(f"data must be a 1-D integer array of character indices, got shape {data.shape} {data.dtype}")
     return data
 
 

@@ -1,13 +1,14 @@
 """Numerical gradient checks: call these on your own modifications of a cell or the model.
 
-    >>> from charrnn.gradcheck import check_gradients
-    >>> errors = check_gradients("lstm", num_layers=2, batch_size=3)
-    >>> max(errors.values()) < 1e-6
-    True
+>>> from charrnn.gradcheck import check_gradients
+>>> errors = check_gradients("lstm", num_layers=2, batch_size=3)
+>>> max(errors.values()) < 1e-6
+True
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -15,6 +15,7 @@ masks (``dropout_masks``) and passes them to ``forward``/``loss_and_grads`` whil
 Only the recurrence loops over time. The character input projection is a row gather (never a one-hot
 matmul), and the output layer, the softmax and every weight gradient cover all T*B positions at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -132,8 +133,10 @@ def dropout_masks(rng: np.random.Generator, config: ModelConfig, T: int, B: int)
     if p == 0:
         return None
     shape = (T, B, config.hidden_size)
-    return [(rng.random(shape) >= p).astype(config.dtype) / np.asarray(1.0 - p, dtype=config.dtype)
-            for _ in range(config.num_layers)]
+    return [
+        (rng.random(shape) >= p).astype(config.dtype) / np.asarray(1.0 - p, dtype=config.dtype)
+        for _ in range(config.num_layers)
+    ]
 
 
 def dropout_forward(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -146,8 +149,14 @@ def dropout_backward(dout: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return dout if mask is None else dout * mask
 
 
-def forward(params, config: ModelConfig, inputs: np.ndarray, state, return_internals: bool = False,
-            masks: list[np.ndarray] | None = None):
+def forward(
+    params,
+    config: ModelConfig,
+    inputs: np.ndarray,
+    state,
+    return_internals: bool = False,
+    masks: list[np.ndarray] | None = None,
+):
     """inputs (T,B) int -> logits (T,B,V), cache, new state [, internals].
 
     internals maps a name (h; c i f o g for the LSTM; r z n for the GRU) to one (T,B,H) array per layer.

@@ -5,6 +5,7 @@ of it), so an update is a handful of NumPy calls whatever the number of layers: 
 per-call overhead, not the arithmetic, is what an update costs. Elementwise, the arithmetic is exactly the
 per-array one.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -48,8 +49,9 @@ class Optimizer:
         self.t += 1
         self.update(param, grad, *self._scratch, **self.state)
 
-    def update(self, param: np.ndarray, grad: np.ndarray, tmp: np.ndarray, tmp2: np.ndarray,
-               **slots: np.ndarray) -> None:
+    def update(
+        self, param: np.ndarray, grad: np.ndarray, tmp: np.ndarray, tmp2: np.ndarray, **slots: np.ndarray
+    ) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@ This is the parity oracle, not the engine: the parity tests check that ``charrnn
 benchmarks' speed yardstick is the gist's own loop (benchmarks/gist_port.py), which a test checks against this
 class to the last bit. It keeps the gist's column vectors, one-hot inputs and per-step outer products on purpose.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,14 @@ class GistRNN:
     """State of the gist's training loop: weights (Wxh H×V, Whh H×H, Why V×H, bh H×1, by V×1), Adagrad
     memories, the data pointer p, the hidden state and the iteration counter n."""
 
-    def __init__(self, data_ix: np.ndarray, vocab_size: int, weights: dict[str, np.ndarray],
-                 seq_length: int = 25, learning_rate: float = 0.1):
+    def __init__(
+        self,
+        data_ix: np.ndarray,
+        vocab_size: int,
+        weights: dict[str, np.ndarray],
+        seq_length: int = 25,
+        learning_rate: float = 0.1,
+    ):
         self.data = np.asarray(data_ix)
         self.V, self.T, self.lr = vocab_size, seq_length, learning_rate
         self.Wxh, self.Whh, self.Why = (weights[k].astype(np.float64).copy() for k in ("Wxh", "Whh", "Why"))

@@ -1,12 +1,13 @@
 """Sampling text from a model: temperature, top-k, a priming text, greedy (argmax) decoding."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import numpy as np
 
-from .data import Vocab
 from .checks import check_int, check_number
+from .data import Vocab
 from .model import ModelConfig, forward, init_state
 
 

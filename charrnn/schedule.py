@@ -9,6 +9,7 @@ resumed run continues its schedule exactly.
 
 Any of them may begin with a linear warmup over ``warmup_iters`` updates.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,23 +41,34 @@ class ScheduleConfig:
         check_int("schedule.decay_iters", self.decay_iters, 1, allow_none=True)
         check_number("schedule.min_lr_fraction", self.min_lr_fraction, minimum=0.0, below=1.0)
         if self.decay_iters is not None and self.warmup_iters >= self.decay_iters:
-            raise ConfigError(f"must be below schedule.decay_iters={self.decay_iters}, got {self.warmup_iters}",
-                              "schedule.warmup_iters")
+            raise ConfigError(
+                f"must be below schedule.decay_iters={self.decay_iters}, got {self.warmup_iters}",
+                "schedule.warmup_iters",
+            )
 
     def for_run(self, max_iters: int | None) -> ScheduleConfig:
         """This schedule with its horizon fixed for a run of ``max_iters`` updates (None: no iteration limit);
         a run keeps the result in its checkpoints, so a resume that raises max_iters keeps the same curve."""
         if max_iters is not None and self.warmup_iters > max_iters:
-            raise ConfigError(f"must be at most max_iters={max_iters} (the run would end before its lr warms up), "
-                              f"got {self.warmup_iters}", "schedule.warmup_iters")
+            raise ConfigError(
+                f"must be at most max_iters={max_iters} (the run would end before its lr warms up), "
+                f"got {self.warmup_iters}",
+                "schedule.warmup_iters",
+            )
         if self.name != "cosine" or self.decay_iters is not None:
             return self
         if max_iters is None:
-            raise ConfigError("must be set for the cosine schedule when max_iters is not set (a run bounded by "
-                              "time has no last update to decay to)", "schedule.decay_iters")
+            raise ConfigError(
+                "must be set for the cosine schedule when max_iters is not set (a run bounded by "
+                "time has no last update to decay to)",
+                "schedule.decay_iters",
+            )
         if self.warmup_iters == max_iters:
-            raise ConfigError(f"must be below max_iters={max_iters} for the cosine schedule (it decays over the "
-                              f"updates after warmup), got {self.warmup_iters}", "schedule.warmup_iters")
+            raise ConfigError(
+                f"must be below max_iters={max_iters} for the cosine schedule (it decays over the "
+                f"updates after warmup), got {self.warmup_iters}",
+                "schedule.warmup_iters",
+            )
         return replace(self, decay_iters=max_iters)
 
 

@@ -7,6 +7,7 @@ Losses are reported per character in nats (``train/loss``) and in bits (``val/bp
 prints its smoothed loss summed over seq_length characters: gist loss = ``train/smooth_loss`` * seq_length,
 so its "loss 42.9" at T=25 is 1.72 nats (2.48 bits) per character.
 """
+
 from __future__ import annotations
 
 import enum
@@ -28,7 +29,6 @@ from .model import ModelConfig, dropout_masks, init_params, init_state, loss_and
 from .optim import CLIP_MODES, clip_gradients, decay_weights, flat_views, make_optimizer
 from .sample import sample
 from .schedule import ScheduleConfig, learning_rate
-
 
 # Below this many FLOPs in one time step's recurrent matmul (2*B*H*G*H) a BLAS call lasts microseconds, the
 # order of what waking and joining a second thread costs, and on a shared machine a threaded call also waits for
@@ -112,21 +112,23 @@ class OptimConfig:
         check_number("clip", self.clip, minimum=0.0, allow_none=True)
         check_number("weight_decay", self.weight_decay, minimum=0.0)
         if self.weight_decay and self.name != "adam":
-            raise ConfigError(f"is decoupled weight decay for adam (AdamW), not for {self.name}: use adam or "
-                              "weight_decay=0", "weight_decay")
+            raise ConfigError(
+                f"is decoupled weight decay for adam (AdamW), not for {self.name}: use adam or weight_decay=0",
+                "weight_decay",
+            )
         if isinstance(self.schedule, dict):  # from a config file or a checkpoint's JSON
             self.schedule = ScheduleConfig(**self.schedule)
 
 
-class StopReason(str, enum.Enum):
+class StopReason(str, enum.Enum):  # noqa: UP042 (StrEnum would change what str() and f-strings print)
     """Why training stopped: what code branches on (``TrainResult.reason`` says it in words, for people)."""
 
     MAX_ITERS = "max_iters"
     MAX_SECONDS = "max_seconds"
     TARGET_VAL_LOSS = "target_val_loss"
-    PATIENCE = "patience"          # early stopping; the best model is in best.npz
-    REQUESTED = "requested"        # request_stop(): a signal, a callback
-    DIVERGED = "diverged"          # a non-finite loss, gradient or weight, or an exploding validation loss
+    PATIENCE = "patience"  # early stopping; the best model is in best.npz
+    REQUESTED = "requested"  # request_stop(): a signal, a callback
+    DIVERGED = "diverged"  # a non-finite loss, gradient or weight, or an exploding validation loss
 
 
 @dataclass
@@ -144,7 +146,7 @@ class TrainResult:
 
     @property
     def status(self) -> str:
-        """"finished" (a limit of the config was reached), "diverged" or "interrupted"."""
+        """ "finished" (a limit of the config was reached), "diverged" or "interrupted"."""
         return {StopReason.DIVERGED: "diverged", StopReason.REQUESTED: "interrupted"}.get(self.stop, "finished")
 
 
@@ -174,8 +176,8 @@ class StreamLosses:
     can lift val/loss far above what the other streams read."""
 
     starts: np.ndarray  # (B,) where each stream starts in the text evaluated
-    nats: np.ndarray    # (B,) summed over the stream's predicted characters
-    chars: np.ndarray   # (B,) the characters each stream predicted
+    nats: np.ndarray  # (B,) summed over the stream's predicted characters
+    chars: np.ndarray  # (B,) the characters each stream predicted
 
     @property
     def loss(self) -> float:
@@ -187,8 +189,9 @@ class StreamLosses:
         return self.nats / self.chars
 
 
-def evaluate_streams(params, config: ModelConfig, data_ix: np.ndarray, batch_size: int, seq_length: int,
-                     max_chars: int | None) -> StreamLosses:
+def evaluate_streams(
+    params, config: ModelConfig, data_ix: np.ndarray, batch_size: int, seq_length: int, max_chars: int | None
+) -> StreamLosses:
     """The model's loss over (the head of) ``data_ix`` in ``batch_size`` contiguous streams from the zero state,
     each stream's state carried from window to window as in training (see :func:`iter_eval_batches`)."""
     nats = chars = state = None
@@ -213,7 +216,7 @@ class Callback:
     so far spent in training steps and in evaluation, sampling and checkpoints (wall-clock figures, like
     chars_per_s)."""
 
-    def on_train_start(self, trainer: "Trainer") -> None: ...
+    def on_train_start(self, trainer: Trainer) -> None: ...
 
     def on_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
@@ -258,8 +261,9 @@ class Trainer:
         if model_config.vocab_size != vocab.size:
             raise ConfigError(f"model vocab_size={model_config.vocab_size} but the vocabulary has {vocab.size}")
         if train_config.patience is not None and not val_text:
-            raise ConfigError("stops on the validation loss, but there is no validation text to measure it on",
-                              "patience")
+            raise ConfigError(
+                "stops on the validation loss, but there is no validation text to measure it on", "patience"
+            )
         optim_config = replace(optim_config, schedule=optim_config.schedule.for_run(train_config.max_iters))
         self.model_config, self.train_config, self.optim_config = model_config, train_config, optim_config
         self.vocab = vocab
@@ -332,7 +336,7 @@ class Trainer:
         val_text: str = "",
         checkpoint_dir: str | Path | None = None,
         train_config: TrainConfig | None = None,
-    ) -> "Trainer":
+    ) -> Trainer:
         """Resume exactly where ``path`` left off, on the same text. ``train_config`` may extend the stop
         conditions; the settings that shape the numbers (seq_length, batch_size) must stay the same."""
         ckpt = load_checkpoint(path)
@@ -345,8 +349,17 @@ class Trainer:
                     f"{name}={getattr(saved, name)}"
                 )
         optim_config = OptimConfig(**ckpt.optim_config)
-        trainer = cls(ckpt.model_config, train_config, optim_config, ckpt.vocab, train_text, val_text,
-                      checkpoint_dir, params=ckpt.params, metadata=ckpt.metadata)
+        trainer = cls(
+            ckpt.model_config,
+            train_config,
+            optim_config,
+            ckpt.vocab,
+            train_text,
+            val_text,
+            checkpoint_dir,
+            params=ckpt.params,
+            metadata=ckpt.metadata,
+        )
         trainer.optimizer.load_state_dict(ckpt.optim_state)
         trainer.state = ckpt.hidden
         p = ckpt.progress
@@ -381,8 +394,7 @@ class Trainer:
         masks = dropout_masks(self.dropout_rng, self.model_config, *inputs.shape)
         # overflow shows up as a non-finite loss or norm, which run() reports as divergence with a reason
         with np.errstate(over="ignore", invalid="ignore"):
-            loss, grads, self.state = loss_and_grads(self.params, self.model_config, inputs, targets, self.state,
-                                                     masks)
+            loss, grads, self.state = loss_and_grads(self.params, self.model_config, inputs, targets, self.state, masks)
             flat_grad = np.concatenate([grads[name].ravel() for name in self.params])  # same layout as flat_params
             norm = clip_gradients(flat_grad, self.optim_config.clip, self.optim_config.clip_mode)
         loss_per_char = loss / inputs.shape[0]
@@ -402,18 +414,26 @@ class Trainer:
         """The validation loss stream by stream (see :class:`StreamLosses`)."""
         data_ix = self.val_ix if data_ix is None else data_ix
         if data_ix is None:
-            raise DataError("this trainer has no validation text to evaluate on; pass val_text (from "
-                            "split_train_val with val_fraction > 0) or the indices to evaluate")
+            raise DataError(
+                "this trainer has no validation text to evaluate on; pass val_text (from "
+                "split_train_val with val_fraction > 0) or the indices to evaluate"
+            )
         cfg = self.train_config
-        return evaluate_streams(self.params, self.model_config, data_ix, cfg.eval_batch_size, cfg.seq_length,
-                                cfg.eval_max_chars)
+        return evaluate_streams(
+            self.params, self.model_config, data_ix, cfg.eval_batch_size, cfg.seq_length, cfg.eval_max_chars
+        )
 
     def sample(self, length: int | None = None, prime: str = "", temperature: float | None = None) -> str:
         cfg = self.train_config
-        return sample(self.params, self.model_config, self.vocab,
-                      cfg.sample_length if length is None else length,
-                      temperature=cfg.sample_temperature if temperature is None else temperature,
-                      prime=prime, rng=self.sample_rng)
+        return sample(
+            self.params,
+            self.model_config,
+            self.vocab,
+            cfg.sample_length if length is None else length,
+            temperature=cfg.sample_temperature if temperature is None else temperature,
+            prime=prime,
+            rng=self.sample_rng,
+        )
 
     def request_stop(self, reason: str = "interrupted") -> None:
         """Ask the loop to stop after the current iteration (safe to call from a signal handler)."""
@@ -426,15 +446,18 @@ class Trainer:
             return StopReason.MAX_ITERS, f"reached max_iters={cfg.max_iters}"
         if cfg.max_seconds is not None and self.elapsed_seconds >= cfg.max_seconds:
             return StopReason.MAX_SECONDS, f"used the time budget max_seconds={cfg.max_seconds:g}"
-        if (cfg.target_val_loss is not None and self.val_loss is not None
-                and self.val_loss <= cfg.target_val_loss):
-            return (StopReason.TARGET_VAL_LOSS,
-                    f"validation loss {self.val_loss:.4f} reached target_val_loss={cfg.target_val_loss}")
+        if cfg.target_val_loss is not None and self.val_loss is not None and self.val_loss <= cfg.target_val_loss:
+            return (
+                StopReason.TARGET_VAL_LOSS,
+                f"validation loss {self.val_loss:.4f} reached target_val_loss={cfg.target_val_loss}",
+            )
         if cfg.patience is not None and self.evals_since_best >= cfg.patience:
             kept = ", kept in best.npz" if self.checkpoint_dir is not None else ""
-            return (StopReason.PATIENCE,
-                    f"stopped early: validation loss has not improved for patience={cfg.patience} evaluations "
-                    f"(best {self.best_val_loss:.4f} at iteration {self.best_at}{kept})")
+            return (
+                StopReason.PATIENCE,
+                f"stopped early: validation loss has not improved for patience={cfg.patience} evaluations "
+                f"(best {self.best_val_loss:.4f} at iteration {self.best_at}{kept})",
+            )
         return None
 
     def _evaluation_due(self, n: int, elapsed: float, last_round_seconds: float, last_round_end: float) -> bool:
@@ -453,8 +476,10 @@ class Trainer:
         return outside + last_round_seconds <= cfg.eval_max_fraction * (elapsed + last_round_seconds)
 
     def _time_shares(self, elapsed: float) -> dict[str, float]:
-        return {"throughput/train_fraction": self.train_seconds / max(elapsed, 1e-9),
-                "throughput/eval_fraction": self.eval_seconds / max(elapsed, 1e-9)}
+        return {
+            "throughput/train_fraction": self.train_seconds / max(elapsed, 1e-9),
+            "throughput/eval_fraction": self.eval_seconds / max(elapsed, 1e-9),
+        }
 
     def _val_diverged(self) -> str | None:
         """Why the validation loss just measured means divergence: over DIVERGED_LOSS_FACTOR times the loss of
@@ -462,9 +487,11 @@ class Trainer:
         limit = DIVERGED_LOSS_FACTOR * math.log(max(self.vocab.size, 2))
         if self.val_loss <= limit:
             return None
-        return (f"validation loss {self.val_loss:.4g} nats/char at iteration {self.iteration} is over "
-                f"{DIVERGED_LOSS_FACTOR}x that of uniform guessing ({limit:.3g}); try a smaller lr "
-                f"(now {self.optim_config.lr}) or clipping")
+        return (
+            f"validation loss {self.val_loss:.4g} nats/char at iteration {self.iteration} is over "
+            f"{DIVERGED_LOSS_FACTOR}x that of uniform guessing ({limit:.3g}); try a smaller lr "
+            f"(now {self.optim_config.lr}) or clipping"
+        )
 
     def _params_finite(self) -> bool:
         return all(np.isfinite(p).all() for p in self.params.values())
@@ -482,9 +509,16 @@ class Trainer:
             self.best_val_loss, self.best_at, self.evals_since_best = self.val_loss, n, 0
         else:
             self.evals_since_best += 1
-        self._emit("on_metrics", {"val/loss": self.val_loss, "val/bpc": self.val_loss / math.log(2),
-                                  METRIC_BEST_VAL_LOSS: self.best_val_loss,
-                                  "val/worst_stream_loss": float(streams.per_stream.max())}, n)
+        self._emit(
+            "on_metrics",
+            {
+                "val/loss": self.val_loss,
+                "val/bpc": self.val_loss / math.log(2),
+                METRIC_BEST_VAL_LOSS: self.best_val_loss,
+                "val/worst_stream_loss": float(streams.per_stream.max()),
+            },
+            n,
+        )
         run.last_ckpt = self._save("latest.npz")
         if improved and self.checkpoint_dir is not None:
             run.best_ckpt = self._save("best.npz")
@@ -508,8 +542,10 @@ class Trainer:
 
     def _run(self) -> TrainResult:
         best_path = self.checkpoint_dir / "best.npz" if self.checkpoint_dir is not None else None
-        run = _RunState(last_round_end=self.elapsed_seconds,
-                        best_ckpt=str(best_path) if best_path is not None and best_path.exists() else None)
+        run = _RunState(
+            last_round_end=self.elapsed_seconds,
+            best_ckpt=str(best_path) if best_path is not None and best_path.exists() else None,
+        )
         self._emit("on_train_start", self)
         run.started = time.perf_counter() - self.elapsed_seconds
         stop = None
@@ -526,8 +562,10 @@ class Trainer:
         loss, norm = self.train_step()
         if not (math.isfinite(loss) and math.isfinite(norm)):
             what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
-            return (StopReason.DIVERGED, f"{what} at iteration {self.iteration + 1}; try a smaller lr "
-                                         f"(now {self.optim_config.lr}) or clipping")
+            return (
+                StopReason.DIVERGED,
+                f"{what} at iteration {self.iteration + 1}; try a smaller lr (now {self.optim_config.lr}) or clipping",
+            )
         self._count_step(loss, t0)
         if self.iteration % self.train_config.log_every == 0 and (stop := self._log(norm, run)) is not None:
             return stop
@@ -605,5 +643,15 @@ class Trainer:
                 self._emit("on_checkpoint", run.last_ckpt, self.iteration, False)
         self.eval_seconds += time.perf_counter() - end_start
         self.elapsed_seconds = time.perf_counter() - run.started
-        return TrainResult(stop, reason, self.iteration, self.smooth_loss, self.val_loss, self.best_val_loss,
-                           self.elapsed_seconds, self.train_seconds, run.last_ckpt, run.best_ckpt)
+        return TrainResult(
+            stop,
+            reason,
+            self.iteration,
+            self.smooth_loss,
+            self.val_loss,
+            self.best_val_loss,
+            self.elapsed_seconds,
+            self.train_seconds,
+            run.last_ckpt,
+            run.best_ckpt,
+        )

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import hydra
 import numpy as np
@@ -21,8 +21,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from charrnn.errors import CharRNNError
-from charrnn_analysis.compare import (RANK_BY, check_param, feature_score_columns, feature_scores_figure, leaderboard,
-                                      param_heatmap_figure, swept_params)
+from charrnn_analysis.compare import (
+    RANK_BY,
+    check_param,
+    feature_score_columns,
+    feature_scores_figure,
+    leaderboard,
+    param_heatmap_figure,
+    swept_params,
+)
 from charrnn_analysis.control import SCORE_CONVENTION
 from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.features import get_feature
@@ -31,14 +38,22 @@ from charrnn_analysis.record import Recording, record
 from charrnn_analysis.report import ReportOptions, write_report
 from charrnn_analysis.sources import choose_text, model_from_checkpoint
 from charrnn_analysis.streams import streams_summary, validation_streams
-from charrnn_analysis.study import (SPREAD_MEANING, chosen_settings, is_settings_search, is_study, study_curves_figure,
-                                    study_loss_vs_params_figure, study_markdown_table, study_table)
+from charrnn_analysis.study import (
+    SPREAD_MEANING,
+    chosen_settings,
+    is_settings_search,
+    is_study,
+    study_curves_figure,
+    study_loss_vs_params_figure,
+    study_markdown_table,
+    study_table,
+)
 from charrnn_analysis.sweep_report import REPORT_PAGE, write_sweep_report
 from charrnn_analysis.tables import markdown_table, write_table
 from charrnn_analysis.trained_run import RecordSettings, record_slice, slice_bounds
 from charrnn_experiments.runs import CHECKPOINT_PREFERENCE, load_runs, model_from_run, open_client
-from charrnn_experiments.schema import (EXIT_BAD_CONFIG as EXIT_BAD_INPUT, AnalyzeAppSchema, CompareAppSchema,
-                                        run_reporting_config_errors)
+from charrnn_experiments.schema import EXIT_BAD_CONFIG as EXIT_BAD_INPUT
+from charrnn_experiments.schema import AnalyzeAppSchema, CompareAppSchema, run_reporting_config_errors
 from charrnn_experiments.store import use_http_defaults
 
 
@@ -77,11 +92,17 @@ def _number(cfg: DictConfig, key: str, kind: type, minimum: float | None = None)
     if value is None:
         return None
     # isfinite before int(): int(inf) and int(nan) raise rather than compare
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
-            or (kind is int and value != int(value)) or (minimum is not None and value < minimum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not np.isfinite(value)
+        or (kind is int and value != int(value))
+        or (minimum is not None and value < minimum)
+    ):
         what = "an integer" if kind is int else "a number"
-        raise AnalysisError(f"{key} must be {what}" + (f" >= {minimum}" if minimum is not None else "")
-                            + f", got {value!r}")
+        raise AnalysisError(
+            f"{key} must be {what}" + (f" >= {minimum}" if minimum is not None else "") + f", got {value!r}"
+        )
     return kind(value)
 
 
@@ -95,18 +116,26 @@ def analyze(cfg: DictConfig) -> Path:
             raise AnalysisError(f"{key} must be true or false, got {cfg[key]!r}")
     for name in features or []:
         get_feature(name)  # fail on a typo before minutes of recording, not after
-    options = ReportOptions(features=features, top_k=_number(cfg, "top_k", int, 1),
-                            states=_optional_list(cfg.states), units=units, select=select,
-                            margin=_number(cfg, "margin", int, 0), threshold=_number(cfg, "threshold", float),
-                            control=cfg.control)
+    options = ReportOptions(
+        features=features,
+        top_k=_number(cfg, "top_k", int, 1),
+        states=_optional_list(cfg.states),
+        units=units,
+        select=select,
+        margin=_number(cfg, "margin", int, 0),
+        threshold=_number(cfg, "threshold", float),
+        control=cfg.control,
+    )
     client = open_client(cfg.tracking.uri) if cfg.run is not None else None
     model = None
     if cfg.run is not None:
         model = model_from_run(client, str(cfg.run))
         best = CHECKPOINT_PREFERENCE[0]
         if Path(model.source["checkpoint"]).name != best:
-            print(f"run {cfg.run} has no {best} (it never evaluated on validation text): "
-                  f"analysing its {model.source['checkpoint']}")
+            print(
+                f"run {cfg.run} has no {best} (it never evaluated on validation text): "
+                f"analysing its {model.source['checkpoint']}"
+            )
     elif cfg.checkpoint is not None:
         model = model_from_checkpoint(str(cfg.checkpoint))
     name = str(cfg.run) if cfg.run is not None else Path(str(cfg.checkpoint or cfg.recording)).stem
@@ -117,8 +146,13 @@ def analyze(cfg: DictConfig) -> Path:
         recording = Recording.load(str(cfg.recording))
     else:
         settings = RecordSettings.from_config(cfg.record)
-        text, offset, description = choose_text(model, _optional_str(cfg.text), _optional_str(cfg.string),
-                                                _optional_str(cfg.data.name), _optional_str(cfg.data.path))
+        text, offset, description = choose_text(
+            model,
+            _optional_str(cfg.text),
+            _optional_str(cfg.string),
+            _optional_str(cfg.data.name),
+            _optional_str(cfg.data.path),
+        )
         if cfg.text is None and cfg.string is None:  # a validation split: how val/loss splits over its streams
             streams = validation_streams(model, text, offset)
         probe = record(model.params, model.config, model.vocab, text[:1])  # one character names every unit
@@ -127,11 +161,13 @@ def analyze(cfg: DictConfig) -> Path:
         start, end = slice_bounds(len(text), settings)
         recorded = end - start
         if select and not 0 <= select[0] < select[1] <= recorded:
-            raise AnalysisError(f"select={select[0]}:{select[1]} is out of bounds for the {recorded} recorded "
-                                f"characters")
+            raise AnalysisError(
+                f"select={select[0]}:{select[1]} is out of bounds for the {recorded} recorded characters"
+            )
         print(f"recording {recorded} characters of {description} ...")
-        recording = record_slice(model.params, model.config, model.vocab, text, offset, settings,
-                                 dict(model.source, text_source=description))
+        recording = record_slice(
+            model.params, model.config, model.vocab, text, offset, settings, dict(model.source, text_source=description)
+        )
         recording.save(out / "recording.npz")
 
     report = write_report(recording, out, options, model)
@@ -150,10 +186,13 @@ def analyze(cfg: DictConfig) -> Path:
     if report.saturation is not None:
         print("\ngate saturation, mean over units:")
         print(markdown_table(report.saturation), end="")
-    print(f"wrote {out}/ (recording.npz, top_units.csv/.md, figures/, explorer.html"
-          + (", control.csv/.md" if report.control is not None else "")
-          + (", gate_saturation.csv/.md" if report.saturation is not None else "")
-          + (", val_streams.csv/.md" if streams is not None else "") + ")")
+    print(
+        f"wrote {out}/ (recording.npz, top_units.csv/.md, figures/, explorer.html"
+        + (", control.csv/.md" if report.control is not None else "")
+        + (", gate_saturation.csv/.md" if report.saturation is not None else "")
+        + (", val_streams.csv/.md" if streams is not None else "")
+        + ")"
+    )
     if cfg.run is not None and cfg.log:
         client.log_artifacts(str(cfg.run), str(out), "analysis")
         print(f"logged to run {cfg.run} under artifacts/analysis/")
@@ -162,10 +201,16 @@ def analyze(cfg: DictConfig) -> Path:
 
 def summary(top_units: pd.DataFrame) -> pd.DataFrame:
     """One row per feature for the terminal: its top units as ``unit (score, sign)``; the files keep it all."""
-    rows = [{"feature": feature, "kind": group["kind"].iloc[0],
-             "top units (score, sign)": ", ".join(f"{r.unit} ({r.score:.2f}{'+' if r.sign > 0 else '-'})"
-                                                  for r in group.itertuples())}
-            for feature, group in top_units.groupby("feature", sort=False)]
+    rows = [
+        {
+            "feature": feature,
+            "kind": group["kind"].iloc[0],
+            "top units (score, sign)": ", ".join(
+                f"{r.unit} ({r.score:.2f}{'+' if r.sign > 0 else '-'})" for r in group.itertuples()
+            ),
+        }
+        for feature, group in top_units.groupby("feature", sort=False)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -227,8 +272,10 @@ def write_chosen_settings(table: pd.DataFrame, out: Path) -> Path:
     path = out / "chosen_settings.yaml"
     text = OmegaConf.to_yaml({"study": chosen_settings(table)})
     path.write_text(text, encoding="utf-8")
-    print(f"\nchosen settings (lowest {RANK_BY} per model), for the study preset's study.lr and "
-          f"study.dropout:\n{text}", end="")
+    print(
+        f"\nchosen settings (lowest {RANK_BY} per model), for the study preset's study.lr and study.dropout:\n{text}",
+        end="",
+    )
     return path
 
 

@@ -26,8 +26,10 @@ CLOSED_REASON = "ended by charrnn-end-sweep: the sweep's launching process was g
 def close_sweep(parent_id: str | None, uri: str | None, base_dir: str) -> str | None:
     """End sweep ``parent_id`` if its processes are gone; returns why nothing was done, or None."""
     if not parent_id:
-        raise ConfigError("give parent=<the sweep's parent run id> (the sweep printed it as 'parent run id', and "
-                          "the MLflow UI lists it with its children)")
+        raise ConfigError(
+            "give parent=<the sweep's parent run id> (the sweep printed it as 'parent run id', and "
+            "the MLflow UI lists it with its children)"
+        )
     store = Store.resolve(uri, base_dir)
     client = store.client(create=False)
     try:
@@ -41,14 +43,17 @@ def close_sweep(parent_id: str | None, uri: str | None, base_dir: str) -> str | 
         return f"sweep {parent_id} has ended already ({parent.info.status}); nothing to do"
     alive = owner_alive(parent)
     if alive:
-        raise ConfigError(f"sweep {parent_id} is still running ({alive}); stop it with Ctrl-C or kill, and it "
-                          "ends itself")
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=tracking.children_filter(parent_id, "attributes.status = 'RUNNING'"))
+        raise ConfigError(
+            f"sweep {parent_id} is still running ({alive}); stop it with Ctrl-C or kill, and it ends itself"
+        )
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=tracking.children_filter(parent_id, "attributes.status = 'RUNNING'")
+    )
     for child in children:
         if alive := owner_alive(child):
-            raise ConfigError(f"sweep {parent_id}'s child {child.info.run_name!r} is still running ({alive}); "
-                              "stop that first")
+            raise ConfigError(
+                f"sweep {parent_id}'s child {child.info.run_name!r} is still running ({alive}); stop that first"
+            )
     record = {"tracking_uri": store.uri, "experiment_id": parent.info.experiment_id, "run_id": parent_id}
     end_sweep(Path(tags[tracking.TAG_SWEEP]), record=record, closed=CLOSED_REASON)
     return None
@@ -57,8 +62,9 @@ def close_sweep(parent_id: str | None, uri: str | None, base_dir: str) -> str | 
 @hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="end_sweep")
 def app(cfg: DictConfig) -> None:
     try:
-        note = close_sweep(None if cfg.parent is None else str(cfg.parent), cfg.tracking.uri,
-                           HydraConfig.get().runtime.cwd)
+        note = close_sweep(
+            None if cfg.parent is None else str(cfg.parent), cfg.tracking.uri, HydraConfig.get().runtime.cwd
+        )
     except CharRNNError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(EXIT_BAD_CONFIG)

@@ -27,8 +27,11 @@ def first_line(err: BaseException) -> str:
 
 def describe_fault(fault: OSError) -> str:
     """``No space left on device: /path``: the reason in the system's words, then the file."""
-    return f"{fault.strerror or os.strerror(fault.errno)}: {fault.filename}" if fault.filename else \
-        (fault.strerror or str(fault))
+    return (
+        f"{fault.strerror or os.strerror(fault.errno)}: {fault.filename}"
+        if fault.filename
+        else (fault.strerror or str(fault))
+    )
 
 
 def unwritable(folder: Path) -> OSError | None:
@@ -44,5 +47,7 @@ def unwritable(folder: Path) -> OSError | None:
 def unwritable_files_line(fault: OSError) -> str:
     """The error line of a command that cannot write its own files (its store, its output folders)."""
     fault.filename = os.path.abspath(fault.filename) if fault.filename else fault.filename  # Hydra's are relative
-    return (f"cannot write the command's files ({describe_fault(fault)}); run from a folder you can write, or set "
-            "hydra.run.dir (hydra.sweep.dir for -m) to one")
+    return (
+        f"cannot write the command's files ({describe_fault(fault)}); run from a folder you can write, or set "
+        "hydra.run.dir (hydra.sweep.dir for -m) to one"
+    )

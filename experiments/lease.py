@@ -20,13 +20,13 @@ from mlflow.exceptions import MlflowException
 
 from charrnn_experiments.store import TrackingError
 
-TAG_OWNER = "charrnn.owner"              # Owner.format() of the process writing the run
-TAG_HEARTBEAT = "charrnn.heartbeat"      # unix time the owner last reached the store
-CLAIM_PARAM = "charrnn.resumed_from."    # + the previous owner's token: one resume per ending
-FIRST_TOKEN = "first"                    # the token of a run's first writer when its tag names none
+TAG_OWNER = "charrnn.owner"  # Owner.format() of the process writing the run
+TAG_HEARTBEAT = "charrnn.heartbeat"  # unix time the owner last reached the store
+CLAIM_PARAM = "charrnn.resumed_from."  # + the previous owner's token: one resume per ending
+FIRST_TOKEN = "first"  # the token of a run's first writer when its tag names none
 
 HEARTBEAT_SECONDS = 10.0
-STALE_SECONDS = 60.0         # a RUNNING run whose owner is silent this long elsewhere is taken as dead
+STALE_SECONDS = 60.0  # a RUNNING run whose owner is silent this long elsewhere is taken as dead
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,10 @@ def claim(client: MlflowClient, run) -> None:
     while (claimed := run.data.params.get(f"{CLAIM_PARAM}{previous_token}")) is not None:
         claimer = Owner.parse(claimed)
         if process_alive(claimer, claimer.since):
-            raise TrackingError(f"run {run.info.run_id} is being resumed by another command right now "
-                                f"(process {claimer.pid} claimed it)")
+            raise TrackingError(
+                f"run {run.info.run_id} is being resumed by another command right now "
+                f"(process {claimer.pid} claimed it)"
+            )
         previous_token = claimer.token
     owner = Owner.new().format()
     try:
@@ -127,9 +129,9 @@ def claim(client: MlflowClient, run) -> None:
     except MlflowException as err:
         if err.error_code != "INVALID_PARAMETER_VALUE":  # not a lost race: the store failed
             raise
-        raise TrackingError(f"run {run.info.run_id} is being resumed by another command right now "
-                            "(it claimed the run first)") from None
+        raise TrackingError(
+            f"run {run.info.run_id} is being resumed by another command right now (it claimed the run first)"
+        ) from None
     # RUNNING before the owner tag moves: whoever reads the new owner also reads RUNNING and checks it
     client.update_run(run.info.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-    client.log_batch(run.info.run_id, tags=[RunTag(TAG_OWNER, owner),
-                                            RunTag(TAG_HEARTBEAT, f"{time.time():.0f}")])
+    client.log_batch(run.info.run_id, tags=[RunTag(TAG_OWNER, owner), RunTag(TAG_HEARTBEAT, f"{time.time():.0f}")])

@@ -25,11 +25,11 @@ from charrnn_experiments.faults import describe_fault, first_line, local_fault
 from charrnn_experiments.lease import HEARTBEAT_SECONDS, heartbeat
 from charrnn_experiments.store import StoreWriteError, sqlite_error, sqlite_full
 
-METRICS_PER_BATCH = 200      # a full batch wakes the sender at once
+METRICS_PER_BATCH = 200  # a full batch wakes the sender at once
 # MLflow's log_batch limit: one request per batch, so that what leaves the queue is exactly what the store took
 MAX_METRICS_PER_REQUEST = 1000
-FLUSH_SECONDS = 2.0          # otherwise queued points wait at most this long
-END_WAIT_SECONDS = 600.0     # at its end a run waits this long for an absent store
+FLUSH_SECONDS = 2.0  # otherwise queued points wait at most this long
+END_WAIT_SECONDS = 600.0  # at its end a run waits this long for an absent store
 
 
 def refused(err: MlflowException) -> bool:
@@ -115,8 +115,11 @@ class Outbox:
         with self._lock:
             # a newer copy of the same artifact replaces one still waiting: only the newest matters, and
             # it comes after every metric the older one came after
-            for old in [item for item in self._queue if isinstance(item, _Artifact)
-                        and item.name == artifact.name and item is not self._sending]:
+            for old in [
+                item
+                for item in self._queue
+                if isinstance(item, _Artifact) and item.name == artifact.name and item is not self._sending
+            ]:
                 self._queue.remove(old)
                 shutil.rmtree(old.local.parent, ignore_errors=True)
             self._queue.append(artifact)
@@ -145,8 +148,10 @@ class Outbox:
                     with self._lock:  # the store answered no: retrying cannot help
                         dropped = self._queue.pop(0) if self._queue else None
                         self._sending = None
-                    self._say(f"error: tracking store refused {getattr(dropped, 'name', 'an update')} of run "
-                              f"{self.run_id}: {first_line(err)[:300]}")
+                    self._say(
+                        f"error: tracking store refused {getattr(dropped, 'name', 'an update')} of run "
+                        f"{self.run_id}: {first_line(err)[:300]}"
+                    )
                     continue
                 fault = local_fault(err)
                 if fault is not None and self._sending is not None:
@@ -182,15 +187,19 @@ class Outbox:
 
     def _back(self) -> None:
         if self._away_since is not None:
-            self._say(f"tracking store {self.store_uri} is back after "
-                      f"{time.monotonic() - self._away_since:.0f} s; delivering the waiting points")
+            self._say(
+                f"tracking store {self.store_uri} is back after "
+                f"{time.monotonic() - self._away_since:.0f} s; delivering the waiting points"
+            )
             self._away_since = None
 
     def _away(self, err: Exception) -> None:
         if self._away_since is None:
             self._away_since = time.monotonic()
-            self._say(f"warning: tracking store {self.store_uri} unreachable ({first_line(err)[:200]}); "
-                      "training goes on, metrics and checkpoints wait here until it returns")
+            self._say(
+                f"warning: tracking store {self.store_uri} unreachable ({first_line(err)[:200]}); "
+                "training goes on, metrics and checkpoints wait here until it returns"
+            )
         time.sleep(FLUSH_SECONDS)
 
     def _deliver(self) -> None:
@@ -207,14 +216,14 @@ class Outbox:
                 self._sending = head if isinstance(head, _Artifact) else None
                 if isinstance(head, Metric):
                     batch = []
-                    for item in self._queue[:min(budget, MAX_METRICS_PER_REQUEST)]:
+                    for item in self._queue[: min(budget, MAX_METRICS_PER_REQUEST)]:
                         if not isinstance(item, Metric):
                             break
                         batch.append(item)
             if isinstance(head, Metric):
                 self.client.log_batch(self.run_id, metrics=batch)
                 with self._lock:
-                    del self._queue[:len(batch)]
+                    del self._queue[: len(batch)]
                 budget -= len(batch)
             else:
                 self.client.log_artifact(self.run_id, str(head.local), head.folder)
@@ -256,8 +265,10 @@ class Outbox:
         while self._sender.is_alive():
             self._sender.join(0.2)
             if self._away_since is not None and not said:
-                self._say(f"waiting up to {END_WAIT_SECONDS:.0f} s for the tracking store to take "
-                          f"{self.waiting()} (Ctrl-C gives up)")
+                self._say(
+                    f"waiting up to {END_WAIT_SECONDS:.0f} s for the tracking store to take "
+                    f"{self.waiting()} (Ctrl-C gives up)"
+                )
                 said = True
             if self._away_since is None:
                 deadline = time.monotonic() + END_WAIT_SECONDS

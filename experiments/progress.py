@@ -32,8 +32,7 @@ class ProgressCallback(Callback):
         if self._bar is not None:
             self._bar.update(step - self._last_step)
             self._last_step = step
-            shown = {k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items()
-                     if k in ("train/smooth_loss", "val/loss")}
+            shown = {k.split("/")[-1]: f"{v:.3f}" for k, v in metrics.items() if k in ("train/smooth_loss", "val/loss")}
             if shown:
                 self._bar.set_postfix(shown, refresh=False)
             return

@@ -23,8 +23,14 @@ from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.sources import Model
 from charrnn_analysis.trained_run import ARTIFACT_DIR, TOP_UNITS_STEM
 from charrnn_experiments.store import Store
-from charrnn_experiments.tracking import (BEST_CHECKPOINT, LATEST_CHECKPOINT, METRIC_NUM_PARAMS, TAG_PARENT,
-                                          best_val_loss, children_filter)
+from charrnn_experiments.tracking import (
+    BEST_CHECKPOINT,
+    LATEST_CHECKPOINT,
+    METRIC_NUM_PARAMS,
+    TAG_PARENT,
+    best_val_loss,
+    children_filter,
+)
 
 # the file names of the checkpoints charrnn-train logs: the first found wins; any other .npz after these
 CHECKPOINT_PREFERENCE = (Path(BEST_CHECKPOINT).name, Path(LATEST_CHECKPOINT).name)
@@ -123,8 +129,13 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
     # The client pages through the runs: MLflow's fluent search_runs (a pandas frame) reads the global tracking URI,
     # and setting that (mlflow.set_tracking_uri) also sets MLFLOW_TRACKING_URI for this process and its children.
     while True:
-        batch = client.search_runs([exp.experiment_id], filter_string, max_results=1000, page_token=page,
-                                   order_by=["attributes.start_time ASC"])
+        batch = client.search_runs(
+            [exp.experiment_id],
+            filter_string,
+            max_results=1000,
+            page_token=page,
+            order_by=["attributes.start_time ASC"],
+        )
         runs += batch
         page = batch.token
         if not page:
@@ -137,9 +148,16 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
 
     param_names = sorted({name for r in runs for name in r.data.params})
     table = pd.DataFrame(
-        [{"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-          **{name: r.data.params.get(name) for name in param_names},
-          NUM_PARAMS: r.data.metrics.get(METRIC_NUM_PARAMS, np.nan)} for r in runs]
+        [
+            {
+                "run_id": r.info.run_id,
+                "run_name": r.info.run_name,
+                "status": r.info.status,
+                **{name: r.data.params.get(name) for name in param_names},
+                NUM_PARAMS: r.data.metrics.get(METRIC_NUM_PARAMS, np.nan),
+            }
+            for r in runs
+        ]
     )
     histories: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for run_id in table["run_id"]:
@@ -150,8 +168,9 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
     for key in CURVE_METRICS:
         table[f"final {key}"] = [h[key][1][-1] if len(h[key][1]) else np.nan for h in histories.values()]
     table[RANK_BY] = [np.nan if (best := best_val_loss(r)) is None else best for r in runs]
-    scores = pd.DataFrame([feature_scores(client, run_id) if unit_scores else {} for run_id in table["run_id"]],
-                          index=table.index)
+    scores = pd.DataFrame(
+        [feature_scores(client, run_id) if unit_scores else {} for run_id in table["run_id"]], index=table.index
+    )
     table = pd.concat([table, scores.add_prefix(SCORE_PREFIX)], axis=1)
     table = table.sort_values(RANK_BY, na_position="last", kind="stable").reset_index(drop=True)
     return table, histories, exp.name

@@ -44,8 +44,11 @@ def checkpoint_of(cfg: DictConfig, into: Path) -> Path:
         raise ConfigError(f"run={run_id}: no such run in {store.uri}") from None
     which = f"{tracking.CHECKPOINTS}/{cfg.which}.npz"
     if which == tracking.BEST_CHECKPOINT and which not in stored and tracking.LATEST_CHECKPOINT in stored:
-        print(f"note: run {run_id} has no best.npz (it was never evaluated); sampling from its latest "
-              "checkpoint", file=sys.stderr, flush=True)
+        print(
+            f"note: run {run_id} has no best.npz (it was never evaluated); sampling from its latest checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
         which = tracking.LATEST_CHECKPOINT
     if which not in stored:
         raise ConfigError(f"run {run_id} has no {which} in the store")
@@ -61,8 +64,14 @@ def sampling_options(cfg: DictConfig) -> dict:
     check_int("seed", cfg.seed, 0)
     if not cfg.argmax:
         check_number("temperature", cfg.temperature, positive=True)
-    return {"length": cfg.length, "top_k": cfg.top_k, "seed": cfg.seed, "temperature": cfg.temperature,
-            "argmax": cfg.argmax, "prime": "" if cfg.prime is None else str(cfg.prime)}  # prime=123: "123"
+    return {
+        "length": cfg.length,
+        "top_k": cfg.top_k,
+        "seed": cfg.seed,
+        "temperature": cfg.temperature,
+        "argmax": cfg.argmax,
+        "prime": "" if cfg.prime is None else str(cfg.prime),
+    }  # prime=123: "123"
 
 
 @hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="sample")
@@ -84,8 +93,7 @@ def app(cfg: DictConfig) -> None:
 
     sys.stdout.write(options["prime"] + first)
     written = len(first)
-    with tqdm(total=length, unit="char", file=sys.stderr, disable=length < PROGRESS_FROM_CHARS,
-              mininterval=1.0) as bar:
+    with tqdm(total=length, unit="char", file=sys.stderr, disable=length < PROGRESS_FROM_CHARS, mininterval=1.0) as bar:
         for char in chars:
             if stopped:
                 break
@@ -96,8 +104,7 @@ def app(cfg: DictConfig) -> None:
     sys.stdout.write("\n")
     if stopped:
         sys.stdout.flush()
-        print(f"stopped: {stopped[0]} after {written} of {length} characters (kept above)",
-              file=sys.stderr, flush=True)
+        print(f"stopped: {stopped[0]} after {written} of {length} characters (kept above)", file=sys.stderr, flush=True)
         sys.exit(130)
 
 

@@ -2,8 +2,9 @@
 
 The engine's dataclasses are the schema of the ``model.*``, ``optim.*`` and ``train.*`` keys: their fields,
 types and defaults are read from :class:`charrnn.model.ModelConfig`, :class:`charrnn.train.TrainConfig` and
-:class:`charrnn.train.OptimConfig` (``optim.schedule.*``: :class:`charrnn.schedule.ScheduleConfig`), so each default is written once (in the engine) and OmegaConf rejects a value
-of the wrong type while Hydra composes the config, naming the key. The engine's ``__post_init__`` checks ranges.
+:class:`charrnn.train.OptimConfig` (``optim.schedule.*``: :class:`charrnn.schedule.ScheduleConfig`), so each
+default is written once (in the engine) and OmegaConf rejects a value of the wrong type while Hydra composes the
+config, naming the key. The engine's ``__post_init__`` checks ranges.
 The harness's own keys (``data``, ``tracking``, ``record`` and train's harness-only keys) are declared here, and
 charrnn-sample, charrnn-analyze and charrnn-compare share them. ``charrnn/`` never imports Hydra or OmegaConf: the
 dataclasses are registered from here (``charrnn_conf`` imports this module, so whoever composes a config has them).
@@ -21,9 +22,10 @@ import os
 import signal
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -53,8 +55,9 @@ def engine_default(engine_class: type, name: str):
     return next(f.default for f in dataclasses.fields(engine_class) if f.name == name)
 
 
-def schema_fields(source: type, omit: tuple[str, ...] = (),
-                  nested: dict[str, type] | None = None) -> list[tuple[str, Any, dataclasses.Field]]:
+def schema_fields(
+    source: type, omit: tuple[str, ...] = (), nested: dict[str, type] | None = None
+) -> list[tuple[str, Any, dataclasses.Field]]:
     """``source``'s fields with their types and defaults, minus ``omit``, for ``make_dataclass``; a field named in
     ``nested`` holds an engine dataclass and gets the given schema copy of it instead.
 
@@ -63,11 +66,19 @@ def schema_fields(source: type, omit: tuple[str, ...] = (),
     """
     types = typing.get_type_hints(source)
     nested = nested or {}
-    return [(f.name, nested[f.name], field(default_factory=nested[f.name])) if f.name in nested
-            else (f.name, types[f.name],
-                  field(default=f.default) if f.default is not dataclasses.MISSING
-                  else field(default_factory=f.default_factory))
-            for f in dataclasses.fields(source) if f.name not in omit]
+    return [
+        (f.name, nested[f.name], field(default_factory=nested[f.name]))
+        if f.name in nested
+        else (
+            f.name,
+            types[f.name],
+            field(default=f.default)
+            if f.default is not dataclasses.MISSING
+            else field(default_factory=f.default_factory),
+        )
+        for f in dataclasses.fields(source)
+        if f.name not in omit
+    ]
 
 
 def schema_class(name: str, fields: list[tuple[str, Any, dataclasses.Field]]) -> type:
@@ -90,10 +101,10 @@ class TrainHarnessKeys:
     """The ``train.*`` keys that are the harness's, not the engine's TrainConfig."""
 
     dtype: str = engine_default(ModelConfig, "dtype")  # float64 | float32: ModelConfig.dtype
-    init_from: Optional[str] = None  # .npz of initial weights (the gist's Wxh, Whh, Why, bh, by)
+    init_from: str | None = None  # .npz of initial weights (the gist's Wxh, Whh, Why, bh, by)
     # an MLflow run id: continue that run from its last stored checkpoint, with its own config (only
     # max_iters, max_seconds, target_val_loss may change); or a run's local checkpoint .npz: continue from it
-    resume: Optional[str] = None
+    resume: str | None = None
     val_fraction: float = 0.1  # the share of the text held out as validation text (charrnn.data.split_corpus)
 
 
@@ -104,15 +115,15 @@ TrainSchema = schema_class("TrainSchema", schema_fields(TrainConfig) + schema_fi
 class DataSchema:
     """Which text: a group file (conf/data/*.yaml) names a corpus; ``path`` is a file for ``data=file``."""
 
-    name: Optional[str] = None
-    path: Optional[str] = None
+    name: str | None = None
+    path: str | None = None
 
 
 @dataclass
 class TrackingSchema:
     # None: $MLFLOW_TRACKING_URI when set, else the embedded store sqlite:///mlflow.db + ./mlartifacts in the
     # directory the command was started from (never inside Hydra's output folder)
-    uri: Optional[str] = None
+    uri: str | None = None
 
 
 @dataclass
@@ -141,11 +152,12 @@ class TrainAppSchema:
     tracking: TrainTrackingSchema = field(default_factory=TrainTrackingSchema)
     record: RecordSchema = field(default_factory=RecordSchema)
     # values a preset computes other keys from (paper_cells' hidden size per budget); the engine never sees them
-    study: Optional[dict[str, Any]] = None
+    study: dict[str, Any] | None = None
 
 
 # The other commands' own keys are typed Any: each command checks them itself (a list or an 'a,b' string, a run id
 # Hydra may read as a number), with messages of its own; their shared groups are the typed ones above.
+
 
 @dataclass
 class SampleAppSchema:
@@ -186,7 +198,7 @@ class AnalyzeAppSchema:
 
 @dataclass
 class CompareTrackingSchema(TrackingSchema):
-    experiment: Optional[str] = None  # the MLflow experiment; null: the parent run's (required without parent=)
+    experiment: str | None = None  # the MLflow experiment; null: the parent run's (required without parent=)
 
 
 @dataclass
@@ -206,9 +218,13 @@ class EndSweepAppSchema:
 
 
 # Each command's YAML (conf/<name>.yaml) lists its schema first in its defaults.
-for schema_name, schema in {"train_schema": TrainAppSchema, "sample_schema": SampleAppSchema,
-                            "analyze_schema": AnalyzeAppSchema, "compare_schema": CompareAppSchema,
-                            "end_sweep_schema": EndSweepAppSchema}.items():
+for schema_name, schema in {
+    "train_schema": TrainAppSchema,
+    "sample_schema": SampleAppSchema,
+    "analyze_schema": AnalyzeAppSchema,
+    "compare_schema": CompareAppSchema,
+    "end_sweep_schema": EndSweepAppSchema,
+}.items():
     ConfigStore.instance().store(name=schema_name, node=schema)
 
 

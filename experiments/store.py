@@ -21,8 +21,8 @@ from charrnn.errors import CharRNNError
 from charrnn_experiments.faults import describe_fault, first_line, unwritable
 from charrnn_experiments.ui_view import EXPERIMENT_TAGS, SAVED_VIEW_KEY, TAG_SAVED_VIEW, saved_view_tag
 
-UI_PORT = 5000               # mlflow ui's default port
-CONNECT_SECONDS = 5.0        # an unreachable tracking server fails the command this fast
+UI_PORT = 5000  # mlflow ui's default port
+CONNECT_SECONDS = 5.0  # an unreachable tracking server fails the command this fast
 # A tracking server whose database is down holds each request for ~100 s while it retries the database, and
 # MLflow's client retries that: minutes before an error. One request without retries shows it in this time,
 # which must leave room for a healthy server's cold first request (it opens its store: a few seconds).
@@ -77,14 +77,14 @@ class Store:
         if uri is None:
             return cls(sqlite_uri(base / "mlflow.db"), base / "mlartifacts")
         if uri.startswith(SQLITE_PREFIX):
-            db = Path(unquote(uri[len(SQLITE_PREFIX):]))
+            db = Path(unquote(uri[len(SQLITE_PREFIX) :]))
             db = db if db.is_absolute() else base / db
             return cls(sqlite_uri(db), db.parent / "mlartifacts")
         return cls(uri, None)  # a server decides where artifacts go
 
     @property
     def sqlite_path(self) -> Path | None:
-        return Path(unquote(self.uri[len(SQLITE_PREFIX):])) if self.uri.startswith(SQLITE_PREFIX) else None
+        return Path(unquote(self.uri[len(SQLITE_PREFIX) :])) if self.uri.startswith(SQLITE_PREFIX) else None
 
     def client(self, create: bool = True) -> MlflowClient:
         """A client of a store that exists and answers, or a one-line :class:`TrackingError` within seconds.
@@ -104,8 +104,10 @@ class Store:
                 client.search_experiments(max_results=1)
                 return client
             if not create and not db.exists():
-                raise TrackingError(f"no tracking store at {db}; give tracking.uri (or MLFLOW_TRACKING_URI) "
-                                    "of the store the run was tracked in")
+                raise TrackingError(
+                    f"no tracking store at {db}; give tracking.uri (or MLFLOW_TRACKING_URI) "
+                    "of the store the run was tracked in"
+                )
             db.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(f"{db}.lock"):
                 if not db.exists():
@@ -136,8 +138,10 @@ class Store:
         else:
             fault = unwritable(db.parent)  # SQLite's journal is a file beside the store
         if fault is not None:
-            raise TrackingError(f"tracking store {db} cannot be written ({describe_fault(fault)}); make it "
-                                "writable or set tracking.uri (or MLFLOW_TRACKING_URI) to a store that is")
+            raise TrackingError(
+                f"tracking store {db} cannot be written ({describe_fault(fault)}); make it "
+                "writable or set tracking.uri (or MLFLOW_TRACKING_URI) to a store that is"
+            )
 
     def check_reachable(self) -> None:
         """A tracking server or database that does not answer fails in seconds, not after MLflow's retries."""
@@ -149,9 +153,11 @@ class Store:
             socket.create_connection((url.hostname, url.port or default_port), timeout=CONNECT_SECONDS).close()
         except OSError as err:
             what = "server" if url.scheme in ("http", "https") else "database"
-            raise TrackingError(f"cannot reach the tracking {what} {_without_password(url)} "
-                                f"({err.strerror or err}); start it, or set tracking.uri (or "
-                                "MLFLOW_TRACKING_URI) to a store that runs") from None
+            raise TrackingError(
+                f"cannot reach the tracking {what} {_without_password(url)} "
+                f"({err.strerror or err}); start it, or set tracking.uri (or "
+                "MLFLOW_TRACKING_URI) to a store that runs"
+            ) from None
         if url.scheme in ("http", "https"):
             self._check_server_answers(url)
 
@@ -162,9 +168,15 @@ class Store:
         from mlflow.utils.rest_utils import http_request
 
         try:
-            response = http_request(get_default_host_creds(self.uri), "/api/2.0/mlflow/experiments/search",
-                                    "POST", json={"max_results": 1}, max_retries=0, timeout=PROBE_SECONDS,
-                                    raise_on_status=False)
+            response = http_request(
+                get_default_host_creds(self.uri),
+                "/api/2.0/mlflow/experiments/search",
+                "POST",
+                json={"max_results": 1},
+                max_retries=0,
+                timeout=PROBE_SECONDS,
+                raise_on_status=False,
+            )
         except MlflowException as err:
             if not _timed_out(err):
                 return  # not this check's to judge: MLflow's client reports it below
@@ -173,9 +185,11 @@ class Store:
             if response.status_code < 500:
                 return
             why = f"HTTP {response.status_code}"
-        raise TrackingError(f"the tracking server {_without_password(url)} answers but its database does not "
-                            f"({why}); see the server's log (make server: team-server/mlflow.log, "
-                            "team-server/postgres.log)")
+        raise TrackingError(
+            f"the tracking server {_without_password(url)} answers but its database does not "
+            f"({why}); see the server's log (make server: team-server/mlflow.log, "
+            "team-server/postgres.log)"
+        )
 
     def ensure_experiment(self, name: str, client: MlflowClient | None = None) -> str:
         """Return the id of experiment ``name``, creating it (and a fresh store) if needed, marked as a model-training
@@ -193,8 +207,9 @@ class Store:
             return exp.experiment_id
         location = self.artifact_root.as_uri() if self.artifact_root else None
         try:
-            return client.create_experiment(name, artifact_location=location,
-                                            tags={**EXPERIMENT_TAGS, TAG_SAVED_VIEW: saved_view_tag()})
+            return client.create_experiment(
+                name, artifact_location=location, tags={**EXPERIMENT_TAGS, TAG_SAVED_VIEW: saved_view_tag()}
+            )
         except MlflowException:  # another command created it a moment ago
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -243,8 +258,10 @@ def sqlite_store_fault(db: Path, err: sqlite3.Error) -> str:
     """One line for a SQLite store the database refuses, by SQLite's error code."""
     name = getattr(err, "sqlite_errorname", "")
     if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
-        return (f"tracking store {db} is not a readable MLflow database ({err}); move it aside "
-                f"(mv {db} {db}.broken) or set tracking.uri (or MLFLOW_TRACKING_URI) to another store")
+        return (
+            f"tracking store {db} is not a readable MLflow database ({err}); move it aside "
+            f"(mv {db} {db}.broken) or set tracking.uri (or MLFLOW_TRACKING_URI) to another store"
+        )
     if name.startswith("SQLITE_READONLY"):
         return f"tracking store {db} is read-only ({err}); make it writable or set tracking.uri to another store"
     return f"tracking store {db} fails: {err}"
@@ -258,7 +275,8 @@ def _timed_out(err: BaseException | None) -> bool:
 
     while err is not None:
         if isinstance(err, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError)) or isinstance(
-                getattr(err, "reason", None), urllib3.exceptions.TimeoutError):
+            getattr(err, "reason", None), urllib3.exceptions.TimeoutError
+        ):
             return True
         err = err.__cause__ or err.__context__
     return False

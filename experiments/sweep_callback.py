@@ -36,6 +36,7 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+
 # Importing it registers hydra/launcher=charrnn before the config is composed, also in an editable install
 # (pip install -e), whose hydra_plugins folder Hydra's plugin scan does not see.
 from hydra_plugins.charrnn_launcher.config import ProcessLauncherConf
@@ -50,12 +51,25 @@ from charrnn_experiments.schema import SignalStop
 from charrnn_experiments.store import Store
 
 SWEEP_FILE = "sweep.json"  # in the sweep dir: the swept keys and BLAS threads per job, read by every job
-MAX_NAME = 40              # characters of a child run's name
+MAX_NAME = 40  # characters of a child run's name
 # Swept keys as they read in a child's name, in this order; any other key reads as its last component, after them.
 # A swept key's label in child run names; "" for config groups, whose values name themselves (lstm, adam).
-SHORT_KEYS = {"model": "", "model.cell": "", "model.hidden_size": "h", "model.num_layers": "L",
-              "train.seq_length": "T", "train.batch_size": "B", "optim": "", "optim.name": "", "optim.lr": "lr",
-              "optim.clip": "clip", "study.budget": "", "train.seed": "seed", "data": "", "data.name": ""}
+SHORT_KEYS = {
+    "model": "",
+    "model.cell": "",
+    "model.hidden_size": "h",
+    "model.num_layers": "L",
+    "train.seq_length": "T",
+    "train.batch_size": "B",
+    "optim": "",
+    "optim.name": "",
+    "optim.lr": "lr",
+    "optim.clip": "clip",
+    "study.budget": "",
+    "train.seed": "seed",
+    "data": "",
+    "data.name": "",
+}
 STOP_WAIT_SECONDS = 60.0  # how long a stopped Ray or submitit sweep waits for its jobs to end their runs
 TAG_LAUNCHER = "charrnn.launcher"
 TAG_SWEEPER = "charrnn.sweeper"
@@ -73,20 +87,24 @@ class SweepStop:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.serial = False                      # jobs run inside this process (Hydra's basic launcher)
-        self.in_job = False                      # ... and one is running now
+        self.serial = False  # jobs run inside this process (Hydra's basic launcher)
+        self.in_job = False  # ... and one is running now
         self.sweep_dir: Path | None = None
-        self.job_pids: set[int] = set()          # Ray's or submitit's job processes that got the signal
-        self.deaths: dict[int, str] = {}         # job number -> how its process died (charrnn's launcher says)
-        self.exit_status_lost = False            # the launcher may turn our SystemExit into another status
+        self.job_pids: set[int] = set()  # Ray's or submitit's job processes that got the signal
+        self.deaths: dict[int, str] = {}  # job number -> how its process died (charrnn's launcher says)
+        self.exit_status_lost = False  # the launcher may turn our SystemExit into another status
 
     def request(self, signum: int) -> bool:
         """Note a stop by ``signum``; whether it is the first (a later one kills the jobs still running)."""
         first = self.signum is None
         self.signum = self.signum or signum
         if first:
-            print(f"\nstopping the sweep ({signal.Signals(signum).name}): no new job starts, jobs in "
-                  "flight save a checkpoint and end KILLED", file=sys.stderr, flush=True)
+            print(
+                f"\nstopping the sweep ({signal.Signals(signum).name}): no new job starts, jobs in "
+                "flight save a checkpoint and end KILLED",
+                file=sys.stderr,
+                flush=True,
+            )
         for pid in list(self.job_pids):
             send_signal(pid, signum if first else signal.SIGKILL)
         return first
@@ -128,10 +146,15 @@ class SweepStop:
         record, client = _parent_store(self.sweep_dir)
         deadline = time.monotonic() + STOP_WAIT_SECONDS
         while time.monotonic() < deadline:
-            running = client.search_runs([record["experiment_id"]], filter_string=tracking.children_filter(
-                record["run_id"], "attributes.status = 'RUNNING'"))
-            pids = {owner.pid for run in running
-                    if (owner := owner_of(run)) is not None and owner.local and owner_alive(run)}
+            running = client.search_runs(
+                [record["experiment_id"]],
+                filter_string=tracking.children_filter(record["run_id"], "attributes.status = 'RUNNING'"),
+            )
+            pids = {
+                owner.pid
+                for run in running
+                if (owner := owner_of(run)) is not None and owner.local and owner_alive(run)
+            }
             if not pids:
                 return
             for pid in pids - self.job_pids:
@@ -158,6 +181,7 @@ def stop_serial_sweep(signum: int) -> None:
 
 
 # --- the sweep space and the names of its jobs ---------------------------------------------------
+
 
 def swept_space(config: DictConfig) -> dict[str, str]:
     """{key: values as written} for every swept key: the sweeper's params, then the command line's sweeps.
@@ -206,10 +230,11 @@ def short_name(overrides: list[str], keys: list[str]) -> str:
     order = list(SHORT_KEYS)  # the same order in every name, whatever order the sweep was written in
     keys = sorted(keys, key=lambda k: order.index(k) if k in order else len(order))
     labels = {k: SHORT_KEYS.get(k, k.rsplit(".", 1)[-1]) for k in keys}
-    parts = [f"{labels[k]}={_short_value(values[k])}" if labels[k] else _short_value(values[k])
-             for k in keys if k in values]
+    parts = [
+        f"{labels[k]}={_short_value(values[k])}" if labels[k] else _short_value(values[k]) for k in keys if k in values
+    ]
     name = " ".join(parts)
-    return name if len(name) <= MAX_NAME else name[:MAX_NAME - 1] + "…"
+    return name if len(name) <= MAX_NAME else name[: MAX_NAME - 1] + "…"
 
 
 def read_sweep(sweep_dir: Path) -> dict:
@@ -304,6 +329,7 @@ def error_line(err: Exception, what: str | None = None) -> str:
 
 # --- the callback ----------------------------------------------------------------------------------
 
+
 class MlflowSweepCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Before Hydra makes the run's output folder: a store that does not answer leaves nothing behind.
@@ -333,12 +359,16 @@ class MlflowSweepCallback(Callback):
         preset = choices.get("experiment") or "sweep"
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps({"keys": list(space), "blas_threads": threads}))
-        tags = {tracking.TAG_SWEEP: str(sweep_dir), TAG_LAUNCHER: str(choices.get("hydra/launcher")),
-                TAG_SWEEPER: str(choices.get("hydra/sweeper"))}
+        tags = {
+            tracking.TAG_SWEEP: str(sweep_dir),
+            TAG_LAUNCHER: str(choices.get("hydra/launcher")),
+            TAG_SWEEPER: str(choices.get("hydra/sweeper")),
+        }
         if jobs is not None:
             tags[TAG_JOBS] = str(jobs)
         parent = tracking.MlflowTracker.start(
-            store, experiment_id, run_name=f"{preset} {datetime.now():%m-%d %H:%M}", tags=tags)
+            store, experiment_id, run_name=f"{preset} {datetime.now():%m-%d %H:%M}", tags=tags
+        )
         try:
             tracking.log_params(parent.client, parent.run_id, {f"sweep.{k}": v for k, v in space.items()})
             tracking.write_parent(sweep_dir, store, experiment_id, parent.run_id)
@@ -414,16 +444,21 @@ class MlflowSweepCallback(Callback):
                 return 0
             return end_sweep(sweep_dir, record, signum=self.stop.signum, deaths=self.stop.deaths)
         except Exception as err:
-            print(f"error: the sweep could not end its runs: {error_line(err)}. They stay RUNNING; once the store "
-                  f"works again, end them with: charrnn-end-sweep parent={record['run_id']} "
-                  f"tracking.uri={record['tracking_uri']}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"error: the sweep could not end its runs: {error_line(err)}. They stay RUNNING; once the store "
+                f"works again, end them with: charrnn-end-sweep parent={record['run_id']} "
+                f"tracking.uri={record['tracking_uri']}",
+                file=sys.stderr,
+                flush=True,
+            )
             return None
 
 
 def _job_run(client, record: dict, job_num: int):
-    runs = client.search_runs([record["experiment_id"]], filter_string=tracking.children_filter(
-        record["run_id"], f"tags.`{tracking.TAG_JOB}` = '{job_num}'"))
+    runs = client.search_runs(
+        [record["experiment_id"]],
+        filter_string=tracking.children_filter(record["run_id"], f"tags.`{tracking.TAG_JOB}` = '{job_num}'"),
+    )
     return runs[0] if runs else None
 
 
@@ -444,14 +479,20 @@ def _stopped_by(sweep_dir: Path, job_num: int) -> int | None:
 
 # --- the summary -----------------------------------------------------------------------------------
 
+
 def _last_evaluation(client, run) -> int | None:
     """The last iteration the run was evaluated at (its last val/loss step); None if it never was."""
     history = client.get_metric_history(run.info.run_id, "val/loss")
     return max(m.step for m in history) if history else None
 
 
-def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str | None = None,
-              signum: int | None = None, deaths: dict[int, str] | None = None) -> int:
+def end_sweep(
+    sweep_dir: Path,
+    record: dict[str, str] | None = None,
+    closed: str | None = None,
+    signum: int | None = None,
+    deaths: dict[int, str] | None = None,
+) -> int:
     """End every run of the sweep truthfully, summarise it on the parent and print the leaderboard.
 
     ``record``: the parent's record, when not read from ``sweep_dir``; ``closed``: why a sweep whose process is
@@ -467,9 +508,9 @@ def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str
     parent_id = record["run_id"]
     parent = client.get_run(parent_id)
     keys = read_sweep(sweep_dir).get("keys") or []
-    children = client.search_runs([record["experiment_id"]],
-                                  filter_string=tracking.children_filter(parent_id),
-                                  max_results=10_000)
+    children = client.search_runs(
+        [record["experiment_id"]], filter_string=tracking.children_filter(parent_id), max_results=10_000
+    )
     rows = []
     for child in children:
         status = child.info.status
@@ -491,16 +532,21 @@ def end_sweep(sweep_dir: Path, record: dict[str, str] | None = None, closed: str
     finished = [r for r in rows if r[0] == "FINISHED"]
     ranked = [r for r in finished if r[1] is not None and math.isfinite(r[1])]
     capped = [r for r in rows if _hit_time_cap(r[3])]
-    summary = {"charrnn.children": str(len(rows)), "charrnn.finished": str(len(finished)),
-               "charrnn.failed": str(len(rows) - len(finished)), "charrnn.hit_time_cap": str(len(capped))}
+    summary = {
+        "charrnn.children": str(len(rows)),
+        "charrnn.finished": str(len(finished)),
+        "charrnn.failed": str(len(rows) - len(finished)),
+        "charrnn.hit_time_cap": str(len(capped)),
+    }
     for key, value in summary.items():
         client.set_tag(parent_id, key, value)
     if ranked:
         _, best_loss, _, best, _ = min(ranked, key=lambda r: r[1])
         client.set_tag(parent_id, tracking.TAG_BEST_CHILD, best.info.run_id)
         client.log_metric(parent_id, METRIC_BEST_VAL_LOSS, best_loss)
-        tracking.log_params(client, parent_id, {f"best.{k}": best.data.params[k]
-                                                for k in keys if k in best.data.params})
+        tracking.log_params(
+            client, parent_id, {f"best.{k}": best.data.params[k] for k in keys if k in best.data.params}
+        )
     if closed is not None or signum is not None:
         client.set_tag(parent_id, tracking.TAG_REASON, closed or f"stopped by {signal.Signals(signum).name}")
         status = "KILLED"
@@ -529,18 +575,25 @@ def _print_leaderboard(parent, rows, ranked, capped, record, parent_id, status, 
     planned = int(parent.data.tags.get(TAG_JOBS, len(rows)))
     counts = {state: sum(r[0] == state for r in rows) for state in ("FINISHED", "FAILED", "KILLED")}
     counts["not started"] = max(0, planned - len(rows))
-    lines = [f"\nsweep {parent.info.run_name}: {status}, "
-             + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n) + f" of {planned} jobs",
-             f"  {'status':<9} {METRIC_BEST_VAL_LOSS:>13} {'iters':>6}  job"]
+    lines = [
+        f"\nsweep {parent.info.run_name}: {status}, "
+        + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
+        + f" of {planned} jobs",
+        f"  {'status':<9} {METRIC_BEST_VAL_LOSS:>13} {'iters':>6}  job",
+    ]
     for state, best, iters, child, reason in sorted(rows, key=lambda r: (r not in ranked, r[1] or 0.0)):
         loss = f"{best:.4f}" if best is not None else "-"
-        note = "  (hit the train.max_seconds safety cap)" if _hit_time_cap(child) else (
-            f"  ({reason})" if state != "FINISHED" and reason else "")
-        lines.append(f"  {state:<9} {loss:>13} {iters if iters is not None else '-':>6}  "
-                     f"{child.info.run_name}{note}")
+        note = (
+            "  (hit the train.max_seconds safety cap)"
+            if _hit_time_cap(child)
+            else (f"  ({reason})" if state != "FINISHED" and reason else "")
+        )
+        lines.append(f"  {state:<9} {loss:>13} {iters if iters is not None else '-':>6}  {child.info.run_name}{note}")
     if capped:
-        lines.append(f"{len(capped)} job(s) stopped on the wall-clock safety cap before train.max_iters: they did "
-                     "less work than the others; raise train.max_seconds to compare at equal iterations")
+        lines.append(
+            f"{len(capped)} job(s) stopped on the wall-clock safety cap before train.max_iters: they did "
+            "less work than the others; raise train.max_seconds to compare at equal iterations"
+        )
     if ranked:
         best = min(ranked, key=lambda r: r[1])
         lines.append(f"best (lowest val/loss during the run): {best[3].info.run_name}  {best[1]:.4f} nats/char")

@@ -35,7 +35,6 @@ def report_or_say_why(client: MlflowClient, parent_id: str, sweep_dir: Path) -> 
     try:
         page = report_on_parent(client, parent_id, sweep_dir)
     except Exception as err:  # whatever went wrong, the sweep's exit status stands
-        print(f"warning: no sweep report: {type(err).__name__}: {first_line(err)}", file=sys.stderr,
-              flush=True)
+        print(f"warning: no sweep report: {type(err).__name__}: {first_line(err)}", file=sys.stderr, flush=True)
         return
     print(f"report: {page} (on the parent run under {REPORT_DIR}/{REPORT_PAGE})", flush=True)

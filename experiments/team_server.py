@@ -32,8 +32,9 @@ from pathlib import Path
 
 DB_USER = "mlflow"
 DB_NAME = "mlflow"
-INSTALL_HINT = ("install Debian's `postgresql` package (apt-get install postgresql) "
-                "or put PostgreSQL's initdb and pg_ctl on PATH")
+INSTALL_HINT = (
+    "install Debian's `postgresql` package (apt-get install postgresql) or put PostgreSQL's initdb and pg_ctl on PATH"
+)
 START_TIMEOUT_S = 180  # the first start migrates MLflow's schema into the new database
 
 
@@ -70,9 +71,11 @@ def debian_bindirs() -> list[str]:
     if shutil.which("pg_config"):
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
         candidates.append(out.stdout.strip())
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                         key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
-                         reverse=True)
+    candidates += sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+        reverse=True,
+    )
     if shutil.which("initdb"):
         candidates.append(str(Path(shutil.which("initdb")).parent))
     return candidates
@@ -89,8 +92,9 @@ def health(url: str) -> bool:
 class TeamServer:
     """PostgreSQL plus `mlflow server` under one folder."""
 
-    def __init__(self, folder: str | os.PathLike[str], port: int = 5000, workers: int = 4,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, folder: str | os.PathLike[str], port: int = 5000, workers: int = 4, host: str = "127.0.0.1"
+    ) -> None:
         self.folder = Path(folder).resolve()
         self.port = port
         self.host = host  # the tracking server's; PostgreSQL listens on 127.0.0.1 only
@@ -98,7 +102,7 @@ class TeamServer:
         self.pgdata = self.folder / "pgdata"
         self.artifacts = self.folder / "artifacts"
         self.pgpass = self.folder / "pgpass"
-        self.state = self.folder / "server.json"      # PostgreSQL's port, written once by init
+        self.state = self.folder / "server.json"  # PostgreSQL's port, written once by init
         self.pid_file = self.folder / "mlflow.pid"
         self.mlflow_log = self.folder / "mlflow.log"
         self.postgres_log = self.folder / "postgres.log"
@@ -119,8 +123,13 @@ class TeamServer:
             os.chown(path, user.pw_uid, user.pw_gid)
 
     def _pg(self, name: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(self._owner_cmd([str(postgres_bindir() / name), *args]),
-                              capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            self._owner_cmd([str(postgres_bindir() / name), *args]),
+            capture_output=True,
+            text=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
 
     @property
     def pg_port(self) -> int:
@@ -142,13 +151,18 @@ class TeamServer:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            raise ServerError("PostgreSQL refuses to run as root and there is no `postgres` system user: "
-                              f"{INSTALL_HINT}, or run as an ordinary user") from None
-        probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(self.folder)],
-                               capture_output=True, check=False)
+            raise ServerError(
+                "PostgreSQL refuses to run as root and there is no `postgres` system user: "
+                f"{INSTALL_HINT}, or run as an ordinary user"
+            ) from None
+        probe = subprocess.run(
+            ["runuser", "-u", "postgres", "--", "test", "-x", str(self.folder)], capture_output=True, check=False
+        )
         if probe.returncode != 0:
-            raise ServerError(f"the `postgres` user cannot enter {self.folder} (a parent folder is "
-                              "private): start from a folder it can enter, or as an ordinary user")
+            raise ServerError(
+                f"the `postgres` user cannot enter {self.folder} (a parent folder is "
+                "private): start from a folder it can enter, or as an ordinary user"
+            )
 
     def init_cluster(self) -> None:
         """Create the database cluster once; a failed attempt leaves nothing behind."""
@@ -163,8 +177,17 @@ class TeamServer:
             pwfile.touch(mode=0o600)
             pwfile.write_text(password + "\n")
             self._give_to_postgres(pwfile)
-            out = self._pg("initdb", "-D", str(self.pgdata), "-U", DB_USER, f"--pwfile={pwfile}",
-                           "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C")
+            out = self._pg(
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "-U",
+                DB_USER,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+            )
             if out.returncode != 0:
                 raise ServerError(f"initdb failed: {last_line(out.stderr or out.stdout)}")
             port = free_port()
@@ -191,8 +214,9 @@ class TeamServer:
         out = self._pg("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.pgdata), "-l", str(self.postgres_log))
         if out.returncode != 0:
             log_tail = last_line(self.postgres_log.read_text()) or last_line(out.stderr or out.stdout)
-            raise ServerError(f"PostgreSQL did not start on 127.0.0.1:{self.pg_port}: {log_tail} "
-                              f"(see {self.postgres_log})")
+            raise ServerError(
+                f"PostgreSQL did not start on 127.0.0.1:{self.pg_port}: {log_tail} (see {self.postgres_log})"
+            )
         self._create_database()
 
     def _create_database(self) -> None:
@@ -201,8 +225,9 @@ class TeamServer:
         except ImportError:
             raise ServerError("the PostgreSQL driver is missing: make extra NAME=server") from None
         try:
-            conn = psycopg2.connect(host="127.0.0.1", port=self.pg_port, user=DB_USER,
-                                    password=self.password(), dbname="postgres")
+            conn = psycopg2.connect(
+                host="127.0.0.1", port=self.pg_port, user=DB_USER, password=self.password(), dbname="postgres"
+            )
             try:
                 conn.autocommit = True  # CREATE DATABASE cannot run in a transaction
                 with conn.cursor() as cur:
@@ -212,8 +237,9 @@ class TeamServer:
             finally:
                 conn.close()
         except psycopg2.Error as err:
-            raise ServerError(f"cannot use PostgreSQL on 127.0.0.1:{self.pg_port}: "
-                              f"{last_line(str(err))} (see {self.postgres_log})") from None
+            raise ServerError(
+                f"cannot use PostgreSQL on 127.0.0.1:{self.pg_port}: {last_line(str(err))} (see {self.postgres_log})"
+            ) from None
 
     def stop_postgres(self) -> bool:
         if not self.postgres_running():
@@ -250,18 +276,37 @@ class TeamServer:
         env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "PGPASSFILE": str(self.pgpass)}
         with open(self.mlflow_log, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--host", self.host, "--port", str(self.port),
-                 "--workers", str(self.workers), "--backend-store-uri", self.backend_uri,
-                 "--artifacts-destination", str(self.artifacts)],
-                cwd=self.folder, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)  # its own group: stop ends all its workers
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
+                    "--backend-store-uri",
+                    self.backend_uri,
+                    "--artifacts-destination",
+                    str(self.artifacts),
+                ],
+                cwd=self.folder,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # its own group: stop ends all its workers
         self.pid_file.write_text(json.dumps({"pid": proc.pid, "url": url}))
         deadline = time.monotonic() + START_TIMEOUT_S
         while not health(url):
             if proc.poll() is not None or time.monotonic() > deadline:
                 self.stop_mlflow()
-                raise ServerError(f"mlflow server did not start: {last_line(self.mlflow_log.read_text())} "
-                                  f"(see {self.mlflow_log})")
+                raise ServerError(
+                    f"mlflow server did not start: {last_line(self.mlflow_log.read_text())} (see {self.mlflow_log})"
+                )
             time.sleep(0.5)
         return url
 
@@ -335,13 +380,15 @@ def last_line(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m charrnn_experiments.team_server",
-                                     description="The team's MLflow tracking server on PostgreSQL.")
+    parser = argparse.ArgumentParser(
+        prog="python -m charrnn_experiments.team_server", description="The team's MLflow tracking server on PostgreSQL."
+    )
     parser.add_argument("command", choices=["start", "stop"])
     parser.add_argument("--dir", default="team-server", help="folder of the database, artifacts and logs")
     parser.add_argument("--port", type=int, default=5000, help="the tracking server's port")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="the tracking server's address (it has no authentication: keep it private)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="the tracking server's address (it has no authentication: keep it private)"
+    )
     parser.add_argument("--workers", type=int, default=4, help="the tracking server's worker processes")
     args = parser.parse_args(argv)
     server = TeamServer(args.dir, args.port, args.workers, args.host)
@@ -349,9 +396,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "start":
             url, already = server.start()
             state = "already running" if already else "running"
-            print(f"MLflow tracking server {state} at {url} (PostgreSQL on 127.0.0.1:{server.pg_port}, "
-                  f"artifacts in {server.artifacts})\n"
-                  f"track into it: charrnn-train tracking.uri={url}", flush=True)
+            print(
+                f"MLflow tracking server {state} at {url} (PostgreSQL on 127.0.0.1:{server.pg_port}, "
+                f"artifacts in {server.artifacts})\n"
+                f"track into it: charrnn-train tracking.uri={url}",
+                flush=True,
+            )
         else:
             print("stopped" if server.stop() else "not running", flush=True)
     except ServerError as err:

@@ -45,12 +45,12 @@ from charrnn_experiments.outbox import Outbox
 from charrnn_experiments.store import Store, StoreWriteError, TrackingError
 
 # Tag names, shared with the sweep callback and read back by the analysis tools.
-TAG_SWEEP = "charrnn.sweep"              # sweep directory of a multirun job
-TAG_JOB = "charrnn.job"                  # Hydra job number inside the sweep
-TAG_STATUS = "charrnn.status"            # the engine's stop status (finished, diverged, ...)
-TAG_STOP = "charrnn.stop"                # why the engine stopped: a charrnn.train.StopReason value
-TAG_SIGNAL = "charrnn.signal"            # the signal that stopped a KILLED run (SIGINT, SIGTERM)
-TAG_REASON = "charrnn.reason"            # why the run stopped or failed, one line
+TAG_SWEEP = "charrnn.sweep"  # sweep directory of a multirun job
+TAG_JOB = "charrnn.job"  # Hydra job number inside the sweep
+TAG_STATUS = "charrnn.status"  # the engine's stop status (finished, diverged, ...)
+TAG_STOP = "charrnn.stop"  # why the engine stopped: a charrnn.train.StopReason value
+TAG_SIGNAL = "charrnn.signal"  # the signal that stopped a KILLED run (SIGINT, SIGTERM)
+TAG_REASON = "charrnn.reason"  # why the run stopped or failed, one line
 TAG_DATASET_SHA = "charrnn.dataset.sha256"
 TAG_DATASET_VERSION = "charrnn.dataset.version"  # a versioned corpus's version (pystdlib-v1)
 TAG_DATASET_DIFFERS = "charrnn.dataset.differs"  # why this text is not that version's reference text
@@ -59,7 +59,7 @@ TAG_PARENT = MLFLOW_PARENT_RUN_ID
 # The model's parameter count, logged once at step 0: a study's table sets cells against it (a metric, not a
 # param, because it is no config key and would read as a swept param).
 METRIC_NUM_PARAMS = "model/num_params"
-PARENT_FILE = "mlflow_parent.json"       # in the sweep dir: the parent run every job nests under
+PARENT_FILE = "mlflow_parent.json"  # in the sweep dir: the parent run every job nests under
 
 CHECKPOINTS = "checkpoints"  # artifact folder of the engine's latest.npz and best.npz
 LATEST_CHECKPOINT = f"{CHECKPOINTS}/latest.npz"
@@ -120,8 +120,9 @@ class MlflowTracker(Callback):
     """One MLflow run: params, tags and dataset at start, then metrics, samples and checkpoints as they
     come, delivered in order by its :class:`~.outbox.Outbox` (see the module docstring)."""
 
-    def __init__(self, client: MlflowClient, run_id: str, store_uri: str = "",
-                 logged_through: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, client: MlflowClient, run_id: str, store_uri: str = "", logged_through: dict[str, int] | None = None
+    ) -> None:
         """``logged_through``: per metric, the last step the store already has (a resumed run recomputes
         those steps exactly, and each step keeps one point). Files are queued once ``outbox.folder`` is set: a
         folder of this run's own for their private copies."""
@@ -131,9 +132,15 @@ class MlflowTracker(Callback):
         self._logged_through = dict(logged_through or {})
 
     @classmethod
-    def start(cls, store: Store, experiment_id: str, run_name: str | None = None,
-              parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-              client: MlflowClient | None = None) -> MlflowTracker:
+    def start(
+        cls,
+        store: Store,
+        experiment_id: str,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        client: MlflowClient | None = None,
+    ) -> MlflowTracker:
         client = client or store.client()
         all_tags = {**source_tags(), "host": socket.gethostname(), **lease_tags(), **(tags or {})}
         if parent_run_id:
@@ -148,8 +155,9 @@ class MlflowTracker(Callback):
         log_params(self.client, self.run_id, {k: v for k, v in flatten(config).items() if v is not None})
         self.client.log_text(self.run_id, yaml_text, CONFIG_ARTIFACT)
 
-    def log_dataset(self, name: str, source: str, sha256: str, n_chars: int, version: str | None = None,
-                    differs: str | None = None) -> None:
+    def log_dataset(
+        self, name: str, source: str, sha256: str, n_chars: int, version: str | None = None, differs: str | None = None
+    ) -> None:
         """The training text as an MLflow dataset input, and tags with its sha256 and, for a versioned corpus,
         its version and why the text differs from that version's reference text (so runs on different texts
         are never compared unawares)."""
@@ -159,10 +167,8 @@ class MlflowTracker(Callback):
         described = {"corpus": name, "source": source, "chars": str(n_chars)}
         if version:
             described["version"] = version
-        dataset = MetaDataset(CodeDatasetSource(described),
-                              name=name, digest=sha256[:16])
-        entity = DatasetInput(dataset._to_mlflow_entity(),
-                              tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
+        dataset = MetaDataset(CodeDatasetSource(described), name=name, digest=sha256[:16])
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
         # Parallel jobs of a sweep log the same dataset: the store inserts its row only when it is missing,
         # so one job can lose that race on the unique (experiment, name, digest) key. The row exists then,
         # and linking it again succeeds.
@@ -173,9 +179,14 @@ class MlflowTracker(Callback):
             except MlflowException as err:
                 # SQLite, PostgreSQL and MySQL word the refusal differently; MLflow passes the driver's
                 # text on under INTERNAL_ERROR (through a tracking server, in the REST error's message).
-                refused = err.error_code == "RESOURCE_ALREADY_EXISTS" or any(text in str(err) for text in (
-                    "UNIQUE constraint failed", "duplicate key value violates unique constraint",
-                    "Duplicate entry"))
+                refused = err.error_code == "RESOURCE_ALREADY_EXISTS" or any(
+                    text in str(err)
+                    for text in (
+                        "UNIQUE constraint failed",
+                        "duplicate key value violates unique constraint",
+                        "Duplicate entry",
+                    )
+                )
                 if not refused or attempt == 2:
                     raise
                 time.sleep(0.1)
@@ -186,13 +197,13 @@ class MlflowTracker(Callback):
         """The model's parameter count, as a metric at step 0: comparison tables read it without a checkpoint."""
         self.client.log_metric(self.run_id, METRIC_NUM_PARAMS, num_params, step=0)
 
-
     # --- engine Callback: queue, never wait for the store -----------------------------------
 
     def on_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self.outbox.put_metrics([Metric(k, float(v), now, step) for k, v in metrics.items()
-                                 if step > self._logged_through.get(k, -1)])
+        self.outbox.put_metrics(
+            [Metric(k, float(v), now, step) for k, v in metrics.items() if step > self._logged_through.get(k, -1)]
+        )
 
     def on_sample(self, text: str, step: int) -> None:
         self.queue_text(text, f"samples/iter_{step:08d}.txt")
@@ -215,8 +226,9 @@ class MlflowTracker(Callback):
 
     # --- the end --------------------------------------------------------------------------
 
-    def finish(self, status: str, reason: str = "", tags: dict[str, str] | None = None,
-               give_up: threading.Event | None = None) -> None:
+    def finish(
+        self, status: str, reason: str = "", tags: dict[str, str] | None = None, give_up: threading.Event | None = None
+    ) -> None:
         """Deliver everything queued, then end the run: FINISHED, FAILED or KILLED. A file that could never be
         stored fails a run that would have ended otherwise, and raises StoreWriteError once the run has ended.
         Raises TrackingError, the run left RUNNING, when the store never took everything."""
@@ -238,9 +250,11 @@ class MlflowTracker(Callback):
 
     def _left_running(self, cause: str, once: str) -> str:
         """One line: why the run could not be ended in its store, and the two ways to continue it."""
-        return (f"{cause}: run {self.run_id} keeps status RUNNING there and lacks {self.outbox.waiting()}; once "
-                f"{once}, continue from its last stored checkpoint with train.resume={self.run_id} (every metric "
-                f"point) or from here with train.resume={self._local_checkpoint()}")
+        return (
+            f"{cause}: run {self.run_id} keeps status RUNNING there and lacks {self.outbox.waiting()}; once "
+            f"{once}, continue from its last stored checkpoint with train.resume={self.run_id} (every metric "
+            f"point) or from here with train.resume={self._local_checkpoint()}"
+        )
 
     def _local_checkpoint(self) -> str:
         folder = self.outbox.folder.parent if self.outbox.folder else Path("<the run's folder>")

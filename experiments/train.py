@@ -41,8 +41,7 @@ from charrnn_experiments.lease import claim, owner_alive
 from charrnn_experiments.progress import ProgressCallback
 from charrnn_experiments.schema import TrainAppSchema, run_reporting_config_errors
 from charrnn_experiments.store import Store, use_http_defaults
-from charrnn_experiments.sweep_callback import (TAG_BLAS_THREADS, job_label, stop_serial_sweep,
-                                                sweep_blas_threads)
+from charrnn_experiments.sweep_callback import TAG_BLAS_THREADS, job_label, stop_serial_sweep, sweep_blas_threads
 
 log = logging.getLogger("charrnn")
 
@@ -71,9 +70,14 @@ class Job:
         base = Path(hc.runtime.cwd)
         multirun = hc.mode == RunMode.MULTIRUN
         sweep_dir = (base / hc.sweep.dir).resolve() if multirun else None
-        return cls(base, Path(hc.runtime.output_dir), multirun, sweep_dir,
-                   hc.job.num if multirun else None,
-                   job_label(sweep_dir, list(hc.overrides.task)) if multirun else None)
+        return cls(
+            base,
+            Path(hc.runtime.output_dir),
+            multirun,
+            sweep_dir,
+            hc.job.num if multirun else None,
+            job_label(sweep_dir, list(hc.overrides.task)) if multirun else None,
+        )
 
 
 class JobFailed(Exception):
@@ -124,8 +128,13 @@ def engine_keys(engine_class: type, section: dict) -> dict:
     return {key: value for key, value in section.items() if key in names}
 
 
-def build_trainer(cfg: DictConfig, checkpoint_dir: Path, resume_from: Path | None = None,
-                  corpus: Corpus | None = None, run_id: str | None = None):
+def build_trainer(
+    cfg: DictConfig,
+    checkpoint_dir: Path,
+    resume_from: Path | None = None,
+    corpus: Corpus | None = None,
+    run_id: str | None = None,
+):
     """Load the data (unless given) and build the trainer; every bad input raises a CharRNNError here.
     ``run_id`` goes into every checkpoint, so ``train.resume=<file>`` knows which run a file continues."""
     if cfg.get("record") is not None and cfg.record.enabled:
@@ -218,8 +227,9 @@ class Stopper(Callback):
         if result.status == "finished":  # a signal at the very end stops what follows a finished training
             self.raise_if_stopped()
 
-    def end_run(self, tracker: tracking.MlflowTracker, status: str, reason: str,
-                result: TrainResult | None = None) -> None:
+    def end_run(
+        self, tracker: tracking.MlflowTracker, status: str, reason: str, result: TrainResult | None = None
+    ) -> None:
         tags = {tracking.TAG_STATUS: result.status, tracking.TAG_STOP: result.stop.value} if result else {}
         if status == "KILLED" and self.signum is not None:
             tags[tracking.TAG_SIGNAL] = signal.Signals(self.signum).name
@@ -256,8 +266,10 @@ def resume_target(value: str) -> tuple[str, Path | None]:
     """``train.resume``'s run id, and the local checkpoint to continue from when it names a ``.npz`` file (a run
     whose process died while the store was away has a newer checkpoint in its folder than in the store)."""
     if not value.strip():  # `train.resume=` with nothing after it must not start a new run on the defaults
-        raise JobFailed("train.resume is empty: give the run id (or the local .npz checkpoint) of the run to "
-                        "continue, or leave train.resume out to start a new run")
+        raise JobFailed(
+            "train.resume is empty: give the run id (or the local .npz checkpoint) of the run to "
+            "continue, or leave train.resume out to start a new run"
+        )
     if not value.endswith(".npz"):
         return value, None
     path = Path(value)
@@ -267,13 +279,16 @@ def resume_target(value: str) -> tuple[str, Path | None]:
         raise JobFailed(f"train.resume={value}: {err}") from None
     run_id = checkpoint.metadata.get(RUN_ID_KEY)
     if not run_id:
-        raise JobFailed(f"train.resume={value}: the checkpoint does not name its run (it predates charrnn-train "
-                        f"writing that into checkpoints); resume by run id: train.resume=<run id>")
+        raise JobFailed(
+            f"train.resume={value}: the checkpoint does not name its run (it predates charrnn-train "
+            f"writing that into checkpoints); resume by run id: train.resume=<run id>"
+        )
     return str(run_id), path
 
 
-def prepare_resume(cfg: DictConfig, client, output_dir: Path, run_id: str,
-                   local: Path | None) -> tuple[DictConfig, Resume]:
+def prepare_resume(
+    cfg: DictConfig, client, output_dir: Path, run_id: str, local: Path | None
+) -> tuple[DictConfig, Resume]:
     """Check that run ``run_id`` (train.resume's, see :func:`resume_target`) can continue, without changing it in
     the store.
 
@@ -292,8 +307,7 @@ def prepare_resume(cfg: DictConfig, client, output_dir: Path, run_id: str,
         raise refuse(run_id, f"it is RUNNING ({alive}); stop that first")
     stored = {a.path for a in client.list_artifacts(run_id, tracking.CHECKPOINTS)}
     if local is None and tracking.LATEST_CHECKPOINT not in stored:
-        raise refuse(run_id, f"it has no checkpoint in the store (status {run.info.status}); "
-                             "start a new run instead")
+        raise refuse(run_id, f"it has no checkpoint in the store (status {run.info.status}); start a new run instead")
     into = output_dir / run_id / "resume"
     into.mkdir(parents=True, exist_ok=True)
     saved = OmegaConf.load(client.download_artifacts(run_id, tracking.CONFIG_ARTIFACT, str(into)))
@@ -308,8 +322,11 @@ def prepare_resume(cfg: DictConfig, client, output_dir: Path, run_id: str,
     corpus = load_corpus(str(saved.data.name), saved.data.path)
     trained_on = tags.get(tracking.TAG_DATASET_SHA)
     if trained_on and trained_on != corpus.sha256:
-        raise refuse(run_id, f"its data changed: {corpus.source} has sha256 {corpus.sha256[:12]}..., the run "
-                             f"was trained on {trained_on[:12]}...; restore that text or start a new run")
+        raise refuse(
+            run_id,
+            f"its data changed: {corpus.source} has sha256 {corpus.sha256[:12]}..., the run "
+            f"was trained on {trained_on[:12]}...; restore that text or start a new run",
+        )
     if local is not None:
         return saved, Resume(run_id, local, corpus, changes, logged_through(client, run), from_file=True)
     checkpoint = Path(client.download_artifacts(run_id, tracking.LATEST_CHECKPOINT, str(into)))
@@ -320,8 +337,11 @@ def prepare_resume(cfg: DictConfig, client, output_dir: Path, run_id: str,
         # state, continues exactly as well (the steps the store has already are not logged again)
         if tracking.BEST_CHECKPOINT not in stored:
             raise refuse(run_id, f"its stored latest checkpoint is unreadable ({err})") from None
-        print(f"note: run {run_id}'s stored latest.npz is unreadable; resuming from its best.npz",
-              file=sys.stderr, flush=True)
+        print(
+            f"note: run {run_id}'s stored latest.npz is unreadable; resuming from its best.npz",
+            file=sys.stderr,
+            flush=True,
+        )
         checkpoint = Path(client.download_artifacts(run_id, tracking.BEST_CHECKPOINT, str(into)))
     return saved, Resume(run_id, checkpoint, corpus, changes, logged_through(client, run))
 
@@ -341,8 +361,10 @@ def resume_overrides() -> list[str]:
         elif key != "train.resume" and not key.startswith(("tracking.", "hydra.", "hydra/")):
             refused.append(override)
     if refused:
-        raise ConfigError(f"train.resume continues a run with its own config; only the stop limits "
-                          f"{', '.join(STOP_LIMITS)} may change, not {', '.join(refused)}")
+        raise ConfigError(
+            f"train.resume continues a run with its own config; only the stop limits "
+            f"{', '.join(STOP_LIMITS)} may change, not {', '.join(refused)}"
+        )
     return limits
 
 
@@ -367,8 +389,11 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
     run_dir = tracker.outbox.folder.parent
     try:
         stopper.raise_if_stopped()
-        trainer = (new_trainer(cfg, tracker, stopper, config, run_dir) if resume is None
-                   else resumed_trainer(cfg, tracker, stopper, resume, run_dir))
+        trainer = (
+            new_trainer(cfg, tracker, stopper, config, run_dir)
+            if resume is None
+            else resumed_trainer(cfg, tracker, stopper, resume, run_dir)
+        )
         stopper.raise_if_stopped()
         result, sample = run_training(cfg, trainer, tracker, stopper, run_dir)
     except BaseException as err:  # never leave the run RUNNING
@@ -381,8 +406,9 @@ def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
     if status == "FAILED":
         raise JobFailed(f"run {tracker.run_id} {result.status}: {result.reason}")
     if status == "KILLED":
-        raise JobKilled(f"run {tracker.run_id} {result.reason}; checkpoint saved, "
-                        f"continue it with train.resume={tracker.run_id}")
+        raise JobKilled(
+            f"run {tracker.run_id} {result.reason}; checkpoint saved, continue it with train.resume={tracker.run_id}"
+        )
     if not job.multirun:
         print_summary(store, tracker, result, sample)
     return tracker.run_id, result.val_loss
@@ -400,8 +426,9 @@ def start_run(store: Store, client, cfg: DictConfig, job: Job, stopper: Stopper)
     if job.sweep_dir and (threads := sweep_blas_threads(job.sweep_dir)) is not None:
         tags[TAG_BLAS_THREADS] = str(threads)
     with stopper.shielded():
-        tracker = tracking.MlflowTracker.start(store, experiment_id, run_name=job.name,
-                                               parent_run_id=parent_run_id, tags=tags, client=client)
+        tracker = tracking.MlflowTracker.start(
+            store, experiment_id, run_name=job.name, parent_run_id=parent_run_id, tags=tags, client=client
+        )
         tracker.outbox.folder = job.output_dir / tracker.run_id / "outbox"
     return tracker
 
@@ -410,16 +437,18 @@ def claim_run(store: Store, client, resume: Resume, job: Job, stopper: Stopper) 
     """Claim the run a resume continues (prepare_resume has checked it can)."""
     with stopper.shielded():
         claim(client, client.get_run(resume.run_id))
-        tracker = tracking.MlflowTracker(client, resume.run_id, store_uri=store.uri,
-                                         logged_through=resume.logged_through)
+        tracker = tracking.MlflowTracker(
+            client, resume.run_id, store_uri=store.uri, logged_through=resume.logged_through
+        )
         tracker.outbox.folder = job.output_dir / resume.run_id / "outbox"
     return tracker
 
 
 # A signal never cuts a store write in half (a SQLite write cut short keeps its lock and the run could not be
 # ended): writes are shielded, and the signal takes effect right after them.
-def new_trainer(cfg: DictConfig, tracker: tracking.MlflowTracker, stopper: Stopper, config: tuple[dict, str],
-                run_dir: Path) -> Trainer:
+def new_trainer(
+    cfg: DictConfig, tracker: tracking.MlflowTracker, stopper: Stopper, config: tuple[dict, str], run_dir: Path
+) -> Trainer:
     """Log a new run's ``config`` (resolved, and as YAML), build its trainer and log its data and size."""
     with stopper.shielded():
         tracker.log_config(*config)
@@ -428,14 +457,14 @@ def new_trainer(cfg: DictConfig, tracker: tracking.MlflowTracker, stopper: Stopp
     if corpus.differs:
         print(f"note: {corpus.differs}", file=sys.stderr, flush=True)
     with stopper.shielded():
-        tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text), corpus.version,
-                            corpus.differs)
+        tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text), corpus.version, corpus.differs)
         tracker.log_num_params(count_params(trainer.model_config))
     return trainer
 
 
-def resumed_trainer(cfg: DictConfig, tracker: tracking.MlflowTracker, stopper: Stopper, resume: Resume,
-                    run_dir: Path) -> Trainer:
+def resumed_trainer(
+    cfg: DictConfig, tracker: tracking.MlflowTracker, stopper: Stopper, resume: Resume, run_dir: Path
+) -> Trainer:
     """The trainer of a resumed run, from its checkpoint; says where it continues."""
     _, trainer = build_trainer(cfg, run_dir / "checkpoints", resume.checkpoint, resume.corpus)
     with stopper.shielded():
@@ -443,14 +472,16 @@ def resumed_trainer(cfg: DictConfig, tracker: tracking.MlflowTracker, stopper: S
     return trainer
 
 
-def run_training(cfg: DictConfig, trainer: Trainer, tracker: tracking.MlflowTracker, stopper: Stopper,
-                 run_dir: Path) -> tuple[TrainResult, str | None]:
+def run_training(
+    cfg: DictConfig, trainer: Trainer, tracker: tracking.MlflowTracker, stopper: Stopper, run_dir: Path
+) -> tuple[TrainResult, str | None]:
     """Train; a finished run's hidden state is recorded and its final model sampled (the sample is None
     otherwise)."""
     stopper.trainer = trainer
     # the recording of the hidden state on the validation slice comes last: a signal stops it (see Stopper)
-    recorder = FinishedRunRecorder(cfg.get("record"), run_dir / ARTIFACT_DIR,
-                                   lambda folder: tracker.queue_folder(folder, ARTIFACT_DIR))
+    recorder = FinishedRunRecorder(
+        cfg.get("record"), run_dir / ARTIFACT_DIR, lambda folder: tracker.queue_folder(folder, ARTIFACT_DIR)
+    )
     result = trainer.run([tracker, ProgressCallback(trainer.train_config.max_iters), stopper, recorder])
     if result.status != "finished":
         return result, None
@@ -459,8 +490,9 @@ def run_training(cfg: DictConfig, trainer: Trainer, tracker: tracking.MlflowTrac
     return result, sample
 
 
-def end_stopped_run(err: BaseException, tracker: tracking.MlflowTracker, stopper: Stopper,
-                    run_dir: Path) -> JobFailed | None:
+def end_stopped_run(
+    err: BaseException, tracker: tracking.MlflowTracker, stopper: Stopper, run_dir: Path
+) -> JobFailed | None:
     """End the run ``err`` stopped: FAILED, or KILLED by an interrupt. Returns the JobFailed to raise instead
     (bad input, a local fault), or None where ``err`` goes on (an interrupt, a bug)."""
     if isinstance(err, CharRNNError):
@@ -474,39 +506,53 @@ def end_stopped_run(err: BaseException, tracker: tracking.MlflowTracker, stopper
         stopper.end_run(tracker, "FAILED", why)
         return JobFailed(why)
     interrupted = isinstance(err, KeyboardInterrupt)
-    stopper.end_run(tracker, "KILLED" if interrupted else "FAILED",
-                    first_line(err) if interrupted else f"{type(err).__name__}: {err}")
+    stopper.end_run(
+        tracker,
+        "KILLED" if interrupted else "FAILED",
+        first_line(err) if interrupted else f"{type(err).__name__}: {err}",
+    )
     return None
 
 
-def print_summary(store: Store, tracker: tracking.MlflowTracker, result: TrainResult,
-                  sample: str | None) -> None:
+def print_summary(store: Store, tracker: tracking.MlflowTracker, result: TrainResult, sample: str | None) -> None:
     """A single run's last lines: its id, validation loss, time in training, final sample and UI address."""
-    val = ("none (no validation text)" if result.val_loss is None else
-           f"{result.val_loss:.4f} nats/char ({result.val_loss / math.log(2):.4f} bits/char)")
-    print(f"\nrun id:    {tracker.run_id}\n"
-          f"val loss:  {val} after {result.iteration} iterations ({result.reason})\n"
-          f"training:  {result.train_seconds / result.elapsed_seconds:.1%} of the run's "
-          f"{result.elapsed_seconds:.1f} s in training steps\n"
-          f"sample:\n----\n{sample}\n----\n"
-          f"see it:    {store.ui_address(tracker.client.get_run(tracker.run_id).info.experiment_id)}",
-          flush=True)
+    val = (
+        "none (no validation text)"
+        if result.val_loss is None
+        else f"{result.val_loss:.4f} nats/char ({result.val_loss / math.log(2):.4f} bits/char)"
+    )
+    print(
+        f"\nrun id:    {tracker.run_id}\n"
+        f"val loss:  {val} after {result.iteration} iterations ({result.reason})\n"
+        f"training:  {result.train_seconds / result.elapsed_seconds:.1%} of the run's "
+        f"{result.elapsed_seconds:.1f} s in training steps\n"
+        f"sample:\n----\n{sample}\n----\n"
+        f"see it:    {store.ui_address(tracker.client.get_run(tracker.run_id).info.experiment_id)}",
+        flush=True,
+    )
 
 
 def say_resumed(tracker: tracking.MlflowTracker, cfg: DictConfig, trainer: Trainer, resume: Resume) -> None:
     """Print where the run continues; new stop limits also go into the run's config.yaml and a tag
     (MLflow params cannot change, so the params keep the values the run started with)."""
     changed = ", ".join(f"{key}={now} (was {was})" for key, (was, now) in resume.changes.items())
-    print(f"resuming run {resume.run_id} at iteration {trainer.iteration}"
-          + (f" from {resume.checkpoint}" if resume.from_file else "")
-          + (f" with {changed}" if changed else ""), file=sys.stderr, flush=True)
+    print(
+        f"resuming run {resume.run_id} at iteration {trainer.iteration}"
+        + (f" from {resume.checkpoint}" if resume.from_file else "")
+        + (f" with {changed}" if changed else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     stored_through = resume.logged_through.get("train/loss", 0)
     if resume.from_file and stored_through + trainer.train_config.log_every <= trainer.iteration:
         # the dead process logged these, but never delivered them; only a resume from an earlier checkpoint
         # (train.resume=<run id>) computes them again
-        print(f"note: the store has train/loss through step {stored_through}: the points of steps "
-              f"{stored_through + 1}..{trainer.iteration} were never delivered and stay missing",
-              file=sys.stderr, flush=True)
+        print(
+            f"note: the store has train/loss through step {stored_through}: the points of steps "
+            f"{stored_through + 1}..{trainer.iteration} were never delivered and stay missing",
+            file=sys.stderr,
+            flush=True,
+        )
     if changed:
         tracker.client.log_text(tracker.run_id, OmegaConf.to_yaml(cfg, resolve=True), tracking.CONFIG_ARTIFACT)
         tracker.client.set_tag(tracker.run_id, TAG_STOP_LIMITS, changed)

@@ -31,8 +31,16 @@ SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
 BIN = Path(os.environ.get("CHARRNN_APP_BIN") or Path(sys.executable).parent)
 
 # A job of a few seconds: 60 iterations of an 8-unit RNN, logging, evaluating and sampling along the way.
-TINY = ["model.hidden_size=8", "train.seq_length=8", "train.max_seconds=null", "train.max_iters=60",
-        "train.log_every=10", "train.eval_every=30", "train.sample_every=30", "train.sample_length=20"]
+TINY = [
+    "model.hidden_size=8",
+    "train.seq_length=8",
+    "train.max_seconds=null",
+    "train.max_iters=60",
+    "train.log_every=10",
+    "train.eval_every=30",
+    "train.sample_every=30",
+    "train.sample_length=20",
+]
 
 
 # 668 characters: at seq_length 25 the gist's cursor wraps after 26 iterations.
@@ -48,19 +56,33 @@ PARITY_TEXT = (
 TEXT = PARITY_TEXT * 6
 
 
-def small_trainer(cell="rnn", layers=1, batch_size=2, checkpoint_dir=None, optim="adagrad", dropout=0.0,
-                  optim_extra=None, **train):
+def small_trainer(
+    cell="rnn", layers=1, batch_size=2, checkpoint_dir=None, optim="adagrad", dropout=0.0, optim_extra=None, **train
+):
     """An engine Trainer of a 16-unit model on TEXT (90% train, 10% validation), 40 iterations by default;
     ``optim_extra``: more OptimConfig fields."""
     vocab = Vocab.from_text(TEXT)
     split = len(TEXT) * 9 // 10
-    cfg = dict(seq_length=10, batch_size=batch_size, max_iters=40, log_every=5, eval_every=10,
-               sample_every=10, sample_length=30, eval_batch_size=4)
+    cfg = dict(
+        seq_length=10,
+        batch_size=batch_size,
+        max_iters=40,
+        log_every=5,
+        eval_every=10,
+        sample_every=10,
+        sample_length=30,
+        eval_batch_size=4,
+    )
     cfg.update(train)
-    return Trainer(ModelConfig(cell, vocab.size, 16, layers, dropout=dropout), TrainConfig(**cfg),
-                   OptimConfig(**{"name": optim, "lr": 0.05 if optim == "adagrad" else 0.01, "clip": 5.0,
-                                  **(optim_extra or {})}), vocab,
-                   TEXT[:split], TEXT[split:], checkpoint_dir)
+    return Trainer(
+        ModelConfig(cell, vocab.size, 16, layers, dropout=dropout),
+        TrainConfig(**cfg),
+        OptimConfig(**{"name": optim, "lr": 0.05 if optim == "adagrad" else 0.01, "clip": 5.0, **(optim_extra or {})}),
+        vocab,
+        TEXT[:split],
+        TEXT[split:],
+        checkpoint_dir,
+    )
 
 
 class Recorder(Callback):
@@ -125,8 +147,7 @@ def small_text(tmp_path) -> Path:
 
 def write_small_text(folder: Path) -> Path:
     """A deterministic ~6 kB UTF-8 text with code-like structure, written as folder/small.txt."""
-    lines = [f"def f{i}(x):\n    return x * {i} + \"{chr(97 + i % 26)}\"  # note {i % 7}\n"
-             for i in range(120)]
+    lines = [f'def f{i}(x):\n    return x * {i} + "{chr(97 + i % 26)}"  # note {i % 7}\n' for i in range(120)]
     path = folder / "small.txt"
     path.write_text("".join(lines), encoding="utf-8")
     return path
@@ -155,15 +176,19 @@ def cli(tmp_path):
 
 
 def run_cli(name: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / name), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 # MLflow's own lines on stderr: creating a fresh SQLite store, and its progress bar of a download (whose carriage
 # returns a text-mode pipe turns into line ends)
-MLFLOW_LINES = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow\.store\.db\.utils: "
-                          r"(Creating initial MLflow database tables\.\.\.|Updating database tables)\n"
-                          r"|\n?(Downloading artifacts: [^\n]*\n)+)", re.MULTILINE)
+MLFLOW_LINES = re.compile(
+    r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow\.store\.db\.utils: "
+    r"(Creating initial MLflow database tables\.\.\.|Updating database tables)\n"
+    r"|\n?(Downloading artifacts: [^\n]*\n)+)",
+    re.MULTILINE,
+)
 
 
 def own_stderr(out: subprocess.CompletedProcess) -> str:
@@ -220,11 +245,26 @@ class MlflowServer:
 
     def _serve(self, port: int) -> bool:
         self.process = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
-             "--artifacts-destination", str(self.folder / "server-artifacts")],
-            cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            env=WITHOUT_JOB_RUNNER)
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.folder}/server.db",
+                "--artifacts-destination",
+                str(self.folder / "server-artifacts"),
+            ],
+            cwd=self.folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=WITHOUT_JOB_RUNNER,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and self.process.poll() is None:
             try:

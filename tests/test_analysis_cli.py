@@ -20,7 +20,7 @@ from charrnn_analysis.record import Recording
 from charrnn_analysis.tables import write_table
 from charrnn_experiments.analyze import analyze, compare, run_reporting_errors
 
-TEXT = "".join(f'def f{i}(x):\n    # note {i % 7}\n    return [x, "s{i}", (\'t\' + {i})]\n' for i in range(150))
+TEXT = "".join(f"def f{i}(x):\n    # note {i % 7}\n    return [x, \"s{i}\", ('t' + {i})]\n" for i in range(150))
 
 
 def config(name: str, *overrides: str):
@@ -53,8 +53,13 @@ def workspace(tmp_path_factory):
     client = MlflowClient(uri)
     experiment = client.create_experiment("study", artifact_location=(root / "mlartifacts").as_uri())
     run = client.create_run(experiment, run_name="single").info.run_id
-    for key, value in {"data.name": "file", "data.path": str(text_file), "train.val_fraction": 0.2,
-                       "train.seq_length": 25, "model.cell": "lstm"}.items():
+    for key, value in {
+        "data.name": "file",
+        "data.path": str(text_file),
+        "train.val_fraction": 0.2,
+        "train.seq_length": 25,
+        "model.cell": "lstm",
+    }.items():
         client.log_param(run, key, value)
     client.log_artifact(run, str(checkpoint), "checkpoints")
     client.set_terminated(run)
@@ -62,8 +67,9 @@ def workspace(tmp_path_factory):
     parent = client.create_run(experiment, run_name="sweep").info.run_id
     children = []
     for hidden, lr in [(32, 0.1), (64, 0.1), (32, 0.01), (64, 0.01)]:
-        child = client.create_run(experiment, run_name=f"h{hidden}-lr{lr}",
-                                  tags={MLFLOW_PARENT_RUN_ID: parent}).info.run_id
+        child = client.create_run(
+            experiment, run_name=f"h{hidden}-lr{lr}", tags={MLFLOW_PARENT_RUN_ID: parent}
+        ).info.run_id
         client.log_param(child, "model.hidden_size", hidden)
         client.log_param(child, "optim.lr", lr)
         client.log_param(child, "train.seed", 42)
@@ -76,23 +82,45 @@ def workspace(tmp_path_factory):
             client.log_metric(child, "val/loss", loss, step=100 * step)
             client.log_metric(child, "val/best_loss", float(best), step=100 * step)
         # the top-units table charrnn-train logs at the end of a run, with scores that say which child it is
-        top = pd.DataFrame({"feature": ["line_position", "line_position", "in_comment"], "kind": ["continuous"] * 2
-                            + ["binary"], "rank": [1, 2, 1], "unit": ["h.0:1", "h.0:2", "h.0:3"],
-                            "score": [hidden / 100, hidden / 200, lr], "r": [0.5, -0.2, np.nan],
-                            "auc": [np.nan, np.nan, 0.4], "sign": [1, -1, -1]})
+        top = pd.DataFrame(
+            {
+                "feature": ["line_position", "line_position", "in_comment"],
+                "kind": ["continuous"] * 2 + ["binary"],
+                "rank": [1, 2, 1],
+                "unit": ["h.0:1", "h.0:2", "h.0:3"],
+                "score": [hidden / 100, hidden / 200, lr],
+                "r": [0.5, -0.2, np.nan],
+                "auc": [np.nan, np.nan, 0.4],
+                "sign": [1, -1, -1],
+            }
+        )
         write_table(top, root / child / "top_units")
         client.log_artifacts(child, str(root / child), "analysis")
         client.set_terminated(child)
         children.append(child)
     client.set_terminated(parent)
-    return {"root": root, "text": text_file, "checkpoint": checkpoint, "uri": uri, "run": run,
-            "parent": parent, "children": children}
+    return {
+        "root": root,
+        "text": text_file,
+        "checkpoint": checkpoint,
+        "uri": uri,
+        "run": run,
+        "parent": parent,
+        "children": children,
+    }
 
 
 def test_analyze_checkpoint_writes_recording_tables_figures_and_explorer(workspace, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = [f"checkpoint={workspace['checkpoint']}", f"text={workspace['text']}", "record.length=1500",
-            "features=[in_comment,bracket_depth,line_position]", "top_k=3", "units=[h.1:2]", "select=30:36"]
+    args = [
+        f"checkpoint={workspace['checkpoint']}",
+        f"text={workspace['text']}",
+        "record.length=1500",
+        "features=[in_comment,bracket_depth,line_position]",
+        "top_k=3",
+        "units=[h.1:2]",
+        "select=30:36",
+    ]
     assert analyze_main(args) == 0
     out = tmp_path / "outputs" / "analysis" / "best"
     printed = capsys.readouterr().out
@@ -102,18 +130,31 @@ def test_analyze_checkpoint_writes_recording_tables_figures_and_explorer(workspa
     assert (out / "top_units.md").read_text().startswith("| feature |")
     assert (out / "selection.csv").is_file()
     figures = sorted(p.name for p in (out / "figures").iterdir())
-    assert figures == ["gate_saturation.png", "gradient_flow.png", "heatmap_c0.png", "heatmap_c1.png",
-                       "text_bracket_depth.png", "text_in_comment.png", "text_line_position.png", "unit_h.1_2.png"]
+    assert figures == [
+        "gate_saturation.png",
+        "gradient_flow.png",
+        "heatmap_c0.png",
+        "heatmap_c1.png",
+        "text_bracket_depth.png",
+        "text_in_comment.png",
+        "text_line_position.png",
+        "unit_h.1_2.png",
+    ]
     assert all((out / "figures" / name).stat().st_size > 5000 for name in figures)
     assert "c.1:9" in (out / "explorer.html").read_text()
     rec = Recording.load(out / "recording.npz")
     assert rec.text == TEXT[:1500] and rec.meta["checkpoint"] == str(workspace["checkpoint"].resolve())
 
     # The recording is reusable without the model (recording twice is compared in test_analysis_record).
-    assert analyze_main([f"recording={out / 'recording.npz'}", "features=[in_comment]", "top_k=3",
-                         f"out={tmp_path / 'again'}"]) == 0
-    assert pd.read_csv(tmp_path / "again" / "top_units.csv").equals(top[top["feature"] == "in_comment"]
-                                                                     .reset_index(drop=True))
+    assert (
+        analyze_main(
+            [f"recording={out / 'recording.npz'}", "features=[in_comment]", "top_k=3", f"out={tmp_path / 'again'}"]
+        )
+        == 0
+    )
+    assert pd.read_csv(tmp_path / "again" / "top_units.csv").equals(
+        top[top["feature"] == "in_comment"].reset_index(drop=True)
+    )
 
 
 def test_analyze_run_uses_its_validation_split_and_logs_artifacts(workspace, tmp_path, monkeypatch):
@@ -129,8 +170,18 @@ def test_analyze_run_uses_its_validation_split_and_logs_artifacts(workspace, tmp
     assert {"analysis/recording.npz", "analysis/top_units.csv", "analysis/explorer.html", "analysis/figures"} <= logged
 
     # analysing again finds the checkpoint, not the recording it logged under analysis/
-    assert analyze_main([f"run={run}", f"tracking.uri={workspace['uri']}", "record.length=300", "log=false",
-                         f"out={tmp_path / 'again'}"]) == 0
+    assert (
+        analyze_main(
+            [
+                f"run={run}",
+                f"tracking.uri={workspace['uri']}",
+                "record.length=300",
+                "log=false",
+                f"out={tmp_path / 'again'}",
+            ]
+        )
+        == 0
+    )
 
 
 def test_analyze_run_without_best_checkpoint_uses_its_latest_and_says_so(workspace, tmp_path, monkeypatch, capsys):
@@ -142,12 +193,27 @@ def test_analyze_run_without_best_checkpoint_uses_its_latest_and_says_so(workspa
     latest.write_bytes(workspace["checkpoint"].read_bytes())
     client.log_artifact(run, str(latest), "checkpoints")
     client.set_terminated(run)
-    assert analyze_main([f"run={run}", f"tracking.uri={workspace['uri']}", f"text={workspace['text']}",
-                         "record.length=300", "log=false", "features=[in_comment]"]) == 0
-    assert f"run {run} has no best.npz (it never evaluated on validation text): analysing its " \
-           "checkpoints/latest.npz" in capsys.readouterr().out
-    assert Recording.load(tmp_path / "outputs" / "analysis" / run / "recording.npz").meta["checkpoint"] == \
-        "checkpoints/latest.npz"
+    assert (
+        analyze_main(
+            [
+                f"run={run}",
+                f"tracking.uri={workspace['uri']}",
+                f"text={workspace['text']}",
+                "record.length=300",
+                "log=false",
+                "features=[in_comment]",
+            ]
+        )
+        == 0
+    )
+    assert (
+        f"run {run} has no best.npz (it never evaluated on validation text): analysing its "
+        "checkpoints/latest.npz" in capsys.readouterr().out
+    )
+    assert (
+        Recording.load(tmp_path / "outputs" / "analysis" / run / "recording.npz").meta["checkpoint"]
+        == "checkpoints/latest.npz"
+    )
 
 
 @pytest.mark.parametrize(
@@ -203,20 +269,35 @@ def test_compare_sweep_has_one_row_per_child_and_logs_figures_to_parent(workspac
     assert table["unit score: line_position"].tolist() == pytest.approx(table["model.hidden_size"] / 100)
     assert table["unit score: in_comment"].tolist() == pytest.approx(table["optim.lr"])
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].startswith("| run_name | status | model.hidden_size | optim.lr | val/best_loss | final "
-                                 "val/loss | line_position | in_comment |")
+    assert printed[0].startswith(
+        "| run_name | status | model.hidden_size | optim.lr | val/best_loss | final "
+        "val/loss | line_position | in_comment |"
+    )
     assert "h64-lr0.1" in printed[2]  # the leaderboard's first row
-    for name in ("report.html", "curves.png", "val_loss_vs_params.png", "parallel.png", "heatmap.png",
-                 "unit_scores_vs_param.png"):
+    for name in (
+        "report.html",
+        "curves.png",
+        "val_loss_vs_params.png",
+        "parallel.png",
+        "heatmap.png",
+        "unit_scores_vs_param.png",
+    ):
         assert (out / name).stat().st_size > 5000
     assert all(name in (out / "report.html").read_text() for name in table["run_name"])  # the sweep's report
     logged = {a.path for a in MlflowClient(workspace["uri"]).list_artifacts(parent, "compare")}
-    assert {"compare/report.html", "compare/runs.csv", "compare/leaderboard.md", "compare/curves.png",
-            "compare/heatmap.png", "compare/unit_scores_vs_param.png"} <= logged
+    assert {
+        "compare/report.html",
+        "compare/runs.csv",
+        "compare/leaderboard.md",
+        "compare/curves.png",
+        "compare/heatmap.png",
+        "compare/unit_scores_vs_param.png",
+    } <= logged
 
     # Without a parent the whole experiment is listed, minus the sweep's parent itself.
-    assert compare_main(["tracking.experiment=study", f"tracking.uri={workspace['uri']}",
-                         f"out={tmp_path / 'all'}"]) == 0
+    assert (
+        compare_main(["tracking.experiment=study", f"tracking.uri={workspace['uri']}", f"out={tmp_path / 'all'}"]) == 0
+    )
     listed = pd.read_csv(tmp_path / "all" / "runs.csv")
     assert parent not in set(listed["run_id"]) and set(workspace["children"]) <= set(listed["run_id"])
 
@@ -243,19 +324,24 @@ def test_compare_bad_input_is_one_error_line(workspace, tmp_path, monkeypatch, c
 def test_compare_parent_in_another_experiment_is_an_error(workspace, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     MlflowClient(workspace["uri"]).create_experiment("other")
-    assert compare_main([f"parent={workspace['parent']}", "tracking.experiment=other",
-                         f"tracking.uri={workspace['uri']}"]) == 2
+    assert (
+        compare_main([f"parent={workspace['parent']}", "tracking.experiment=other", f"tracking.uri={workspace['uri']}"])
+        == 2
+    )
     assert "is not in experiment 'other' (it is in 'study')" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command, old, new", [
-    ("charrnn-analyze", "tracking_uri=sqlite:///mlflow.db", "tracking.uri"),
-    ("charrnn-analyze", "data_path=x.txt", "data.path"),
-    ("charrnn-analyze", "length=500", "record.length"),
-    ("charrnn-compare", "tracking_uri=sqlite:///mlflow.db", "tracking.uri"),
-    # experiment is a config group of charrnn-train, so Hydra, not the schema, refuses it here
-    ("charrnn-compare", "experiment=grid", None),
-])
+@pytest.mark.parametrize(
+    "command, old, new",
+    [
+        ("charrnn-analyze", "tracking_uri=sqlite:///mlflow.db", "tracking.uri"),
+        ("charrnn-analyze", "data_path=x.txt", "data.path"),
+        ("charrnn-analyze", "length=500", "record.length"),
+        ("charrnn-compare", "tracking_uri=sqlite:///mlflow.db", "tracking.uri"),
+        # experiment is a config group of charrnn-train, so Hydra, not the schema, refuses it here
+        ("charrnn-compare", "experiment=grid", None),
+    ],
+)
 def test_old_spellings_fail_with_one_line_naming_the_new_key(cli, tmp_path, command, old, new):
     result = cli(command, old)
     key = old.split("=", 1)[0]
@@ -267,15 +353,17 @@ def test_old_spellings_fail_with_one_line_naming_the_new_key(cli, tmp_path, comm
     assert list(tmp_path.iterdir()) == []
 
 
-def test_console_scripts_honour_mlflow_tracking_uri_and_leave_only_their_output(cli, workspace, tmp_path,
-                                                                                  monkeypatch):
+def test_console_scripts_honour_mlflow_tracking_uri_and_leave_only_their_output(cli, workspace, tmp_path, monkeypatch):
     """MLFLOW_TRACKING_URI stands in for tracking.uri; out=null is the default folder, not one named "null"; no
     Hydra output folder, .hydra/ or log file appears."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", workspace["uri"])
     result = cli("charrnn-compare", f"parent={workspace['parent']}", "out=null")
     assert result.returncode == 0, result.stderr
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_dir()) == \
-        ["outputs", "outputs/compare", "outputs/compare/study"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_dir()) == [
+        "outputs",
+        "outputs/compare",
+        "outputs/compare/study",
+    ]
     assert not list(tmp_path.rglob("*.log"))
 
 
@@ -287,53 +375,103 @@ def test_console_scripts_report_a_missing_store_in_one_line(cli, tmp_path, monke
     assert not (tmp_path / "mlflow.db").exists()  # reading never creates an empty store
 
 
-@pytest.mark.parametrize("command, arg, line", [
-    ("charrnn-compare", "parnt=abc", "error: unknown key parnt: did you mean parent? (--help lists every key)"),
-    ("charrnn-compare", "tracking.experimnt=x", "error: unknown key tracking.experimnt: did you mean "
-                                                 "tracking.experiment? (--help lists every key)"),
-    ("charrnn-analyze", "record.lenth=500", "error: unknown key record.lenth: did you mean record.length? (--help "
-                                            "lists every key)"),
-    # the hand-parsed CLI's spellings of before, and keys without their group
-    ("charrnn-analyze", "start=100", "error: unknown key start: did you mean record.start? (--help lists every key)"),
-    ("charrnn-analyze", "tracking_uri=x", "error: unknown key tracking_uri: did you mean tracking.uri? (--help lists "
-                                          "every key)"),
-    ("charrnn-analyze", "record.length=many", "error: record.length: Value 'many' of type 'str' could not be "
-                                              "converted to Integer"),
-])
+@pytest.mark.parametrize(
+    "command, arg, line",
+    [
+        ("charrnn-compare", "parnt=abc", "error: unknown key parnt: did you mean parent? (--help lists every key)"),
+        (
+            "charrnn-compare",
+            "tracking.experimnt=x",
+            "error: unknown key tracking.experimnt: did you mean tracking.experiment? (--help lists every key)",
+        ),
+        (
+            "charrnn-analyze",
+            "record.lenth=500",
+            "error: unknown key record.lenth: did you mean record.length? (--help lists every key)",
+        ),
+        # the hand-parsed CLI's spellings of before, and keys without their group
+        (
+            "charrnn-analyze",
+            "start=100",
+            "error: unknown key start: did you mean record.start? (--help lists every key)",
+        ),
+        (
+            "charrnn-analyze",
+            "tracking_uri=x",
+            "error: unknown key tracking_uri: did you mean tracking.uri? (--help lists every key)",
+        ),
+        (
+            "charrnn-analyze",
+            "record.length=many",
+            "error: record.length: Value 'many' of type 'str' could not be converted to Integer",
+        ),
+    ],
+)
 def test_an_unknown_key_or_a_bad_type_is_one_line_naming_the_key(cli, tmp_path, command, arg, line):
     result = cli(command, arg)
     assert (result.returncode, result.stderr, result.stdout) == (2, line + "\n", "")
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("command, keys", [
-    ("charrnn-analyze", ["run:", "checkpoint:", "recording:", "record:", "length:", "select:", "tracking:", "uri:",
-                         "data:", "path:"]),
-    ("charrnn-compare", ["parent:", "color_by:", "heatmap:", "tracking:", "experiment:", "uri:"]),
-])
+@pytest.mark.parametrize(
+    "command, keys",
+    [
+        (
+            "charrnn-analyze",
+            [
+                "run:",
+                "checkpoint:",
+                "recording:",
+                "record:",
+                "length:",
+                "select:",
+                "tracking:",
+                "uri:",
+                "data:",
+                "path:",
+            ],
+        ),
+        ("charrnn-compare", ["parent:", "color_by:", "heatmap:", "tracking:", "experiment:", "uri:"]),
+    ],
+)
 def test_help_lists_every_key(cli, command, keys):
     result = cli(command, "--help")
     assert result.returncode == 0 and result.stdout.startswith(f"{command}: ")
     assert all(f"\n{key}" in result.stdout or f" {key}" in result.stdout for key in keys), result.stdout
 
 
-def test_analyze_splits_the_validation_loss_by_stream_and_says_how_to_record_the_worst(workspace, tmp_path,
-                                                                                       monkeypatch, capsys):
+def test_analyze_splits_the_validation_loss_by_stream_and_says_how_to_record_the_worst(
+    workspace, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     run = workspace["run"]
-    assert analyze_main([f"run={run}", f"tracking.uri={workspace['uri']}", "record.length=300", "log=false",
-                         "top_k=1", "out=first"]) == 0
+    assert (
+        analyze_main(
+            [f"run={run}", f"tracking.uri={workspace['uri']}", "record.length=300", "log=false", "top_k=1", "out=first"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     streams = pd.read_csv(tmp_path / "first" / "val_streams.csv")
     val_start = len(TEXT) - int(len(TEXT) * 0.2)
     # the run logged no eval_batch_size: the engine's default of 32 streams, each of the same length
     assert len(streams) == 32 and streams["chars"].nunique() == 1 and streams["start"].iloc[0] == val_start
     worst = streams.loc[streams["loss"].idxmax()]
-    hint = re.search(r"record the worst stream from its cold start: (record.start=(\d+) record.length=(\d+))",
-                     printed)
+    hint = re.search(r"record the worst stream from its cold start: (record.start=(\d+) record.length=(\d+))", printed)
     assert int(hint.group(2)) == worst["start"] - val_start and int(hint.group(3)) == worst["chars"] + 1
     # the hint records exactly that stream: its text, from where it starts in the corpus
-    assert analyze_main([f"run={run}", f"tracking.uri={workspace['uri']}", *hint.group(1).split(), "log=false",
-                         "top_k=1", "out=worst"]) == 0
+    assert (
+        analyze_main(
+            [
+                f"run={run}",
+                f"tracking.uri={workspace['uri']}",
+                *hint.group(1).split(),
+                "log=false",
+                "top_k=1",
+                "out=worst",
+            ]
+        )
+        == 0
+    )
     rec = Recording.load(tmp_path / "worst" / "recording.npz")
     assert rec.offsets[0] == worst["start"] and len(rec.text) == worst["chars"] + 1

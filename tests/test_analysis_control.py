@@ -21,21 +21,29 @@ FEATURES = ["in_double_quotes", "line_position", "bracket_depth", "indentation",
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
-    """A 2-layer LSTM trained for 60 iterations, then `charrnn-analyze run=<id>` over (up to) 600 validation characters."""
+    """A 2-layer LSTM trained for 60 iterations, then `charrnn-analyze run=<id>` on up to 600 validation chars."""
     root = tmp_path_factory.mktemp("control")
     text = write_small_text(root)
-    trained = run_cli("charrnn-train", *tiny(text, "model=lstm", "model.num_layers=2", "record.enabled=false"),
-                      cwd=root)
+    trained = run_cli(
+        "charrnn-train", *tiny(text, "model=lstm", "model.num_layers=2", "record.enabled=false"), cwd=root
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("charrnn").experiment_id])[0].info.run_id
     out = root / "out"
-    analysed = run_cli("charrnn-analyze", f"run={run}", "record.length=600", f"features=[{','.join(FEATURES)}]",
-                       f"out={out}", cwd=root)
+    analysed = run_cli(
+        "charrnn-analyze", f"run={run}", "record.length=600", f"features=[{','.join(FEATURES)}]", f"out={out}", cwd=root
+    )
     assert analysed.returncode == 0, analysed.stderr[-3000:]
     model = load_model(client.download_artifacts(run, "checkpoints/best.npz", str(root)))
-    return {"client": client, "run": run, "out": out, "stdout": analysed.stdout, "model": model,
-            "recording": Recording.load(out / "recording.npz")}
+    return {
+        "client": client,
+        "run": run,
+        "out": out,
+        "stdout": analysed.stdout,
+        "model": model,
+        "recording": Recording.load(out / "recording.npz"),
+    }
 
 
 def test_shuffle_within_lines_keeps_each_line_s_characters_and_length_and_is_deterministic(tmp_path):
@@ -99,8 +107,13 @@ def test_gate_saturation_table_is_the_fraction_of_steps_below_and_above_the_boun
 
 
 def test_a_recording_alone_has_no_model_for_the_controls_and_says_so(analysed, tmp_path):
-    result = run_cli("charrnn-analyze", f"recording={analysed['out'] / 'recording.npz'}", "features=[in_string]",
-                     f"out={tmp_path / 'again'}", cwd=tmp_path)
+    result = run_cli(
+        "charrnn-analyze",
+        f"recording={analysed['out'] / 'recording.npz'}",
+        "features=[in_string]",
+        f"out={tmp_path / 'again'}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "(no controls: a recording= has no model to run on shuffled text)" in result.stdout
     assert not (tmp_path / "again" / "control.csv").exists() and (tmp_path / "again" / "gate_saturation.csv").exists()

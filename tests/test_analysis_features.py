@@ -8,12 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from charrnn_analysis.compare import (curves_figure, feature_scores_figure, metric_vs_params_figure,
-                                      param_heatmap_figure, swept_params)
+from charrnn_analysis.compare import (
+    curves_figure,
+    feature_scores_figure,
+    metric_vs_params_figure,
+    param_heatmap_figure,
+    swept_params,
+)
 from charrnn_analysis.errors import AnalysisError
+from charrnn_analysis.explorer import write_explorer
 from charrnn_analysis.features import FEATURES, compute_features, get_feature, register_feature
 from charrnn_analysis.figures import TEXT_CMAP, heatmap_figure, row_starts, text_activation_figure, varying_window
-from charrnn_analysis.explorer import write_explorer
 from charrnn_analysis.ranking import average_ranks, pearson_r, rank_units, roc_auc, select_units
 from charrnn_analysis.record import Recording
 from charrnn_analysis.report import explorer_title
@@ -56,7 +61,7 @@ def test_comments_hash_slashes_and_blocks():
 
 
 def test_strings_escapes_triple_quotes_and_hidden_comment_markers():
-    text = "a = 'it\\'s' # \"no\"\n\"\"\"x\ny\"\"\" b"
+    text = 'a = \'it\\\'s\' # "no"\n"""x\ny""" b'
     in_string = bits(get_feature("in_string")(text))
     in_comment = bits(get_feature("in_comment")(text))
     assert in_string == "0000" + "1111111" + "0" + "000000" + "0" + "1" * 9 + "00"
@@ -148,6 +153,7 @@ def test_select_units_finds_unit_on_inside_range_only():
 
 # --- figures that answer: where the feature varies, titled, labelled, legible --------------------------------------
 
+
 def contrast_with_black(rgb) -> float:
     """WCAG 2 contrast ratio of black text on the colour ``rgb`` (components in [0, 1])."""
     linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3]]
@@ -178,8 +184,13 @@ def test_varying_window_shows_the_lines_where_the_feature_changes():
 def test_text_figure_has_a_title_a_labelled_colour_bar_and_a_legend_for_the_underline():
     text = 'a "bc" d\n' * 5
     marks = get_feature("in_double_quotes")(text)
-    fig = text_activation_figure(text, np.linspace(-1, 1, len(text)), "in_double_quotes: unit h.0:1", marks=marks,
-                                 marks_label="underlined: in_double_quotes")
+    fig = text_activation_figure(
+        text,
+        np.linspace(-1, 1, len(text)),
+        "in_double_quotes: unit h.0:1",
+        marks=marks,
+        marks_label="underlined: in_double_quotes",
+    )
     text_axes, bar = fig.axes
     assert text_axes.get_title(loc="left") == "in_double_quotes: unit h.0:1"
     assert bar.get_xlabel() == "unit activation: red = -1, white = 0, blue = +1"
@@ -199,9 +210,19 @@ def sweep_table() -> tuple[pd.DataFrame, dict]:
     rows, histories = [], {}
     for i, (hidden, lr) in enumerate([(32, 0.1), (64, 0.1), (128, 0.01), (64, 0.01)]):
         run_id = f"run{i}"
-        rows.append({"run_id": run_id, "run_name": f"h={hidden} lr={lr}", "status": "FINISHED",
-                     "model.hidden_size": str(hidden), "optim.lr": str(lr), "val/best_loss": 2.0 - hidden / 1000, "final val/loss": 2.0,
-                     "unit score: line_position": hidden / 200, "unit score: in_comment": lr})
+        rows.append(
+            {
+                "run_id": run_id,
+                "run_name": f"h={hidden} lr={lr}",
+                "status": "FINISHED",
+                "model.hidden_size": str(hidden),
+                "optim.lr": str(lr),
+                "val/best_loss": 2.0 - hidden / 1000,
+                "final val/loss": 2.0,
+                "unit score: line_position": hidden / 200,
+                "unit score: in_comment": lr,
+            }
+        )
         histories[run_id] = {key: (np.array([0, 100]), np.array([3.0, 2.0])) for key in ("train/loss", "val/loss")}
     return pd.DataFrame(rows), histories
 
@@ -210,8 +231,9 @@ def test_compare_figures_say_what_they_show():
     table, histories = sweep_table()
     curves = curves_figure(table, histories, ["model.hidden_size", "optim.lr"])
     assert curves.get_suptitle() == "learning curves of 4 runs"
-    assert [ax.get_title() for ax in curves.axes] == [f"{m}, coloured by {k}" for k in ("model.hidden_size", "optim.lr")
-                                                      for m in ("train/loss", "val/loss")]
+    assert [ax.get_title() for ax in curves.axes] == [
+        f"{m}, coloured by {k}" for k in ("model.hidden_size", "optim.lr") for m in ("train/loss", "val/loss")
+    ]
     legends = [ax.get_legend() for ax in curves.axes if ax.get_legend()]
     assert [legend.get_title().get_text() for legend in legends] == ["model.hidden_size", "optim.lr"]
     assert [t.get_text() for t in legends[0].get_texts()] == ["32", "64", "128"]  # numeric order, one per value
@@ -255,8 +277,14 @@ def test_the_sweep_report_is_one_page_that_needs_no_network(tmp_path):
     assert [t.showlegend for t in by_lr.data].count(True) == 2, "one legend entry per lr"
     assert len(set(t.line.color for t in by_lr.data)) == 2
     files = write_sweep_report(table, histories, tmp_path, "sweep demo", keys)
-    assert [f.name for f in files] == ["report.html", "runs.csv", "leaderboard.md", "curves.png",
-                                       "val_loss_vs_params.png", "parallel.png"]
+    assert [f.name for f in files] == [
+        "report.html",
+        "runs.csv",
+        "leaderboard.md",
+        "curves.png",
+        "val_loss_vs_params.png",
+        "parallel.png",
+    ]
     page = (tmp_path / "report.html").read_text()
     scripts = ScriptTags()
     scripts.feed(page)
@@ -281,14 +309,33 @@ class ScriptTags(HTMLParser):
 def test_the_explorer_opens_on_the_strongest_unit_and_is_titled_by_what_it_shows(tmp_path):
     text = "ab" * 20
     A = np.stack([np.linspace(-1, 1, len(text))] * 3, axis=1)
-    top = pd.DataFrame({"feature": ["f", "g", "g"], "kind": ["continuous"] * 3, "rank": [1, 1, 2],
-                        "unit": ["h.0:0", "h.0:2", "h.0:1"], "score": [0.2, 0.9, 0.5], "r": [0.2, 0.9, 0.5],
-                        "auc": [np.nan] * 3, "sign": [1, 1, 1]})
+    top = pd.DataFrame(
+        {
+            "feature": ["f", "g", "g"],
+            "kind": ["continuous"] * 3,
+            "rank": [1, 1, 2],
+            "unit": ["h.0:0", "h.0:2", "h.0:1"],
+            "score": [0.2, 0.9, 0.5],
+            "r": [0.2, 0.9, 0.5],
+            "auc": [np.nan] * 3,
+            "sign": [1, 1, 1],
+        }
+    )
     page = write_explorer(tmp_path / "explorer.html", text, A, ["h.0:0", "h.0:1", "h.0:2"], top, "t", 0, "corpus")
     assert '"initial": 2' in page.read_text(), "h.0:2 scores 0.9, above the first feature's unit"
-    recording = Recording(text, np.arange(len(text)), np.zeros(len(text), np.float32), {"h.0": A},
-                          {"cell": "lstm", "num_layers": 2, "hidden_size": 64, "run_id": "abc123",
-                           "text_source": "the validation text of pystdlib"})
+    recording = Recording(
+        text,
+        np.arange(len(text)),
+        np.zeros(len(text), np.float32),
+        {"h.0": A},
+        {
+            "cell": "lstm",
+            "num_layers": 2,
+            "hidden_size": 64,
+            "run_id": "abc123",
+            "text_source": "the validation text of pystdlib",
+        },
+    )
     assert explorer_title(recording) == "lstm 2x64 on the validation text of pystdlib (run abc123)"
 
 
@@ -296,8 +343,13 @@ def test_validation_streams_are_the_loss_training_measured_stream_by_stream():
     trainer = small_trainer("lstm", layers=2, max_iters=20)
     trainer.run()
     split = len(TEXT) * 9 // 10
-    model = Model(trainer.params, trainer.model_config, trainer.vocab, {},
-                  {"train.eval_batch_size": "4", "train.seq_length": "10", "train.eval_max_chars": "None"})
+    model = Model(
+        trainer.params,
+        trainer.model_config,
+        trainer.vocab,
+        {},
+        {"train.eval_batch_size": "4", "train.seq_length": "10", "train.eval_max_chars": "None"},
+    )
     table = validation_streams(model, TEXT[split:], split)
     streams = trainer.evaluate_streams()
     assert list(table["start"]) == list(split + streams.starts) and list(table["loss"]) == list(streams.per_stream)

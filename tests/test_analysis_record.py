@@ -10,15 +10,19 @@ from charrnn.data import Vocab
 from charrnn.model import ModelConfig, forward, init_params, init_state, softmax_cross_entropy
 from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.explorer import write_explorer
-from charrnn_analysis.figures import (gate_saturation_figure, gradient_flow_figure, heatmap_figure, save_figure,
-                                      text_activation_figure)
+from charrnn_analysis.figures import (
+    gate_saturation_figure,
+    gradient_flow_figure,
+    heatmap_figure,
+    save_figure,
+    text_activation_figure,
+)
 from charrnn_analysis.gradients import hidden_state_gradients, recurrent_spectra
 from charrnn_analysis.ranking import rank_units
 from charrnn_analysis.record import Recording, record
 
 TEXT = "".join(
-    f'def f{i}(x, y=[{i}, ({i} + 1)]):\n    # note {i}\n    return "s{i}" + \'t\' + str(x)  // {i}\n'
-    for i in range(40)
+    f"def f{i}(x, y=[{i}, ({i} + 1)]):\n    # note {i}\n    return \"s{i}\" + 't' + str(x)  // {i}\n" for i in range(40)
 )
 STATES = {"rnn": ["h"], "lstm": ["h", "c", "i", "f", "o", "g"], "gru": ["h", "r", "z", "n"]}
 
@@ -109,8 +113,11 @@ def test_hidden_state_gradients_match_finite_differences(cell):
         state = [(state[0][0] + delta, *state[0][1:])]
         logits_t = (state[0][0] @ params["Why"].T + params["by"])[None]
         logits_tail, _, _ = forward(params, config, inputs[t + 1 :], state)
-        return (softmax_cross_entropy(logits_head[:t], targets[:t])[0] + softmax_cross_entropy(logits_t, targets[t : t + 1])[0]
-                + softmax_cross_entropy(logits_tail, targets[t + 1 :])[0])
+        return (
+            softmax_cross_entropy(logits_head[:t], targets[:t])[0]
+            + softmax_cross_entropy(logits_t, targets[t : t + 1])[0]
+            + softmax_cross_entropy(logits_tail, targets[t + 1 :])[0]
+        )
 
     numeric = np.zeros_like(dh)
     for index in np.ndindex(*dh.shape):
@@ -132,12 +139,19 @@ def test_figures_are_written_and_not_blank(tmp_path):
         save_figure(text_activation_figure(rec.text[:800], rec.unit("c.0:1")[:800], "c.0:1"), tmp_path / "text.png"),
         save_figure(heatmap_figure(rec.layer("h", 1)[:100], rec.text[:100], "h1"), tmp_path / "heat.png"),
         save_figure(gate_saturation_figure(rec), tmp_path / "sat.png"),
-        save_figure(gradient_flow_figure(params, config, vocab.encode(TEXT[:60]).reshape(2, 30).T[:-1],
-                                         vocab.encode(TEXT[:60]).reshape(2, 30).T[1:]), tmp_path / "grad.png"),
+        save_figure(
+            gradient_flow_figure(
+                params,
+                config,
+                vocab.encode(TEXT[:60]).reshape(2, 30).T[:-1],
+                vocab.encode(TEXT[:60]).reshape(2, 30).T[1:],
+            ),
+            tmp_path / "grad.png",
+        ),
     ]
     for path in paths:
         assert pixels_vary(path), path
-    assert set(recurrent_spectra(params, config)) == {f"layer {l} / {g}" for l in (0, 1) for g in "ifog"}
+    assert set(recurrent_spectra(params, config)) == {f"layer {layer} / {g}" for layer in (0, 1) for g in "ifog"}
     rnn_params, rnn_config, _ = tiny_model("rnn")
     with pytest.raises(AnalysisError, match="no gates"):
         gate_saturation_figure(record(rnn_params, rnn_config, vocab, TEXT[:50]))
@@ -173,7 +187,8 @@ def test_a_checkpoint_leads_back_to_its_own_validation_split(tmp_path):
     vocab = Vocab.from_text(text)
     config = ModelConfig("rnn", vocab.size, 4)
     meta = {"data.name": "file", "data.path": str(corpus), "train.val_fraction": 0.25, "train.seq_length": 10}
-    path = save_checkpoint(tmp_path / "m.npz", Checkpoint(init_params(config, np.random.default_rng(0)), vocab,
-                                                          config, metadata=meta))
+    path = save_checkpoint(
+        tmp_path / "m.npz", Checkpoint(init_params(config, np.random.default_rng(0)), vocab, config, metadata=meta)
+    )
     val, offset, _ = validation_text(model_from_checkpoint(str(path)))
     assert offset == len(text) - len(text) // 4 and val == text[offset:]

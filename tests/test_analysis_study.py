@@ -18,8 +18,8 @@ from charrnn_analysis.study import is_settings_search
 from charrnn_analysis.trained_run import FinishedRunRecorder, record_finished_run
 from conftest import small_trainer, tiny
 
-
 # --- every finished training run records its hidden state; a sweep's compare reads it back ---------------------
+
 
 def finished_runs(cwd: Path) -> list:
     client = MlflowClient(f"sqlite:///{cwd}/mlflow.db")
@@ -27,8 +27,7 @@ def finished_runs(cwd: Path) -> list:
     return client, [r for r in runs if r.info.status == "FINISHED"]
 
 
-def test_every_finished_run_records_its_validation_slice_and_compare_reads_the_unit_scores(cli, small_text,
-                                                                                          tmp_path):
+def test_every_finished_run_records_its_validation_slice_and_compare_reads_the_unit_scores(cli, small_text, tmp_path):
     out = cli("charrnn-train", "-m", *tiny(small_text), "model.hidden_size=4,8", "record.length=300")
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("recorded the hidden state on 300 validation characters in ") == 2
@@ -46,8 +45,7 @@ def test_every_finished_run_records_its_validation_slice_and_compare_reads_the_u
         assert rec.meta["hidden_size"] == int(child.data.params["model.hidden_size"])
 
     parent = children[0].data.tags[MLFLOW_PARENT_RUN_ID]
-    compared = cli("charrnn-compare", f"parent={parent}", f"out={tmp_path / 'cmp'}",
-                   "tracking.uri=sqlite:///mlflow.db")
+    compared = cli("charrnn-compare", f"parent={parent}", f"out={tmp_path / 'cmp'}", "tracking.uri=sqlite:///mlflow.db")
     assert compared.returncode == 0, compared.stderr
     table = pd.read_csv(tmp_path / "cmp" / "runs.csv")
     scores = table[[c for c in table.columns if c.startswith("unit score: ")]]
@@ -70,15 +68,15 @@ def test_a_run_without_validation_text_skips_recording_with_a_message(capsys, tm
     settings = {"enabled": True, "start": 0, "length": 100, "chunk": 64, "dtype": "float16"}
     logged = []
     assert record_finished_run(params, config, vocab, None, 0, settings, tmp_path, logged.append, 1.0) is None
-    assert capsys.readouterr().out == "hidden state not recorded: the run has no validation text " \
-                                      "(train.val_fraction=0)\n"
+    assert (
+        capsys.readouterr().out == "hidden state not recorded: the run has no validation text (train.val_fraction=0)\n"
+    )
     assert logged == [] and list(tmp_path.iterdir()) == []
     # a validation text shorter than record.length is recorded whole
     val = vocab.encode("abcab" * 4)
     top = record_finished_run(params, config, vocab, val, 7, settings, tmp_path, logged.append, 1.0)
     assert logged == [tmp_path] and len(top) == 9 * 4  # every feature, all four units
-    assert Recording.load(tmp_path / "recording.npz").text == \
-        "abcab" * 4
+    assert Recording.load(tmp_path / "recording.npz").text == "abcab" * 4
 
 
 def test_the_recorder_callback_records_a_finished_training_and_not_a_stopped_one(capsys, tmp_path):
@@ -112,8 +110,11 @@ def test_compare_of_a_seed_sweep_writes_the_study_table_with_mean_and_std_over_s
     vocab_size = Vocab.from_text(small_text.read_text()).size
     for cell in ("rnn", "gru"):
         mine = [r for r in children if r.data.params["model.cell"] == cell]
-        best = [min(m.value for m in client.get_metric_history(r.info.run_id, "val/loss"))
-                for r in mine if r.info.status == "FINISHED"]
+        best = [
+            min(m.value for m in client.get_metric_history(r.info.run_id, "val/loss"))
+            for r in mine
+            if r.info.status == "FINISHED"
+        ]
         assert sorted(r.data.params["train.seed"] for r in mine if r.info.status == "FINISHED") == ["1", "2"]
         row = study.loc[cell]
         assert row["n seeds"] == 2 and row["not finished"] == "seed -1 FAILED"
@@ -126,22 +127,38 @@ def test_compare_of_a_seed_sweep_writes_the_study_table_with_mean_and_std_over_s
     printed = compared.stdout
     assert "study: val/best_loss per configuration, mean ± sample std (ddof=1)" in printed
     rnn = study.loc["rnn"]
-    assert f"| file | rnn | 1 | 8 | 0.1 | 0.0 | {int(rnn['num params']):,} | {rnn['val/best_loss mean']:.3f} ± " \
-           f"{rnn['val/best_loss std']:.3f} | 2 | seed -1 FAILED |" in printed
+    assert (
+        f"| file | rnn | 1 | 8 | 0.1 | 0.0 | {int(rnn['num params']):,} | {rnn['val/best_loss mean']:.3f} ± "
+        f"{rnn['val/best_loss std']:.3f} | 2 | seed -1 FAILED |" in printed
+    )
     for name in ("study_val_curves.png", "study_loss_vs_params.png"):
         assert (tmp_path / "cmp" / name).stat().st_size > 5000
     logged = {a.path for a in client.list_artifacts(parent, "compare")}
-    assert {"compare/study.csv", "compare/study.md", "compare/study_val_curves.png",
-            "compare/study_loss_vs_params.png"} <= logged
+    assert {
+        "compare/study.csv",
+        "compare/study.md",
+        "compare/study_val_curves.png",
+        "compare/study_loss_vs_params.png",
+    } <= logged
 
 
 def test_a_settings_search_tries_several_lrs_on_one_model_and_a_study_tries_one_per_model():
-    model = {"data.name": "pystdlib", "model.cell": "lstm", "model.num_layers": 1, "study.budget": "50k",
-             "model.dropout": 0.0}
+    model = {
+        "data.name": "pystdlib",
+        "model.cell": "lstm",
+        "model.num_layers": 1,
+        "study.budget": "50k",
+        "model.dropout": 0.0,
+    }
     search = pd.DataFrame([{**model, "optim.lr": lr} for lr in (0.002, 0.005, 0.01)])
     assert is_settings_search(search)
     # paper_cells: the lr differs between models, each at its one chosen lr (and two seeds)
-    study = pd.DataFrame([{**model, "model.cell": cell, "optim.lr": lr, "train.seed": seed}
-                          for cell, lr in (("rnn", 0.002), ("lstm", 0.01)) for seed in (1, 2)])
+    study = pd.DataFrame(
+        [
+            {**model, "model.cell": cell, "optim.lr": lr, "train.seed": seed}
+            for cell, lr in (("rnn", 0.002), ("lstm", 0.01))
+            for seed in (1, 2)
+        ]
+    )
     assert not is_settings_search(study)
     assert is_settings_search(study.assign(**{"model.dropout": [0.0, 0.1, 0.0, 0.0]}))

@@ -25,20 +25,23 @@ def test_sample_from_a_run_id_and_from_a_checkpoint(cli, small_text, tmp_path):
     assert c.returncode == 0 and len(c.stdout) == 30 + 1
 
 
-@pytest.mark.parametrize("args, words", [
-    ([], "exactly one of run="),
-    (["checkpoint=missing.npz"], "missing.npz"),
-    (["run=0123456789abcdef0123456789abcdef"], "no tracking store at"),
-    (["checkpoint=x.npz", "top_k=0"], "top_k must be a positive integer (or None), got 0"),
-    (["checkpoint=x.npz", "top_k=2.5"], "top_k must be a positive integer"),
-    (["checkpoint=x.npz", "length=-5"], "length must be an integer >= 0, got -5"),
-    (["checkpoint=x.npz", "length=ten"], "length must be an integer >= 0, got 'ten'"),
-    (["checkpoint=x.npz", "seed=-1"], "seed must be an integer >= 0, got -1"),
-    (["checkpoint=x.npz", "seed=1.5"], "seed must be an integer"),
-    (["checkpoint=x.npz", "argmax=yes"], "argmax must be true or false, got 'yes'"),
-    (["checkpoint=x.npz", "argmax=1"], "argmax must be true or false, got 1"),
-    (["checkpoint=x.npz", "temperature=nan"], "temperature must be a finite number, got nan"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ([], "exactly one of run="),
+        (["checkpoint=missing.npz"], "missing.npz"),
+        (["run=0123456789abcdef0123456789abcdef"], "no tracking store at"),
+        (["checkpoint=x.npz", "top_k=0"], "top_k must be a positive integer (or None), got 0"),
+        (["checkpoint=x.npz", "top_k=2.5"], "top_k must be a positive integer"),
+        (["checkpoint=x.npz", "length=-5"], "length must be an integer >= 0, got -5"),
+        (["checkpoint=x.npz", "length=ten"], "length must be an integer >= 0, got 'ten'"),
+        (["checkpoint=x.npz", "seed=-1"], "seed must be an integer >= 0, got -1"),
+        (["checkpoint=x.npz", "seed=1.5"], "seed must be an integer"),
+        (["checkpoint=x.npz", "argmax=yes"], "argmax must be true or false, got 'yes'"),
+        (["checkpoint=x.npz", "argmax=1"], "argmax must be true or false, got 1"),
+        (["checkpoint=x.npz", "temperature=nan"], "temperature must be a finite number, got nan"),
+    ],
+)
 def test_sample_bad_input_is_one_line(cli, tmp_path, args, words):
     out = cli("charrnn-sample", *args)
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -58,9 +61,13 @@ def test_a_run_never_evaluated_samples_from_its_latest_checkpoint_and_says_so(cl
 def test_ctrl_c_during_a_long_sample_keeps_what_was_generated(cli, small_text, tmp_path):
     assert cli("charrnn-train", *tiny(small_text)).returncode == 0
     ckpt = next(tmp_path.glob("outputs/**/checkpoints/latest.npz"))
-    proc = subprocess.Popen([str(BIN / "charrnn-sample"), f"checkpoint={ckpt}", "length=100000000",
-                             "prime=def", "seed=2"], cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(BIN / "charrnn-sample"), f"checkpoint={ckpt}", "length=100000000", "prime=def", "seed=2"],
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     first = proc.stdout.read(1)  # the first buffer of text is out
     proc.send_signal(signal.SIGINT)
     stdout = first + proc.stdout.read()  # (read, not communicate: the text stream holds what it buffered)
@@ -75,7 +82,8 @@ def test_ctrl_c_during_a_long_sample_keeps_what_was_generated(cli, small_text, t
 
 
 def test_train_and_sample_use_mlflow_tracking_uri_when_tracking_uri_is_not_given(
-        cli, small_text, tmp_path, monkeypatch):
+    cli, small_text, tmp_path, monkeypatch
+):
     store = tmp_path / "elsewhere" / "store.db"
     store.parent.mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
@@ -97,8 +105,7 @@ def test_job_against_a_real_tracking_server(cli, small_text, tmp_path, mlflow_se
     work = tmp_path / "work"
     work.mkdir()
     url = mlflow_server.url
-    out = cli("charrnn-train", *tiny(small_text), f"tracking.uri={url}",
-              "tracking.experiment=served", cwd=work)
+    out = cli("charrnn-train", *tiny(small_text), f"tracking.uri={url}", "tracking.experiment=served", cwd=work)
     assert out.returncode == 0, out.stderr[-3000:]
     assert not (work / "mlflow.db").exists()
     run_id = re.search(r"run id:\s+(\w+)", out.stdout).group(1)

@@ -34,8 +34,9 @@ def sweep_runs(cwd: Path, experiment: str = "charrnn"):
 
 def check_children(client, children, n):
     assert len(children) == n
-    assert all(c.info.status == "FINISHED" for c in children), \
-        [(c.info.status, c.data.tags.get("charrnn.reason")) for c in children]
+    assert all(c.info.status == "FINISHED" for c in children), [
+        (c.info.status, c.data.tags.get("charrnn.reason")) for c in children
+    ]
     assert sorted(int(c.data.tags["charrnn.job"]) for c in children) == list(range(n))
     for c in children:
         # every metric point of every job made it into the shared store
@@ -54,8 +55,7 @@ def best_val_loss(client, run) -> float:
 def test_2x2_sweep_in_parallel_from_a_fresh_store(cli, small_text, tmp_path, monkeypatch):
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)  # the launcher, not the caller, must keep BLAS within the cores
-    out = cli("charrnn-train", "-m", "hydra/launcher=charrnn", "hydra.launcher.n_jobs=4",
-              *tiny(small_text), *GRID)
+    out = cli("charrnn-train", "-m", "hydra/launcher=charrnn", "hydra.launcher.n_jobs=4", *tiny(small_text), *GRID)
     assert out.returncode == 0, out.stderr[-3000:]
     client, parent, children = sweep_runs(tmp_path)
     check_children(client, children, 4)
@@ -75,25 +75,35 @@ def test_2x2_sweep_in_parallel_from_a_fresh_store(cli, small_text, tmp_path, mon
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["charrnn.best_child_run_id"] == best.info.run_id
     assert parent.data.metrics["val/best_loss"] == best_val_loss(client, best)
-    assert {k for k in parent.data.params if k.startswith("best.")} == {"best.model.hidden_size",
-                                                                        "best.train.seq_length"}
+    assert {k for k in parent.data.params if k.startswith("best.")} == {
+        "best.model.hidden_size",
+        "best.train.seq_length",
+    }
     assert parent.data.params["best.model.hidden_size"] == best.data.params["model.hidden_size"]
     # the end of the output: a leaderboard line per child, the parent id and the UI address of the runs table
-    leaderboard = out.stdout[out.stdout.index("status    val/best_loss  iters  job"):]
+    leaderboard = out.stdout[out.stdout.index("status    val/best_loss  iters  job") :]
     for c in children:
         assert re.search(rf"FINISHED +{best_val_loss(client, c):.4f} +60  {c.info.run_name}\n", leaderboard)
     assert f"parent run id: {parent.info.run_id}" in out.stdout
     experiment_id = parent.info.experiment_id
-    assert (f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db, then open "
-            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-            "&viewStateShareKey=charrnn-losses\n") in out.stdout
+    assert (
+        f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db, then open "
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        "&viewStateShareKey=charrnn-losses\n"
+    ) in out.stdout
     # each job's output lines carry its short name
     assert re.search(r"^\[h=16 T=8\] .*iter 60 \| .*val/bpc", out.stdout, re.MULTILINE)
 
 
 def test_hydra_launcher_joblib_is_hydras_own_launcher_and_still_tracked(cli, small_text, tmp_path):
-    out = cli("charrnn-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *tiny(small_text),
-              "model.hidden_size=8,16")
+    out = cli(
+        "charrnn-train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *tiny(small_text),
+        "model.hidden_size=8,16",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Joblib.Parallel(" in out.stderr + out.stdout, "Hydra's joblib launcher ran the jobs"
     assert not re.search(r"^\[h=", out.stdout, re.MULTILINE), "not charrnn's launcher, which labels job output"
@@ -111,20 +121,36 @@ def test_a_sweep_that_cannot_start_ends_with_one_error_line_and_runs_no_job(smal
     shim = tmp_path / "shim"
     shim.mkdir()
     (shim / "cloudpickle.py").write_text('raise ImportError("this cloudpickle is broken")\n')
-    out = subprocess.run([str(BIN / "charrnn-train"), "-m", "hydra/launcher=charrnn", *tiny(small_text),
-                          "model.hidden_size=8,16"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                         stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(shim)})
+    out = subprocess.run(
+        [str(BIN / "charrnn-train"), "-m", "hydra/launcher=charrnn", *tiny(small_text), "model.hidden_size=8,16"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(shim)},
+    )
     assert (out.returncode, out.stderr) == (
-        2, "error: the sweep could not start: ImportError: this cloudpickle is broken\n"), out.stdout[-3000:]
+        2,
+        "error: the sweep could not start: ImportError: this cloudpickle is broken\n",
+    ), out.stdout[-3000:]
     assert not (tmp_path / "mlflow.db").exists(), "no store, so no parent run and no child run"
     assert not (tmp_path / "multirun").exists(), "no job output folder"
 
 
 def test_n_jobs_0_is_refused_with_one_error_line_before_anything_is_created(cli, small_text, tmp_path):
-    out = cli("charrnn-train", "-m", "hydra/launcher=charrnn", "hydra.launcher.n_jobs=0", *tiny(small_text),
-              "model.hidden_size=8,16")
+    out = cli(
+        "charrnn-train",
+        "-m",
+        "hydra/launcher=charrnn",
+        "hydra.launcher.n_jobs=0",
+        *tiny(small_text),
+        "model.hidden_size=8,16",
+    )
     assert (out.returncode, out.stderr) == (
-        2, "error: hydra.launcher.n_jobs=0 runs no job: give a count, or -1 for one per core\n")
+        2,
+        "error: hydra.launcher.n_jobs=0 runs no job: give a count, or -1 for one per core\n",
+    )
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
 
 
@@ -136,8 +162,9 @@ def test_a_failing_job_does_not_stop_the_sweep_but_fails_the_command(cli, small_
     client, parent, children = sweep_runs(tmp_path)
     status = {c.data.params["optim.lr"]: c.info.status for c in children}
     assert status == {"0.0": "FAILED", "0.1": "FINISHED"}  # params hold the typed value: optim.lr is a float
-    assert parent.data.tags["charrnn.best_child_run_id"] in {c.info.run_id for c in children
-                                                             if c.info.status == "FINISHED"}
+    assert parent.data.tags["charrnn.best_child_run_id"] in {
+        c.info.run_id for c in children if c.info.status == "FINISHED"
+    }
     assert "report/report.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
 
 
@@ -178,14 +205,20 @@ def test_the_same_sweep_runs_through_cluster_launchers(cli, small_text, tmp_path
 
 
 def test_optuna_preset_searches_and_reports_the_best_trial(cli, small_text, tmp_path):
-    out = cli("charrnn-train", "experiment=optuna", *tiny(small_text),
-              "hydra.sweeper.n_trials=3", "train.seq_length=choice(8,16)",
-              "model.hidden_size=choice(8,16)")
+    out = cli(
+        "charrnn-train",
+        "experiment=optuna",
+        *tiny(small_text),
+        "hydra.sweeper.n_trials=3",
+        "train.seq_length=choice(8,16)",
+        "model.hidden_size=choice(8,16)",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     client, parent, children = sweep_runs(tmp_path, experiment="optuna")
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
-    assert all(len(c.info.run_name) <= 40 and c.info.run_name.startswith("h=") for c in children), \
-        [c.info.run_name for c in children]
+    assert all(len(c.info.run_name) <= 40 and c.info.run_name.startswith("h=") for c in children), [
+        c.info.run_name for c in children
+    ]
     assert parent.info.run_name.startswith("optuna ")
     assert parent.data.params["sweep.optim.lr"] == "tag(log, interval(0.01, 0.3))"
     best = min(best_val_loss(client, c) for c in children)
@@ -196,10 +229,20 @@ def test_optuna_preset_searches_and_reports_the_best_trial(cli, small_text, tmp_
 
 def test_grid_preset_runs_every_child_for_the_same_number_of_iterations(cli, small_text, tmp_path):
     # the preset itself, its budget cut to a few iterations and its space to 2x2 (lr and clip pinned)
-    out = cli("charrnn-train", "experiment=grid", "data=file", f"data.path={small_text}", "train.max_iters=12",
-              "train.eval_every=6", "train.log_every=6", "train.sample_every=6", "train.sample_length=10",
-              "model.hidden_size=8,16",
-              "optim.lr=0.1", "optim.clip=5")
+    out = cli(
+        "charrnn-train",
+        "experiment=grid",
+        "data=file",
+        f"data.path={small_text}",
+        "train.max_iters=12",
+        "train.eval_every=6",
+        "train.log_every=6",
+        "train.sample_every=6",
+        "train.sample_length=10",
+        "model.hidden_size=8,16",
+        "optim.lr=0.1",
+        "optim.clip=5",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     client, parent, children = sweep_runs(tmp_path, experiment="grid")
     assert sorted(c.info.run_name for c in children) == ["h=16 T=16", "h=16 T=32", "h=8 T=16", "h=8 T=32"]
@@ -211,23 +254,44 @@ def test_grid_preset_runs_every_child_for_the_same_number_of_iterations(cli, sma
     assert {c.data.tags["charrnn.stop"] for c in children} == {"max_iters"}
     assert parent.data.tags["charrnn.hit_time_cap"] == "0"
     assert parent.info.run_name.startswith("grid ")
-    assert {k for k in parent.data.params if k.startswith("sweep.")} == {"sweep.model.hidden_size",
-                                                                         "sweep.train.seq_length"}
+    assert {k for k in parent.data.params if k.startswith("sweep.")} == {
+        "sweep.model.hidden_size",
+        "sweep.train.seq_length",
+    }
 
 
 def test_paper_cells_preset_sweeps_cells_and_depths_at_matched_sizes(cli, tmp_path):
     # the preset itself on its offline corpus, one budget and seed pinned and each job cut to 3 updates
-    out = cli("charrnn-train", "experiment=paper_cells", "data=pystdlib", "study.budget=50k", "train.seed=1",
-              "train.max_iters=3", "train.batch_size=2", "train.seq_length=16", "train.eval_every=3",
-              "train.eval_max_chars=500", "train.sample_length=10", "record.length=200")
+    out = cli(
+        "charrnn-train",
+        "experiment=paper_cells",
+        "data=pystdlib",
+        "study.budget=50k",
+        "train.seed=1",
+        "train.max_iters=3",
+        "train.batch_size=2",
+        "train.seq_length=16",
+        "train.eval_every=3",
+        "train.eval_max_chars=500",
+        "train.sample_length=10",
+        "record.length=200",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     client, parent, children = sweep_runs(tmp_path, experiment="paper_cells")
     check = [(c.info.status, c.data.tags["charrnn.reason"]) for c in children]
     assert set(check) == {("FINISHED", "reached max_iters=3")}, check
-    sizes = {(c.data.params["model.cell"], c.data.params["model.num_layers"]): c.data.params["model.hidden_size"]
-             for c in children}
-    assert sizes == {("rnn", "1"): "147", ("rnn", "2"): "101", ("lstm", "1"): "67", ("lstm", "2"): "47",
-                     ("gru", "1"): "80", ("gru", "2"): "56"}
+    sizes = {
+        (c.data.params["model.cell"], c.data.params["model.num_layers"]): c.data.params["model.hidden_size"]
+        for c in children
+    }
+    assert sizes == {
+        ("rnn", "1"): "147",
+        ("rnn", "2"): "101",
+        ("lstm", "1"): "67",
+        ("lstm", "2"): "47",
+        ("gru", "1"): "80",
+        ("gru", "2"): "56",
+    }
     assert {(c.data.params["data.name"], c.data.params["study.budget"]) for c in children} == {("pystdlib", "50k")}
     assert {k for k in parent.data.params if k.startswith("sweep.")} == {"sweep.model", "sweep.model.num_layers"}
 
@@ -235,8 +299,15 @@ def test_paper_cells_preset_sweeps_cells_and_depths_at_matched_sizes(cli, tmp_pa
 def start_sweep(tmp_path: Path, *args: str) -> subprocess.Popen:
     """charrnn-train -m in its own session (a terminal's Ctrl-C reaches the whole group), output to a file."""
     log = open(tmp_path / "sweep.log", "w")
-    return subprocess.Popen([str(BIN / "charrnn-train"), "-m", *args], cwd=tmp_path, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, text=True)
+    return subprocess.Popen(
+        [str(BIN / "charrnn-train"), "-m", *args],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        text=True,
+    )
 
 
 def wait_for_output(tmp_path: Path, proc: subprocess.Popen, pattern: str, timeout: float = 180):
@@ -287,8 +358,13 @@ def check_stopped(tmp_path: Path, output: str, signame: str, in_flight: int):
 
 
 def test_sigterm_stops_the_whole_parallel_sweep(small_text, tmp_path):
-    proc = start_sweep(tmp_path, "hydra/launcher=charrnn", "hydra.launcher.n_jobs=2", *tiny(small_text, *LONG),
-                       "model.hidden_size=8,12,16")
+    proc = start_sweep(
+        tmp_path,
+        "hydra/launcher=charrnn",
+        "hydra.launcher.n_jobs=2",
+        *tiny(small_text, *LONG),
+        "model.hidden_size=8,12,16",
+    )
     for label in ("h=8", "h=12"):  # both jobs in flight are training
         wait_for_output(tmp_path, proc, rf"^\[{label}\] .*iter \d+ \| .*val/bpc")
     proc.send_signal(signal.SIGTERM)
@@ -313,8 +389,11 @@ def test_ctrl_c_stops_the_whole_serial_sweep(small_text, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_sweep_stopped_after_a_job_finished_keeps_that_job_as_its_best(small_text, tmp_path, signum):
     # serial: job 0 (60 iterations) finishes, job 1 trains until the sweep is stopped
-    proc = start_sweep(tmp_path, *tiny(small_text, "train.eval_every=100", "train.log_every=100",
-                                       "train.sample_every=0"), "train.max_iters=60,1000000")
+    proc = start_sweep(
+        tmp_path,
+        *tiny(small_text, "train.eval_every=100", "train.log_every=100", "train.sample_every=0"),
+        "train.max_iters=60,1000000",
+    )
     wait_for_output(tmp_path, proc, r"\t#1 : ")  # the basic launcher starts job 1 once job 0 has ended
     deadline = time.monotonic() + 180
     while True:  # job 1 is training (it has evaluated once) after job 0's run finished
@@ -349,8 +428,13 @@ def test_a_sweep_stopped_after_a_job_finished_keeps_that_job_as_its_best(small_t
 
 
 def test_ctrl_c_stops_the_whole_parallel_sweep(small_text, tmp_path):
-    proc = start_sweep(tmp_path, "hydra/launcher=charrnn", "hydra.launcher.n_jobs=2", *tiny(small_text, *LONG),
-                       "model.hidden_size=8,12,16")
+    proc = start_sweep(
+        tmp_path,
+        "hydra/launcher=charrnn",
+        "hydra.launcher.n_jobs=2",
+        *tiny(small_text, *LONG),
+        "model.hidden_size=8,12,16",
+    )
     for label in ("h=8", "h=12"):
         wait_for_output(tmp_path, proc, rf"^\[{label}\] .*iter \d+ \| .*val/bpc")
     os.killpg(proc.pid, signal.SIGINT)
@@ -403,16 +487,22 @@ def test_ctrl_c_stops_a_submitit_sweep(small_text, tmp_path):
     client, parent, children = sweep_runs(tmp_path)
     assert len(children) == 2 and {c.info.status for c in children} == {"KILLED"}
     assert {c.data.tags["charrnn.reason"] for c in children} <= {
-        "received SIGINT", "the sweep was stopped (SIGINT) before this job ended its run"}
+        "received SIGINT",
+        "the sweep was stopped (SIGINT) before this job ended its run",
+    }
     assert (parent.info.status, parent.data.tags["charrnn.reason"]) == ("KILLED", "stopped by SIGINT")
     assert f"parent run id: {parent.info.run_id}" in output
 
 
 def test_kill_9_of_one_job_fails_that_job_only(small_text, tmp_path):
     # job 0 trains until it is killed; job 1 has a bounded budget and must finish despite its sibling's death
-    proc = start_sweep(tmp_path, "hydra/launcher=charrnn", "hydra.launcher.n_jobs=2",
-                       *tiny(small_text, "train.eval_every=100", "train.log_every=100"),
-                       "train.max_iters=1000000,3000")
+    proc = start_sweep(
+        tmp_path,
+        "hydra/launcher=charrnn",
+        "hydra.launcher.n_jobs=2",
+        *tiny(small_text, "train.eval_every=100", "train.log_every=100"),
+        "train.max_iters=1000000,3000",
+    )
     pid = int(wait_for_output(tmp_path, proc, r"started #0 .*\(pid (\d+)\)")[0])
     wait_for_output(tmp_path, proc, r"^\[max_iters=3000\] .*iter \d+ \| .*val/bpc")
     wait_for_output(tmp_path, proc, r"^\[max_iters=1000000\] .*iter \d+ \| .*val/bpc")

@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 
 from charrnn import data
-from charrnn.data import (BatchStream, Corpus, Vocab, iter_eval_batches, load_corpus, load_text, split_corpus,
-                          split_train_val)
+from charrnn.data import (
+    BatchStream,
+    Corpus,
+    Vocab,
+    iter_eval_batches,
+    load_corpus,
+    load_text,
+    split_corpus,
+    split_train_val,
+)
 from charrnn.errors import CharRNNError, ConfigError, DataError
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
@@ -142,7 +150,7 @@ def test_pystdlib_deterministic_and_sized():
 
 
 def file_headers(text: str) -> list[str]:
-    return [line[len("# file: "):] for line in text.splitlines() if line.startswith("# file: ")]
+    return [line[len("# file: ") :] for line in text.splitlines() if line.startswith("# file: ")]
 
 
 def test_pystdlib_is_its_versioned_file_list_and_on_the_reference_python_its_reference_text():
@@ -168,9 +176,11 @@ def test_pystdlib_from_a_stdlib_that_lacks_or_changed_files_says_its_text_differ
     other = data._pystdlib_corpus(root)
     assert "colorsys.py" not in file_headers(other.text) and len(other.file_starts) == 109
     assert other.sha256 != same.sha256 and other.version == "pystdlib-v1"
-    assert other.differs.startswith(f"{platform.python_implementation()} {platform.python_version()} builds another "
-                                    f"pystdlib-v1 text (sha256 {other.sha256[:12]}..., lacking 1 of its 110 files "
-                                    "(first colorsys.py)) than the reference CPython 3.11.7 (sha256 029a84b21bec...)")
+    assert other.differs.startswith(
+        f"{platform.python_implementation()} {platform.python_version()} builds another "
+        f"pystdlib-v1 text (sha256 {other.sha256[:12]}..., lacking 1 of its 110 files "
+        "(first colorsys.py)) than the reference CPython 3.11.7 (sha256 029a84b21bec...)"
+    )
     assert "\n" not in other.differs
 
 
@@ -327,10 +337,11 @@ def test_split_corpus_of_unequal_files_comes_within_one_file_of_the_fraction():
     corpus = files_corpus(lengths)
     for fraction in (0.05, 0.1, 0.3):
         train, val = split_corpus(corpus, fraction, 25)
-        held = [int(val[start:start + 3]) for start in range(len(val)) if val[start:start + 3].isdigit()]
+        held = [int(val[start : start + 3]) for start in range(len(val)) if val[start : start + 3].isdigit()]
         assert held == sorted(held) and held[0] < 20 and held[-1] > 180  # whole files, in order, across it all
-        assert sorted(held + [int(train[s:s + 3]) for s in range(len(train)) if train[s:s + 3].isdigit()]) \
-            == list(range(200))
+        assert sorted(held + [int(train[s : s + 3]) for s in range(len(train)) if train[s : s + 3].isdigit()]) == list(
+            range(200)
+        )
         assert abs(len(val) - fraction * len(corpus.text)) <= max(lengths)
 
 

@@ -1,4 +1,5 @@
 """The NumPy engine: gradients, gist parity, batching, loss stability, checkpoints and exact resume."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,16 @@ from charrnn.checkpoint import load_checkpoint, load_initial_weights, load_model
 from charrnn.data import BatchStream, DataError, Vocab, load_corpus, split_train_val
 from charrnn.errors import CheckpointError, ConfigError
 from charrnn.gradcheck import check_gradients
-from charrnn.model import (ModelConfig, dropout_masks, forward, init_params, init_state, loss_and_grads,
-                           param_shapes, softmax_cross_entropy)
+from charrnn.model import (
+    ModelConfig,
+    dropout_masks,
+    forward,
+    init_params,
+    init_state,
+    loss_and_grads,
+    param_shapes,
+    softmax_cross_entropy,
+)
 from charrnn.optim import clip_gradients, make_optimizer
 from charrnn.reference import GistRNN
 from charrnn.sample import sample
@@ -98,12 +107,12 @@ def test_batch_gradient_is_the_mean_of_the_streams():
     params = init_params(cfg, rng)
     inputs, targets = rng.integers(0, 7, (6, 3)), rng.integers(0, 7, (6, 3))
     loss, grads, _ = loss_and_grads(params, cfg, inputs, targets, init_state(cfg, 3))
-    per_stream = [loss_and_grads(params, cfg, inputs[:, [b]], targets[:, [b]], init_state(cfg, 1))
-                  for b in range(3)]
+    per_stream = [loss_and_grads(params, cfg, inputs[:, [b]], targets[:, [b]], init_state(cfg, 1)) for b in range(3)]
     assert loss == pytest.approx(np.mean([s[0] for s in per_stream]), rel=1e-12)
     for name in params:
-        np.testing.assert_allclose(grads[name], np.mean([s[1][name] for s in per_stream], axis=0),
-                                   rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(
+            grads[name], np.mean([s[1][name] for s in per_stream], axis=0), rtol=1e-10, atol=1e-14
+        )
 
 
 def test_loss_is_finite_at_huge_logits():
@@ -122,8 +131,9 @@ def test_float32_stays_float32():
     assert state[0][0].dtype == np.float32 and math.isfinite(loss)
 
 
-@pytest.mark.parametrize("cell,names", [("rnn", {"h"}), ("lstm", {"h", "c", "i", "f", "o", "g"}),
-                                        ("gru", {"h", "r", "z", "n"})])
+@pytest.mark.parametrize(
+    "cell,names", [("rnn", {"h"}), ("lstm", {"h", "c", "i", "f", "o", "g"}), ("gru", {"h", "r", "z", "n"})]
+)
 def test_forward_returns_internals_per_layer(cell, names):
     cfg = ModelConfig(cell, 5, 4, 2)
     params = init_params(cfg, np.random.default_rng(0))
@@ -210,9 +220,10 @@ def two_steps(optimizer):
     return after
 
 
-@pytest.mark.parametrize("name,options,by_hand", [("adagrad", {}, hand_adagrad),
-                                                  ("rmsprop", {"decay": 0.9}, hand_rmsprop),
-                                                  ("adam", {}, hand_adam)])
+@pytest.mark.parametrize(
+    "name,options,by_hand",
+    [("adagrad", {}, hand_adagrad), ("rmsprop", {"decay": 0.9}, hand_rmsprop), ("adam", {}, hand_adam)],
+)
 def test_optimizer_steps_match_values_worked_out_by_hand(name, options, by_hand):
     # the same arithmetic, maybe grouped otherwise: a few ulps of values near 1
     np.testing.assert_allclose(two_steps(make_optimizer(name, 0.1, **options)), by_hand(), rtol=0, atol=1e-15)
@@ -250,8 +261,9 @@ def test_the_trainer_updates_with_the_clipped_gradient(clip, clip_mode):
     gradient of the batch, computed here apart from the trainer, clipped as the mode says."""
     vocab = Vocab.from_text(TEXT)
     cfg = ModelConfig("rnn", vocab.size, 16)
-    trainer = Trainer(cfg, TrainConfig(seq_length=10, batch_size=2), OptimConfig("adagrad", 0.1, clip, clip_mode),
-                      vocab, TEXT)
+    trainer = Trainer(
+        cfg, TrainConfig(seq_length=10, batch_size=2), OptimConfig("adagrad", 0.1, clip, clip_mode), vocab, TEXT
+    )
     before = {k: v.copy() for k, v in trainer.params.items()}
     inputs, targets, _ = BatchStream(vocab.encode(TEXT), 2, 10).next_batch()
     _, grads, _ = loss_and_grads(before, cfg, inputs, targets, init_state(cfg, 2))
@@ -270,8 +282,14 @@ def gist_pair(text, seed, max_iters=50):
     cfg = ModelConfig("rnn", vocab.size, 100)
     weights = init_params(cfg, np.random.default_rng(seed))
     gist = GistRNN(vocab.encode(text), vocab.size, weights)
-    trainer = Trainer(cfg, TrainConfig(max_iters=max_iters, sample_every=0), OptimConfig("adagrad", 0.1, 5.0, "value"), vocab, text,
-                      params={k: v.copy() for k, v in weights.items()})
+    trainer = Trainer(
+        cfg,
+        TrainConfig(max_iters=max_iters, sample_every=0),
+        OptimConfig("adagrad", 0.1, 5.0, "value"),
+        vocab,
+        text,
+        params={k: v.copy() for k, v in weights.items()},
+    )
     return gist, trainer, weights
 
 
@@ -294,8 +312,9 @@ def test_gist_parity_step_by_step_through_a_wrap():
         loss, _ = trainer.train_step()
         assert loss * 25 == pytest.approx(gist_loss, rel=1e-12)
         for name, array in zip(names, (gist.Wxh, gist.Whh, gist.Why, gist.bh, gist.by)):
-            np.testing.assert_allclose(trainer.params[name], array.reshape(trainer.params[name].shape),
-                                       rtol=1e-9, atol=1e-13)
+            np.testing.assert_allclose(
+                trainer.params[name], array.reshape(trainer.params[name].shape), rtol=1e-9, atol=1e-13
+            )
         np.testing.assert_allclose(trainer.state[0][0], gist.hprev.T, rtol=1e-9, atol=1e-13)
     assert wraps >= 1
 
@@ -318,8 +337,11 @@ def rounding_sensitivity(gist, weights, n_iters, trials=3):
             smooth.append(g.smooth_loss)
         runs.append((np.array(losses), np.array(smooth)))
     (losses, smooth), perturbed = runs[0], runs[1:]
-    return (losses, np.max([np.abs(l - losses) / losses for l, _ in perturbed], axis=0),
-            np.max([np.abs(s - smooth) / smooth for _, s in perturbed], axis=0))
+    return (
+        losses,
+        np.max([np.abs(loss - losses) / losses for loss, _ in perturbed], axis=0),
+        np.max([np.abs(s - smooth) / smooth for _, s in perturbed], axis=0),
+    )
 
 
 def test_gist_parity_free_running_50_iterations():
@@ -374,7 +396,9 @@ def test_minchar_preset_is_the_gist_on_the_whole_file():
     weights = init_params(model, np.random.default_rng(1))
     gist = GistRNN(vocab.encode(text), vocab.size, weights)
     gist_losses, sensitivity, _ = rounding_sensitivity(gist, weights, 60)
-    trainer = Trainer(model, train, optim, vocab, train_text, val_text, params={k: v.copy() for k, v in weights.items()})
+    trainer = Trainer(
+        model, train, optim, vocab, train_text, val_text, params={k: v.copy() for k, v in weights.items()}
+    )
     ours = np.array([trainer.train_step()[0] * train.seq_length for _ in range(60)])
     bound = 10 * np.maximum.accumulate(sensitivity) + 1e-14  # as in the free-running parity test
     error = np.abs(ours - gist_losses) / gist_losses
@@ -387,13 +411,26 @@ def test_gist_weights_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     gist_file = tmp_path / "gist.npz"
     # the gist keeps biases as (n, 1) columns
-    np.savez(gist_file, Wxh=rng.normal(size=(H, V)), Whh=rng.normal(size=(H, H)), Why=rng.normal(size=(V, H)),
-             bh=rng.normal(size=(H, 1)), by=rng.normal(size=(V, 1)))
+    np.savez(
+        gist_file,
+        Wxh=rng.normal(size=(H, V)),
+        Whh=rng.normal(size=(H, H)),
+        Why=rng.normal(size=(V, H)),
+        bh=rng.normal(size=(H, 1)),
+        by=rng.normal(size=(V, 1)),
+    )
     cfg = ModelConfig("rnn", V, H)
     params = load_initial_weights(gist_file, cfg, vocab)
     assert params["bh"].shape == (H,) and params["Wxh"].shape == (H, V)
-    trainer = Trainer(cfg, TrainConfig(max_iters=3, sample_every=0), OptimConfig(), vocab, PARITY_TEXT,
-                      checkpoint_dir=tmp_path, params=params)
+    trainer = Trainer(
+        cfg,
+        TrainConfig(max_iters=3, sample_every=0),
+        OptimConfig(),
+        vocab,
+        PARITY_TEXT,
+        checkpoint_dir=tmp_path,
+        params=params,
+    )
     trainer.run()
     with np.load(tmp_path / "latest.npz", allow_pickle=False) as ckpt:
         assert {"Wxh", "Whh", "Why", "bh", "by", "chars"} <= set(ckpt.files)
@@ -416,13 +453,30 @@ def test_training_reduces_loss_and_is_deterministic():
     assert val[-1] < val[0] < math.log(Vocab.from_text(TEXT).size) + 0.1
 
 
-@pytest.mark.parametrize("cell,layers,optim,extra", [
-    ("rnn", 1, "adagrad", {}), ("lstm", 2, "adam", {}), ("gru", 2, "rmsprop", {}),
-    ("lstm", 2, "adam", {"dropout": 0.3}), ("rnn", 2, "adagrad", {"dropout": 0.5}),
-    ("lstm", 2, "adam", {"dropout": 0.3, "patience": 10, "optim_extra": {
-        "weight_decay": 0.1, "schedule": {"name": "cosine", "warmup_iters": 5, "decay_iters": 40}}}),
-    ("gru", 1, "adam", {"optim_extra": {"schedule": {"name": "step", "step_start": 25, "step_every": 3}}}),
-])
+@pytest.mark.parametrize(
+    "cell,layers,optim,extra",
+    [
+        ("rnn", 1, "adagrad", {}),
+        ("lstm", 2, "adam", {}),
+        ("gru", 2, "rmsprop", {}),
+        ("lstm", 2, "adam", {"dropout": 0.3}),
+        ("rnn", 2, "adagrad", {"dropout": 0.5}),
+        (
+            "lstm",
+            2,
+            "adam",
+            {
+                "dropout": 0.3,
+                "patience": 10,
+                "optim_extra": {
+                    "weight_decay": 0.1,
+                    "schedule": {"name": "cosine", "warmup_iters": 5, "decay_iters": 40},
+                },
+            },
+        ),
+        ("gru", 1, "adam", {"optim_extra": {"schedule": {"name": "step", "step_start": 25, "step_every": 3}}}),
+    ],
+)
 def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path, cell, layers, optim, extra):
     full = Recorder()
     uninterrupted = small_trainer(cell, layers, batch_size=3, optim=optim, max_iters=40, log_every=4, **extra)
@@ -431,13 +485,19 @@ def test_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path, cell, layers
     # stopped mid-way through a logging window (iteration 30 of windows of 4), on an evaluation (a budget ending
     # between evaluations adds one, which the uninterrupted run has not), then resumed
     first = Recorder()
-    trainer = small_trainer(cell, layers, batch_size=3, optim=optim, max_iters=30, log_every=4,
-                            checkpoint_dir=tmp_path, **extra)
+    trainer = small_trainer(
+        cell, layers, batch_size=3, optim=optim, max_iters=30, log_every=4, checkpoint_dir=tmp_path, **extra
+    )
     trainer.run([first])
     second = Recorder()
     split = len(TEXT) * 9 // 10
-    resumed = Trainer.from_checkpoint(tmp_path / "latest.npz", TEXT[:split], TEXT[split:], tmp_path,
-                                      TrainConfig(**{**vars(trainer.train_config), "max_iters": 40}))
+    resumed = Trainer.from_checkpoint(
+        tmp_path / "latest.npz",
+        TEXT[:split],
+        TEXT[split:],
+        tmp_path,
+        TrainConfig(**{**vars(trainer.train_config), "max_iters": 40}),
+    )
     resumed.run([second])
     assert numbers(first) + numbers(second) == numbers(full)
     assert first.samples + second.samples == full.samples
@@ -459,8 +519,9 @@ def test_the_final_model_is_evaluated_when_the_budget_ends_between_evaluations(t
     assert load_checkpoint(result.best_checkpoint).progress["best_val_loss"] == min(val)
     # nothing more to measure when the budget ends on an evaluation, or a resumed run has no iteration left
     rec = Recorder()
-    Trainer.from_checkpoint(result.last_checkpoint, TEXT[: len(TEXT) * 9 // 10], TEXT[len(TEXT) * 9 // 10:],
-                            tmp_path).run([rec])
+    Trainer.from_checkpoint(
+        result.last_checkpoint, TEXT[: len(TEXT) * 9 // 10], TEXT[len(TEXT) * 9 // 10 :], tmp_path
+    ).run([rec])
     assert not rec.metrics
 
 
@@ -469,10 +530,17 @@ def test_best_npz_is_the_model_of_the_lowest_validation_loss_even_when_later_one
     # order BLAS sums
     train_text, val_text = "ab" * 300, "cd" * 30
     vocab = Vocab.from_text(train_text + val_text)
-    trainer = Trainer(ModelConfig("rnn", vocab.size, 16),
-                      TrainConfig(seq_length=10, batch_size=2, max_iters=60, log_every=5, eval_every=10,
-                                  sample_every=0, eval_batch_size=4),
-                      OptimConfig("adagrad", 0.1, 5.0), vocab, train_text, val_text, tmp_path)
+    trainer = Trainer(
+        ModelConfig("rnn", vocab.size, 16),
+        TrainConfig(
+            seq_length=10, batch_size=2, max_iters=60, log_every=5, eval_every=10, sample_every=0, eval_batch_size=4
+        ),
+        OptimConfig("adagrad", 0.1, 5.0),
+        vocab,
+        train_text,
+        val_text,
+        tmp_path,
+    )
     rec = Recorder()
     result = trainer.run([rec])
     history = [(step, m["val/loss"]) for step, m in rec.metrics if "val/loss" in m]
@@ -489,12 +557,23 @@ def test_best_npz_is_the_model_of_the_lowest_validation_loss_even_when_later_one
 
 def test_training_without_validation_text_finishes_with_a_checkpoint(tmp_path):
     vocab = Vocab.from_text(TEXT)
-    trainer = Trainer(ModelConfig("rnn", vocab.size, 8), TrainConfig(seq_length=10, max_iters=23, log_every=5,
-                                                                      eval_every=10, sample_every=0),
-                      OptimConfig(), vocab, TEXT, "", tmp_path)
+    trainer = Trainer(
+        ModelConfig("rnn", vocab.size, 8),
+        TrainConfig(seq_length=10, max_iters=23, log_every=5, eval_every=10, sample_every=0),
+        OptimConfig(),
+        vocab,
+        TEXT,
+        "",
+        tmp_path,
+    )
     rec = Recorder()
     result = trainer.run([rec])
-    assert (result.status, result.val_loss, result.best_val_loss, result.best_checkpoint) == ("finished", None, None, None)
+    assert (result.status, result.val_loss, result.best_val_loss, result.best_checkpoint) == (
+        "finished",
+        None,
+        None,
+        None,
+    )
     assert not any(k.startswith("val/") for _, m in rec.metrics for k in m)
     assert load_checkpoint(tmp_path / "latest.npz").iteration == 23 and not (tmp_path / "best.npz").exists()
     with pytest.raises(DataError, match="no validation text"):
@@ -537,55 +616,61 @@ def test_stop_conditions():
 NAN, INF = float("nan"), float("inf")
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: ModelConfig("transformer", 5, 4), "unknown cell"),
-    (lambda: ModelConfig("rnn", 5, 0), "hidden_size must be a positive integer, got 0"),
-    (lambda: ModelConfig("rnn", 5, 2.5), "hidden_size must be a positive integer, got 2.5"),
-    (lambda: ModelConfig("rnn", 5, NAN), "hidden_size must be a positive integer, got nan"),
-    (lambda: ModelConfig("rnn", 5, 4, True), "num_layers must be a positive integer, got True"),
-    (lambda: ModelConfig("rnn", 0, 4), "vocab_size must be a positive integer"),
-    (lambda: ModelConfig("rnn", 5, 4, dropout=-0.1), r"dropout must be in \[0, 1\), got -0.1"),
-    (lambda: ModelConfig("rnn", 5, 4, dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
-    (lambda: ModelConfig("rnn", 5, 4, dropout=NAN), "dropout must be a finite number, got nan"),
-    (lambda: OptimConfig("adagrad", 0.0), "lr must be positive, got 0"),
-    (lambda: OptimConfig("adagrad", NAN), "lr must be a finite number, got nan"),
-    (lambda: OptimConfig("adagrad", INF), "lr must be a finite number, got inf"),
-    (lambda: OptimConfig("adagrad", "0.1"), "lr must be a number, got '0.1'"),
-    (lambda: OptimConfig("sgd"), "unknown optimizer 'sgd'"),
-    (lambda: OptimConfig("adagrad", 0.1, NAN), "clip must be a finite number, got nan"),
-    (lambda: OptimConfig("adagrad", 0.1, INF), "clip must be a finite number, got inf"),
-    (lambda: OptimConfig("adagrad", 0.1, -1.0), "clip must be >= 0, got -1"),
-    (lambda: OptimConfig("adagrad", 0.1, 5.0, "sideways"), "clip_mode"),
-    (lambda: OptimConfig("adam", 1e-3, options={"beta1": 1.0}), r"beta1 must be in \[0, 1\), got 1"),
-    (lambda: OptimConfig("adam", 1e-3, options={"beta2": NAN}), "beta2 must be a finite number"),
-    (lambda: OptimConfig("rmsprop", 1e-3, options={"decay": -0.5}), r"decay must be in \[0, 1\)"),
-    (lambda: OptimConfig("rmsprop", 1e-3, options={"eps": 0.0}), "eps must be positive"),
-    (lambda: OptimConfig("adagrad", 0.1, options={"momentum": 0.9}), "adagrad has no option 'momentum'"),
-    (lambda: TrainConfig(seq_length=0), "seq_length must be a positive integer, got 0"),
-    (lambda: TrainConfig(batch_size=1.5), "batch_size must be a positive integer, got 1.5"),
-    (lambda: TrainConfig(log_every=True), "log_every must be a positive integer, got True"),
-    (lambda: TrainConfig(max_iters=-1), "max_iters must be an integer >= 0"),
-    (lambda: TrainConfig(max_iters=INF), r"max_iters must be an integer >= 0 \(or None\), got inf"),
-    (lambda: TrainConfig(max_seconds=0.0), "max_seconds must be positive, got 0"),
-    (lambda: TrainConfig(max_seconds=NAN), "max_seconds must be a finite number, got nan"),
-    (lambda: TrainConfig(max_seconds=INF), "max_seconds must be a finite number, got inf"),
-    (lambda: TrainConfig(target_val_loss=NAN), "target_val_loss must be a finite number, got nan"),
-    (lambda: TrainConfig(target_val_loss=-INF), "target_val_loss must be a finite number, got -inf"),
-    (lambda: TrainConfig(target_val_loss=-1.0), "target_val_loss must be >= 0, got -1"),
-    (lambda: TrainConfig(seed=-1), "seed must be an integer >= 0, got -1"),
-    (lambda: TrainConfig(eval_max_chars=1), "eval_max_chars must be an integer >= 2"),
-    (lambda: TrainConfig(sample_every=-1), "sample_every must be an integer >= 0"),
-    (lambda: TrainConfig(sample_temperature=NAN), "sample_temperature must be a finite number"),
-    (lambda: split_train_val(TEXT, NAN, 25), "val_fraction must be a finite number, got nan"),
-    (lambda: split_train_val(TEXT, INF, 25), "val_fraction must be a finite number, got inf"),
-    (lambda: split_train_val(TEXT, 1.0, 25), r"val_fraction must be in \[0, 1\), got 1.0"),
-    (lambda: split_train_val(TEXT, True, 25), "val_fraction must be a number, got True"),
-    (lambda: split_train_val(TEXT, 0.1, NAN), "seq_length must be a positive integer, got nan"),
-    (lambda: sample({}, ModelConfig("rnn", 5, 4), Vocab("abcde"), 10, top_k=0), "top_k must be a positive integer"),
-    (lambda: sample({}, ModelConfig("rnn", 5, 4), Vocab("abcde"), 10, temperature=NAN), "temperature must be a finite"),
-    (lambda: sample({}, ModelConfig("rnn", 5, 4), Vocab("abcde"), -1), "length must be an integer >= 0"),
-    (lambda: sample({}, ModelConfig("rnn", 5, 4), Vocab("abcde"), 10, seed=-3), "seed must be an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: ModelConfig("transformer", 5, 4), "unknown cell"),
+        (lambda: ModelConfig("rnn", 5, 0), "hidden_size must be a positive integer, got 0"),
+        (lambda: ModelConfig("rnn", 5, 2.5), "hidden_size must be a positive integer, got 2.5"),
+        (lambda: ModelConfig("rnn", 5, NAN), "hidden_size must be a positive integer, got nan"),
+        (lambda: ModelConfig("rnn", 5, 4, True), "num_layers must be a positive integer, got True"),
+        (lambda: ModelConfig("rnn", 0, 4), "vocab_size must be a positive integer"),
+        (lambda: ModelConfig("rnn", 5, 4, dropout=-0.1), r"dropout must be in \[0, 1\), got -0.1"),
+        (lambda: ModelConfig("rnn", 5, 4, dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
+        (lambda: ModelConfig("rnn", 5, 4, dropout=NAN), "dropout must be a finite number, got nan"),
+        (lambda: OptimConfig("adagrad", 0.0), "lr must be positive, got 0"),
+        (lambda: OptimConfig("adagrad", NAN), "lr must be a finite number, got nan"),
+        (lambda: OptimConfig("adagrad", INF), "lr must be a finite number, got inf"),
+        (lambda: OptimConfig("adagrad", "0.1"), "lr must be a number, got '0.1'"),
+        (lambda: OptimConfig("sgd"), "unknown optimizer 'sgd'"),
+        (lambda: OptimConfig("adagrad", 0.1, NAN), "clip must be a finite number, got nan"),
+        (lambda: OptimConfig("adagrad", 0.1, INF), "clip must be a finite number, got inf"),
+        (lambda: OptimConfig("adagrad", 0.1, -1.0), "clip must be >= 0, got -1"),
+        (lambda: OptimConfig("adagrad", 0.1, 5.0, "sideways"), "clip_mode"),
+        (lambda: OptimConfig("adam", 1e-3, options={"beta1": 1.0}), r"beta1 must be in \[0, 1\), got 1"),
+        (lambda: OptimConfig("adam", 1e-3, options={"beta2": NAN}), "beta2 must be a finite number"),
+        (lambda: OptimConfig("rmsprop", 1e-3, options={"decay": -0.5}), r"decay must be in \[0, 1\)"),
+        (lambda: OptimConfig("rmsprop", 1e-3, options={"eps": 0.0}), "eps must be positive"),
+        (lambda: OptimConfig("adagrad", 0.1, options={"momentum": 0.9}), "adagrad has no option 'momentum'"),
+        (lambda: TrainConfig(seq_length=0), "seq_length must be a positive integer, got 0"),
+        (lambda: TrainConfig(batch_size=1.5), "batch_size must be a positive integer, got 1.5"),
+        (lambda: TrainConfig(log_every=True), "log_every must be a positive integer, got True"),
+        (lambda: TrainConfig(max_iters=-1), "max_iters must be an integer >= 0"),
+        (lambda: TrainConfig(max_iters=INF), r"max_iters must be an integer >= 0 \(or None\), got inf"),
+        (lambda: TrainConfig(max_seconds=0.0), "max_seconds must be positive, got 0"),
+        (lambda: TrainConfig(max_seconds=NAN), "max_seconds must be a finite number, got nan"),
+        (lambda: TrainConfig(max_seconds=INF), "max_seconds must be a finite number, got inf"),
+        (lambda: TrainConfig(target_val_loss=NAN), "target_val_loss must be a finite number, got nan"),
+        (lambda: TrainConfig(target_val_loss=-INF), "target_val_loss must be a finite number, got -inf"),
+        (lambda: TrainConfig(target_val_loss=-1.0), "target_val_loss must be >= 0, got -1"),
+        (lambda: TrainConfig(seed=-1), "seed must be an integer >= 0, got -1"),
+        (lambda: TrainConfig(eval_max_chars=1), "eval_max_chars must be an integer >= 2"),
+        (lambda: TrainConfig(sample_every=-1), "sample_every must be an integer >= 0"),
+        (lambda: TrainConfig(sample_temperature=NAN), "sample_temperature must be a finite number"),
+        (lambda: split_train_val(TEXT, NAN, 25), "val_fraction must be a finite number, got nan"),
+        (lambda: split_train_val(TEXT, INF, 25), "val_fraction must be a finite number, got inf"),
+        (lambda: split_train_val(TEXT, 1.0, 25), r"val_fraction must be in \[0, 1\), got 1.0"),
+        (lambda: split_train_val(TEXT, True, 25), "val_fraction must be a number, got True"),
+        (lambda: split_train_val(TEXT, 0.1, NAN), "seq_length must be a positive integer, got nan"),
+        (lambda: sample({}, ModelConfig("rnn", 5, 4), Vocab("abcde"), 10, top_k=0), "top_k must be a positive integer"),
+        (
+            lambda: sample({}, ModelConfig("rnn", 5, 4), Vocab("abcde"), 10, temperature=NAN),
+            "temperature must be a finite",
+        ),
+        (lambda: sample({}, ModelConfig("rnn", 5, 4), Vocab("abcde"), -1), "length must be an integer >= 0"),
+        (lambda: sample({}, ModelConfig("rnn", 5, 4), Vocab("abcde"), 10, seed=-3), "seed must be an integer >= 0"),
+    ],
+)
 def test_invalid_settings_fail_with_one_line_naming_the_key(make, match):
     with pytest.raises(ConfigError, match=match) as err:
         make()
@@ -709,9 +794,14 @@ def test_a_two_layer_vanilla_rnn_learns_past_the_unigram_loss(tmp_path):
     vocab = Vocab.from_text(text)
     p = np.bincount(vocab.encode(text), minlength=vocab.size) / len(text)
     unigram = -(p[p > 0] * np.log(p[p > 0])).sum()
-    trainer = Trainer(ModelConfig("rnn", vocab.size, 32, 2), TrainConfig(seq_length=16, batch_size=8, max_iters=200,
-                                                                         eval_every=200, seed=0),
-                      OptimConfig("adam", 0.002, 5.0), vocab, text[:5000], text[5000:])
+    trainer = Trainer(
+        ModelConfig("rnn", vocab.size, 32, 2),
+        TrainConfig(seq_length=16, batch_size=8, max_iters=200, eval_every=200, seed=0),
+        OptimConfig("adam", 0.002, 5.0),
+        vocab,
+        text[:5000],
+        text[5000:],
+    )
     result = trainer.run()
     assert result.val_loss < unigram - 1.0, (result.val_loss, unigram)  # 1.13 with the fix
 
@@ -726,8 +816,14 @@ def test_each_validation_stream_reads_what_it_reads_alone(cell):
     assert len(streams.starts) == trainer.train_config.eval_batch_size == 4
     length = len(trainer.val_ix) // 4
     for b, start in enumerate(streams.starts):
-        alone = evaluate_streams(trainer.params, trainer.model_config, trainer.val_ix[start:start + length], 1,
-                                 trainer.train_config.seq_length, None)
+        alone = evaluate_streams(
+            trainer.params,
+            trainer.model_config,
+            trainer.val_ix[start : start + length],
+            1,
+            trainer.train_config.seq_length,
+            None,
+        )
         assert alone.chars[0] == streams.chars[b] == length - 1
         assert alone.per_stream[0] == pytest.approx(streams.per_stream[b], rel=1e-12)
     assert trainer.evaluate() == streams.loss

@@ -1,4 +1,5 @@
 """The automatic evaluation cadence and the trainer's BLAS thread choice (no timings asserted)."""
+
 from __future__ import annotations
 
 import time
@@ -16,8 +17,11 @@ pytestmark = pytest.mark.fast  # the engine and config tests: pytest -m fast -n 
 
 
 def train_numbers(recorder):
-    return [(s, {k: v for k, v in m.items() if k.startswith(("train/", "grad/"))}) for s, m in recorder.metrics
-            if any(k.startswith("train/") for k in m)]
+    return [
+        (s, {k: v for k, v in m.items() if k.startswith(("train/", "grad/"))})
+        for s, m in recorder.metrics
+        if any(k.startswith("train/") for k in m)
+    ]
 
 
 def test_automatic_cadence_evaluates_at_sure_and_logging_steps_and_leaves_training_unchanged():
@@ -33,19 +37,25 @@ def test_automatic_cadence_evaluates_at_sure_and_logging_steps_and_leaves_traini
     assert before_end == [s for s in val_steps if s < 40], "samples come with each periodic evaluation"
     shares = [m for _, m in auto.metrics if "throughput/train_fraction" in m]
     assert len(shares) == 8
-    assert all(0 < m["throughput/train_fraction"] and m["throughput/eval_fraction"] >= 0
-               and m["throughput/train_fraction"] + m["throughput/eval_fraction"] <= 1 for m in shares)
+    assert all(
+        0 < m["throughput/train_fraction"]
+        and m["throughput/eval_fraction"] >= 0
+        and m["throughput/train_fraction"] + m["throughput/eval_fraction"] <= 1
+        for m in shares
+    )
     assert auto.result.train_seconds <= auto.result.elapsed_seconds
 
 
-@pytest.mark.parametrize("train_seconds,last_round,due", [
-    (10.0, 0.0, True),    # nothing spent outside training yet
-    (9.6, 0.1, True),     # 0.4 + 0.1 <= 0.05 * 10.1
-    (9.6, 0.2, False),    # 0.4 + 0.2 >  0.05 * 10.2
-    (9.0, 0.0, False),    # already 10% outside training
-])
-def test_a_round_is_due_only_while_the_time_outside_training_stays_within_the_fraction(train_seconds, last_round,
-                                                                                      due):
+@pytest.mark.parametrize(
+    "train_seconds,last_round,due",
+    [
+        (10.0, 0.0, True),  # nothing spent outside training yet
+        (9.6, 0.1, True),  # 0.4 + 0.1 <= 0.05 * 10.1
+        (9.6, 0.2, False),  # 0.4 + 0.2 >  0.05 * 10.2
+        (9.0, 0.0, False),  # already 10% outside training
+    ],
+)
+def test_a_round_is_due_only_while_the_time_outside_training_stays_within_the_fraction(train_seconds, last_round, due):
     trainer = small_trainer(eval_every=None, eval_max_fraction=0.05, log_every=5)
     trainer.train_seconds = train_seconds
     # the last round ended just now: no sure round is due, the budget alone decides
@@ -53,14 +63,17 @@ def test_a_round_is_due_only_while_the_time_outside_training_stays_within_the_fr
     assert trainer._evaluation_due(11, 10.0, last_round, 10.0) is False, "only at logging steps"
 
 
-@pytest.mark.parametrize("max_iters,log_every,spacing", [
-    (5000, 100, 500),   # the grid preset: 10 rounds at logging steps
-    (1500, 100, 100),   # 150 rounded down to a logging step: 15 rounds
-    (200, 100, 20),     # shorter than MIN_EVAL_ROUNDS logging steps: between them
-    (40, 5, 4),
-    (5, 100, 1),
-    (None, 100, None),  # no iteration limit: spaced by time, or by the budget alone
-])
+@pytest.mark.parametrize(
+    "max_iters,log_every,spacing",
+    [
+        (5000, 100, 500),  # the grid preset: 10 rounds at logging steps
+        (1500, 100, 100),  # 150 rounded down to a logging step: 15 rounds
+        (200, 100, 20),  # shorter than MIN_EVAL_ROUNDS logging steps: between them
+        (40, 5, 4),
+        (5, 100, 1),
+        (None, 100, None),  # no iteration limit: spaced by time, or by the budget alone
+    ],
+)
 def test_a_run_of_known_length_has_at_least_min_eval_rounds(max_iters, log_every, spacing):
     assert iterations_between_rounds(max_iters, log_every) == spacing
     if spacing is not None and max_iters >= MIN_EVAL_ROUNDS:
@@ -80,8 +93,9 @@ def test_a_time_limited_run_with_slow_evaluations_still_gets_min_eval_rounds():
     """The sure rounds of a max_seconds run come at every tenth of its run time, counted from its start: an
     evaluation that takes a third of that spacing no longer pushes each later round back (it left 8 rounds)."""
     run = Recorder()
-    trainer = small_trainer(max_iters=None, max_seconds=3.0, log_every=10, eval_every=None, sample_every=0,
-                            eval_max_fraction=1e-9)  # no budget rounds: the sure ones alone
+    trainer = small_trainer(
+        max_iters=None, max_seconds=3.0, log_every=10, eval_every=None, sample_every=0, eval_max_fraction=1e-9
+    )  # no budget rounds: the sure ones alone
     evaluate = trainer.evaluate
 
     def slow_evaluate():

@@ -29,8 +29,13 @@ def chromium():
         pytest.skip("no chromium/chromedriver on PATH (Debian: apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,900",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
@@ -57,8 +62,9 @@ def test_explorer_colours_the_text_by_the_unit_picked_and_explains_itself(chromi
     spans = chromium.find_elements(By.CSS_SELECTOR, "#text span")
     assert len(spans) == len(TEXT)  # the whole recording
     extent = chromium.find_element(By.ID, "extent").text
-    assert extent.startswith(f"All {len(TEXT)} recorded characters: characters {OFFSET}-{OFFSET + len(TEXT) - 1} "
-                             "of test corpus")
+    assert extent.startswith(
+        f"All {len(TEXT)} recorded characters: characters {OFFSET}-{OFFSET + len(TEXT) - 1} of test corpus"
+    )
     # opened on the top unit: blue inside quotes, red outside
     assert chromium.find_element(By.ID, "current").text == "h.0:0"
     first_quote = TEXT.index('"')
@@ -85,8 +91,10 @@ def test_explorer_colours_the_text_by_the_unit_picked_and_explains_itself(chromi
 
     # hovering explains the offset
     ActionChains(chromium).move_to_element(spans[first_quote]).perform()
-    assert chromium.find_element(By.ID, "hover").text == \
-        f'corpus character {OFFSET + first_quote} (recorded character {first_quote}): "\\"", unit value -1.00'
+    assert (
+        chromium.find_element(By.ID, "hover").text
+        == f'corpus character {OFFSET + first_quote} (recorded character {first_quote}): "\\"", unit value -1.00'
+    )
     assert [e for e in chromium.get_log("browser") if e["level"] == "SEVERE"] == []
     shot = tmp_path / "explorer.png"
     assert chromium.save_screenshot(str(shot)) and shot.stat().st_size > 20_000

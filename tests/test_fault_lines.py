@@ -40,8 +40,7 @@ def mounted(*args: str, at: Path, read_only: bool = False):
         pytest.skip(f"cannot mount here: {done.stderr.strip() or done.returncode}")
     try:
         if read_only:
-            subprocess.run(["mount", "-o", "remount,ro" + (",bind" if "--bind" in args else ""), str(at)],
-                           check=True)
+            subprocess.run(["mount", "-o", "remount,ro" + (",bind" if "--bind" in args else ""), str(at)], check=True)
         yield at
     finally:
         subprocess.run(["umount", "--lazy", str(at)], check=True)
@@ -57,8 +56,10 @@ def initial_weights(path: Path, text: Path, scale: float, nan: bool = False) -> 
     """A train.init_from file for the tiny job's 8-unit RNN on ``text``: random weights times ``scale``."""
     vocab = Vocab.from_text(text.read_text(encoding="utf-8"))
     rng = np.random.default_rng(0)
-    arrays = {name: rng.standard_normal(shape) * scale
-              for name, shape in param_shapes(ModelConfig("rnn", vocab.size, 8, 1)).items()}
+    arrays = {
+        name: rng.standard_normal(shape) * scale
+        for name, shape in param_shapes(ModelConfig("rnn", vocab.size, 8, 1)).items()
+    }
     if nan:
         arrays["Whh"][0, 0] = np.nan
     np.savez(path, **arrays)
@@ -128,10 +129,13 @@ def test_a_validation_loss_of_thousands_of_nats_ends_the_run_diverged(cli, small
     assert run.info.status == "FAILED" and run.data.tags["charrnn.status"] == "diverged"
 
 
-def test_a_sweep_without_validation_text_counts_its_jobs_finished_and_names_them_exactly(cli, small_text,
-                                                                                        tmp_path):
-    done = cli("charrnn-train", "-m", "experiment=minchar", *tiny(small_text, "model.hidden_size=8",
-                                                                  "optim.lr=0.1,0.9999", "train.max_iters=20"))
+def test_a_sweep_without_validation_text_counts_its_jobs_finished_and_names_them_exactly(cli, small_text, tmp_path):
+    done = cli(
+        "charrnn-train",
+        "-m",
+        "experiment=minchar",
+        *tiny(small_text, "model.hidden_size=8", "optim.lr=0.1,0.9999", "train.max_iters=20"),
+    )
     assert done.returncode == 0, done.stderr
     assert "FINISHED, 2 finished of 2 jobs" in done.stdout and "did not finish" not in done.stdout
     client = store_client(tmp_path)
@@ -160,8 +164,9 @@ def wait_until_asleep_in(proc: subprocess.Popen, kernel_waits: tuple[str, ...]) 
 def interrupted(command: list[str], cwd: Path, blocked, kernel_waits: tuple[str, ...]) -> subprocess.CompletedProcess:
     """Start ``command``, wait until ``blocked()`` (a context manager) says it is inside its work and its main
     thread sleeps in one of ``kernel_waits``, send SIGINT while it stays blocked, and return how it ended."""
-    proc = subprocess.Popen(command, cwd=cwd, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        command, cwd=cwd, text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         with blocked():
             wait_until_asleep_in(proc, kernel_waits)
@@ -193,8 +198,12 @@ def test_ctrl_c_in_charrnn_analyze_stops_with_one_line(tmp_path):
         finally:
             os.close(writer)
 
-    done = interrupted([str(BIN / "charrnn-analyze"), f"checkpoint={tmp_path}/checkpoints/latest.npz",
-                        f"text={fifo}"], tmp_path, reading, ("pipe_read",))
+    done = interrupted(
+        [str(BIN / "charrnn-analyze"), f"checkpoint={tmp_path}/checkpoints/latest.npz", f"text={fifo}"],
+        tmp_path,
+        reading,
+        ("pipe_read",),
+    )
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "stopped: interrupted" and "Traceback" not in done.stderr
 
@@ -214,7 +223,11 @@ def test_ctrl_c_in_charrnn_compare_stops_with_one_line(tmp_path):
             with conn:  # held open, unanswered
                 yield
 
-        done = interrupted([str(BIN / "charrnn-compare"), f"tracking.uri=http://127.0.0.1:{port}",
-                            "tracking.experiment=charrnn"], tmp_path, asking, ("poll_schedule_timeout", "wait_woken", "sk_wait_data"))
+        done = interrupted(
+            [str(BIN / "charrnn-compare"), f"tracking.uri=http://127.0.0.1:{port}", "tracking.experiment=charrnn"],
+            tmp_path,
+            asking,
+            ("poll_schedule_timeout", "wait_woken", "sk_wait_data"),
+        )
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "stopped: interrupted" and "Traceback" not in done.stderr

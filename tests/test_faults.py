@@ -35,8 +35,16 @@ def start():
     procs = []
 
     def launch(*args: str, cwd: Path) -> subprocess.Popen:
-        procs.append(subprocess.Popen([str(BIN / "charrnn-train"), *args], cwd=cwd, text=True,
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / "charrnn-train"), *args],
+                cwd=cwd,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
         return procs[-1]
 
     yield launch
@@ -65,8 +73,9 @@ class Output:
         """Poll ``condition`` while the process runs; fail if it ends or ``timeout`` passes first."""
         deadline = time.monotonic() + timeout
         while not condition():
-            assert time.monotonic() < deadline and self._thread.is_alive(), \
+            assert time.monotonic() < deadline and self._thread.is_alive(), (
                 f"never {what}:\n{''.join(self.lines[-30:])}"
+            )
             time.sleep(every)
 
     def iteration(self) -> int:
@@ -139,8 +148,9 @@ def test_sigterm_from_the_moment_the_run_exists_ends_it_killed(start, tmp_path):
 
 
 def test_ctrl_c_again_and_again_while_the_run_ends_still_ends_it_killed(start, small_text, tmp_path):
-    proc = start(*tiny(small_text, "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100"),
-                 cwd=tmp_path)
+    proc = start(
+        *tiny(small_text, "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100"), cwd=tmp_path
+    )
     output = Output(proc)
     output.wait_for("| train/loss")  # training is under way
     while proc.poll() is None:  # a burst of Ctrl-C: some land in the checkpoint, some in the run's ending
@@ -196,14 +206,16 @@ def test_of_simultaneous_resumes_of_one_run_exactly_one_claims_it(tmp_path):
 
 @pytest.mark.timeout(600)  # ten resumes' start-ups: some 2 min on a loaded 2-core machine
 def test_kill_9_at_random_iterations_then_resume_continues_with_the_uninterrupted_history(
-        cli, start, small_text, tmp_path):
+    cli, start, small_text, tmp_path
+):
     # Kill points are iterations, not wall-clock times: each round kills its process once that process has
     # printed an evaluation at or past a random target iteration and the store holds this round's progress,
     # so every kill lands mid-training whatever the machine's speed. The budget is far beyond where the ten
     # kills can get (targets advance at most `spacing` plus a few evaluations' overshoot per round).
     budget, spacing = 15_000, 600
-    args = tiny(small_text, f"train.max_iters={budget}", "train.log_every=50", "train.eval_every=100",
-                "train.sample_every=0")
+    args = tiny(
+        small_text, f"train.max_iters={budget}", "train.log_every=50", "train.eval_every=100", "train.sample_every=0"
+    )
     reference = tmp_path / "reference"
     reference.mkdir()
     assert cli("charrnn-train", *args, cwd=reference).returncode == 0
@@ -220,7 +232,7 @@ def test_kill_9_at_random_iterations_then_resume_continues_with_the_uninterrupte
     def why() -> str:
         return f"CHARRNN_FAULT_SEED={seed}, rounds so far {rounds}"
 
-    for attempt in range(10):  # the first start, then nine resumes, each killed mid-training
+    for _ in range(10):  # the first start, then nine resumes, each killed mid-training
         proc = start(*(args if run_id is None else [f"train.resume={run_id}"]), cwd=work)
         output = Output(proc)
         target = stored + rng.randint(1, spacing)
@@ -229,13 +241,20 @@ def test_kill_9_at_random_iterations_then_resume_continues_with_the_uninterrupte
             run_id = run_ids_in(db)[0]
             # both checkpoints reach the store as they are written, while the run is RUNNING (not at its end)
             client = store_client(work)
-            output.wait_until(lambda: {"checkpoints/latest.npz", "checkpoints/best.npz"} <= {
-                a.path for a in client.list_artifacts(run_id, "checkpoints")}, what="both checkpoints in the store")
+            output.wait_until(
+                lambda: (
+                    {"checkpoints/latest.npz", "checkpoints/best.npz"}
+                    <= {a.path for a in client.list_artifacts(run_id, "checkpoints")}  # noqa: B023 (waited on here)
+                ),
+                what="both checkpoints in the store",
+            )
             assert proc.poll() is None and run_status(db, run_id) == "RUNNING", why()
         # this process trains past the target, and the store has its progress (it has not only restarted)
-        output.wait_until(lambda: output.iteration() >= target and last_step(db, run_id) > stored,
-                          what=f"iteration {target} in the output and a step past {stored} in the store",
-                          every=0.01)
+        output.wait_until(
+            lambda: output.iteration() >= target and last_step(db, run_id) > stored,  # noqa: B023 (waited on here)
+            what=f"iteration {target} in the output and a step past {stored} in the store",
+            every=0.01,
+        )
         time.sleep(rng.uniform(0, 0.05))  # a random phase between two evaluations
         printed = output.iteration()
         alive = proc.poll() is None
@@ -243,8 +262,9 @@ def test_kill_9_at_random_iterations_then_resume_continues_with_the_uninterrupte
         proc.wait()
         now = last_step(db, run_id)
         resumed = re.search(r"resuming run \w+ at iteration (\d+)", output.text)
-        rounds.append({"target": target, "printed": printed, "resumed_from": resumed and int(resumed[1]),
-                       "stored": now})
+        rounds.append(
+            {"target": target, "printed": printed, "resumed_from": resumed and int(resumed[1]), "stored": now}
+        )
         assert alive and proc.returncode == -signal.SIGKILL, f"{why()}:\n{output.text[-3000:]}"
         assert stored < now < budget, why()  # killed mid-training: after progress, before the budget's end
         stored = now
@@ -283,11 +303,16 @@ def test_a_few_metric_points_reach_the_store_within_seconds_while_the_run_runs(t
     assert metric_history(reader, tracker.run_id, "train/loss") == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
 
 
-def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, mlflow_server, small_text,
-                                                                         tmp_path):
+def test_a_tracking_server_killed_and_restarted_mid_run_gets_every_point(start, mlflow_server, small_text, tmp_path):
     server = mlflow_server
-    args = tiny(small_text, "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100",
-                "train.eval_every=200", "train.sample_every=200")
+    args = tiny(
+        small_text,
+        "train.max_iters=null",
+        "train.max_seconds=1e9",
+        "train.log_every=100",
+        "train.eval_every=200",
+        "train.sample_every=200",
+    )
     proc, output, client, run_id = train_until_the_server_goes_away(start, server, args, tmp_path)
     output.wait_for("tracking store", timeout=120)
     assert any("unreachable" in line and "training goes on" in line for line in output.lines), output.lines
@@ -327,16 +352,16 @@ def test_an_unreachable_tracking_server_fails_at_once_with_one_line(cli, small_t
     seconds = time.monotonic() - started
     assert out.returncode == 2 and re.fullmatch(
         rf"error: cannot reach the tracking server http://127\.0\.0\.1:{port} \([^\n]*\); start it, or set "
-        r"tracking\.uri \(or MLFLOW_TRACKING_URI\) to a store that runs\n", out.stderr), out.stderr
+        r"tracking\.uri \(or MLFLOW_TRACKING_URI\) to a store that runs\n",
+        out.stderr,
+    ), out.stderr
     assert not list(tmp_path.glob("outputs/**/checkpoints"))
     # MLflow's client would retry for minutes: the error comes before the job could have run anywhere
     assert seconds < 2 * healthy_seconds, (seconds, healthy_seconds)
 
 
-def test_six_runs_started_together_in_a_fresh_directory_all_succeed_each_in_its_own_folder(
-        start, small_text, tmp_path):
-    procs = [start(*tiny(small_text, f"train.seed={seed}", "train.max_iters=30"), cwd=tmp_path)
-             for seed in range(6)]
+def test_six_runs_started_together_in_a_fresh_directory_all_succeed_each_in_its_own_folder(start, small_text, tmp_path):
+    procs = [start(*tiny(small_text, f"train.seed={seed}", "train.max_iters=30"), cwd=tmp_path) for seed in range(6)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out
@@ -352,11 +377,18 @@ def test_six_runs_started_together_in_a_fresh_directory_all_succeed_each_in_its_
     assert re.search(r"run id:\s+[0-9a-f]{32}", outs[0])
 
 
-def test_a_run_ended_while_its_server_is_away_continues_from_its_local_checkpoint(start, mlflow_server, cli,
-                                                                                 small_text, tmp_path):
+def test_a_run_ended_while_its_server_is_away_continues_from_its_local_checkpoint(
+    start, mlflow_server, cli, small_text, tmp_path
+):
     server = mlflow_server
-    args = tiny(small_text, "train.max_iters=null", "train.max_seconds=1e9", "train.log_every=100",
-                "train.eval_every=200", "train.sample_every=0")
+    args = tiny(
+        small_text,
+        "train.max_iters=null",
+        "train.max_seconds=1e9",
+        "train.log_every=100",
+        "train.eval_every=200",
+        "train.sample_every=0",
+    )
     proc, output, client, run_id = train_until_the_server_goes_away(start, server, args, tmp_path)
     output.wait_for("training goes on", timeout=120)
     proc.send_signal(signal.SIGTERM)  # training stops and saves a checkpoint; the store is still away
@@ -373,8 +405,13 @@ def test_a_run_ended_while_its_server_is_away_continues_from_its_local_checkpoin
     assert client.get_run(run_id).info.status == "RUNNING"
     stored_through = client.get_metric_history(run_id, "train/loss")[-1].step
     limit = (stopped_at // 100 + 3) * 100
-    out = cli("charrnn-train", f"train.resume={local}", f"train.max_iters={limit}", "train.max_seconds=null",
-              f"tracking.uri={server.url}")
+    out = cli(
+        "charrnn-train",
+        f"train.resume={local}",
+        f"train.max_iters={limit}",
+        "train.max_seconds=null",
+        f"tracking.uri={server.url}",
+    )
     assert out.returncode == 0, out.stderr
     assert f"resuming run {run_id} at iteration {stopped_at} from {local}" in out.stderr
     assert client.get_run(run_id).info.status == "FINISHED"
@@ -386,8 +423,9 @@ def test_a_run_ended_while_its_server_is_away_continues_from_its_local_checkpoin
 
     reference = tmp_path / "reference"
     reference.mkdir()
-    assert cli("charrnn-train", *args, f"train.max_iters={limit}", "train.max_seconds=null",
-               cwd=reference).returncode == 0
+    assert (
+        cli("charrnn-train", *args, f"train.max_iters={limit}", "train.max_seconds=null", cwd=reference).returncode == 0
+    )
     ref_client = store_client(reference)
     ref = only_run(ref_client).info.run_id
     for key in ("train/loss", "val/loss"):

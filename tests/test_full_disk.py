@@ -24,8 +24,9 @@ def small_filesystem(folder: Path, size: str = FULL_SIZE):
     """A tmpfs of ``size`` mounted on ``folder``, unmounted at the end; the test is skipped where mounting is not
     allowed (not root, or a container without CAP_SYS_ADMIN)."""
     folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
     try:
@@ -63,16 +64,21 @@ def test_a_full_run_folder_fails_the_run_with_the_checkpoint_path(cli, small_tex
     assert "checkpoints/latest.npz" in done.stderr
 
 
-def test_a_full_disk_under_the_sqlite_store_stops_the_run_with_one_line_and_how_to_continue(cli, small_text,
-                                                                                            tmp_path):
+def test_a_full_disk_under_the_sqlite_store_stops_the_run_with_one_line_and_how_to_continue(cli, small_text, tmp_path):
     with small_filesystem(tmp_path / "db", size="8m") as folder:
         uri = f"sqlite:///{folder}/mlflow.db"
         MlflowClient(uri).search_experiments()  # MLflow creates the store's tables
-        used = int(subprocess.run(["df", "--output=used", "-k", str(folder)], capture_output=True, text=True,
-                                  check=True).stdout.split()[-1])
+        used = int(
+            subprocess.run(
+                ["df", "--output=used", "-k", str(folder)], capture_output=True, text=True, check=True
+            ).stdout.split()[-1]
+        )
         subprocess.run(["mount", "-o", f"remount,size={used + 64}k", str(folder)], check=True)  # 64 kB left
-        done = cli("charrnn-train", *tiny(small_text, "train.max_iters=1000000", "train.log_every=1",
-                                          f"tracking.uri={uri}"), timeout=120)
+        done = cli(
+            "charrnn-train",
+            *tiny(small_text, "train.max_iters=1000000", "train.log_every=1", f"tracking.uri={uri}"),
+            timeout=120,
+        )
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: tracking store {uri}: database or disk is full"), done.stderr

@@ -1,5 +1,6 @@
 """The benchmarks' speed yardstick (benchmarks/gist_port.py, the gist's loop as written) against the parity oracle
 (charrnn.reference.GistRNN): the same algorithm, so the same losses to the last bit."""
+
 from __future__ import annotations
 
 import importlib.util

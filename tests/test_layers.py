@@ -44,4 +44,4 @@ def upward_imports(folder: str) -> list[str]:
 def test_no_import_goes_up_a_layer(folder):
     assert list((ROOT / folder).rglob("*.py")), f"no Python files under {folder}/"
     found = upward_imports(folder)
-    assert not found, (f"{folder}/ may not import {', '.join(sorted(FORBIDDEN[folder]))}:\n" + "\n".join(found))
+    assert not found, f"{folder}/ may not import {', '.join(sorted(FORBIDDEN[folder]))}:\n" + "\n".join(found)

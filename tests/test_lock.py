@@ -26,8 +26,9 @@ def uv() -> str:
 
 def lock_check(folder: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "UV_PYTHON": sys.executable, "UV_PYTHON_DOWNLOADS": "never"}
-    return subprocess.run([uv(), "lock", "--check", "--directory", str(folder)], capture_output=True, text=True,
-                          env=env, timeout=240)
+    return subprocess.run(
+        [uv(), "lock", "--check", "--directory", str(folder)], capture_output=True, text=True, env=env, timeout=240
+    )
 
 
 def project_copy(folder: Path) -> Path:
@@ -45,7 +46,9 @@ def test_the_lock_matches_pyproject_and_a_stale_one_fails(tmp_path):
 
     stale = project_copy(tmp_path / "stale")
     pyproject = stale / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('dependencies = [\n', 'dependencies = [\n    "tomli-w>=1.0",\n', 1))
+    pyproject.write_text(
+        pyproject.read_text().replace("dependencies = [\n", 'dependencies = [\n    "tomli-w>=1.0",\n', 1)
+    )
     changed = lock_check(stale)
     assert changed.returncode != 0, "uv lock --check accepted a pyproject.toml with a dependency the lock lacks"
     # refused for the stale lock, not for a failure of its own (no index, no interpreter)

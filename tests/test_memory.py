@@ -1,6 +1,7 @@
 """Memory does not grow with the number of iterations: training, evaluation, sampling and checkpoints reuse or
 free what each iteration allocates (tracemalloc sees NumPy's buffers); and a long text costs charrnn-train a few
 bytes per character."""
+
 from __future__ import annotations
 
 import gc
@@ -59,10 +60,11 @@ def test_memory_after_3n_iterations_is_that_after_n(cell, tmp_path):
 def peak_rss_of(command: list[str], cwd) -> float:
     """The peak resident memory (bytes) of ``command``, run as the only child of a fresh interpreter: the
     test process's own children would share RUSAGE_CHILDREN's maximum."""
-    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-             "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.stderr[-2000:])")
-    out = subprocess.run([sys.executable, "-c", probe, *command], cwd=cwd, capture_output=True, text=True,
-                         timeout=280)
+    probe = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.stderr[-2000:])"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, *command], cwd=cwd, capture_output=True, text=True, timeout=280)
     code, kib = out.stdout.split("\n", 1)[0].split()
     assert code == "0", out.stdout
     return int(kib) * 1024
@@ -75,8 +77,14 @@ def test_charrnn_train_on_a_long_text_costs_a_few_bytes_per_character(tmp_path):
     (tmp_path / "small.txt").write_text(block, encoding="utf-8")
     (tmp_path / "long.txt").write_text(block * (24_000_000 // len(block)), encoding="utf-8")
     n_chars = (tmp_path / "long.txt").stat().st_size
-    run = [str(BIN / "charrnn-train"), "data=file", "model.hidden_size=8", "train.max_iters=20",
-           "train.max_seconds=null", "train.log_every=10"]
+    run = [
+        str(BIN / "charrnn-train"),
+        "data=file",
+        "model.hidden_size=8",
+        "train.max_iters=20",
+        "train.max_seconds=null",
+        "train.log_every=10",
+    ]
     small = peak_rss_of([*run, f"data.path={tmp_path / 'small.txt'}"], tmp_path)
     long = peak_rss_of([*run, f"data.path={tmp_path / 'long.txt'}"], tmp_path)
     assert (long - small) / n_chars < 6, f"{(long - small) / n_chars:.1f} bytes per character"

@@ -1,6 +1,7 @@
 """The README and the docs/ pages: the Python example runs as written and does what its comments say, every
 relative link and image resolves, every page is linked from the README, and every console-script command line
 in their ```bash blocks composes and validates as the app would."""
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from charrnn import load_checkpoint
 from charrnn.errors import CharRNNError
-from charrnn_experiments.schema import (AnalyzeAppSchema, CompareAppSchema, EndSweepAppSchema, SampleAppSchema,
-                                        TrainAppSchema, boolean_override_error, config_error_line)
+from charrnn_experiments.schema import (
+    AnalyzeAppSchema,
+    CompareAppSchema,
+    EndSweepAppSchema,
+    SampleAppSchema,
+    TrainAppSchema,
+    boolean_override_error,
+    config_error_line,
+)
 from charrnn_experiments.train import engine_configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,15 +54,20 @@ def test_readme_engine_example_trains_resumes_and_samples(tmp_path, monkeypatch,
     # evaluation), then a sample of 200 characters
     progress, printed_sample = out[:-201], out[-201:-1]
     assert [" ".join(line.split()[:3]) for line in progress.splitlines() if line.startswith("iter ")] == [
-        "iter 100: train/loss", "iter 100: val/loss", "iter 200: train/loss", "iter 200: val/loss"]
+        "iter 100: train/loss",
+        "iter 100: val/loss",
+        "iter 200: train/loss",
+        "iter 200: val/loss",
+    ]
     assert out.endswith("\n") and len(printed_sample) == 200 and set(printed_sample) <= set(vocab.chars)
 
 
 def test_team_server_page_has_the_done_when_commands():
     """The issue's done-when: on a fresh machine these two commands, exactly, on the Team server page."""
     section = (DOCS / "team-server.md").read_text(encoding="utf-8")
-    commands = [line.split("#", 1)[0].strip() for line in re.findall(r"```bash\n(.*?)```", section, re.S)[0]
-                .splitlines()]
+    commands = [
+        line.split("#", 1)[0].strip() for line in re.findall(r"```bash\n(.*?)```", section, re.S)[0].splitlines()
+    ]
     assert "make server" in commands
     assert "charrnn-train tracking.uri=http://127.0.0.1:5000 experiment=grid hydra/launcher=charrnn" in commands
 
@@ -70,8 +83,10 @@ def prose(page: Path) -> str:
 
 def anchors(page: Path) -> set[str]:
     """The anchors of the page's headings, as GitHub makes them: lower case, punctuation dropped, spaces to -."""
-    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-            for heading in re.findall(r"^#{1,6} (.+)$", prose(page), re.M)}
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in re.findall(r"^#{1,6} (.+)$", prose(page), re.M)
+    }
 
 
 def relative_links(page: Path) -> list[str]:
@@ -100,9 +115,13 @@ def test_every_docs_page_is_linked_from_the_readme():
 
 
 # Each console script: its config (conf/<name>.yaml) and its schema.
-APPS = {"charrnn-train": ("config", TrainAppSchema), "charrnn-sample": ("sample", SampleAppSchema),
-        "charrnn-analyze": ("analyze", AnalyzeAppSchema), "charrnn-compare": ("compare", CompareAppSchema),
-        "charrnn-end-sweep": ("end_sweep", EndSweepAppSchema)}
+APPS = {
+    "charrnn-train": ("config", TrainAppSchema),
+    "charrnn-sample": ("sample", SampleAppSchema),
+    "charrnn-analyze": ("analyze", AnalyzeAppSchema),
+    "charrnn-compare": ("compare", CompareAppSchema),
+    "charrnn-end-sweep": ("end_sweep", EndSweepAppSchema),
+}
 FLAGS_WITH_A_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-dir", "-cd"}
 
 
@@ -129,8 +148,9 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
                         skip_next = not skip_next and word in FLAGS_WITH_A_VALUE
                         continue
                     overrides.append(word)
-                commands.append((f"{page.relative_to(ROOT)}: {line.strip()}", words[0].removeprefix(".venv/bin/"),
-                                 overrides))
+                commands.append(
+                    (f"{page.relative_to(ROOT)}: {line.strip()}", words[0].removeprefix(".venv/bin/"), overrides)
+                )
     return commands
 
 

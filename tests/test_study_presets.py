@@ -19,15 +19,26 @@ TINYSHAKESPEARE_VOCAB = 65  # distinct characters of tinyshakespeare.txt (sha256
 BUDGETS = {"50k": 50_000, "200k": 200_000}
 CELLS, DEPTHS = ("rnn", "lstm", "gru"), (1, 2)
 # a run cut to a few updates of a few characters: the preset's code path in seconds
-SHRINK = ["train.max_iters=3", "train.batch_size=2", "train.seq_length=16", "train.eval_every=3",
-          "train.eval_max_chars=500", "train.sample_length=10", "record.length=200"]
+SHRINK = [
+    "train.max_iters=3",
+    "train.batch_size=2",
+    "train.seq_length=16",
+    "train.eval_every=3",
+    "train.eval_max_chars=500",
+    "train.sample_length=10",
+    "record.length=200",
+]
 
 
 def test_paper_cells_matches_each_budget_within_two_percent_with_its_chosen_lr_and_one_batch_and_budget():
     cfg = compose_cfg("experiment=paper_cells", hydra=True)
     assert OmegaConf.to_container(cfg.hydra.sweeper.params) == {
-        "data": "tinyshakespeare,pystdlib", "model": "rnn,lstm,gru", "model.num_layers": "1,2",
-        "study.budget": "50k,200k", "train.seed": "1,2"}
+        "data": "tinyshakespeare,pystdlib",
+        "model": "rnn,lstm,gru",
+        "model.num_layers": "1,2",
+        "study.budget": "50k,200k",
+        "train.seed": "1,2",
+    }
     assert cfg.optim.name == "adam" and cfg.train.max_iters == 4000 and cfg.tracking.experiment == "paper_cells"
     assert cfg.train.patience == 4 and cfg.train.eval_every == 250
     vocab = {"tinyshakespeare": TINYSHAKESPEARE_VOCAB, "pystdlib": Vocab.from_text(load_corpus("pystdlib").text).size}
@@ -35,8 +46,13 @@ def test_paper_cells_matches_each_budget_within_two_percent_with_its_chosen_lr_a
     for corpus, (budget, target) in itertools.product(vocab, BUDGETS.items()):
         counts = {}
         for cell, depth in itertools.product(CELLS, DEPTHS):
-            job = compose_cfg("experiment=paper_cells", f"data={corpus}", f"model={cell}",
-                              f"model.num_layers={depth}", f"study.budget={budget}")
+            job = compose_cfg(
+                "experiment=paper_cells",
+                f"data={corpus}",
+                f"model={cell}",
+                f"model.num_layers={depth}",
+                f"study.budget={budget}",
+            )
             assert (job.model.cell, job.model.num_layers, job.data.name) == (cell, depth, corpus)
             counts[cell, depth] = count_params(ModelConfig(cell, vocab[corpus], int(job.model.hidden_size), depth))
             chosen = (corpus, cell, f"layers{depth}", budget)
@@ -53,19 +69,28 @@ def test_paper_cells_search_tries_each_lr_on_every_model_of_the_table_at_equal_u
     search = compose_cfg("experiment=paper_cells_search", hydra=True)
     table = compose_cfg("experiment=paper_cells", hydra=True)
     assert OmegaConf.to_container(search.hydra.sweeper.params) == {
-        **OmegaConf.to_container(table.hydra.sweeper.params), "train.seed": "1", "optim.lr": "0.002,0.005,0.01"}
-    assert (search.train.max_iters, search.train.patience, search.tracking.experiment) == (2000, None,
-                                                                                          "paper_cells_search")
+        **OmegaConf.to_container(table.hydra.sweeper.params),
+        "train.seed": "1",
+        "optim.lr": "0.002,0.005,0.01",
+    }
+    assert (search.train.max_iters, search.train.patience, search.tracking.experiment) == (
+        2000,
+        None,
+        "paper_cells_search",
+    )
     assert search.model.dropout == 0.0 and search.study.hidden_size == table.study.hidden_size
     job = compose_cfg("experiment=paper_cells_search", "model=gru", "optim.lr=0.01", "study.budget=200k")
     assert (job.optim.lr, job.model.hidden_size) == (0.01, 201)  # pystdlib's 200k GRU
 
 
-@pytest.mark.parametrize("preset, cell, layers, corpus, stop", [
-    ("shakespeare_quick", "lstm", 1, "tinyshakespeare", (None, 135.0)),
-    ("shakespeare_lstm", "lstm", 2, "tinyshakespeare", (None, 3600.0)),
-    ("code_lstm", "lstm", 2, "pystdlib", (2500, 3600.0)),
-])
+@pytest.mark.parametrize(
+    "preset, cell, layers, corpus, stop",
+    [
+        ("shakespeare_quick", "lstm", 1, "tinyshakespeare", (None, 135.0)),
+        ("shakespeare_lstm", "lstm", 2, "tinyshakespeare", (None, 3600.0)),
+        ("code_lstm", "lstm", 2, "pystdlib", (2500, 3600.0)),
+    ],
+)
 def test_single_run_presets(preset, cell, layers, corpus, stop):
     cfg = compose_cfg(f"experiment={preset}")
     assert (cfg.model.cell, cfg.model.num_layers, cfg.data.name) == (cell, layers, corpus)
@@ -76,8 +101,14 @@ def test_single_run_presets(preset, cell, layers, corpus, stop):
 @pytest.mark.parametrize("preset", ["shakespeare_quick", "shakespeare_lstm"])
 def test_a_tiny_shakespeare_preset_run_finishes(preset, cli, small_text, tmp_path):
     # 3 updates end before the presets' lr warmup, which charrnn-train refuses as a mistake
-    out = cli("charrnn-train", f"experiment={preset}", *SHRINK, "optim.schedule.warmup_iters=0", "data=file",
-              f"data.path={small_text}")
+    out = cli(
+        "charrnn-train",
+        f"experiment={preset}",
+        *SHRINK,
+        "optim.schedule.warmup_iters=0",
+        "data=file",
+        f"data.path={small_text}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     run = only_run(store_client(tmp_path), experiment=preset)
     assert run.info.status == "FINISHED" and run.data.tags["charrnn.reason"] == "reached max_iters=3"
@@ -102,8 +133,9 @@ def test_a_tiny_code_lstm_run_records_its_held_out_files_and_the_corpus_version(
     train, val = split_corpus(corpus, 0.1, 16)
     assert val.startswith("# file: ") and val not in corpus.text and len(train) + len(val) == len(corpus.text)
     trained = Recording.load(client.download_artifacts(run.info.run_id, "analysis/recording.npz", str(tmp_path)))
-    analyzed = cli("charrnn-analyze", f"run={run.info.run_id}", "record.length=200", f"out={tmp_path / 'an'}",
-                   "log=false")
+    analyzed = cli(
+        "charrnn-analyze", f"run={run.info.run_id}", "record.length=200", f"out={tmp_path / 'an'}", "log=false"
+    )
     assert analyzed.returncode == 0, analyzed.stderr[-3000:]
     assert "whole files held out" in analyzed.stdout
     again = Recording.load(tmp_path / "an" / "recording.npz")
@@ -131,8 +163,15 @@ def test_a_run_on_another_pythons_pystdlib_is_tagged_with_why_its_text_differs(t
 
 def test_a_tiny_paper_cells_search_names_each_models_best_lr_in_the_tables_paper_cells_reads(cli, tmp_path):
     # the search narrowed to one model (its three lrs), each job cut to 3 updates
-    out = cli("charrnn-train", "experiment=paper_cells_search", "data=pystdlib", "study.budget=50k", "model=lstm",
-              "model.num_layers=1", *SHRINK)
+    out = cli(
+        "charrnn-train",
+        "experiment=paper_cells_search",
+        "data=pystdlib",
+        "study.budget=50k",
+        "model=lstm",
+        "model.num_layers=1",
+        *SHRINK,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     client = store_client(tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("paper_cells_search").experiment_id])
@@ -141,14 +180,17 @@ def test_a_tiny_paper_cells_search_names_each_models_best_lr_in_the_tables_paper
     assert sorted(float(r.data.params["optim.lr"]) for r in children) == [0.002, 0.005, 0.01]
     best = min(children, key=lambda r: min(m.value for m in client.get_metric_history(r.info.run_id, "val/loss")))
 
-    compared = cli("charrnn-compare", f"parent={parent}", f"out={tmp_path / 'cmp'}",
-                   "tracking.uri=sqlite:///mlflow.db")
+    compared = cli("charrnn-compare", f"parent={parent}", f"out={tmp_path / 'cmp'}", "tracking.uri=sqlite:///mlflow.db")
     assert compared.returncode == 0, compared.stderr[-3000:]
     chosen = OmegaConf.load(tmp_path / "cmp" / "chosen_settings.yaml")
-    assert OmegaConf.to_container(chosen) == {"study": {
-        "lr": {"pystdlib": {"lstm": {"layers1": {"50k": float(best.data.params["optim.lr"])}}}},
-        "dropout": {"pystdlib": {"lstm": {"layers1": {"50k": 0.0}}}}}}
+    assert OmegaConf.to_container(chosen) == {
+        "study": {
+            "lr": {"pystdlib": {"lstm": {"layers1": {"50k": float(best.data.params["optim.lr"])}}}},
+            "dropout": {"pystdlib": {"lstm": {"layers1": {"50k": 0.0}}}},
+        }
+    }
     # pasted under study: in paper_cells.yaml, the table's job for that model trains at the chosen lr
-    job = OmegaConf.merge(compose_cfg("experiment=paper_cells", "data=pystdlib", "model=lstm",
-                                      "study.budget=50k"), chosen)
+    job = OmegaConf.merge(
+        compose_cfg("experiment=paper_cells", "data=pystdlib", "model=lstm", "study.budget=50k"), chosen
+    )
     assert job.optim.lr == float(best.data.params["optim.lr"]) and job.model.dropout == 0.0

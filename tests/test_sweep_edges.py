@@ -28,8 +28,15 @@ class Command:
     """A console script started in its own session, its output (stdout and stderr) read on a thread."""
 
     def __init__(self, name: str, *args: str, cwd: Path) -> None:
-        self.proc = subprocess.Popen([str(BIN / name), *args], cwd=cwd, text=True, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(BIN / name), *args],
+            cwd=cwd,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
         self._reader.start()
@@ -104,8 +111,11 @@ def test_a_signal_during_the_job_ends_store_query_is_not_forgotten(monkeypatch, 
 def test_sigterm_during_a_long_recording_stops_it_and_ends_the_run_killed(tmp_path):
     text = tmp_path / "big.txt"
     text.write_text(write_small_text(tmp_path).read_text() * 300)  # 1.8 MB: 0.9 MB of validation text
-    run = Command("charrnn-train", *tiny(text, "train.val_fraction=0.5", "train.eval_max_chars=2000",
-                                         "record.length=1000000", "record.chunk=64"), cwd=tmp_path)
+    run = Command(
+        "charrnn-train",
+        *tiny(text, "train.val_fraction=0.5", "train.eval_max_chars=2000", "record.length=1000000", "record.chunk=64"),
+        cwd=tmp_path,
+    )
     run.wait_for("recording the hidden state on")
     run.proc.send_signal(signal.SIGTERM)
     assert run.end() == 130, run.text
@@ -162,15 +172,23 @@ def test_charrnn_end_sweep_ends_a_killed_sweeps_parent_with_the_summary_of_its_f
 def test_a_store_away_at_a_sweeps_end_is_one_line_naming_charrnn_end_sweep(mlflow_server, small_text, tmp_path):
     # charrnn's launcher runs the job in a child process: the launching process is held (SIGSTOP) until the job
     # has ended its run, the server is stopped, and the sweep's end meets a store that is away
-    sweep = Command("charrnn-train", "-m", *tiny(small_text), "hydra/launcher=charrnn", "hydra.launcher.n_jobs=1",
-                    f"tracking.uri={mlflow_server.url}", cwd=tmp_path)
+    sweep = Command(
+        "charrnn-train",
+        "-m",
+        *tiny(small_text),
+        "hydra/launcher=charrnn",
+        "hydra.launcher.n_jobs=1",
+        f"tracking.uri={mlflow_server.url}",
+        cwd=tmp_path,
+    )
     sweep.wait_for("recorded the hidden state")
     os.kill(sweep.proc.pid, signal.SIGSTOP)
     try:
         client = MlflowClient(mlflow_server.url)
         deadline = time.monotonic() + 120
-        while not [run for run in client.search_runs(["1"]) if "charrnn.job" in run.data.tags
-                   and run.info.status == "FINISHED"]:
+        while not [
+            run for run in client.search_runs(["1"]) if "charrnn.job" in run.data.tags and run.info.status == "FINISHED"
+        ]:
             assert time.monotonic() < deadline, sweep.text
             time.sleep(0.05)
         mlflow_server.stop()
@@ -188,15 +206,23 @@ def test_a_store_away_at_a_sweeps_end_is_one_line_naming_charrnn_end_sweep(mlflo
     done = run_cli(*command, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     parent = client.get_run(parent.info.run_id)
-    (child,) = client.search_runs([parent.info.experiment_id],
-                                  f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'")
+    (child,) = client.search_runs(
+        [parent.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent.info.run_id}'"
+    )
     assert (parent.info.status, child.info.status) == ("KILLED", "FINISHED")
     assert parent.data.tags["charrnn.best_child_run_id"] == child.info.run_id
 
 
 def test_jobs_stopped_by_the_time_cap_are_named_in_the_leaderboard_and_counted_on_the_parent(small_text, tmp_path):
-    done = run_cli("charrnn-train", "-m", *tiny(small_text), "model.hidden_size=8,9", "train.max_iters=1000000",
-                   "train.max_seconds=1", cwd=tmp_path)
+    done = run_cli(
+        "charrnn-train",
+        "-m",
+        *tiny(small_text),
+        "model.hidden_size=8,9",
+        "train.max_iters=1000000",
+        "train.max_seconds=1",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("(hit the train.max_seconds safety cap)") == 2, done.stdout
     assert "2 job(s) stopped on the wall-clock safety cap" in done.stdout, done.stdout

@@ -8,18 +8,28 @@ import json
 import zlib
 
 from mlflow import MlflowClient
+from test_cli_sweep import sweep_runs
 
 from charrnn_experiments.store import Store
 from conftest import tiny
-from test_cli_sweep import sweep_runs
 
-REPORT_FILES = {"report/report.html", "report/runs.csv", "report/leaderboard.md", "report/curves.png",
-                "report/val_loss_vs_params.png", "report/parallel.png"}
+REPORT_FILES = {
+    "report/report.html",
+    "report/runs.csv",
+    "report/leaderboard.md",
+    "report/curves.png",
+    "report/val_loss_vs_params.png",
+    "report/parallel.png",
+}
 
 
 def test_a_short_sweep_at_the_default_cadence_draws_curves_and_reports_on_its_parent(cli, small_text, tmp_path):
-    out = cli("charrnn-train", "-m", *tiny(small_text, "train.eval_every=null", "train.sample_every=0"),
-              "model.hidden_size=8,16")
+    out = cli(
+        "charrnn-train",
+        "-m",
+        *tiny(small_text, "train.eval_every=null", "train.sample_every=0"),
+        "model.hidden_size=8,16",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     client, parent, children = sweep_runs(tmp_path)
     for child in children:  # 60 iterations: a round at least every 6
@@ -33,14 +43,14 @@ def test_a_short_sweep_at_the_default_cadence_draws_curves_and_reports_on_its_pa
     assert "&viewStateShareKey=charrnn-losses" in out.stdout
     assert REPORT_FILES <= {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     page = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").download_artifacts(
-        parent.info.run_id, "report/report.html", str(tmp_path))
+        parent.info.run_id, "report/report.html", str(tmp_path)
+    )
     text = open(page, encoding="utf-8").read()
     assert all(child.info.run_name in text for child in children)
     assert f"report: {tmp_path}" in out.stdout and "(on the parent run under report/report.html)" in out.stdout
 
 
-def test_a_report_that_cannot_be_written_says_so_in_one_line_and_the_sweep_still_succeeds(cli, small_text,
-                                                                                         tmp_path):
+def test_a_report_that_cannot_be_written_says_so_in_one_line_and_the_sweep_still_succeeds(cli, small_text, tmp_path):
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
     (sweep_dir / "report").write_text("a file where the report's folder goes")
@@ -57,8 +67,9 @@ def test_an_experiment_made_elsewhere_is_marked_as_model_training_and_gets_the_l
     store = Store(uri, None)
     made_elsewhere = MlflowClient(uri).create_experiment("elsewhere")
     assert store.ensure_experiment("elsewhere") == made_elsewhere
-    MlflowClient(uri).create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development",
-                                                        "mlflow.sharedViewState.charrnn-losses": "edited"})
+    MlflowClient(uri).create_experiment(
+        "chosen", tags={"mlflow.experimentKind": "genai_development", "mlflow.sharedViewState.charrnn-losses": "edited"}
+    )
     store.ensure_experiment("chosen")
     tags = {e.name: e.tags for e in MlflowClient(uri).search_experiments()}
     assert tags["elsewhere"]["mlflow.experimentKind"] == "custom_model_development"
@@ -71,6 +82,8 @@ def test_an_experiment_made_elsewhere_is_marked_as_model_training_and_gets_the_l
     assert view["name"] and isinstance(view["createdAt"], int) and view["state"].startswith("deflate;")
     state = json.loads(zlib.decompress(base64.b64decode(view["state"].removeprefix("deflate;"))))
     first = state["compareRunSections"][0]["uuid"]
-    assert [(c["metricKey"], c["displayName"]) for c in state["compareRunCharts"] if c["metricSectionId"] == first] \
-        == [("train/loss", "train/loss"), ("val/loss", "val/loss")]
+    assert [(c["metricKey"], c["displayName"]) for c in state["compareRunCharts"] if c["metricSectionId"] == first] == [
+        ("train/loss", "train/loss"),
+        ("val/loss", "val/loss"),
+    ]
     assert state["isAccordionReordered"], "else MLflow sorts the sections by name"

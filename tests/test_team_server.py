@@ -17,9 +17,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from mlflow import MlflowClient
@@ -27,8 +27,15 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from charrnn_experiments.lease import owner_of
 from charrnn_experiments.team_server import ServerError, TeamServer, free_port, health, postgres_bindir
-from conftest import (BIN, emitted_metric_counts, jobs_log_one_dataset_at_once, own_stderr, run_cli, tiny,
-                      write_small_text)
+from conftest import (
+    BIN,
+    emitted_metric_counts,
+    jobs_log_one_dataset_at_once,
+    own_stderr,
+    run_cli,
+    tiny,
+    write_small_text,
+)
 
 ITERS, LOG_EVERY, EVAL_EVERY = 60, 10, 30  # tiny()'s budget and cadence
 GRID = ["model.hidden_size=8,16", "train.seq_length=8,16"]
@@ -83,8 +90,9 @@ def sql(server: TeamServer, query: str, *args) -> list[tuple]:
     """Rows straight from PostgreSQL, not through MLflow."""
     import psycopg2
 
-    conn = psycopg2.connect(host="127.0.0.1", port=server.pg_port, user="mlflow",
-                            password=server.password(), dbname="mlflow")
+    conn = psycopg2.connect(
+        host="127.0.0.1", port=server.pg_port, user="mlflow", password=server.password(), dbname="mlflow"
+    )
     try:
         with conn.cursor() as cur:
             cur.execute(query, args)
@@ -107,9 +115,12 @@ def metric_counts_over_rest(client: MlflowClient, run) -> dict[str, int]:
 def metric_counts_in_postgres(server: TeamServer, experiment_id: str) -> dict[str, dict[str, int]]:
     """run id -> metric key -> points, counted by PostgreSQL itself."""
     counts: dict[str, dict[str, int]] = {}
-    for run, key, n in sql(server, "SELECT m.run_uuid, m.key, count(*) FROM metrics m JOIN runs r "
-                                   "ON r.run_uuid = m.run_uuid WHERE r.experiment_id = %s GROUP BY m.run_uuid, m.key",
-                           int(experiment_id)):
+    for run, key, n in sql(
+        server,
+        "SELECT m.run_uuid, m.key, count(*) FROM metrics m JOIN runs r "
+        "ON r.run_uuid = m.run_uuid WHERE r.experiment_id = %s GROUP BY m.run_uuid, m.key",
+        int(experiment_id),
+    ):
         counts.setdefault(run, {})[key] = n
     return counts
 
@@ -122,8 +133,9 @@ def check_sweep(server: TeamServer, url: str, experiment: str, n_jobs: int, text
     assert len(parents) == 1, [r.info.run_name for r in parents]
     children = [r for r in runs if r.data.tags.get(MLFLOW_PARENT_RUN_ID) == parents[0].info.run_id]
     assert len(children) == len(runs) - 1 == n_jobs
-    assert [c.info.status for c in children] == ["FINISHED"] * n_jobs, \
-        [(c.info.status, c.data.tags.get("charrnn.reason")) for c in children]
+    assert [c.info.status for c in children] == ["FINISHED"] * n_jobs, [
+        (c.info.status, c.data.tags.get("charrnn.reason")) for c in children
+    ]
     assert parents[0].info.status == "FINISHED"
     emitted, expected = {}, {}
     for c in children:  # the same job run here, untracked: what its trainer logs
@@ -143,18 +155,42 @@ def check_sweep(server: TeamServer, url: str, experiment: str, n_jobs: int, text
 
 
 def test_second_start_reports_the_running_server(team_server, url):
-    out = subprocess.run([sys.executable, "-m", "charrnn_experiments.team_server", "start",
-                          "--dir", str(team_server.folder), "--port", str(team_server.port)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "charrnn_experiments.team_server",
+            "start",
+            "--dir",
+            str(team_server.folder),
+            "--port",
+            str(team_server.port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert f"already running at {url}" in out.stdout
 
 
 def test_missing_postgres_binaries_is_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "charrnn_experiments.team_server", "start",
-                          "--dir", str(tmp_path / "team"), "--port", str(free_port())],
-                         capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "CHARRNN_PG_BINDIR": str(tmp_path)})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "charrnn_experiments.team_server",
+            "start",
+            "--dir",
+            str(tmp_path / "team"),
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "CHARRNN_PG_BINDIR": str(tmp_path)},
+    )
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ")
     assert "install Debian's `postgresql` package" in out.stderr
@@ -168,9 +204,21 @@ def test_a_failed_start_stops_the_postgresql_it_started_and_leaves_no_folder():
         with socket.socket() as taken:
             # bound but not listening: the port looks free, then mlflow server cannot bind it (a lost race)
             taken.bind(("127.0.0.1", 0))
-            out = subprocess.run([sys.executable, "-m", "charrnn_experiments.team_server", "start",
-                                  "--dir", str(team), "--port", str(taken.getsockname()[1])],
-                                 capture_output=True, text=True, timeout=300)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "charrnn_experiments.team_server",
+                    "start",
+                    "--dir",
+                    str(team),
+                    "--port",
+                    str(taken.getsockname()[1]),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
         assert out.returncode == 2 and out.stderr.startswith("error: mlflow server did not start"), out.stderr
         assert out.stderr.count("\n") == 1
         left = [cmd for cmd in (entry[2] for entry in process_table().values()) if str(team) in cmd]
@@ -193,8 +241,7 @@ def test_make_server_and_server_stop(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     try:
-        out = subprocess.run([*make, "server", f"PORT={port}"], cwd=folder, capture_output=True, text=True,
-                             timeout=300)
+        out = subprocess.run([*make, "server", f"PORT={port}"], cwd=folder, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         assert f"running at {url}" in out.stdout
         assert (folder / "team-server" / "pgdata").is_dir() and (folder / "team-server" / "artifacts").is_dir()
@@ -235,15 +282,18 @@ def process_ended(pid: int, wait_s: float = 10) -> bool:
 
 def test_an_ordinary_user_starts_and_stops_the_team_server():
     prefix = ordinary_user_prefix()
-    folder = postgres_folder("charrnn-user-", None if prefix is not None else
-                             "root without user namespaces (unshare -U): no ordinary user to run as")
+    folder = postgres_folder(
+        "charrnn-user-",
+        None if prefix is not None else "root without user namespaces (unshare -U): no ordinary user to run as",
+    )
     cmd = [*prefix, sys.executable, "-m", "charrnn_experiments.team_server"]
     where = ["--dir", str(folder / "team")]
     port = free_port()
     try:
         assert subprocess.run([*prefix, "id", "-u"], capture_output=True, text=True).stdout.strip() != "0"
-        out = subprocess.run([*cmd, "start", *where, "--port", str(port), "--workers", "1"],
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [*cmd, "start", *where, "--port", str(port), "--workers", "1"], capture_output=True, text=True, timeout=300
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         assert MlflowClient(f"http://127.0.0.1:{port}").search_experiments()[0].name == "Default"
         # PostgreSQL runs as the user who started it (outside the namespace: us), not as `postgres`
@@ -261,9 +311,17 @@ def test_an_ordinary_user_starts_and_stops_the_team_server():
 def parallel_grid(tmp_path_factory, team_server, url):
     """A 2x2 sweep with charrnn's launcher into the server, run once for the tests that read it: (output, folder)."""
     where = tmp_path_factory.mktemp("parallel-grid")
-    out = run_cli("charrnn-train", "-m", "hydra/launcher=charrnn", "hydra.launcher.n_jobs=4",
-                  *tiny(write_small_text(where)), *GRID, f"tracking.uri={url}",
-                  "tracking.experiment=parallel-grid", cwd=where)
+    out = run_cli(
+        "charrnn-train",
+        "-m",
+        "hydra/launcher=charrnn",
+        "hydra.launcher.n_jobs=4",
+        *tiny(write_small_text(where)),
+        *GRID,
+        f"tracking.uri={url}",
+        "tracking.experiment=parallel-grid",
+        cwd=where,
+    )
     return out, where
 
 
@@ -306,19 +364,37 @@ def test_a_long_job_name_still_makes_a_run(cli, small_text, tmp_path, url):
     long_path = tmp_path / ("d" * 120) / "text.txt"
     long_path.parent.mkdir()
     shutil.copy(small_text, long_path)
-    out = cli("charrnn-train", "-m", *tiny(long_path), "model.hidden_size=8", f"tracking.uri={url}",
-              "tracking.experiment=long-name")
+    out = cli(
+        "charrnn-train",
+        "-m",
+        *tiny(long_path),
+        "model.hidden_size=8",
+        f"tracking.uri={url}",
+        "tracking.experiment=long-name",
+    )
     assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-2000:]
     _, _, runs = experiment_runs(url, "long-name")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
 
 
 def test_eight_trainings_started_at_once_all_succeed(small_text, tmp_path, team_server, url):
-    procs = [subprocess.Popen([str(BIN / "charrnn-train"), *tiny(small_text), f"tracking.uri={url}",
-                               "tracking.experiment=eight", f"hydra.run.dir={tmp_path / str(i)}"],
-                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              stdin=subprocess.DEVNULL)
-             for i in range(8)]
+    procs = [
+        subprocess.Popen(
+            [
+                str(BIN / "charrnn-train"),
+                *tiny(small_text),
+                f"tracking.uri={url}",
+                "tracking.experiment=eight",
+                f"hydra.run.dir={tmp_path / str(i)}",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        for i in range(8)
+    ]
     results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     assert [rc for rc, _, _ in results] == [0] * 8, [err[-2000:] for rc, _, err in results if rc]
     run_ids = {re.search(r"run id:\s+(\w+)", out).group(1) for _, out, _ in results}
@@ -335,7 +411,7 @@ def test_parallel_jobs_log_the_same_dataset_into_postgres(team_server, tmp_path)
     # PostgreSQL words the unique-key refusal differently from SQLite; every job must still link it.
     from charrnn_experiments.store import Store
 
-    uri = (f"postgresql+psycopg2://mlflow:{team_server.password()}@127.0.0.1:{team_server.pg_port}/mlflow")
+    uri = f"postgresql+psycopg2://mlflow:{team_server.password()}@127.0.0.1:{team_server.pg_port}/mlflow"
     for trial in range(3):
         experiment_id = Store(uri, None).ensure_experiment(f"race-{trial}")
         run_ids = jobs_log_one_dataset_at_once(uri, experiment_id, tmp_path / str(trial))
@@ -359,21 +435,22 @@ def seconds_to_run(*args: str, cwd: Path) -> tuple[float, subprocess.CompletedPr
     return time.monotonic() - started, out
 
 
-def test_team_server_without_its_database_is_one_line_and_leaves_nothing(small_text, tmp_path,
-                                                                        team_server, url):
+def test_team_server_without_its_database_is_one_line_and_leaves_nothing(small_text, tmp_path, team_server, url):
     from charrnn_experiments.store import PROBE_SECONDS
 
     # the unit: the same job on the healthy server, just before, under the same load
     healthy = tmp_path / "healthy"
     healthy.mkdir()
-    healthy_seconds, out = seconds_to_run(*tiny(small_text), f"tracking.uri={url}", "tracking.experiment=healthy",
-                                          cwd=healthy)
+    healthy_seconds, out = seconds_to_run(
+        *tiny(small_text), f"tracking.uri={url}", "tracking.experiment=healthy", cwd=healthy
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     team_server.stop_postgres()
     try:
         # the server holds each request ~100 s retrying its database, and MLflow's client retries that
-        seconds, out = seconds_to_run(*tiny(small_text), f"tracking.uri={url}", "tracking.experiment=no-db",
-                                      cwd=tmp_path)
+        seconds, out = seconds_to_run(
+            *tiny(small_text), f"tracking.uri={url}", "tracking.experiment=no-db", cwd=tmp_path
+        )
     finally:
         team_server.start_postgres()
     check_nothing_made(out, tmp_path, url)
@@ -408,17 +485,31 @@ def test_server_restart_mid_run_loses_no_metric_point(small_text, tmp_path, team
     cmd = [sys.executable, "-m", "charrnn_experiments.team_server"]
     where = ["--dir", str(team_server.folder)]
     iters, log_every = 20_000, 100
-    job = tiny(small_text, f"train.max_iters={iters}", f"train.log_every={log_every}", "train.eval_every=5000",
-               "train.sample_every=0")
-    proc = subprocess.Popen([str(BIN / "charrnn-train"), *job, f"tracking.uri={url}", "tracking.experiment=restart"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    job = tiny(
+        small_text,
+        f"train.max_iters={iters}",
+        f"train.log_every={log_every}",
+        "train.eval_every=5000",
+        "train.sample_every=0",
+    )
+    proc = subprocess.Popen(
+        [str(BIN / "charrnn-train"), *job, f"tracking.uri={url}", "tracking.experiment=restart"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in proc.stdout:  # training is under way, its run open on the server
         if "| train/loss" in line:
             break
     # both servers go down and come back through the same commands a user types
     assert subprocess.run([*cmd, "stop", *where], capture_output=True, timeout=120).returncode == 0
-    started = subprocess.run([*cmd, "start", *where, "--port", str(team_server.port), "--workers", "2"],
-                             capture_output=True, text=True, timeout=300)
+    started = subprocess.run(
+        [*cmd, "start", *where, "--port", str(team_server.port), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert started.returncode == 0, started.stderr
     rest = proc.stdout.read()
     assert proc.wait(timeout=600) == 0, rest[-3000:]
@@ -467,8 +558,8 @@ def cluster_processes(roots: set[int]) -> dict[int, str]:
 @dataclass
 class RayCluster:
     address: str
-    home: Path        # HOME of every Ray process here: a user's ~/.ray (auth tokens) must not leak in
-    roots: set[int]   # pids of the two `ray start --block` processes, each leading its process group
+    home: Path  # HOME of every Ray process here: a user's ~/.ray (auth tokens) must not leak in
+    roots: set[int]  # pids of the two `ray start --block` processes, each leading its process group
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "HOME": str(self.home)}
@@ -488,18 +579,36 @@ def ray_cluster(team_server):
     def node(*args: str, log: str) -> subprocess.Popen:
         # this Python runs `ray start`, so the nodes' workers import this environment's packages
         proc = subprocess.Popen(
-            [sys.executable, str(BIN / "ray"), "start", "--block", "--num-cpus=1",
-             "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-             f"--dashboard-agent-listen-port={free_port()}", *args],
-            stdout=open(temp / log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=cluster.env())
+            [
+                sys.executable,
+                str(BIN / "ray"),
+                "start",
+                "--block",
+                "--num-cpus=1",
+                "--node-ip-address=127.0.0.1",
+                "--disable-usage-stats",
+                f"--dashboard-agent-listen-port={free_port()}",
+                *args,
+            ],
+            stdout=open(temp / log, "w"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=cluster.env(),
+        )
         cluster.roots.add(proc.pid)
         return proc
 
     def head() -> subprocess.Popen:
         cluster.address = f"127.0.0.1:{free_port()}"
-        return node("--head", f"--port={cluster.address.rsplit(':', 1)[1]}", f"--temp-dir={temp}",
-                    "--include-dashboard=false", f"--ray-client-server-port={free_port()}", log="head.log")
+        return node(
+            "--head",
+            f"--port={cluster.address.rsplit(':', 1)[1]}",
+            f"--temp-dir={temp}",
+            "--include-dashboard=false",
+            f"--ray-client-server-port={free_port()}",
+            log="head.log",
+        )
 
     try:
         nodes = [start_node(cluster, head, [])]
@@ -510,8 +619,9 @@ def ray_cluster(team_server):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def start_node(cluster: RayCluster, start: Callable[[], subprocess.Popen], running: list[subprocess.Popen],
-               tries: int = 3) -> subprocess.Popen:
+def start_node(
+    cluster: RayCluster, start: Callable[[], subprocess.Popen], running: list[subprocess.Popen], tries: int = 3
+) -> subprocess.Popen:
     """Start a node (``start`` picks its free ports) and wait until it joined; a node that exits at once, as
     when a port it picked was taken meanwhile, is started again on other ports."""
     for attempt in range(tries):
@@ -531,8 +641,13 @@ def start_node(cluster: RayCluster, start: Callable[[], subprocess.Popen], runni
 def wait_for_nodes(cluster: RayCluster, n: int, nodes: list[subprocess.Popen]) -> None:
     deadline = time.monotonic() + 180
     while True:
-        status = subprocess.run([sys.executable, str(BIN / "ray"), "status", f"--address={cluster.address}"],
-                                capture_output=True, text=True, timeout=120, env=cluster.env())
+        status = subprocess.run(
+            [sys.executable, str(BIN / "ray"), "status", f"--address={cluster.address}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=cluster.env(),
+        )
         if len(re.findall(r"^\s*1 node_", status.stdout, re.M)) == n:
             return
         assert all(p.poll() is None for p in nodes), "a ray node exited"
@@ -554,39 +669,67 @@ def stop_cluster(roots: set[int]) -> None:
             for pid in roots:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
-            alive = {pid for pid in doomed if Path(f"/proc/{pid}").exists() and process_table().get(
-                pid, (0, 0, ""))[2]}  # zombies have an empty command line
+            alive = {
+                pid for pid in doomed if Path(f"/proc/{pid}").exists() and process_table().get(pid, (0, 0, ""))[2]
+            }  # zombies have an empty command line
             if not alive:
                 return
             time.sleep(0.3)
     raise AssertionError(f"ray processes left behind: {alive}")
 
 
-RAY = ["hydra/launcher=ray",
-       # the launcher's default for a local Ray, which ray.init refuses when it joins a cluster
-       "+hydra.launcher.ray.init.object_store_memory=null"]
+RAY = [
+    "hydra/launcher=ray",
+    # the launcher's default for a local Ray, which ray.init refuses when it joins a cluster
+    "+hydra.launcher.ray.init.object_store_memory=null",
+]
 
 
-def test_sweep_on_a_two_node_ray_cluster_lands_in_postgres(small_text, tmp_path, team_server, url,
-                                                           ray_cluster):
+def test_sweep_on_a_two_node_ray_cluster_lands_in_postgres(small_text, tmp_path, team_server, url, ray_cluster):
     out = subprocess.run(
-        [str(BIN / "charrnn-train"), "-m", *RAY, f"+hydra.launcher.ray.init.address={ray_cluster.address}",
-         *tiny(small_text), *GRID, f"tracking.uri={url}", "tracking.experiment=ray-grid"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
-        env=ray_cluster.env())
+        [
+            str(BIN / "charrnn-train"),
+            "-m",
+            *RAY,
+            f"+hydra.launcher.ray.init.address={ray_cluster.address}",
+            *tiny(small_text),
+            *GRID,
+            f"tracking.uri={url}",
+            "tracking.experiment=ray-grid",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+        env=ray_cluster.env(),
+    )
     assert out.returncode == 0 and "error:" not in out.stderr, out.stderr[-3000:]
     children = check_sweep(team_server, url, "ray-grid", 4, small_text, tmp_path / "emitted")
     assert sorted(int(c.data.tags["charrnn.job"]) for c in children) == [0, 1, 2, 3]
 
 
-def test_a_job_killed_on_a_ray_worker_ends_its_run_and_the_sweep_goes_on(small_text, tmp_path, url,
-                                                                         ray_cluster):
+def test_a_job_killed_on_a_ray_worker_ends_its_run_and_the_sweep_goes_on(small_text, tmp_path, url, ray_cluster):
     sweep = subprocess.Popen(
-        [str(BIN / "charrnn-train"), "-m", *RAY, f"+hydra.launcher.ray.init.address={ray_cluster.address}",
-         *tiny(small_text), "train.max_iters=null", "train.max_seconds=6", *GRID,
-         f"tracking.uri={url}", "tracking.experiment=ray-kill"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
-        env=ray_cluster.env())
+        [
+            str(BIN / "charrnn-train"),
+            "-m",
+            *RAY,
+            f"+hydra.launcher.ray.init.address={ray_cluster.address}",
+            *tiny(small_text),
+            "train.max_iters=null",
+            "train.max_seconds=6",
+            *GRID,
+            f"tracking.uri={url}",
+            "tracking.experiment=ray-kill",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=ray_cluster.env(),
+    )
     client = MlflowClient(url)
     deadline = time.monotonic() + 300
     victim = None
@@ -594,9 +737,9 @@ def test_a_job_killed_on_a_ray_worker_ends_its_run_and_the_sweep_goes_on(small_t
         assert sweep.poll() is None and time.monotonic() < deadline, "no job got under way"
         experiment = client.get_experiment_by_name("ray-kill")
         open_runs = experiment and client.search_runs(
-            [experiment.experiment_id], f"attributes.status = 'RUNNING' and tags.`{MLFLOW_PARENT_RUN_ID}` != ''")
-        jobs = [pid for pid, cmd in cluster_processes(ray_cluster.roots).items()
-                if cmd.startswith("ray::_run_job")]
+            [experiment.experiment_id], f"attributes.status = 'RUNNING' and tags.`{MLFLOW_PARENT_RUN_ID}` != ''"
+        )
+        jobs = [pid for pid, cmd in cluster_processes(ray_cluster.roots).items() if cmd.startswith("ray::_run_job")]
         # the Ray worker that writes an open run (its owner tag)
         owners = {owner.pid for r in open_runs or [] if (owner := owner_of(r)) is not None}
         if owners & set(jobs):

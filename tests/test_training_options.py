@@ -1,4 +1,5 @@
 """Learning-rate schedules, decoupled weight decay and early stopping, in the engine (dropout: test_engine)."""
+
 from __future__ import annotations
 
 import math
@@ -42,13 +43,17 @@ def test_cosine_warms_up_linearly_then_follows_half_a_cosine_to_the_floor():
 
 def test_warmup_applies_to_every_schedule():
     assert lrs(ScheduleConfig("constant", warmup_iters=2), 3) == [0.5, 1.0, 1.0]
-    assert lrs(ScheduleConfig("step", warmup_iters=2, step_start=2, step_every=10, step_factor=0.1), 3) == \
-        [0.5, 1.0, pytest.approx(0.1)]
+    assert lrs(ScheduleConfig("step", warmup_iters=2, step_start=2, step_every=10, step_factor=0.1), 3) == [
+        0.5,
+        1.0,
+        pytest.approx(0.1),
+    ]
 
 
 def test_cosine_decays_to_max_iters_unless_told_and_the_run_keeps_that_horizon(tmp_path):
-    trainer = small_trainer(optim="adam", optim_extra={"schedule": {"name": "cosine"}}, max_iters=30,
-                            checkpoint_dir=tmp_path)
+    trainer = small_trainer(
+        optim="adam", optim_extra={"schedule": {"name": "cosine"}}, max_iters=30, checkpoint_dir=tmp_path
+    )
     assert trainer.optim_config.schedule.decay_iters == 30
     trainer.run()
     assert load_checkpoint(tmp_path / "latest.npz").optim_config["schedule"]["decay_iters"] == 30
@@ -71,18 +76,21 @@ def test_the_trainer_updates_with_the_scheduled_lr_and_logs_it():
     assert logged == [0.01, 0.01, 0.005, 0.0025, 0.00125]
 
 
-@pytest.mark.parametrize("schedule, train, match", [
-    ({"name": "linear"}, {}, "schedule.name must be one of constant, step, cosine, got 'linear'"),
-    ({"warmup_iters": -1}, {}, "schedule.warmup_iters must be an integer >= 0, got -1"),
-    ({"step_every": 0}, {}, "schedule.step_every must be a positive integer, got 0"),
-    ({"step_factor": 1.0}, {}, r"schedule.step_factor must be in \[0, 1\), got 1.0"),
-    ({"step_factor": float("nan")}, {}, "schedule.step_factor must be a finite number, got nan"),
-    ({"min_lr_fraction": -0.5}, {}, r"schedule.min_lr_fraction must be in \[0, 1\)"),
-    ({"name": "cosine", "warmup_iters": 10, "decay_iters": 10}, {}, "warmup_iters must be below"),
-    ({"warmup_iters": 50}, {"max_iters": 40}, "schedule.warmup_iters must be at most max_iters=40"),
-    ({"name": "cosine"}, {"max_iters": None, "max_seconds": 5.0}, "schedule.decay_iters must be set"),
-    ({"name": "cosine", "warmup_iters": 40}, {"max_iters": 40}, "warmup_iters must be below max_iters=40"),
-])
+@pytest.mark.parametrize(
+    "schedule, train, match",
+    [
+        ({"name": "linear"}, {}, "schedule.name must be one of constant, step, cosine, got 'linear'"),
+        ({"warmup_iters": -1}, {}, "schedule.warmup_iters must be an integer >= 0, got -1"),
+        ({"step_every": 0}, {}, "schedule.step_every must be a positive integer, got 0"),
+        ({"step_factor": 1.0}, {}, r"schedule.step_factor must be in \[0, 1\), got 1.0"),
+        ({"step_factor": float("nan")}, {}, "schedule.step_factor must be a finite number, got nan"),
+        ({"min_lr_fraction": -0.5}, {}, r"schedule.min_lr_fraction must be in \[0, 1\)"),
+        ({"name": "cosine", "warmup_iters": 10, "decay_iters": 10}, {}, "warmup_iters must be below"),
+        ({"warmup_iters": 50}, {"max_iters": 40}, "schedule.warmup_iters must be at most max_iters=40"),
+        ({"name": "cosine"}, {"max_iters": None, "max_seconds": 5.0}, "schedule.decay_iters must be set"),
+        ({"name": "cosine", "warmup_iters": 40}, {"max_iters": 40}, "warmup_iters must be below max_iters=40"),
+    ],
+)
 def test_bad_schedules_fail_with_one_line_naming_the_key(schedule, train, match):
     with pytest.raises(ConfigError, match=match) as err:
         small_trainer(optim="adam", optim_extra={"schedule": schedule}, **train)
@@ -107,16 +115,20 @@ def test_weight_decay_shrinks_the_weights_only_and_stays_out_of_the_adam_moments
         if value.ndim == 1:  # bh, bhn, by: no decay
             np.testing.assert_array_equal(decayed.params[name], value, err_msg=name)
         else:  # Wxh, Whh, Why: shrunk by lr * wd of themselves, besides the same Adam step
-            np.testing.assert_allclose(decayed.params[name] - value, -lr * 0.5 * before[name], rtol=1e-6,
-                                       atol=1e-15, err_msg=name)
+            np.testing.assert_allclose(
+                decayed.params[name] - value, -lr * 0.5 * before[name], rtol=1e-6, atol=1e-15, err_msg=name
+            )
             assert not np.array_equal(decayed.params[name], value)
 
 
-@pytest.mark.parametrize("optim, weight_decay, match", [
-    ("adam", -0.1, "weight_decay must be >= 0, got -0.1"),
-    ("adam", float("inf"), "weight_decay must be a finite number, got inf"),
-    ("adagrad", 0.1, "weight_decay is decoupled weight decay for adam"),
-])
+@pytest.mark.parametrize(
+    "optim, weight_decay, match",
+    [
+        ("adam", -0.1, "weight_decay must be >= 0, got -0.1"),
+        ("adam", float("inf"), "weight_decay must be a finite number, got inf"),
+        ("adagrad", 0.1, "weight_decay is decoupled weight decay for adam"),
+    ],
+)
 def test_bad_weight_decay_fails_with_one_line(optim, weight_decay, match):
     with pytest.raises(ConfigError, match=match):
         OptimConfig(optim, 0.01, weight_decay=weight_decay)
@@ -156,8 +168,10 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp
     best = min(val[:evaluations])
     best_at = 2 * (val.index(best) + 1)
     assert result.best_val_loss == best
-    assert result.reason == (f"stopped early: validation loss has not improved for patience={patience} "
-                             f"evaluations (best {best:.4f} at iteration {best_at}, kept in best.npz)")
+    assert result.reason == (
+        f"stopped early: validation loss has not improved for patience={patience} "
+        f"evaluations (best {best:.4f} at iteration {best_at}, kept in best.npz)"
+    )
     assert load_checkpoint(result.best_checkpoint).iteration == best_at
 
 
@@ -168,8 +182,13 @@ def test_a_resumed_run_keeps_counting_evaluations_without_improvement(tmp_path):
     first = small_trainer(**{**WANDERING, "max_iters": stop - 2}, patience=3, checkpoint_dir=tmp_path)
     first.run()
     split = len(TEXT) * 9 // 10
-    resumed = Trainer.from_checkpoint(tmp_path / "latest.npz", TEXT[:split], TEXT[split:], tmp_path,
-                                      TrainConfig(**{**vars(first.train_config), "max_iters": 80})).run()
+    resumed = Trainer.from_checkpoint(
+        tmp_path / "latest.npz",
+        TEXT[:split],
+        TEXT[split:],
+        tmp_path,
+        TrainConfig(**{**vars(first.train_config), "max_iters": 80}),
+    ).run()
     assert resumed.iteration == uninterrupted.iteration == stop
     assert resumed.reason == uninterrupted.reason.replace(")", ", kept in best.npz)")
 
@@ -179,13 +198,19 @@ def test_patience_needs_a_validation_text_and_a_positive_count():
         TrainConfig(patience=0)
     trainer = small_trainer(patience=2)
     with pytest.raises(ConfigError, match="^patience stops on the validation loss, but there is no validation"):
-        type(trainer)(trainer.model_config, trainer.train_config, trainer.optim_config, trainer.vocab,
-                      "some training text")
+        type(trainer)(
+            trainer.model_config, trainer.train_config, trainer.optim_config, trainer.vocab, "some training text"
+        )
 
 
-@pytest.mark.parametrize("limit, stop", [({"max_iters": 6}, StopReason.MAX_ITERS),
-                                         ({"max_iters": None, "max_seconds": 1e-9}, StopReason.MAX_SECONDS),
-                                         ({"target_val_loss": 100.0}, StopReason.TARGET_VAL_LOSS)])
+@pytest.mark.parametrize(
+    "limit, stop",
+    [
+        ({"max_iters": 6}, StopReason.MAX_ITERS),
+        ({"max_iters": None, "max_seconds": 1e-9}, StopReason.MAX_SECONDS),
+        ({"target_val_loss": 100.0}, StopReason.TARGET_VAL_LOSS),
+    ],
+)
 def test_each_limit_is_named_by_its_stop_reason(limit, stop):
     result = small_trainer(**{**WANDERING, **limit}).run()
     assert (result.stop, result.status) == (stop, "finished")

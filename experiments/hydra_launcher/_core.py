@@ -24,8 +24,8 @@ import os
 import signal
 import sys
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cloudpickle
 from hydra.core.singleton import Singleton
@@ -43,8 +43,11 @@ log = logging.getLogger(__name__)
 
 # Imported once by the fork server, so that jobs start with them loaded (this module too: jobs run its
 # _job_process).
-PRELOAD = ["charrnn_experiments.train", "mlflow.store.tracking.sqlalchemy_store",
-           "hydra_plugins.charrnn_launcher._core"]
+PRELOAD = [
+    "charrnn_experiments.train",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "hydra_plugins.charrnn_launcher._core",
+]
 
 
 class LabelledStream(io.TextIOBase):
@@ -73,8 +76,14 @@ class LabelledStream(io.TextIOBase):
         return self._stream.fileno()
 
 
-def _run_job(idx: int, overrides: Sequence[str], hydra_context: HydraContext, config: DictConfig,
-             task_function: TaskFunction, singleton_state: dict) -> JobReturn:
+def _run_job(
+    idx: int,
+    overrides: Sequence[str],
+    hydra_context: HydraContext,
+    config: DictConfig,
+    task_function: TaskFunction,
+    singleton_state: dict,
+) -> JobReturn:
     """Job number ``idx`` of the sweep, through Hydra's own calls, as its basic launcher runs one."""
     setup_globals()
     Singleton.set_state(singleton_state)
@@ -82,8 +91,13 @@ def _run_job(idx: int, overrides: Sequence[str], hydra_context: HydraContext, co
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
         sweep_config.hydra.job.num = idx
-    return run_job(hydra_context=hydra_context, task_function=task_function, config=sweep_config,
-                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+    return run_job(
+        hydra_context=hydra_context,
+        task_function=task_function,
+        config=sweep_config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
 
 
 def _job_process(payload: bytes, conn, label: str) -> None:
@@ -126,7 +140,9 @@ def _how(exitcode: int | None) -> str:
     return f"exit status {exitcode}"
 
 
-def launch(launcher: JobProcessLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+def launch(
+    launcher: JobProcessLauncher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> Sequence[JobReturn]:
     """Run the jobs of a JobProcessLauncher, each in its own process, at most its ``n_jobs`` at a time."""
     config = launcher.config
     setup_globals()
@@ -134,8 +150,10 @@ def launch(launcher: JobProcessLauncher, job_overrides: Sequence[Sequence[str]],
     sweep_dir = Path(str(config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     n_jobs = parallel_jobs(launcher.n_jobs)
-    log.info(f"Launching {len(job_overrides)} jobs, {n_jobs} at a time, each in its own process; "
-             f"sweep output dir: {sweep_dir}")
+    log.info(
+        f"Launching {len(job_overrides)} jobs, {n_jobs} at a time, each in its own process; "
+        f"sweep output dir: {sweep_dir}"
+    )
     labels = []
     for idx, overrides in enumerate(job_overrides):
         labels.append(job_label(sweep_dir.resolve(), list(overrides)) or f"#{initial_job_idx + idx}")
@@ -161,8 +179,16 @@ def launch(launcher: JobProcessLauncher, job_overrides: Sequence[Sequence[str]],
             while waiting and len(running) < n_jobs and sweep.signum is None:
                 idx = waiting.popleft()
                 receive, send = ctx.Pipe(duplex=False)
-                payload = cloudpickle.dumps((initial_job_idx + idx, job_overrides[idx], launcher.hydra_context,
-                                             config, launcher.task_function, state))
+                payload = cloudpickle.dumps(
+                    (
+                        initial_job_idx + idx,
+                        job_overrides[idx],
+                        launcher.hydra_context,
+                        config,
+                        launcher.task_function,
+                        state,
+                    )
+                )
                 process = ctx.Process(target=_job_process, args=(payload, send, labels[idx]))
                 process.start()
                 running[idx] = (process, receive)
@@ -170,8 +196,7 @@ def launch(launcher: JobProcessLauncher, job_overrides: Sequence[Sequence[str]],
                 log.info(f"started #{initial_job_idx + idx} {labels[idx]} (pid {process.pid})")
             if not running:
                 break
-            multiprocessing.connection.wait([end for p, r in running.values() for end in (p.sentinel, r)],
-                                            timeout=1.0)
+            multiprocessing.connection.wait([end for p, r in running.values() for end in (p.sentinel, r)], timeout=1.0)
             for idx, (process, receive) in list(running.items()):
                 if idx not in results and receive.poll():  # read before the job exits: a full pipe blocks it
                     try:

@@ -13,5 +13,4 @@ class ProcessLauncherConf:
     n_jobs: int = -1
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="charrnn", node=ProcessLauncherConf,
-                             provider="charrnn")
+ConfigStore.instance().store(group="hydra/launcher", name="charrnn", node=ProcessLauncherConf, provider="charrnn")

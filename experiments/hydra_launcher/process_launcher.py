@@ -7,7 +7,7 @@ the launcher's body (``_core.py``) is imported when a sweep starts.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
