@@ -153,12 +153,7 @@ def text_activation_figure(
 
 
 def heatmap_figure(
-    values: np.ndarray,
-    text: str,
-    title: str = "",
-    first_offset: int = 0,
-    vmin: float = -1.0,
-    vmax: float = 1.0,
+    values: np.ndarray, text: str, title: str = "", first_offset: int = 0, vmin: float = -1.0, vmax: float = 1.0
 ) -> Figure:
     """Units x time heatmap of a (T, H) window; the characters label the time axis when there are few enough.
     ``first_offset`` is the position of the window's first character in its corpus."""
@@ -241,10 +236,7 @@ def gate_saturation_figure(recording: Recording) -> Figure:
 
 
 def gradient_flow_figure(
-    params: dict[str, np.ndarray],
-    config: ModelConfig,
-    inputs: np.ndarray,
-    targets: np.ndarray,
+    params: dict[str, np.ndarray], config: ModelConfig, inputs: np.ndarray, targets: np.ndarray
 ) -> Figure:
     """Left: largest |eigenvalue| of each recurrent matrix (1 is the explode/vanish boundary). Right: the norm of
     dL/dh_t of the batch's final-step loss against t, per layer, on a log scale."""

@@ -59,11 +59,7 @@ def roc_auc(A: np.ndarray, labels: np.ndarray, ranks: np.ndarray | None = None) 
 
 
 def rank_units(
-    A: np.ndarray,
-    labels: list[str],
-    text: str,
-    features: list[str] | None = None,
-    top_k: int = 5,
+    A: np.ndarray, labels: list[str], text: str, features: list[str] | None = None, top_k: int = 5
 ) -> pd.DataFrame:
     """The ``top_k`` units per feature as a long table.
 

@@ -452,12 +452,7 @@ class BatchStream:
     """
 
     def __init__(
-        self,
-        data_ix: np.ndarray,
-        batch_size: int,
-        seq_length: int,
-        cursor: int = 0,
-        started: bool = False,
+        self, data_ix: np.ndarray, batch_size: int, seq_length: int, cursor: int = 0, started: bool = False
     ) -> None:
         _check_sizes(batch_size, seq_length)
         data = _as_index_array(data_ix)

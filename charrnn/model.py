@@ -228,10 +228,7 @@ def backward(dlogits: np.ndarray, cache) -> dict[str, np.ndarray]:
     top = cache["top"]  # the top layer's output as the output layer read it (after dropout)
     H = top.shape[2]
     flat_dlogits = dlogits.reshape(-1, V)
-    grads = {
-        "Why": flat_dlogits.T @ top.reshape(-1, H),
-        "by": flat_dlogits.sum(axis=0),
-    }
+    grads = {"Why": flat_dlogits.T @ top.reshape(-1, H), "by": flat_dlogits.sum(axis=0)}
     dx = dlogits @ params["Why"]  # (T,B,H), on the input of the output layer
     for layer in reversed(range(config.num_layers)):
         c = caches[layer]

@@ -104,6 +104,18 @@ class Recorder(Callback):
         self.result = result
 
 
+# a preset's run cut to a few updates of a few characters: its code path in seconds
+SHRINK = [
+    "train.max_iters=3",
+    "train.batch_size=2",
+    "train.seq_length=16",
+    "train.eval_every=3",
+    "train.eval_max_chars=500",
+    "train.sample_length=10",
+    "record.length=200",
+]
+
+
 def tiny(text: Path, *more: str) -> list[str]:
     """charrnn-train overrides for the tiny job on the text file ``text``."""
     return [*TINY, "data=file", f"data.path={text}", *more]

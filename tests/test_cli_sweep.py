@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from conftest import BIN, jobs_log_one_dataset_at_once, tiny
+from conftest import BIN, SHRINK, jobs_log_one_dataset_at_once, tiny
 
 GRID = ["model.hidden_size=8,16", "train.seq_length=8,16"]
 LONG = ["train.max_iters=1000000", "train.eval_every=100", "train.log_every=100"]  # stopped by the test
@@ -262,20 +262,7 @@ def test_grid_preset_runs_every_child_for_the_same_number_of_iterations(cli, sma
 
 def test_paper_cells_preset_sweeps_cells_and_depths_at_matched_sizes(cli, tmp_path):
     # the preset itself on its offline corpus, one budget and seed pinned and each job cut to 3 updates
-    out = cli(
-        "charrnn-train",
-        "experiment=paper_cells",
-        "data=pystdlib",
-        "study.budget=50k",
-        "train.seed=1",
-        "train.max_iters=3",
-        "train.batch_size=2",
-        "train.seq_length=16",
-        "train.eval_every=3",
-        "train.eval_max_chars=500",
-        "train.sample_length=10",
-        "record.length=200",
-    )
+    out = cli("charrnn-train", "experiment=paper_cells", "data=pystdlib", "study.budget=50k", "train.seed=1", *SHRINK)
     assert out.returncode == 0, out.stderr[-3000:]
     client, parent, children = sweep_runs(tmp_path, experiment="paper_cells")
     check = [(c.info.status, c.data.tags["charrnn.reason"]) for c in children]

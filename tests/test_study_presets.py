@@ -13,21 +13,11 @@ from omegaconf import OmegaConf, read_write
 from charrnn.data import Vocab, load_corpus, split_corpus
 from charrnn.model import ModelConfig, count_params
 from charrnn_analysis.record import Recording
-from conftest import compose_cfg, copy_pystdlib_files, only_run, store_client
+from conftest import SHRINK, compose_cfg, copy_pystdlib_files, only_run, store_client
 
 TINYSHAKESPEARE_VOCAB = 65  # distinct characters of tinyshakespeare.txt (sha256 86c4e6aa...)
 BUDGETS = {"50k": 50_000, "200k": 200_000}
 CELLS, DEPTHS = ("rnn", "lstm", "gru"), (1, 2)
-# a run cut to a few updates of a few characters: the preset's code path in seconds
-SHRINK = [
-    "train.max_iters=3",
-    "train.batch_size=2",
-    "train.seq_length=16",
-    "train.eval_every=3",
-    "train.eval_max_chars=500",
-    "train.sample_length=10",
-    "record.length=200",
-]
 
 
 def test_paper_cells_matches_each_budget_within_two_percent_with_its_chosen_lr_and_one_batch_and_budget():

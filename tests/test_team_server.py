@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,41 +154,27 @@ def check_sweep(server: TeamServer, url: str, experiment: str, n_jobs: int, text
     return children
 
 
+TEAM_SERVER = [sys.executable, "-m", "charrnn_experiments.team_server"]
+
+
+def team_server_command(*args: str, prefix: Sequence[str] = (), timeout: float = 60, env=None):
+    """``python -m charrnn_experiments.team_server <args>`` (after ``prefix``: who runs it), its output captured."""
+    return subprocess.run([*prefix, *TEAM_SERVER, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def test_second_start_reports_the_running_server(team_server, url):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "charrnn_experiments.team_server",
-            "start",
-            "--dir",
-            str(team_server.folder),
-            "--port",
-            str(team_server.port),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = team_server_command("start", "--dir", str(team_server.folder), "--port", str(team_server.port))
     assert out.returncode == 0, out.stderr
     assert f"already running at {url}" in out.stdout
 
 
 def test_missing_postgres_binaries_is_one_line(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "charrnn_experiments.team_server",
-            "start",
-            "--dir",
-            str(tmp_path / "team"),
-            "--port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    out = team_server_command(
+        "start",
+        "--dir",
+        str(tmp_path / "team"),
+        "--port",
+        str(free_port()),
         env={**os.environ, "CHARRNN_PG_BINDIR": str(tmp_path)},
     )
     assert out.returncode == 2 and out.stdout == ""
@@ -204,21 +190,7 @@ def test_a_failed_start_stops_the_postgresql_it_started_and_leaves_no_folder():
         with socket.socket() as taken:
             # bound but not listening: the port looks free, then mlflow server cannot bind it (a lost race)
             taken.bind(("127.0.0.1", 0))
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "charrnn_experiments.team_server",
-                    "start",
-                    "--dir",
-                    str(team),
-                    "--port",
-                    str(taken.getsockname()[1]),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
+            out = team_server_command("start", "--dir", str(team), "--port", str(taken.getsockname()[1]), timeout=300)
         assert out.returncode == 2 and out.stderr.startswith("error: mlflow server did not start"), out.stderr
         assert out.stderr.count("\n") == 1
         left = [cmd for cmd in (entry[2] for entry in process_table().values()) if str(team) in cmd]
@@ -286,24 +258,21 @@ def test_an_ordinary_user_starts_and_stops_the_team_server():
         "charrnn-user-",
         None if prefix is not None else "root without user namespaces (unshare -U): no ordinary user to run as",
     )
-    cmd = [*prefix, sys.executable, "-m", "charrnn_experiments.team_server"]
     where = ["--dir", str(folder / "team")]
     port = free_port()
     try:
         assert subprocess.run([*prefix, "id", "-u"], capture_output=True, text=True).stdout.strip() != "0"
-        out = subprocess.run(
-            [*cmd, "start", *where, "--port", str(port), "--workers", "1"], capture_output=True, text=True, timeout=300
-        )
+        out = team_server_command("start", *where, "--port", str(port), "--workers", "1", prefix=prefix, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         assert MlflowClient(f"http://127.0.0.1:{port}").search_experiments()[0].name == "Default"
         # PostgreSQL runs as the user who started it (outside the namespace: us), not as `postgres`
         postmaster = int((folder / "team" / "pgdata" / "postmaster.pid").read_text().split()[0])
         assert Path(f"/proc/{postmaster}").stat().st_uid == os.getuid()
-        out = subprocess.run([*cmd, "stop", *where], capture_output=True, text=True, timeout=120)
+        out = team_server_command("stop", *where, prefix=prefix, timeout=120)
         assert out.returncode == 0 and out.stdout.strip() == "stopped", out.stderr[-2000:]
         assert process_ended(postmaster) and not health(f"http://127.0.0.1:{port}")
     finally:
-        subprocess.run([*cmd, "stop", *where], capture_output=True, timeout=120)
+        team_server_command("stop", *where, prefix=prefix, timeout=120)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -482,7 +451,6 @@ def test_postgres_unreachable_at_start_is_one_line_and_leaves_nothing(small_text
 
 
 def test_server_restart_mid_run_loses_no_metric_point(small_text, tmp_path, team_server, url):
-    cmd = [sys.executable, "-m", "charrnn_experiments.team_server"]
     where = ["--dir", str(team_server.folder)]
     iters, log_every = 20_000, 100
     job = tiny(
@@ -503,13 +471,8 @@ def test_server_restart_mid_run_loses_no_metric_point(small_text, tmp_path, team
         if "| train/loss" in line:
             break
     # both servers go down and come back through the same commands a user types
-    assert subprocess.run([*cmd, "stop", *where], capture_output=True, timeout=120).returncode == 0
-    started = subprocess.run(
-        [*cmd, "start", *where, "--port", str(team_server.port), "--workers", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    assert team_server_command("stop", *where, timeout=120).returncode == 0
+    started = team_server_command("start", *where, "--port", str(team_server.port), "--workers", "2", timeout=300)
     assert started.returncode == 0, started.stderr
     rest = proc.stdout.read()
     assert proc.wait(timeout=600) == 0, rest[-3000:]
