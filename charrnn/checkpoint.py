@@ -83,16 +83,28 @@ def read_npz(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, np.
             )
     try:
         with np.load(path, allow_pickle=False) as npz:
+            if any(_holds_objects(npz, key) for key in npz.files):
+                raise CheckpointError(
+                    f"{what} {str(path)!r} contains pickled objects, which charrnn never loads; "
+                    "save plain arrays with np.savez"
+                )
             return {key: npz[key] for key in npz.files}
     except ValueError as e:
-        if "pickle" in str(e):
-            raise CheckpointError(
-                f"{what} {str(path)!r} contains pickled objects, which charrnn never loads; "
-                "save plain arrays with np.savez"
-            ) from None
         raise CheckpointError(f"{what} {str(path)!r} is not a valid .npz file ({e})") from None
     except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise CheckpointError(f"{what} {str(path)!r} is truncated or not an .npz file ({e})") from None
+
+
+def _holds_objects(npz, key: str) -> bool:
+    """Whether array ``key`` of an open .npz is stored as Python objects (a pickle): read from the array's header,
+    nothing is unpickled."""
+    member = f"{key}.npy"
+    if member not in npz.zip.namelist():
+        return False
+    with npz.zip.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read_header(f)[2].hasobject
 
 
 def _json(arrays, key, path):
