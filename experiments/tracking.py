@@ -171,14 +171,15 @@ class MlflowTracker(Callback):
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])
         # Parallel jobs of a sweep log the same dataset: the store inserts its row only when it is missing,
         # so one job can lose that race on the unique (experiment, name, digest) key. The row exists then,
-        # and linking it again succeeds. MLflow reports that refusal as the database driver's own text under
-        # INTERNAL_ERROR, so any INTERNAL_ERROR is tried again: a real fault fails the same way three times.
+        # and linking it again succeeds. MLflow's database stores report that refusal as BAD_REQUEST (any
+        # SQLAlchemy error, in the driver's own words), a tracking server passes that code on or says
+        # INTERNAL_ERROR: those codes are tried again, and a real fault fails the same way three times.
         for attempt in range(3):
             try:
                 self.client.log_inputs(self.run_id, datasets=[entity])
                 break
             except MlflowException as err:
-                if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "INTERNAL_ERROR") or attempt == 2:
+                if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "BAD_REQUEST", "INTERNAL_ERROR") or attempt == 2:
                     raise
                 time.sleep(0.1)
         tags = {TAG_DATASET_SHA: sha256, TAG_DATASET_VERSION: version, TAG_DATASET_DIFFERS: differs}
