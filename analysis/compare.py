@@ -24,11 +24,15 @@ RANK_BY = METRIC_BEST_VAL_LOSS
 NUM_PARAMS = "num params"  # the model's parameter count, as charrnn-train logged it
 SCORE_PREFIX = "unit score: "  # + feature name: the run's best unit score for that feature
 SCORE_MEANING = "best unit score (|r|, or |AUC-0.5|x2)"
+RUN_COLUMNS = ("run_id", "run_name", "status")  # which run a row is; every other column is a param or a measurement
+FINAL = {key: f"final {key}" for key in CURVE_METRICS}  # the column of each curve's last logged value
+MEASURED = (NUM_PARAMS, RANK_BY, *FINAL.values())
 
 
 def swept_params(table: pd.DataFrame) -> list[str]:
     """Params that take more than one value across the runs: what the sweep varied."""
-    params = [c for c in table.columns if c not in ("run_id", "run_name", "status", RANK_BY) and " " not in c]
+    not_params = {*RUN_COLUMNS, *MEASURED}
+    params = [c for c in table.columns if c not in not_params and not c.startswith(SCORE_PREFIX)]
     return [p for p in params if table[p].nunique(dropna=True) > 1]
 
 
@@ -39,7 +43,7 @@ def feature_score_columns(table: pd.DataFrame) -> list[str]:
 def leaderboard(table: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     """One line per run, best first: status, swept values, val/best_loss and final val/loss, then the per-feature
     best unit scores under the feature's name."""
-    columns = ["run_name", "status", *swept_params(table), RANK_BY, "final val/loss", *feature_score_columns(table)]
+    columns = ["run_name", "status", *swept_params(table), RANK_BY, FINAL["val/loss"], *feature_score_columns(table)]
     board = table[columns].head(top)
     return board.rename(columns={c: c[len(SCORE_PREFIX) :] for c in feature_score_columns(table)})
 

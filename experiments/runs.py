@@ -18,7 +18,7 @@ from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
 
 from charrnn.checkpoint import load_model
-from charrnn_analysis.compare import CURVE_METRICS, NUM_PARAMS, RANK_BY, SCORE_PREFIX
+from charrnn_analysis.compare import CURVE_METRICS, FINAL, NUM_PARAMS, RANK_BY, SCORE_PREFIX
 from charrnn_analysis.errors import AnalysisError
 from charrnn_analysis.sources import Model
 from charrnn_analysis.trained_run import ARTIFACT_DIR, TOP_UNITS_STEM
@@ -166,7 +166,7 @@ def load_runs(client: MlflowClient, experiment: str | None, parent: str | None =
             points = sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
             histories[run_id][key] = (np.array([p[0] for p in points]), np.array([p[2] for p in points], float))
     for key in CURVE_METRICS:
-        table[f"final {key}"] = [h[key][1][-1] if len(h[key][1]) else np.nan for h in histories.values()]
+        table[FINAL[key]] = [h[key][1][-1] if len(h[key][1]) else np.nan for h in histories.values()]
     table[RANK_BY] = [np.nan if (best := best_val_loss(r)) is None else best for r in runs]
     scores = pd.DataFrame(
         [feature_scores(client, run_id) if unit_scores else {} for run_id in table["run_id"]], index=table.index
