@@ -51,8 +51,8 @@ from charrnn_analysis.study import (
 from charrnn_analysis.sweep_report import REPORT_PAGE, write_sweep_report
 from charrnn_analysis.tables import markdown_table, write_table
 from charrnn_analysis.trained_run import RecordSettings, record_slice, slice_bounds
+from charrnn_experiments.faults import EXIT_BAD_INPUT, first_line, say_error
 from charrnn_experiments.runs import CHECKPOINT_PREFERENCE, load_runs, model_from_run, open_client
-from charrnn_experiments.schema import EXIT_BAD_CONFIG as EXIT_BAD_INPUT
 from charrnn_experiments.schema import AnalyzeAppSchema, CompareAppSchema, run_reporting_config_errors
 from charrnn_experiments.store import use_http_defaults
 
@@ -280,21 +280,20 @@ def write_chosen_settings(table: pd.DataFrame, out: Path) -> Path:
 
 
 def run_reporting_errors(body: Callable[[DictConfig], object], cfg: DictConfig) -> int:
-    """Run a command body; every bad input becomes one ``error:`` line and exit status 2."""
+    """Run a command body; every bad input becomes one ``error:`` line and exit status 2 (returned)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep the terminal output readable
     try:
         body(cfg)
     except CharRNNError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        say_error(str(err))
     except MlflowException as err:
-        print(f"error: MLflow: {str(err).splitlines()[0]}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        say_error(f"MLflow: {first_line(err)}")
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
-        print(f"error: {key + ': ' if key else ''}{str(err).splitlines()[0]}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
+        say_error(f"{key + ': ' if key else ''}{first_line(err)}")
+    else:
+        return 0
+    return EXIT_BAD_INPUT
 
 
 @hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="analyze")

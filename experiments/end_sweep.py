@@ -5,7 +5,6 @@ A sweep whose launching process or any of whose job processes still runs is left
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -15,8 +14,9 @@ from omegaconf import DictConfig
 
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn_experiments import tracking
+from charrnn_experiments.faults import exit_with_error
 from charrnn_experiments.lease import owner_alive
-from charrnn_experiments.schema import EXIT_BAD_CONFIG, EndSweepAppSchema, run_reporting_config_errors
+from charrnn_experiments.schema import EndSweepAppSchema, run_reporting_config_errors
 from charrnn_experiments.store import Store, use_http_defaults
 from charrnn_experiments.sweep_callback import end_sweep
 
@@ -66,8 +66,7 @@ def app(cfg: DictConfig) -> None:
             None if cfg.parent is None else str(cfg.parent), cfg.tracking.uri, HydraConfig.get().runtime.cwd
         )
     except CharRNNError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_BAD_CONFIG)
+        exit_with_error(str(err))
     if note:
         print(note, flush=True)
 

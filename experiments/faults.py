@@ -5,8 +5,24 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import tempfile
 from pathlib import Path
+from typing import NoReturn
+
+EXIT_BAD_INPUT = 2  # every bad input of every command: a config, a file, a store, a local fault
+
+
+def say_error(line: str) -> None:
+    """The one ``error: ...`` line every command prints for what stopped it, on stderr."""
+    print(f"error: {line}", file=sys.stderr, flush=True)
+
+
+def exit_with_error(line: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    """Every command's boundary: the ``error: ...`` line, then exit status ``code``."""
+    say_error(line)
+    sys.exit(code)
+
 
 LOCAL_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 

@@ -21,7 +21,7 @@ from charrnn.checks import check_int, check_number
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn.sample import generate
 from charrnn_experiments import tracking
-from charrnn_experiments.faults import first_line
+from charrnn_experiments.faults import exit_with_error, first_line
 from charrnn_experiments.schema import SampleAppSchema, run_reporting_config_errors
 from charrnn_experiments.store import Store, use_http_defaults
 
@@ -83,8 +83,7 @@ def app(cfg: DictConfig) -> None:
         chars = generate(params, model_config, vocab, **options)
         first = next(chars, "")  # checks the options against the model before anything is written
     except (CharRNNError, MlflowException) as err:
-        print(f"error: {first_line(err)}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error(first_line(err))
     length = options["length"]
     stopped: list[str] = []  # a signal asks the loop to stop after the character it is writing
     for sig in (signal.SIGINT, signal.SIGTERM):

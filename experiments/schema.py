@@ -36,9 +36,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from charrnn.model import ModelConfig
 from charrnn.schedule import ScheduleConfig
 from charrnn.train import OptimConfig, TrainConfig
-from charrnn_experiments.faults import local_fault, unwritable, unwritable_files_line
+from charrnn_experiments.faults import exit_with_error, local_fault, unwritable, unwritable_files_line
 
-EXIT_BAD_CONFIG = 2  # as every other bad input of the four commands
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
@@ -308,14 +307,12 @@ def run_reporting_config_errors(app: Callable[[], None], schema: type) -> None:
         return
     problem = boolean_override_error(sys.argv[1:], schema)
     if problem:
-        print(f"error: {problem}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_BAD_CONFIG)
+        exit_with_error(problem)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises what it would otherwise print
     try:
         app()
     except (HydraException, OmegaConfBaseException) as err:
-        print(f"error: {config_error_line(err, schema)}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_BAD_CONFIG)
+        exit_with_error(config_error_line(err, schema))
     except KeyboardInterrupt as err:  # Ctrl-C where the command has no stop of its own (loading, analysing)
         print(f"stopped: {str(err) or 'interrupted'}", file=sys.stderr, flush=True)
         sys.exit(err.exit_code if isinstance(err, SignalStop) else EXIT_INTERRUPTED)
@@ -325,5 +322,4 @@ def run_reporting_config_errors(app: Callable[[], None], schema: type) -> None:
         fault = local_fault(err) or unwritable(Path.cwd())
         if fault is None:
             raise
-        print(f"error: {unwritable_files_line(fault)}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_BAD_CONFIG)
+        exit_with_error(unwritable_files_line(fault))

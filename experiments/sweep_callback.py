@@ -45,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn.train import METRIC_BEST_VAL_LOSS, StopReason
 from charrnn_experiments import tracking
-from charrnn_experiments.faults import first_line, local_fault, unwritable_files_line
+from charrnn_experiments.faults import exit_with_error, first_line, local_fault, unwritable_files_line
 from charrnn_experiments.lease import owner_alive, owner_of
 from charrnn_experiments.schema import SignalStop
 from charrnn_experiments.store import Store
@@ -312,8 +312,7 @@ def exit_on_error(what: str):
     try:
         yield
     except Exception as err:
-        print(f"error: {error_line(err, what)}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_with_error(error_line(err, what))
 
 
 def error_line(err: Exception, what: str | None = None) -> str:

@@ -30,6 +30,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from charrnn_experiments.faults import exit_with_error
+
 DB_USER = "mlflow"
 DB_NAME = "mlflow"
 INSTALL_HINT = (
@@ -405,8 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print("stopped" if server.stop() else "not running", flush=True)
     except ServerError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_with_error(str(err))
 
 
 if __name__ == "__main__":

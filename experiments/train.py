@@ -36,7 +36,7 @@ from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer, TrainResu
 from charrnn_analysis.sources import DATA_KEYS, DATA_PATH
 from charrnn_analysis.trained_run import ARTIFACT_DIR, FinishedRunRecorder, RecordSettings
 from charrnn_experiments import tracking
-from charrnn_experiments.faults import describe_fault, first_line, local_fault
+from charrnn_experiments.faults import describe_fault, first_line, local_fault, say_error
 from charrnn_experiments.lease import claim, owner_alive
 from charrnn_experiments.progress import ProgressCallback
 from charrnn_experiments.schema import TrainAppSchema, run_reporting_config_errors
@@ -566,10 +566,6 @@ def one_line(err: Exception) -> str:
     return f"{key}: {text}" if key else text
 
 
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-
-
 @hydra.main(version_base="1.3", config_path="pkg://charrnn_conf", config_name="config")
 def app(cfg: DictConfig) -> float:
     """The Hydra task: returns the validation loss, the objective a sweeper minimises."""
@@ -595,7 +591,7 @@ def run_app(cfg: DictConfig, job: Job, stopper: Stopper) -> float:
 def report(err: BaseException, job: Job) -> float:
     """One line for what stopped the job, then its exit status (or, in a sweep, its objective)."""
     if isinstance(err, (JobFailed, CharRNNError, MlflowException, OmegaConfBaseException)):
-        fail(one_line(err))
+        say_error(one_line(err))
         code = 2
     elif isinstance(err, (JobKilled, KeyboardInterrupt)):
         print(f"stopped: {first_line(err) if str(err) else 'interrupted'}", file=sys.stderr, flush=True)
