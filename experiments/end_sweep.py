@@ -18,7 +18,7 @@ from charrnn_experiments.faults import exit_with_error
 from charrnn_experiments.lease import owner_alive
 from charrnn_experiments.schema import EndSweepAppSchema, run_reporting_config_errors
 from charrnn_experiments.store import Store, use_http_defaults
-from charrnn_experiments.sweep_callback import end_sweep
+from charrnn_experiments.sweep_summary import end_sweep
 
 CLOSED_REASON = "ended by charrnn-end-sweep: the sweep's launching process was gone"
 

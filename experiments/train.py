@@ -20,6 +20,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import hydra
+
+# Importing it registers hydra/launcher=charrnn before the config is composed, also in an editable install
+# (pip install -e), whose hydra_plugins folder Hydra's plugin scan does not see.
+import hydra_plugins.charrnn_launcher.config  # noqa: F401
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from mlflow.exceptions import MlflowException
@@ -41,7 +45,8 @@ from charrnn_experiments.lease import claim, owner_alive
 from charrnn_experiments.progress import ProgressCallback
 from charrnn_experiments.schema import TrainAppSchema, run_reporting_config_errors
 from charrnn_experiments.store import Store, use_http_defaults
-from charrnn_experiments.sweep_callback import TAG_BLAS_THREADS, job_label, stop_serial_sweep, sweep_blas_threads
+from charrnn_experiments.sweep_jobs import TAG_BLAS_THREADS, job_label, sweep_blas_threads
+from charrnn_experiments.sweep_stop import stop_serial_sweep
 
 log = logging.getLogger("charrnn")
 

@@ -20,7 +20,7 @@ from charrnn.train import OptimConfig, TrainConfig
 from charrnn_experiments.lease import Owner
 from charrnn_experiments.schema import TrainAppSchema, boolean_override_error, config_error_line
 from charrnn_experiments.store import Store
-from charrnn_experiments.sweep_callback import parallel_jobs, short_name, swept_space
+from charrnn_experiments.sweep_jobs import parallel_jobs, short_name, swept_space
 from charrnn_experiments.tracking import best_val_loss, children_filter, flatten
 from charrnn_experiments.train import build_trainer, engine_configs
 from conftest import compose_cfg

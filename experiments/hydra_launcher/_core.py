@@ -34,7 +34,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 from charrnn.allocator import keep_freed_memory
-from charrnn_experiments.sweep_callback import SweepStop, job_label, parallel_jobs, send_signal
+from charrnn_experiments.sweep_jobs import job_label, parallel_jobs
+from charrnn_experiments.sweep_stop import SweepStop, send_signal
 from charrnn_experiments.train import FAILED_OBJECTIVE
 
 from .process_launcher import JobProcessLauncher
