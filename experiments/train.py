@@ -11,12 +11,10 @@ import atexit
 import gc
 import logging
 import math
-import signal
 import sys
-import threading
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import hydra
@@ -24,28 +22,29 @@ import hydra
 # Importing it registers hydra/launcher=charrnn before the config is composed, also in an editable install
 # (pip install -e), whose hydra_plugins folder Hydra's plugin scan does not see.
 import hydra_plugins.charrnn_launcher.config  # noqa: F401
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from charrnn.allocator import keep_freed_memory
-from charrnn.checkpoint import load_checkpoint, load_initial_weights
+from charrnn.checkpoint import load_initial_weights
 from charrnn.data import Corpus, Vocab, load_corpus, split_corpus
-from charrnn.errors import CharRNNError, CheckpointError, ConfigError
+from charrnn.errors import CharRNNError, ConfigError
 from charrnn.model import ModelConfig, count_params
 from charrnn.schedule import ScheduleConfig
-from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer, TrainResult
+from charrnn.train import OptimConfig, TrainConfig, Trainer, TrainResult
 from charrnn_analysis.sources import DATA_KEYS, DATA_PATH
 from charrnn_analysis.trained_run import ARTIFACT_DIR, FinishedRunRecorder, RecordSettings
 from charrnn_experiments import tracking
 from charrnn_experiments.faults import describe_fault, first_line, local_fault, say_error
-from charrnn_experiments.lease import claim, owner_alive
+from charrnn_experiments.job import Job, JobFailed, JobKilled
+from charrnn_experiments.lease import claim
 from charrnn_experiments.progress import ProgressCallback
+from charrnn_experiments.resume import RUN_ID_KEY, Resume, prepare_resume, resume_target, say_resumed
 from charrnn_experiments.schema import TrainAppSchema, run_reporting_config_errors
+from charrnn_experiments.stopper import Stopper
 from charrnn_experiments.store import Store, use_http_defaults
-from charrnn_experiments.sweep_jobs import TAG_BLAS_THREADS, job_label, sweep_blas_threads
+from charrnn_experiments.sweep_jobs import TAG_BLAS_THREADS, sweep_blas_threads
 from charrnn_experiments.sweep_stop import stop_serial_sweep
 
 log = logging.getLogger("charrnn")
@@ -53,44 +52,6 @@ log = logging.getLogger("charrnn")
 # The engine's stop status -> the MLflow run status.
 RUN_STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "diverged": "FAILED"}
 FAILED_OBJECTIVE = math.inf  # what a failed sweep job reports to the sweeper
-STOP_LIMITS = ("train.max_iters", "train.max_seconds", "train.target_val_loss")  # a resume may change these
-TAG_STOP_LIMITS = "charrnn.resume.stop_limits"  # the stop limits a resume changed, as "key=now (was ...)"
-RUN_ID_KEY = "run_id"  # in a checkpoint's metadata: the run it belongs to
-
-
-@dataclass(frozen=True)
-class Job:
-    """Where this job runs: the launch directory and, in a sweep, its place in it."""
-
-    base_dir: Path
-    output_dir: Path
-    multirun: bool
-    sweep_dir: Path | None
-    job_num: int | None
-    name: str | None  # in a sweep, the job's swept values: "h=8 lr=0.1"
-
-    @classmethod
-    def from_hydra(cls) -> Job:
-        hc = HydraConfig.get()
-        base = Path(hc.runtime.cwd)
-        multirun = hc.mode == RunMode.MULTIRUN
-        sweep_dir = (base / hc.sweep.dir).resolve() if multirun else None
-        return cls(
-            base,
-            Path(hc.runtime.output_dir),
-            multirun,
-            sweep_dir,
-            hc.job.num if multirun else None,
-            job_label(sweep_dir, list(hc.overrides.task)) if multirun else None,
-        )
-
-
-class JobFailed(Exception):
-    """Training could not run or ended FAILED; the message is the one-line reason."""
-
-
-class JobKilled(Exception):
-    """SIGINT/SIGTERM stopped training; a checkpoint was saved and the run ended KILLED."""
 
 
 def engine_configs(cfg: DictConfig, vocab_size: int) -> tuple[ModelConfig, TrainConfig, OptimConfig]:
@@ -163,214 +124,10 @@ def build_trainer(
         return corpus, Trainer(model, train, optim, vocab, train_text, val_text, checkpoint_dir, params, source)
 
 
-class Stopper(Callback):
-    """SIGINT/SIGTERM for the whole command, installed before any run exists.
-
-    Before training, a signal interrupts what is under way (KeyboardInterrupt), and the code that ends the
-    run ends it KILLED; while the store creates the run, it waits until the run id is known. During
-    training it asks the trainer to stop (a checkpoint is saved, the run ends KILLED); as a callback of the
-    trainer, it interrupts again from the end of training on (the callbacks after it: a long recording). While
-    the run's record is being ended it never interrupts: it only gives up waiting for a store that is away.
-    """
-
-    def __init__(self, exits_after: bool) -> None:
-        """``exits_after``: the process ends with this job (not a sweep's worker), so once the job has
-        ended, signals are ignored until the exit status is out."""
-        self.exits_after = exits_after
-        self.reason: str | None = None
-        self.signum: int | None = None  # the first signal received
-        self.trainer: Trainer | None = None
-        self.give_up = threading.Event()
-        self._shielded = 0
-        self._ending = False
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be installed from the main thread
-            return
-        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            settled = self._shielded > 0 and self.exits_after
-            for sig, old in previous.items():
-                signal.signal(sig, signal.SIG_IGN if settled else old)
-
-    def _handle(self, signum, frame) -> None:
-        reason = f"received {signal.Signals(signum).name}"
-        self.reason = self.reason or reason
-        self.signum = self.signum or signum
-        if self._ending:
-            if not self.give_up.is_set():
-                print(f"{reason}: ending the run's record in the store first", file=sys.stderr, flush=True)
-            self.give_up.set()
-        elif self.trainer is not None:
-            self.trainer.request_stop(self.reason)
-        elif not self._shielded:
-            raise KeyboardInterrupt(reason)
-
-    @contextmanager
-    def shielded(self):
-        """A signal that arrives in here takes effect at raise_if_stopped()."""
-        self._shielded += 1
-        try:
-            yield
-        finally:
-            self._shielded -= 1
-
-    def settle(self) -> None:
-        """From now on a signal is only noted."""
-        self._shielded += 1
-
-    def raise_if_stopped(self) -> None:
-        if self.reason is not None and self.trainer is None:
-            raise KeyboardInterrupt(self.reason)
-
-    def on_train_end(self, result: TrainResult) -> None:
-        self.trainer = None
-        if result.status == "finished":  # a signal at the very end stops what follows a finished training
-            self.raise_if_stopped()
-
-    def end_run(
-        self, tracker: tracking.MlflowTracker, status: str, reason: str, result: TrainResult | None = None
-    ) -> None:
-        tags = {tracking.TAG_STATUS: result.status, tracking.TAG_STOP: result.stop.value} if result else {}
-        if status == "KILLED" and self.signum is not None:
-            tags[tracking.TAG_SIGNAL] = signal.Signals(self.signum).name
-        self._ending = True
-        try:
-            tracker.finish(status, reason, tags, give_up=self.give_up)
-        finally:
-            self._ending = False
-
-
 def _resolved(cfg: DictConfig) -> dict:
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     plain.pop("hydra", None)
     return plain
-
-
-@dataclass
-class Resume:
-    """What a resume found in the store, checked before the run is claimed."""
-
-    run_id: str
-    checkpoint: Path  # the store's latest.npz, or the local file train.resume named
-    corpus: Corpus
-    changes: dict[str, tuple[object, object]]  # stop limit -> (was, now)
-    logged_through: dict[str, int]  # per metric, the last step the store has
-    from_file: bool = False  # train.resume named a local checkpoint
-
-
-def refuse(run_id: str, why: str) -> JobFailed:
-    return JobFailed(f"cannot resume run {run_id}: {why}")
-
-
-def resume_target(value: str) -> tuple[str, Path | None]:
-    """``train.resume``'s run id, and the local checkpoint to continue from when it names a ``.npz`` file (a run
-    whose process died while the store was away has a newer checkpoint in its folder than in the store)."""
-    if not value.strip():  # `train.resume=` with nothing after it must not start a new run on the defaults
-        raise JobFailed(
-            "train.resume is empty: give the run id (or the local .npz checkpoint) of the run to "
-            "continue, or leave train.resume out to start a new run"
-        )
-    if not value.endswith(".npz"):
-        return value, None
-    path = Path(value)
-    try:
-        checkpoint = load_checkpoint(path)
-    except CheckpointError as err:
-        raise JobFailed(f"train.resume={value}: {err}") from None
-    run_id = checkpoint.metadata.get(RUN_ID_KEY)
-    if not run_id:
-        raise JobFailed(
-            f"train.resume={value}: the checkpoint does not name its run (it predates charrnn-train "
-            f"writing that into checkpoints); resume by run id: train.resume=<run id>"
-        )
-    return str(run_id), path
-
-
-def prepare_resume(
-    cfg: DictConfig, client, output_dir: Path, run_id: str, local: Path | None
-) -> tuple[DictConfig, Resume]:
-    """Check that run ``run_id`` (train.resume's, see :func:`resume_target`) can continue, without changing it in
-    the store.
-
-    Returns the run's own config (with any new stop limits) and what the resume needs.
-    """
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        named = f"{local}: its run {run_id} is not" if local else f"{run_id}: no such run"
-        raise JobFailed(f"train.resume={named} in this tracking store") from None
-    tags = run.data.tags
-    if tracking.TAG_SWEEP in tags and tracking.TAG_JOB not in tags:
-        raise refuse(run_id, "it is a sweep's parent run; resume one of its child runs")
-    alive = owner_alive(run)
-    if alive:
-        raise refuse(run_id, f"it is RUNNING ({alive}); stop that first")
-    stored = {a.path for a in client.list_artifacts(run_id, tracking.CHECKPOINTS)}
-    if local is None and tracking.LATEST_CHECKPOINT not in stored:
-        raise refuse(run_id, f"it has no checkpoint in the store (status {run.info.status}); start a new run instead")
-    into = output_dir / run_id / "resume"
-    into.mkdir(parents=True, exist_ok=True)
-    saved = OmegaConf.load(client.download_artifacts(run_id, tracking.CONFIG_ARTIFACT, str(into)))
-    changes = {}
-    for key in resume_overrides():
-        was, now = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
-        if was != now:
-            changes[key] = (was, now)
-            OmegaConf.update(saved, key, now)
-    saved.tracking = cfg.tracking
-    saved.train.resume = run_id
-    corpus = load_corpus(str(saved.data.name), saved.data.path)
-    trained_on = tags.get(tracking.TAG_DATASET_SHA)
-    if trained_on and trained_on != corpus.sha256:
-        raise refuse(
-            run_id,
-            f"its data changed: {corpus.source} has sha256 {corpus.sha256[:12]}..., the run "
-            f"was trained on {trained_on[:12]}...; restore that text or start a new run",
-        )
-    if local is not None:
-        return saved, Resume(run_id, local, corpus, changes, logged_through(client, run), from_file=True)
-    checkpoint = Path(client.download_artifacts(run_id, tracking.LATEST_CHECKPOINT, str(into)))
-    try:
-        load_checkpoint(checkpoint)
-    except CheckpointError as err:
-        # a process killed while uploading leaves a truncated file; best.npz, an earlier evaluation's full
-        # state, continues exactly as well (the steps the store has already are not logged again)
-        if tracking.BEST_CHECKPOINT not in stored:
-            raise refuse(run_id, f"its stored latest checkpoint is unreadable ({err})") from None
-        print(
-            f"note: run {run_id}'s stored latest.npz is unreadable; resuming from its best.npz",
-            file=sys.stderr,
-            flush=True,
-        )
-        checkpoint = Path(client.download_artifacts(run_id, tracking.BEST_CHECKPOINT, str(into)))
-    return saved, Resume(run_id, checkpoint, corpus, changes, logged_through(client, run))
-
-
-def logged_through(client, run) -> dict[str, int]:
-    """Per metric, the last step the store has: a resume does not log those steps again."""
-    return {key: max(m.step for m in client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics}
-
-
-def resume_overrides() -> list[str]:
-    """The stop limits given on this command line; any other change to the run's config is refused."""
-    limits, refused = [], []
-    for override in HydraConfig.get().overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key in STOP_LIMITS:
-            limits.append(key)
-        elif key != "train.resume" and not key.startswith(("tracking.", "hydra.", "hydra/")):
-            refused.append(override)
-    if refused:
-        raise ConfigError(
-            f"train.resume continues a run with its own config; only the stop limits "
-            f"{', '.join(STOP_LIMITS)} may change, not {', '.join(refused)}"
-        )
-    return limits
 
 
 def train_job(cfg: DictConfig, job: Job, stopper: Stopper) -> tuple[str, float]:
@@ -535,32 +292,6 @@ def print_summary(store: Store, tracker: tracking.MlflowTracker, result: TrainRe
         f"see it:    {store.ui_address(tracker.client.get_run(tracker.run_id).info.experiment_id)}",
         flush=True,
     )
-
-
-def say_resumed(tracker: tracking.MlflowTracker, cfg: DictConfig, trainer: Trainer, resume: Resume) -> None:
-    """Print where the run continues; new stop limits also go into the run's config.yaml and a tag
-    (MLflow params cannot change, so the params keep the values the run started with)."""
-    changed = ", ".join(f"{key}={now} (was {was})" for key, (was, now) in resume.changes.items())
-    print(
-        f"resuming run {resume.run_id} at iteration {trainer.iteration}"
-        + (f" from {resume.checkpoint}" if resume.from_file else "")
-        + (f" with {changed}" if changed else ""),
-        file=sys.stderr,
-        flush=True,
-    )
-    stored_through = resume.logged_through.get("train/loss", 0)
-    if resume.from_file and stored_through + trainer.train_config.log_every <= trainer.iteration:
-        # the dead process logged these, but never delivered them; only a resume from an earlier checkpoint
-        # (train.resume=<run id>) computes them again
-        print(
-            f"note: the store has train/loss through step {stored_through}: the points of steps "
-            f"{stored_through + 1}..{trainer.iteration} were never delivered and stay missing",
-            file=sys.stderr,
-            flush=True,
-        )
-    if changed:
-        tracker.client.log_text(tracker.run_id, OmegaConf.to_yaml(cfg, resolve=True), tracking.CONFIG_ARTIFACT)
-        tracker.client.set_tag(tracker.run_id, TAG_STOP_LIMITS, changed)
 
 
 def one_line(err: Exception) -> str:
