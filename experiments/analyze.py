@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import hydra
-import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from charrnn.checks import check_int, check_number
 from charrnn.errors import CharRNNError
 from charrnn_analysis.compare import (
     RANK_BY,
@@ -86,24 +86,15 @@ def _optional_str(value) -> str | None:
     return None if value is None else str(value)  # Hydra reads string=123 as an int
 
 
-def _number(cfg: DictConfig, key: str, kind: type, minimum: float | None = None):
-    """``cfg[key]`` as ``kind`` (None stays None), or one error line naming the key."""
+def _number(cfg: DictConfig, key: str, kind: type, minimum: int = 0):
+    """``cfg[key]`` as ``kind`` (None stays None), checked as every numeric key of every command is
+    (:mod:`charrnn.checks`): an int at least ``minimum``, or a finite float."""
     value = cfg[key]
-    if value is None:
-        return None
-    # isfinite before int(): int(inf) and int(nan) raise rather than compare
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not np.isfinite(value)
-        or (kind is int and value != int(value))
-        or (minimum is not None and value < minimum)
-    ):
-        what = "an integer" if kind is int else "a number"
-        raise AnalysisError(
-            f"{key} must be {what}" + (f" >= {minimum}" if minimum is not None else "") + f", got {value!r}"
-        )
-    return kind(value)
+    if kind is int:
+        check_int(key, value, minimum, allow_none=True)
+    else:
+        check_number(key, value, allow_none=True)
+    return None if value is None else kind(value)
 
 
 def analyze(cfg: DictConfig) -> Path:
