@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.checkpoint import load_checkpoint
-from charrnn.data import Vocab, load_corpus, load_text, split_corpus
+from charrnn.corpora import load_corpus, load_text
+from charrnn.data import Vocab, split_corpus
 from charrnn.model import ModelConfig
 
 from .errors import AnalysisError

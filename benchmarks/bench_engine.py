@@ -82,7 +82,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from charrnn.allocator import keep_freed_memory  # noqa: E402
 from charrnn.cells import CELLS  # noqa: E402
-from charrnn.data import BatchStream, Vocab, load_corpus  # noqa: E402
+from charrnn.corpora import load_corpus  # noqa: E402
+from charrnn.data import BatchStream, Vocab  # noqa: E402
 from charrnn.model import (  # noqa: E402
     ModelConfig,
     _layer_params,

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charrnn.allocator import keep_freed_memory
-from charrnn.data import Vocab, load_corpus, split_corpus
+from charrnn.corpora import load_corpus
+from charrnn.data import Vocab, split_corpus
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
 from charrnn_experiments.store import Store, use_http_defaults

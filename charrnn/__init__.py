@@ -10,7 +10,8 @@
 """
 
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
-from .data import BatchStream, Corpus, Vocab, load_corpus, load_text, split_corpus, split_train_val
+from .corpora import Corpus, load_corpus, load_text
+from .data import BatchStream, Vocab, split_corpus, split_train_val
 from .errors import CharRNNError, CheckpointError, ConfigError, DataError
 from .gradcheck import check_gradients
 from .model import ModelConfig

@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from charrnn.checkpoint import load_checkpoint
-from charrnn.data import Corpus, load_corpus
+from charrnn.corpora import Corpus, load_corpus
 from charrnn.errors import CheckpointError, ConfigError
 from charrnn.train import Trainer
 from charrnn_experiments import tracking

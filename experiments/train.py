@@ -28,7 +28,8 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from charrnn.allocator import keep_freed_memory
 from charrnn.checkpoint import load_initial_weights
-from charrnn.data import Corpus, Vocab, load_corpus, split_corpus
+from charrnn.corpora import Corpus, load_corpus
+from charrnn.data import Vocab, split_corpus
 from charrnn.errors import CharRNNError, ConfigError
 from charrnn.model import ModelConfig, count_params
 from charrnn.schedule import ScheduleConfig

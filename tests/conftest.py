@@ -20,7 +20,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from mlflow import MlflowClient
 
-from charrnn.data import Vocab, _pystdlib_paths
+from charrnn.corpora import _pystdlib_paths
+from charrnn.data import Vocab
 from charrnn.model import ModelConfig
 from charrnn.train import Callback, OptimConfig, TrainConfig, Trainer
 

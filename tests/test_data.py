@@ -11,17 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charrnn import data
-from charrnn.data import (
-    BatchStream,
-    Corpus,
-    Vocab,
-    iter_eval_batches,
-    load_corpus,
-    load_text,
-    split_corpus,
-    split_train_val,
-)
+from charrnn import corpora
+from charrnn.corpora import Corpus, load_corpus, load_text
+from charrnn.data import BatchStream, Vocab, iter_eval_batches, split_corpus, split_train_val
 from charrnn.errors import CharRNNError, ConfigError, DataError
 from charrnn.model import ModelConfig
 from charrnn.train import OptimConfig, TrainConfig, Trainer
@@ -155,7 +147,7 @@ def file_headers(text: str) -> list[str]:
 
 def test_pystdlib_is_its_versioned_file_list_and_on_the_reference_python_its_reference_text():
     corpus = load_corpus("pystdlib")
-    listed = data._pystdlib_paths()
+    listed = corpora._pystdlib_paths()
     assert corpus.version == "pystdlib-v1" and len(listed) == 110 and listed[0] == "__future__.py"
     assert [corpus.text[start:].split("\n", 1)[0] for start in corpus.file_starts] == [f"# file: {p}" for p in listed]
     if platform.python_version() != "3.11.7":
@@ -167,13 +159,13 @@ def test_pystdlib_is_its_versioned_file_list_and_on_the_reference_python_its_ref
 
 def test_pystdlib_from_a_stdlib_that_lacks_or_changed_files_says_its_text_differs(tmp_path):
     root = copy_pystdlib_files(tmp_path / "lib")
-    same = data._pystdlib_corpus(root)
+    same = corpora._pystdlib_corpus(root)
     assert same.text == load_corpus("pystdlib").text and same.differs == load_corpus("pystdlib").differs
 
     (root / "colorsys.py").unlink()
     with open(root / "abc.py", "a", encoding="utf-8") as f:
         f.write("# a later Python's change\n")
-    other = data._pystdlib_corpus(root)
+    other = corpora._pystdlib_corpus(root)
     assert "colorsys.py" not in file_headers(other.text) and len(other.file_starts) == 109
     assert other.sha256 != same.sha256 and other.version == "pystdlib-v1"
     assert other.differs.startswith(
@@ -186,7 +178,7 @@ def test_pystdlib_from_a_stdlib_that_lacks_or_changed_files_says_its_text_differ
 
 def test_pystdlib_with_none_of_its_files_is_an_error(tmp_path):
     with pytest.raises(DataError, match=r"none of the 110 files of pystdlib-v1 is readable under .*use corpus 'file'"):
-        data._pystdlib_corpus(tmp_path)
+        corpora._pystdlib_corpus(tmp_path)
 
 
 @pytest.fixture
@@ -199,16 +191,16 @@ def cache_dir(tmp_path, monkeypatch):
 def test_data_dir_defaults(monkeypatch, tmp_path):
     monkeypatch.delenv("CHARRNN_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert data.data_dir() == tmp_path / "charrnn"
+    assert corpora.data_dir() == tmp_path / "charrnn"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert data.data_dir() == Path.home() / ".cache" / "charrnn"
+    assert corpora.data_dir() == Path.home() / ".cache" / "charrnn"
 
 
 def _fake_shakespeare(monkeypatch, tmp_path) -> Path:
     """A stand-in source file; the expected digest is patched to match it."""
     src = tmp_path / "input.txt"
     src.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n", encoding="utf-8")
-    monkeypatch.setattr(data, "TINYSHAKESPEARE_SHA256", hashlib.sha256(src.read_bytes()).hexdigest())
+    monkeypatch.setattr(corpora, "TINYSHAKESPEARE_SHA256", hashlib.sha256(src.read_bytes()).hexdigest())
     return src
 
 
@@ -224,30 +216,30 @@ def test_tinyshakespeare_from_shared_data_dir(monkeypatch, tmp_path):
         monkeypatch.setenv("CHARRNN_DATA_DIR", str(d))
         expected_len = len(src.read_text())
     # Never downloads here: a network attempt would fail loudly.
-    monkeypatch.setattr(data, "TINYSHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
+    monkeypatch.setattr(corpora, "TINYSHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
     c = load_corpus("tinyshakespeare")
     assert len(c.text) == expected_len
-    assert hashlib.sha256(Path(c.source).read_bytes()).hexdigest() == data.TINYSHAKESPEARE_SHA256
+    assert hashlib.sha256(Path(c.source).read_bytes()).hexdigest() == corpora.TINYSHAKESPEARE_SHA256
     if SHAKESPEARE.is_file():
         assert c.sha256 == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 
 def test_tinyshakespeare_download_file_url(monkeypatch, tmp_path, cache_dir):
     src = _fake_shakespeare(monkeypatch, tmp_path)
-    monkeypatch.setattr(data, "TINYSHAKESPEARE_URL", src.as_uri())
+    monkeypatch.setattr(corpora, "TINYSHAKESPEARE_URL", src.as_uri())
     c = load_corpus("tinyshakespeare")
     cached = cache_dir / "tinyshakespeare.txt"
     assert cached.read_bytes() == src.read_bytes() and c.text == src.read_text()
     assert [p.name for p in cache_dir.iterdir()] == ["tinyshakespeare.txt"]  # no temp file left
     # Second call uses the cache, not the URL.
-    monkeypatch.setattr(data, "TINYSHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
+    monkeypatch.setattr(corpora, "TINYSHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
     assert load_corpus("tinyshakespeare").sha256 == c.sha256
 
 
 def test_tinyshakespeare_download_bad_digest_not_cached(monkeypatch, tmp_path, cache_dir):
     src = tmp_path / "input.txt"
     src.write_text("not shakespeare\n")
-    monkeypatch.setattr(data, "TINYSHAKESPEARE_URL", src.as_uri())
+    monkeypatch.setattr(corpora, "TINYSHAKESPEARE_URL", src.as_uri())
     with pytest.raises(DataError, match="sha256"):
         load_corpus("tinyshakespeare")
     assert not (cache_dir / "tinyshakespeare.txt").exists()
@@ -262,8 +254,8 @@ def test_tinyshakespeare_corrupt_cache(cache_dir):
 
 def test_tinyshakespeare_offline_error(monkeypatch, cache_dir):
     url = "http://127.0.0.1:9/input.txt"  # discard port: nothing listens
-    monkeypatch.setattr(data, "TINYSHAKESPEARE_URL", url)
-    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 5.0)
+    monkeypatch.setattr(corpora, "TINYSHAKESPEARE_URL", url)
+    monkeypatch.setattr(corpora, "DOWNLOAD_TIMEOUT_S", 5.0)
     with pytest.raises(DataError) as e:
         load_corpus("tinyshakespeare")
     msg = str(e.value)

@@ -11,8 +11,9 @@ import pytest
 
 from charrnn import cells, model
 from charrnn.checkpoint import load_checkpoint, load_initial_weights, load_model, save_checkpoint
-from charrnn.data import BatchStream, DataError, Vocab, load_corpus, split_train_val
-from charrnn.errors import CheckpointError, ConfigError
+from charrnn.corpora import load_corpus
+from charrnn.data import BatchStream, Vocab, split_train_val
+from charrnn.errors import CheckpointError, ConfigError, DataError
 from charrnn.gradcheck import check_gradients
 from charrnn.model import (
     ModelConfig,

@@ -10,7 +10,8 @@ import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import OmegaConf, read_write
 
-from charrnn.data import Vocab, load_corpus, split_corpus
+from charrnn.corpora import load_corpus
+from charrnn.data import Vocab, split_corpus
 from charrnn.model import ModelConfig, count_params
 from charrnn_analysis.record import Recording
 from conftest import SHRINK, compose_cfg, copy_pystdlib_files, only_run, store_client
@@ -136,18 +137,18 @@ def test_a_tiny_code_lstm_run_records_its_held_out_files_and_the_corpus_version(
 def test_a_run_on_another_pythons_pystdlib_is_tagged_with_why_its_text_differs(tmp_path):
     """What a Python other than the reference one builds (a file missing here): the corpus says why, and the
     run's tags carry it beside the version, so its numbers are never compared with the reference's unawares."""
-    from charrnn import data
+    from charrnn import corpora
     from charrnn_experiments.store import Store
     from charrnn_experiments.tracking import MlflowTracker
 
-    corpus = data._pystdlib_corpus(copy_pystdlib_files(tmp_path / "lib", leave_out="__future__.py"))
+    corpus = corpora._pystdlib_corpus(copy_pystdlib_files(tmp_path / "lib", leave_out="__future__.py"))
     assert "lacking 1 of its 110 files (first __future__.py)" in corpus.differs
     store = Store.resolve(None, tmp_path)
     tracker = MlflowTracker.start(store, store.ensure_experiment("charrnn", store.client()))
     tracker.log_dataset(corpus.name, corpus.source, corpus.sha256, len(corpus.text), corpus.version, corpus.differs)
     tags = store.client().get_run(tracker.run_id).data.tags
     assert tags["charrnn.dataset.differs"] == corpus.differs and tags["charrnn.dataset.version"] == "pystdlib-v1"
-    assert tags["charrnn.dataset.sha256"] == corpus.sha256 != data.PYSTDLIB_REFERENCE_SHA256
+    assert tags["charrnn.dataset.sha256"] == corpus.sha256 != corpora.PYSTDLIB_REFERENCE_SHA256
     tracker.finish("FINISHED", "test")
 
 
