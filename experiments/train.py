@@ -272,7 +272,7 @@ def end_stopped_run(
     stopper.end_run(
         tracker,
         "KILLED" if interrupted else "FAILED",
-        first_line(err) if interrupted else f"{type(err).__name__}: {err}",
+        interrupted_by(err, stopper) if interrupted else f"{type(err).__name__}: {err}",
     )
     return None
 
@@ -322,16 +322,23 @@ def run_app(cfg: DictConfig, job: Job, stopper: Stopper) -> float:
         return train_job(cfg, job, stopper)[1]
     except BaseException as err:
         stopper.settle()  # the run has ended: a signal now must not interrupt the report
-        return report(err, job)
+        return report(err, job, stopper)
 
 
-def report(err: BaseException, job: Job) -> float:
+def interrupted_by(err: KeyboardInterrupt, stopper: Stopper) -> str:
+    """Why an interrupt stopped the job, in the stopper's own words where a signal raised it: Python rewrites an
+    interrupt that lands inside a codec ("decoding with 'utf-32-le' codec failed (KeyboardInterrupt: ...)")."""
+    return stopper.reason or (first_line(err) if str(err) else "interrupted")
+
+
+def report(err: BaseException, job: Job, stopper: Stopper) -> float:
     """One line for what stopped the job, then its exit status (or, in a sweep, its objective)."""
     if isinstance(err, (JobFailed, CharRNNError, MlflowException, OmegaConfBaseException)):
         say_error(one_line(err))
         code = 2
     elif isinstance(err, (JobKilled, KeyboardInterrupt)):
-        print(f"stopped: {first_line(err) if str(err) else 'interrupted'}", file=sys.stderr, flush=True)
+        why = interrupted_by(err, stopper) if isinstance(err, KeyboardInterrupt) else first_line(err)
+        print(f"stopped: {why}", file=sys.stderr, flush=True)
         code = 130
     elif isinstance(err, Exception) and job.multirun:
         log.error("job %s failed:\n%s", job.job_num, "".join(traceback.format_exception(err)))

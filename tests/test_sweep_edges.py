@@ -5,6 +5,7 @@ of a sweep whose process was killed or whose store was away at its end."""
 
 from __future__ import annotations
 
+import codecs
 import os
 import signal
 import sqlite3
@@ -19,6 +20,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import OmegaConf
 
 from charrnn_experiments import sweep_callback
+from charrnn_experiments.stopper import Stopper
+from charrnn_experiments.train import interrupted_by
 from conftest import BIN, run_cli, store_client, tiny, write_small_text
 
 LONG = ("train.max_iters=1000000", "train.eval_every=20")
@@ -106,6 +109,32 @@ def test_a_signal_during_the_job_ends_store_query_is_not_forgotten(monkeypatch, 
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert stopped.value.code == 128 + signal.SIGTERM
+
+
+@pytest.mark.fast
+def test_an_interrupt_python_rewrote_inside_a_codec_is_reported_in_the_signals_words():
+    """Python rewrites an exception raised inside a codec ("decoding with ... codec failed (KeyboardInterrupt:
+    ...)"), as it did to a SIGTERM that landed in the recording's text decoding on CI; the run's reason and the
+    stop line keep the stopper's own words."""
+
+    def interrupted_decode(data, errors="strict"):
+        raise KeyboardInterrupt("received SIGTERM")
+
+    def search(name):
+        if name == "charrnn_interrupted":
+            return codecs.CodecInfo(encode=codecs.utf_8_encode, decode=interrupted_decode, name=name)
+        return None
+
+    codecs.register(search)
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            b"x".decode("charrnn_interrupted")
+    finally:
+        codecs.unregister(search)
+    assert "codec failed" in str(caught.value)  # what Python made of the message
+    stopper = Stopper(exits_after=False)
+    stopper.reason = "received SIGTERM"
+    assert interrupted_by(caught.value, stopper) == "received SIGTERM"
 
 
 def test_sigterm_during_a_long_recording_stops_it_and_ends_the_run_killed(tmp_path):
